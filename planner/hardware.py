@@ -1,0 +1,129 @@
+"""What the hardware is: `DeviceSpec`, `LinkSpec`, `ClusterSpec`.
+
+Decides: the datasheet numbers a cost model may use, with their scope (per device, per
+direction) in every field name or description. Does not decide how well software reaches
+them; achievable fractions are the cost model's data (`cost_models/efficiency.py`).
+The number of nodes is not part of a cluster: each command chooses it (`--gpus`/`--nodes`).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+
+from planner.errors import SpecError
+from planner.model import DType, Spec
+
+
+class Topology(StrEnum):
+    """How the devices a link joins are wired."""
+
+    SWITCHED = "switched"   # full bisection through a switch (NVSwitch, fat-tree InfiniBand)
+    RING = "ring"
+    TORUS_2D = "torus2d"
+    TORUS_3D = "torus3d"
+
+
+class DeviceSpec(Spec):
+    """One accelerator, as its datasheet states it (dense math, no sparsity)."""
+
+    name: str = Field(description="preset name (the file stem)")
+    description: str = Field("", description="one line: what this device is")
+    source: str = Field("", description="datasheet or paper the numbers come from")
+    peak_flops_per_s: dict[DType, PositiveFloat] = Field(
+        description="dense peak FLOP/s per math dtype (no structured sparsity)"
+    )
+    memory_bytes: PositiveInt = Field(description="device memory capacity in bytes")
+    memory_bandwidth_bytes_per_s: PositiveFloat = Field(description="device memory bandwidth")
+    onchip_cache_bytes: PositiveInt = Field(
+        description="last-level on-chip cache (GPU L2, TPU CMEM/VMEM) in bytes"
+    )
+    power_w: PositiveFloat = Field(description="board power (TDP) in watts")
+
+    def peak_flops(self, dtype: DType) -> float:
+        """Peak FLOP/s for `dtype`; fp8 falls back to bf16 and tf32 to fp32 where the device
+        has no such unit (e.g. V100 has no bf16/tf32: fp16 tensor cores serve bf16 requests)."""
+        table = self.peak_flops_per_s
+        for d in (dtype, *_FALLBACK.get(dtype, ())):
+            if d in table:
+                return table[d]
+        raise SpecError(
+            f"device '{self.name}' lists no peak FLOP/s for {dtype.value} or a fallback; "
+            f"add peak_flops_per_s.{dtype.value} to its file"
+        )
+
+
+_FALLBACK: dict[DType, tuple[DType, ...]] = {
+    DType.FP8: (DType.BF16, DType.FP16),
+    DType.BF16: (DType.FP16,),
+    DType.FP16: (DType.BF16,),
+    DType.TF32: (DType.FP32,),
+}
+
+
+class LinkSpec(Spec):
+    """A class of links between devices (NVLink/NVSwitch, InfiniBand, TPU ICI)."""
+
+    name: str = Field(description="what the link is, e.g. 'NVLink4 via NVSwitch'")
+    bandwidth_bytes_per_s: PositiveFloat = Field(
+        description="bandwidth per device, per direction, in bytes/s"
+    )
+    latency_s: float = Field(ge=0, description="one-message start-up latency in seconds")
+    topology: Topology = Field(Topology.SWITCHED, description="how the link's devices are wired")
+    torus_dims: tuple[PositiveInt, ...] | None = Field(
+        None, description="torus shape in devices (e.g. [16, 16, 16]); only for torus topologies"
+    )
+
+    @model_validator(mode="after")
+    def _torus(self) -> LinkSpec:
+        want = {Topology.TORUS_2D: 2, Topology.TORUS_3D: 3}.get(self.topology)
+        if want is not None and self.torus_dims is not None and len(self.torus_dims) != want:
+            raise SpecError(
+                f"link '{self.name}': a {self.topology.value} needs {want} torus_dims, "
+                f"got {len(self.torus_dims)}"
+            )
+        return self
+
+
+class ClusterSpec(Spec):
+    """A kind of cluster: one device type, nodes of a fixed size, two link classes.
+
+    A "node" is the fast domain: devices joined by `intra_node` (a DGX box, an NVL72 rack, or a
+    TPU pod slice on one ICI torus). Nodes are joined by `inter_node`.
+    """
+
+    name: str = Field(description="preset name (the file stem)")
+    description: str = Field("", description="one line: what this cluster is")
+    source: str = Field("", description="where the system numbers come from")
+    device: DeviceSpec = Field(description="the accelerator (a device preset name in files)")
+    devices_per_node: PositiveInt = Field(description="devices in one fast (intra-node) domain")
+    intra_node: LinkSpec = Field(description="links among the devices of one node")
+    inter_node: LinkSpec = Field(description="links between nodes, per device")
+    max_nodes: PositiveInt | None = Field(None, description="largest buildable system, if any")
+
+    def devices_for(self, *, gpus: int | None = None, nodes: int | None = None) -> int:
+        """Device count for a command's `--gpus N` or `--nodes N` (exactly one of them)."""
+        if (gpus is None) == (nodes is None):
+            raise SpecError("give exactly one of --gpus N or --nodes N")
+        if nodes is not None:
+            if nodes < 1:
+                raise SpecError(f"--nodes must be at least 1, got {nodes}")
+            n = nodes * self.devices_per_node
+        else:
+            assert gpus is not None
+            if gpus < 1:
+                raise SpecError(f"--gpus must be at least 1, got {gpus}")
+            n = gpus
+            if n > self.devices_per_node and n % self.devices_per_node:
+                lo = n // self.devices_per_node * self.devices_per_node
+                raise SpecError(
+                    f"--gpus {n} is not a whole number of {self.devices_per_node}-device nodes "
+                    f"of '{self.name}'; use {lo} or {lo + self.devices_per_node}"
+                )
+        if self.max_nodes is not None and n > self.max_nodes * self.devices_per_node:
+            raise SpecError(
+                f"'{self.name}' has at most {self.max_nodes * self.devices_per_node} devices; "
+                f"asked for {n}"
+            )
+        return n

@@ -1,0 +1,359 @@
+"""What a model is: `ModelSpec` and the quantities derived from its dimensions.
+
+Decides: parameter counts (total and activated per token), forward FLOPs per token, bytes of
+weights / gradients / optimizer states, KV-cache bytes per token. Does not decide how any of
+that is split across devices (that is the cost model's job).
+
+Conventions (sources next to each formula):
+- A "matmul parameter" costs 2 FLOPs per token in the forward pass (one multiply, one add).
+  Narayanan et al. 2021 (SC'21) Sec. 5.1 / Eq. 3 and Kaplan et al. 2020 Sec. 2.1.
+- The attention-score term per layer and token is 2*s*n_heads*(d_qk + d_v) forward FLOPs
+  (Q.K^T and scores.V over the whole sequence of s tokens, no causal halving), which for
+  MHA with d_head*n_heads = h is 4*s*h: Narayanan et al. 2021 Eq. 3 (the s/6h term).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import cached_property
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+
+from planner.errors import SpecError
+
+
+class Spec(BaseModel):
+    """Base of every spec: immutable, unknown fields rejected."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Activation(StrEnum):
+    """MLP activation. Gated ones (SwiGLU, GeGLU) have three matrices instead of two."""
+
+    GELU = "gelu"
+    RELU = "relu"
+    SQUARED_RELU = "squared_relu"
+    SWIGLU = "swiglu"
+    GEGLU = "geglu"
+
+    @property
+    def gated(self) -> bool:
+        return self in (Activation.SWIGLU, Activation.GEGLU)
+
+
+class Positional(StrEnum):
+    """Positional scheme. Only `learned` adds parameters (max_position_embeddings * hidden)."""
+
+    LEARNED = "learned"
+    ROPE = "rope"
+    ALIBI = "alibi"
+    RELATIVE = "relative"
+    NONE = "none"
+
+
+class Norm(StrEnum):
+    """Normalisation layer: LayerNorm has a scale and a bias, RMSNorm only a scale."""
+
+    LAYERNORM = "layernorm"
+    RMSNORM = "rmsnorm"
+
+
+class DType(StrEnum):
+    """Numeric formats of weights and math."""
+
+    FP32 = "fp32"
+    TF32 = "tf32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+    FP8 = "fp8"
+
+    @property
+    def bytes(self) -> int:
+        """Storage bytes per element (tf32 is stored as fp32)."""
+        return {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1}[self.value]
+
+
+class Optimizer(StrEnum):
+    """Optimizer, which decides the bytes of optimizer state per parameter."""
+
+    ADAM = "adam"
+    ADAMW = "adamw"
+    SGD = "sgd"
+    ADAFACTOR = "adafactor"
+
+
+class MLASpec(Spec):
+    """Multi-head latent attention (DeepSeek-V2/V3, arXiv:2405.04434 Sec. 2.1)."""
+
+    q_lora_rank_dim: int | None = Field(
+        None, ge=1, description="rank of the query down-projection; None = queries not compressed"
+    )
+    kv_lora_rank_dim: PositiveInt = Field(description="rank of the joint key/value latent (cached)")
+    qk_nope_head_dim: PositiveInt = Field(description="per-head query/key dims without RoPE")
+    qk_rope_head_dim: PositiveInt = Field(description="per-head decoupled RoPE dims (key part cached, shared)")
+    v_head_dim: PositiveInt = Field(description="per-head value dims")
+
+
+class MoESpec(Spec):
+    """Mixture of experts replacing the MLP of some layers."""
+
+    num_experts: PositiveInt = Field(description="routed experts per MoE layer")
+    top_k: PositiveInt = Field(description="routed experts each token is sent to")
+    expert_ffn_hidden_size: PositiveInt = Field(description="hidden size of one routed expert's MLP")
+    num_shared_experts: int = Field(0, ge=0, description="always-active shared experts per MoE layer")
+    shared_expert_ffn_hidden_size: int | None = Field(
+        None, ge=1, description="hidden size of one shared expert; None = expert_ffn_hidden_size"
+    )
+    first_k_dense: int = Field(0, ge=0, description="the first k layers keep a dense MLP")
+    layer_freq: PositiveInt = Field(
+        1, description="after the first k dense layers, every n-th layer is MoE (1 = all of them)"
+    )
+    capacity_factor: float | None = Field(
+        None, gt=0, description="expert capacity factor; None = dropless routing"
+    )
+
+    @property
+    def shared_ffn(self) -> int:
+        return self.shared_expert_ffn_hidden_size or self.expert_ffn_hidden_size
+
+
+class ModelSpec(Spec):
+    """A decoder (or encoder) transformer described the way Hugging Face configs do."""
+
+    name: str = Field(description="preset name (the file stem) or a free label")
+    description: str = Field("", description="one line: what this model is")
+    source: str = Field("", description="where the dimensions come from (paper, model card)")
+    notes: str = Field("", description="discrepancies between a source's stated and derived numbers")
+    num_layers: PositiveInt = Field(description="transformer blocks")
+    hidden_size: PositiveInt = Field(description="model width h")
+    num_attention_heads: PositiveInt = Field(description="query heads")
+    num_kv_heads: int | None = Field(
+        None, ge=1, description="key/value heads: None or = heads is MHA, 1 is MQA, else GQA"
+    )
+    head_dim: int | None = Field(None, ge=1, description="per-head dims; None = hidden / heads")
+    ffn_hidden_size: PositiveInt = Field(description="hidden size of the dense MLP")
+    activation: Activation = Field(Activation.GELU, description="MLP activation")
+    vocab_size: PositiveInt = Field(description="vocabulary (embedding rows)")
+    positional: Positional = Field(Positional.ROPE, description="positional scheme")
+    max_position_embeddings: int = Field(
+        2048, ge=1, description="rows of a learned position embedding (only counted if learned)"
+    )
+    tied_embeddings: bool = Field(False, description="LM head shares the input embedding")
+    linear_bias: bool = Field(False, description="linear layers carry biases (GPT-2/3, BLOOM, OPT)")
+    norm: Norm = Field(Norm.RMSNORM, description="normalisation layer")
+    embedding_norm: bool = Field(False, description="a norm right after the embedding (BLOOM)")
+    mla: MLASpec | None = Field(None, description="multi-head latent attention; None = MHA/GQA/MQA")
+    moe: MoESpec | None = Field(None, description="mixture of experts; None = dense")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelSpec:
+        h, a = self.hidden_size, self.num_attention_heads
+        if self.head_dim is None and self.mla is None and h % a:
+            raise SpecError(
+                f"model '{self.name}': {a} attention heads do not divide hidden size {h}; "
+                "set head_dim explicitly or fix the head count"
+            )
+        kv = self.num_kv_heads
+        if kv is not None and (kv > a or a % kv):
+            raise SpecError(
+                f"model '{self.name}': {kv} KV heads must divide the {a} attention heads "
+                "(MHA: kv = heads, GQA: a divisor, MQA: 1)"
+            )
+        if self.moe is not None:
+            m = self.moe
+            if m.top_k > m.num_experts:
+                raise SpecError(
+                    f"model '{self.name}': top_k {m.top_k} exceeds the {m.num_experts} experts; "
+                    "top_k must be at most num_experts"
+                )
+            if m.first_k_dense > self.num_layers:
+                raise SpecError(
+                    f"model '{self.name}': first_k_dense {m.first_k_dense} exceeds the "
+                    f"{self.num_layers} layers"
+                )
+        return self
+
+    # ----- shape helpers ---------------------------------------------------------------
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_attention_heads
+
+    @property
+    def d_head(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_attention_heads
+
+    @property
+    def attention_kind(self) -> str:
+        if self.mla is not None:
+            return "MLA"
+        if self.kv_heads == self.num_attention_heads:
+            return "MHA"
+        return "MQA" if self.kv_heads == 1 else "GQA"
+
+    def is_moe_layer(self, layer: int) -> bool:
+        """Whether block `layer` (0-based) has an MoE MLP."""
+        m = self.moe
+        if m is None or layer < m.first_k_dense:
+            return False
+        return (layer - m.first_k_dense) % m.layer_freq == 0
+
+    @cached_property
+    def num_moe_layers(self) -> int:
+        return sum(self.is_moe_layer(i) for i in range(self.num_layers))
+
+    # ----- parameters ------------------------------------------------------------------
+    @cached_property
+    def norm_params(self) -> int:
+        """Parameters of one normalisation over the hidden size."""
+        return 2 * self.hidden_size if self.norm == Norm.LAYERNORM else self.hidden_size
+
+    @cached_property
+    def attention_params(self) -> int:
+        """Parameters of one attention block (projections and MLA's internal norms)."""
+        h, a, b = self.hidden_size, self.num_attention_heads, self.linear_bias
+        if self.mla is not None:
+            m = self.mla
+            qk = m.qk_nope_head_dim + m.qk_rope_head_dim
+            if m.q_lora_rank_dim:
+                q = h * m.q_lora_rank_dim + m.q_lora_rank_dim + m.q_lora_rank_dim * a * qk
+            else:
+                q = h * a * qk
+            kv = (h * (m.kv_lora_rank_dim + m.qk_rope_head_dim) + m.kv_lora_rank_dim
+                  + m.kv_lora_rank_dim * a * (m.qk_nope_head_dim + m.v_head_dim))
+            return q + kv + a * m.v_head_dim * h
+        q_dim, kv_dim = a * self.d_head, self.kv_heads * self.d_head
+        proj = h * q_dim + 2 * h * kv_dim + q_dim * h
+        return proj + ((q_dim + 2 * kv_dim + h) if b else 0)
+
+    def mlp_params(self, ffn: int) -> int:
+        """Parameters of one MLP of hidden size `ffn` (3 matrices if gated, else 2)."""
+        h = self.hidden_size
+        mats = 3 if self.activation.gated else 2
+        bias = (ffn * (mats - 1) + h) if self.linear_bias else 0
+        return mats * h * ffn + bias
+
+    @cached_property
+    def dense_layer_params(self) -> int:
+        return self.attention_params + self.mlp_params(self.ffn_hidden_size) + 2 * self.norm_params
+
+    @cached_property
+    def moe_layer_params(self) -> int:
+        """All parameters of one MoE block (every routed expert, shared experts, router)."""
+        m = self.moe
+        if m is None:
+            return self.dense_layer_params
+        return (self.attention_params + 2 * self.norm_params + self.hidden_size * m.num_experts
+                + m.num_experts * self.mlp_params(m.expert_ffn_hidden_size)
+                + m.num_shared_experts * self.mlp_params(m.shared_ffn))
+
+    @cached_property
+    def moe_layer_active_params(self) -> int:
+        """Parameters one token touches in an MoE block (top-k routed + shared + router)."""
+        m = self.moe
+        if m is None:
+            return self.dense_layer_params
+        return (self.attention_params + 2 * self.norm_params + self.hidden_size * m.num_experts
+                + m.top_k * self.mlp_params(m.expert_ffn_hidden_size)
+                + m.num_shared_experts * self.mlp_params(m.shared_ffn))
+
+    @cached_property
+    def embedding_params(self) -> int:
+        pos = (self.max_position_embeddings * self.hidden_size
+               if self.positional == Positional.LEARNED else 0)
+        emb_norm = self.norm_params if self.embedding_norm else 0
+        return self.vocab_size * self.hidden_size + pos + emb_norm
+
+    @cached_property
+    def lm_head_params(self) -> int:
+        """Final norm plus the output projection (zero extra matrix when tied)."""
+        head = 0 if self.tied_embeddings else self.vocab_size * self.hidden_size
+        return head + self.norm_params
+
+    @cached_property
+    def params(self) -> int:
+        """Total parameters."""
+        n_moe = self.num_moe_layers
+        blocks = (self.num_layers - n_moe) * self.dense_layer_params + n_moe * self.moe_layer_params
+        return blocks + self.embedding_params + self.lm_head_params
+
+    @cached_property
+    def active_params(self) -> int:
+        """Parameters activated per token (= params for a dense model)."""
+        n_moe = self.num_moe_layers
+        blocks = ((self.num_layers - n_moe) * self.dense_layer_params
+                  + n_moe * self.moe_layer_active_params)
+        return blocks + self.embedding_params + self.lm_head_params
+
+    # ----- FLOPs -----------------------------------------------------------------------
+    @cached_property
+    def matmul_active_params(self) -> int:
+        """Weights in matrix multiplies one token goes through (no embedding lookup, no norms,
+        no biases; the LM head counts even when tied). Twice this is the forward FLOPs/token."""
+        h, a = self.hidden_size, self.num_attention_heads
+        if self.mla is not None:
+            attn = self.attention_params - (self.mla.q_lora_rank_dim or 0) - self.mla.kv_lora_rank_dim
+        else:
+            attn = 2 * h * a * self.d_head + 2 * h * self.kv_heads * self.d_head
+        mats = 3 if self.activation.gated else 2
+        dense_mlp = mats * h * self.ffn_hidden_size
+        total = self.num_layers * attn + (self.num_layers - self.num_moe_layers) * dense_mlp
+        if self.moe is not None:
+            m = self.moe
+            moe_mlp = (h * m.num_experts + m.top_k * mats * h * m.expert_ffn_hidden_size
+                       + m.num_shared_experts * mats * h * m.shared_ffn)
+            total += self.num_moe_layers * moe_mlp
+        return total + self.vocab_size * h
+
+    def attention_score_flops_per_token(self, seq_len: int) -> float:
+        """Forward FLOPs of Q.K^T and scores.V per token over all layers, full (non-causal)
+        s x s, the convention of Narayanan et al. 2021 Eq. 3."""
+        a = self.num_attention_heads
+        if self.mla is not None:
+            d_qk = self.mla.qk_nope_head_dim + self.mla.qk_rope_head_dim
+            d_v = self.mla.v_head_dim
+        else:
+            d_qk = d_v = self.d_head
+        return float(self.num_layers * 2 * seq_len * a * (d_qk + d_v))
+
+    def forward_flops_per_token(self, seq_len: int, *, attention_scores: bool = True) -> float:
+        """Forward FLOPs per token: 2 per matmul weight, plus the attention-score term."""
+        flops = 2.0 * self.matmul_active_params
+        return flops + (self.attention_score_flops_per_token(seq_len) if attention_scores else 0.0)
+
+    # ----- bytes -----------------------------------------------------------------------
+    def kv_cache_bytes_per_token(self, dtype: DType = DType.BF16) -> int:
+        """KV-cache bytes one token adds over all layers: K and V per KV head (MHA/GQA/MQA);
+        the latent plus the shared RoPE key for MLA (DeepSeek-V2 Sec. 2.1.2)."""
+        if self.mla is not None:
+            per_layer = self.mla.kv_lora_rank_dim + self.mla.qk_rope_head_dim
+        else:
+            per_layer = 2 * self.kv_heads * self.d_head
+        return self.num_layers * per_layer * dtype.bytes
+
+
+def weight_bytes_per_param(dtype: DType) -> int:
+    """Bytes of the working copy of each weight. fp8 training keeps bf16 weights and casts
+    per GEMM (Transformer Engine, NVIDIA FP8 primer), so fp8 counts 2 bytes here."""
+    return 2 if dtype == DType.FP8 else dtype.bytes
+
+
+def grad_bytes_per_param(dtype: DType) -> int:
+    """Bytes of each gradient, accumulated in the working dtype (fp8 -> bf16)."""
+    return weight_bytes_per_param(dtype)
+
+
+def optimizer_bytes_per_param(optimizer: Optimizer, dtype: DType) -> int:
+    """Bytes of optimizer state per parameter.
+
+    Mixed-precision Adam keeps an fp32 master copy, momentum and variance: 4+4+4 = 12 bytes
+    (Rajbhandari et al. 2020, ZeRO, Sec. 3.1: "K = 12"). In pure fp32 the master copy is the
+    weight itself (8). SGD with momentum: master + momentum (8; 4 in fp32). Adafactor's factored
+    second moments are O(rows + cols) and counted as zero; master copy 4 (0 in fp32).
+    """
+    master = 0 if dtype in (DType.FP32, DType.TF32) else 4
+    if optimizer in (Optimizer.ADAM, Optimizer.ADAMW):
+        return master + 8
+    if optimizer == Optimizer.SGD:
+        return master + 4
+    return master

@@ -1,0 +1,161 @@
+"""A parallel plan: how one model is split over the devices, and the `--plan` string syntax.
+
+A plan fixes the degrees (tp, pp, dp, cp, ep), the schedule (micro-batch, virtual stages), the
+memory savers (sequence parallelism, ZeRO stage, recomputation), the rank layout order, and
+optionally the number of blocks on each pipeline stage. Whether it suits a given model and
+cluster is checked by `planner.validate`, not here.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import Field, PositiveInt, field_validator
+
+from planner.errors import PlanError
+from planner.model import Spec
+
+
+class Recompute(StrEnum):
+    """Activation recomputation (Korthikanti et al. 2022, Sec. 4 and 5)."""
+
+    NONE = "none"
+    SELECTIVE = "selective"
+    FULL = "full"
+
+
+DEFAULT_ORDER = ("tp", "cp", "dp", "pp")
+"""Rank layout, innermost first: TP on adjacent ranks (inside a node), then CP, DP, PP
+(Megatron-Core's default 'tp-cp-ep-dp-pp', with EP folded into DP)."""
+
+
+class Plan(Spec):
+    """One way to run a model on a set of devices."""
+
+    tp: PositiveInt = Field(1, description="tensor-parallel degree")
+    pp: PositiveInt = Field(1, description="pipeline-parallel degree (stages)")
+    dp: PositiveInt = Field(1, description="data-parallel degree")
+    cp: PositiveInt = Field(1, description="context-parallel degree (sequence split in attention)")
+    ep: PositiveInt = Field(1, description="expert-parallel degree, folded into dp*cp (MoE only)")
+    etp: PositiveInt | None = Field(None, description="expert tensor-parallel degree; None = 1")
+    sp: bool = Field(False, description="sequence parallelism over the tp group (Korthikanti)")
+    zero: int = Field(0, ge=0, le=3, description="ZeRO stage over dp: 1 optimizer, 2 +grads, 3 +weights")
+    recompute: Recompute = Field(Recompute.NONE, description="activation recomputation")
+    mbs: PositiveInt = Field(1, description="micro-batch size in sequences")
+    vpp: PositiveInt = Field(1, description="virtual pipeline stages per device (interleaved 1F1B)")
+    order: tuple[str, ...] = Field(DEFAULT_ORDER, description="rank layout, innermost group first")
+    stage_layers: tuple[PositiveInt, ...] | None = Field(
+        None, description="blocks on each pipeline stage (length pp); None = as even as possible"
+    )
+
+    @field_validator("order")
+    @classmethod
+    def _order(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if sorted(v) != sorted(DEFAULT_ORDER):
+            raise PlanError(
+                f"order '{'-'.join(v)}' must be a permutation of tp, cp, dp, pp "
+                "(e.g. order=tp-cp-dp-pp)"
+            )
+        return v
+
+    @property
+    def devices(self) -> int:
+        return self.tp * self.pp * self.dp * self.cp
+
+    @property
+    def expert_tp(self) -> int:
+        return self.etp or 1
+
+    def layers_per_stage(self, num_layers: int) -> tuple[int, ...]:
+        """Blocks on each stage: the explicit split, or as even as possible (earlier stages
+        take the remainder, as Megatron-LM does with uneven layer counts)."""
+        if self.stage_layers is not None:
+            return self.stage_layers
+        base, extra = divmod(num_layers, self.pp)
+        return tuple(base + (1 if i < extra else 0) for i in range(self.pp))
+
+    def stage_ranges(self, num_layers: int) -> list[tuple[int, int]]:
+        """Inclusive (first, last) block index of each stage."""
+        out, start = [], 0
+        for n in self.layers_per_stage(num_layers):
+            out.append((start, start + n - 1))
+            start += n
+        return out
+
+    def to_string(self) -> str:
+        """The `--plan` string that parses back to this plan."""
+        parts = [f"tp={self.tp}", f"pp={self.pp}", f"dp={self.dp}", f"cp={self.cp}",
+                 f"ep={self.ep}", f"vpp={self.vpp}", f"mbs={self.mbs}",
+                 f"sp={'on' if self.sp else 'off'}", f"recompute={self.recompute.value}",
+                 f"zero={self.zero}"]
+        if self.etp is not None:
+            parts.append(f"etp={self.etp}")
+        if self.order != DEFAULT_ORDER:
+            parts.append("order=" + "-".join(self.order))
+        if self.stage_layers is not None:
+            parts.append("layers=" + "/".join(str(n) for n in self.stage_layers))
+        return ",".join(parts)
+
+
+_INT_KEYS = ("tp", "pp", "dp", "cp", "ep", "etp", "vpp", "mbs", "zero")
+_ON = {"on", "true", "1", "yes"}
+_OFF = {"off", "false", "0", "no"}
+PLAN_KEYS = (*_INT_KEYS, "sp", "recompute", "order", "layers")
+
+
+def parse_plan_fields(text: str) -> dict[str, object]:
+    """Parse 'tp=8,pp=8,sp=on,...' into Plan fields, without defaults or device checks."""
+    fields: dict[str, object] = {}
+    for raw in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = (s.strip() for s in raw.partition("="))
+        if not sep or not value:
+            raise PlanError(f"plan item '{raw}' is not key=value; write e.g. 'tp=8,pp=2'")
+        if key not in PLAN_KEYS:
+            raise PlanError(f"unknown plan key '{key}'; the keys are {', '.join(PLAN_KEYS)}")
+        if key in fields or (key == "layers" and "stage_layers" in fields):
+            raise PlanError(f"plan key '{key}' given twice")
+        fields.update(_parse_value(key, value))
+    return fields
+
+
+def _parse_value(key: str, value: str) -> dict[str, object]:
+    if key in _INT_KEYS:
+        if not value.isdigit():
+            raise PlanError(f"plan key '{key}' needs a whole number, got '{value}'")
+        return {key: int(value)}
+    if key == "sp":
+        if value.lower() not in _ON | _OFF:
+            raise PlanError(f"plan key 'sp' takes on or off, got '{value}'")
+        return {"sp": value.lower() in _ON}
+    if key == "recompute":
+        allowed = [r.value for r in Recompute]
+        if value not in allowed:
+            raise PlanError(f"plan key 'recompute' takes {'/'.join(allowed)}, got '{value}'")
+        return {"recompute": Recompute(value)}
+    if key == "order":
+        return {"order": tuple(value.split("-"))}
+    counts = value.split("/")
+    if not all(c.isdigit() and int(c) > 0 for c in counts):
+        raise PlanError(f"plan key 'layers' takes block counts per stage like 10/12/12/10, got '{value}'")
+    return {"stage_layers": tuple(int(c) for c in counts)}
+
+
+def parse_plan(text: str, *, devices: int) -> Plan:
+    """Parse a `--plan` string; dp defaults to devices / (tp*pp*cp), the rest to Plan's defaults."""
+    fields = parse_plan_fields(text)
+    if "dp" not in fields:
+        denom = int(fields.get("tp", 1)) * int(fields.get("pp", 1)) * int(fields.get("cp", 1))  # type: ignore[arg-type]
+        if devices % denom:
+            raise PlanError(
+                f"tp*pp*cp = {denom} does not divide the {devices} devices, so dp cannot be "
+                "derived; change the degrees or give dp and the device count explicitly"
+            )
+        fields["dp"] = devices // denom
+    try:
+        return Plan(**fields)  # type: ignore[arg-type]
+    except PlanError:
+        raise
+    except ValueError as err:  # pydantic ValidationError: out-of-range numbers
+        first = err.errors()[0] if hasattr(err, "errors") else {"loc": ("plan",), "msg": str(err)}  # type: ignore[union-attr]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise PlanError(f"plan key '{loc}': {first['msg']}") from None

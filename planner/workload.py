@@ -1,0 +1,36 @@
+"""What is asked of the model: a training step or an inference request batch."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, PositiveInt
+
+from planner.model import DType, Optimizer, Spec
+
+
+class TrainingWorkload(Spec):
+    """One optimizer step over a global batch of sequences."""
+
+    mode: Literal["training"] = "training"
+    global_batch_size: PositiveInt = Field(description="sequences per optimizer step")
+    seq_len: PositiveInt = Field(description="tokens per sequence")
+    dtype: DType = Field(DType.BF16, description="math and weight dtype (mixed precision)")
+    optimizer: Optimizer = Field(Optimizer.ADAM, description="decides optimizer-state bytes")
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.global_batch_size * self.seq_len
+
+
+class InferenceWorkload(Spec):
+    """A batch of requests: prefill of the prompts, then decode of the outputs."""
+
+    mode: Literal["inference"] = "inference"
+    batch_size: PositiveInt = Field(description="concurrent sequences")
+    prompt_len: PositiveInt = Field(description="prompt tokens per sequence")
+    output_len: PositiveInt = Field(description="generated tokens per sequence")
+    dtype: DType = Field(DType.BF16, description="weight, activation and KV-cache dtype")
+
+
+Workload = Annotated[TrainingWorkload | InferenceWorkload, Field(discriminator="mode")]
