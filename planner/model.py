@@ -43,7 +43,9 @@ class Activation(StrEnum):
 
 
 class Positional(StrEnum):
-    """Positional scheme. Only `learned` adds parameters (max_position_embeddings * hidden)."""
+    """Positional scheme. `learned` adds max_position_embeddings * hidden parameters;
+    `relative` is Transformer-XL's (Dai et al. 2019, Sec. 3.3; used by Gopher), which adds a
+    position-key projection W_R of hidden x (heads*d_head) and two bias vectors per layer."""
 
     LEARNED = "learned"
     ROPE = "rope"
@@ -134,7 +136,9 @@ class ModelSpec(Spec):
     head_dim: int | None = Field(None, ge=1, description="per-head dims; None = hidden / heads")
     ffn_hidden_size: PositiveInt = Field(description="hidden size of the dense MLP")
     activation: Activation = Field(Activation.GELU, description="MLP activation")
-    vocab_size: PositiveInt = Field(description="vocabulary (embedding rows)")
+    vocab_size: int = Field(
+        ge=0, description="vocabulary (embedding rows); 0 = no embedding or LM head (a bare stack)"
+    )
     positional: Positional = Field(Positional.ROPE, description="positional scheme")
     max_position_embeddings: int = Field(
         2048, ge=1, description="rows of a learned position embedding (only counted if learned)"
@@ -223,8 +227,16 @@ class ModelSpec(Spec):
                   + m.kv_lora_rank_dim * a * (m.qk_nope_head_dim + m.v_head_dim))
             return q + kv + a * m.v_head_dim * h
         q_dim, kv_dim = a * self.d_head, self.kv_heads * self.d_head
-        proj = h * q_dim + 2 * h * kv_dim + q_dim * h
+        proj = h * q_dim + 2 * h * kv_dim + q_dim * h + self._relative_position_params
         return proj + ((q_dim + 2 * kv_dim + h) if b else 0)
+
+    @property
+    def _relative_position_params(self) -> int:
+        """Transformer-XL W_R (h x heads*d_head) plus the u, v bias vectors, per layer."""
+        if self.positional != Positional.RELATIVE:
+            return 0
+        q_dim = self.num_attention_heads * self.d_head
+        return self.hidden_size * q_dim + 2 * q_dim
 
     def mlp_params(self, ffn: int) -> int:
         """Parameters of one MLP of hidden size `ffn` (3 matrices if gated, else 2)."""
@@ -294,7 +306,8 @@ class ModelSpec(Spec):
         if self.mla is not None:
             attn = self.attention_params - (self.mla.q_lora_rank_dim or 0) - self.mla.kv_lora_rank_dim
         else:
-            attn = 2 * h * a * self.d_head + 2 * h * self.kv_heads * self.d_head
+            attn = (2 * h * a * self.d_head + 2 * h * self.kv_heads * self.d_head
+                    + h * a * self.d_head * (self.positional == Positional.RELATIVE))
         mats = 3 if self.activation.gated else 2
         dense_mlp = mats * h * self.ffn_hidden_size
         total = self.num_layers * attn + (self.num_layers - self.num_moe_layers) * dense_mlp
