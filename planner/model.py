@@ -150,6 +150,10 @@ class ModelSpec(Spec):
     mla: MLASpec | None = Field(None, description="multi-head latent attention; None = MHA/GQA/MQA")
     moe: MoESpec | None = Field(None, description="mixture of experts; None = dense")
 
+    def model_copy(self, *, update: dict[str, object] | None = None, deep: bool = False) -> ModelSpec:
+        """A validated copy: derived (cached) numbers are recomputed, never carried over."""
+        return type(self).model_validate({**self.model_dump(), **(update or {})})
+
     @model_validator(mode="after")
     def _consistent(self) -> ModelSpec:
         h, a = self.hidden_size, self.num_attention_heads
@@ -279,6 +283,8 @@ class ModelSpec(Spec):
     @cached_property
     def lm_head_params(self) -> int:
         """Final norm plus the output projection (zero extra matrix when tied)."""
+        if self.vocab_size == 0:
+            return 0
         head = 0 if self.tied_embeddings else self.vocab_size * self.hidden_size
         return head + self.norm_params
 

@@ -16,6 +16,19 @@ from planner.errors import PlanError
 from planner.model import Spec
 
 
+class Attention(StrEnum):
+    """Attention kernel: FlashAttention-2/3 class, FlashAttention-1/Triton class, or unfused
+    (separate Q.K^T, softmax, dropout and scores.V kernels, as Megatron-LM before 2022)."""
+
+    FLASH = "flash"
+    FLASH1 = "flash1"
+    UNFUSED = "unfused"
+
+    @property
+    def fused(self) -> bool:
+        return self != Attention.UNFUSED
+
+
 class Recompute(StrEnum):
     """Activation recomputation (Korthikanti et al. 2022, Sec. 4 and 5)."""
 
@@ -43,6 +56,7 @@ class Plan(Spec):
     recompute: Recompute = Field(Recompute.NONE, description="activation recomputation")
     mbs: PositiveInt = Field(1, description="micro-batch size in sequences")
     vpp: PositiveInt = Field(1, description="virtual pipeline stages per device (interleaved 1F1B)")
+    attn: Attention = Field(Attention.FLASH, description="attention kernel (see Attention)")
     order: tuple[str, ...] = Field(DEFAULT_ORDER, description="rank layout, innermost group first")
     stage_layers: tuple[PositiveInt, ...] | None = Field(
         None, description="blocks on each pipeline stage (length pp); None = as even as possible"
@@ -88,6 +102,8 @@ class Plan(Spec):
                  f"ep={self.ep}", f"vpp={self.vpp}", f"mbs={self.mbs}",
                  f"sp={'on' if self.sp else 'off'}", f"recompute={self.recompute.value}",
                  f"zero={self.zero}"]
+        if self.attn != Attention.FLASH:
+            parts.append(f"attn={self.attn.value}")
         if self.etp is not None:
             parts.append(f"etp={self.etp}")
         if self.order != DEFAULT_ORDER:
@@ -100,7 +116,9 @@ class Plan(Spec):
 _INT_KEYS = ("tp", "pp", "dp", "cp", "ep", "etp", "vpp", "mbs", "zero")
 _ON = {"on", "true", "1", "yes"}
 _OFF = {"off", "false", "0", "no"}
-PLAN_KEYS = (*_INT_KEYS, "sp", "recompute", "order", "layers")
+_BOOL_KEYS = ("sp",)
+_ENUM_KEYS: dict[str, type[StrEnum]] = {"recompute": Recompute, "attn": Attention}
+PLAN_KEYS = (*_INT_KEYS, *_BOOL_KEYS, *_ENUM_KEYS, "order", "layers")
 
 
 def parse_plan_fields(text: str) -> dict[str, object]:
@@ -122,16 +140,19 @@ def _parse_value(key: str, value: str) -> dict[str, object]:
     if key in _INT_KEYS:
         if not value.isdigit():
             raise PlanError(f"plan key '{key}' needs a whole number, got '{value}'")
+        if key != "zero" and int(value) < 1:
+            raise PlanError(f"plan key '{key}' must be at least 1, got {value}")
         return {key: int(value)}
-    if key == "sp":
+    if key in _BOOL_KEYS:
         if value.lower() not in _ON | _OFF:
-            raise PlanError(f"plan key 'sp' takes on or off, got '{value}'")
-        return {"sp": value.lower() in _ON}
-    if key == "recompute":
-        allowed = [r.value for r in Recompute]
+            raise PlanError(f"plan key '{key}' takes on or off, got '{value}'")
+        return {key: value.lower() in _ON}
+    if key in _ENUM_KEYS:
+        enum = _ENUM_KEYS[key]
+        allowed = [r.value for r in enum]
         if value not in allowed:
-            raise PlanError(f"plan key 'recompute' takes {'/'.join(allowed)}, got '{value}'")
-        return {"recompute": Recompute(value)}
+            raise PlanError(f"plan key '{key}' takes {'/'.join(allowed)}, got '{value}'")
+        return {key: enum(value)}
     if key == "order":
         return {"order": tuple(value.split("-"))}
     counts = value.split("/")

@@ -1,0 +1,315 @@
+"""meshplan's command line: parse, call the planner API, render with rich.
+
+This is the only place where errors become output: a `PlannerError` prints one line
+(`error: ...`) on stderr and exits with its code (2 bad input, 3 nothing feasible); anything
+else exits 1 with a one-line notice, and `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import planner
+from planner import presets
+from planner.errors import PlannerError
+from planner.summary import GIB, cluster_summary, device_summary, model_summary
+
+app = typer.Typer(
+    name="meshplan",
+    help="Auto-parallel plan search for large neural networks.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+F = TypeVar("F", bound=Callable[..., Any])
+_STATE = {"debug": False}
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
+
+
+def handle_errors(fn: F) -> F:
+    """Turn known errors into one line and an exit code; unknown ones into exit 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        debug = kwargs.get("debug", False) or _STATE["debug"]
+        try:
+            return fn(*args, **kwargs)
+        except PlannerError as e:
+            if debug:
+                raise
+            err.print(f"error: {e}", markup=False, soft_wrap=True)
+            raise typer.Exit(e.exit_code) from None
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as e:  # noqa: BLE001 - the CLI edge: report, never a traceback
+            if debug:
+                raise
+            err.print(f"error: unexpected {type(e).__name__}: {e} (rerun with --debug for the "
+                      "traceback and report it)", markup=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"meshplan {planner.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """meshplan: find the best way to split a model over a cluster."""
+    _STATE["debug"] = debug
+
+
+def print_json(data: Any) -> None:
+    """Deterministic JSON on stdout."""
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def _fmt_count(n: float) -> str:
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+# ----- presets -----------------------------------------------------------------------------
+@app.command("presets")
+@handle_errors
+def presets_cmd(
+    kind: Annotated[str | None, typer.Argument(help="models, devices or clusters (default: all)")] = None,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """List the built-in models, devices and clusters."""
+    kinds = presets.KINDS
+    if kind is not None:
+        singular = kind.rstrip("s")
+        if singular not in kinds:
+            raise planner.SpecError(f"unknown preset kind '{kind}'; use models, devices or clusters")
+        kinds = (singular,)  # type: ignore[assignment]
+    rows: list[dict[str, Any]] = []
+    for k in kinds:
+        for name in presets.list_presets(k):
+            rows.append(_preset_row(k, name))
+    if as_json:
+        print_json(rows)
+        return
+    for k in kinds:
+        table = Table(title=f"{k}s", title_justify="left")
+        sub = [r for r in rows if r["kind"] == k]
+        cols = [c for c in sub[0] if c != "kind"] if sub else ["name"]
+        for c in cols:
+            table.add_column(c, overflow="fold")
+        for r in sub:
+            table.add_row(*(str(r[c]) for c in cols))
+        out.print(table)
+
+
+def _preset_row(kind: str, name: str) -> dict[str, Any]:
+    if kind == "model":
+        m = presets.load_model(name)
+        return {"kind": kind, "name": name, "params": _fmt_count(m.params),
+                "active": _fmt_count(m.active_params), "layers": m.num_layers,
+                "hidden": m.hidden_size, "attention": m.attention_kind,
+                "moe": f"{m.moe.num_experts}e top{m.moe.top_k}" if m.moe else "-",
+                "description": m.description}
+    if kind == "device":
+        d = presets.load_device(name)
+        return {"kind": kind, "name": name,
+                "bf16_tflops": f"{d.peak_flops(planner.DType.BF16) / 1e12:.0f}",
+                "memory_gib": f"{d.memory_bytes / GIB:.0f}",
+                "hbm_tb_s": f"{d.memory_bandwidth_bytes_per_s / 1e12:.2f}",
+                "description": d.description}
+    c = presets.load_cluster(name)
+    return {"kind": kind, "name": name, "device": c.device.name,
+            "per_node": c.devices_per_node,
+            "intra_gb_s": f"{c.intra_node.bandwidth_bytes_per_s / 1e9:.0f}",
+            "inter_gb_s": f"{c.inter_node.bandwidth_bytes_per_s / 1e9:.1f}",
+            "description": c.description}
+
+
+# ----- show --------------------------------------------------------------------------------
+@app.command("show")
+@handle_errors
+def show_cmd(
+    model: Annotated[str, typer.Argument(help="model preset, meshplan model file, or HF config.json")],
+    seq_len: Annotated[int, typer.Option("--seq-len", min=1, help="sequence length for FLOPs")] = 2048,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Show a model's dimensions, parameters, FLOPs per token and memory."""
+    spec = presets.load_model(model)
+    data = model_summary(spec, seq_len=seq_len)
+    if as_json:
+        print_json(data)
+        return
+    _render_model(data)
+
+
+def _render_model(d: dict[str, Any]) -> None:
+    out.print(f"[bold]{d['name']}[/bold]  {d['description']}")
+    if d["source"]:
+        out.print(f"source: {d['source']}", markup=False)
+    t = Table(show_header=False, box=None, pad_edge=False)
+    t.add_column(style="cyan")
+    t.add_column()
+    for k, v in d["dimensions"].items():
+        if isinstance(v, dict):
+            v = ", ".join(f"{a}={b}" for a, b in v.items() if b is not None)
+        t.add_row(k, str(v))
+    t.add_row("parameters", f"{d['params']:,} ({_fmt_count(d['params'])})")
+    t.add_row("active parameters/token", f"{d['active_params']:,} ({_fmt_count(d['active_params'])})")
+    s = d["seq_len"]
+    t.add_row(f"forward FLOPs/token (s={s})", f"{d['forward_flops_per_token']:.4g}")
+    t.add_row("  without attention scores", f"{d['forward_flops_per_token_no_attention']:.4g}")
+    t.add_row("training FLOPs/token (3x fwd)", f"{d['training_flops_per_token']:.4g}")
+    t.add_row("KV cache/token (bf16)", f"{d['kv_cache_bytes_per_token']:,} B")
+    for dtype, mem in d["memory"].items():
+        t.add_row(f"weights {dtype}", f"{mem['weights_gib']:.1f} GiB")
+    t.add_row(f"training states ({d['optimizer']}, bf16)",
+              f"{d['memory']['bf16']['training_states_gib']:.1f} GiB unsharded")
+    out.print(t)
+    if d["notes"]:
+        out.print(f"[yellow]notes:[/yellow] {d['notes']}")
+
+
+# ----- evaluate ----------------------------------------------------------------------------
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="model preset, model file or HF config.json")]
+ClusterOpt = Annotated[str, typer.Option("--cluster", "-c", help="cluster preset or file")]
+GpusOpt = Annotated[int | None, typer.Option("--gpus", help="number of devices")]
+NodesOpt = Annotated[int | None, typer.Option("--nodes", help="number of nodes (instead of --gpus)")]
+BatchOpt = Annotated[int, typer.Option("--global-batch", min=1, help="sequences per step")]
+SeqOpt = Annotated[int, typer.Option("--seq-len", min=1, help="tokens per sequence")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="bf16, fp16 or fp8")]
+OptimizerOpt = Annotated[str, typer.Option("--optimizer", help="adam, adamw, sgd or adafactor")]
+
+
+def training_workload(global_batch: int, seq_len: int, dtype: str,
+                      optimizer: str) -> planner.TrainingWorkload:
+    """Build the workload, turning unknown dtypes/optimizers into one-line errors."""
+    allowed = ("bf16", "fp16", "fp8", "fp32", "tf32")
+    if dtype not in allowed:
+        raise planner.SpecError(f"--dtype '{dtype}' is not one of {', '.join(allowed)}")
+    opts = [o.value for o in planner.Optimizer]
+    if optimizer not in opts:
+        raise planner.SpecError(f"--optimizer '{optimizer}' is not one of {', '.join(opts)}")
+    return planner.TrainingWorkload(global_batch_size=global_batch, seq_len=seq_len,
+                                    dtype=planner.DType(dtype),
+                                    optimizer=planner.Optimizer(optimizer))
+
+
+@app.command("evaluate")
+@handle_errors
+def evaluate_cmd(
+    model: ModelOpt,
+    cluster: ClusterOpt,
+    global_batch: BatchOpt,
+    seq_len: SeqOpt,
+    plan: Annotated[str, typer.Option("--plan", help="e.g. 'tp=8,pp=8,vpp=3,mbs=1,sp=on,recompute=selective,zero=1'")] = "",
+    gpus: GpusOpt = None,
+    nodes: NodesOpt = None,
+    dtype: DtypeOpt = "bf16",
+    optimizer: OptimizerOpt = "adam",
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Predict the step time, throughput, MFU and memory of one training plan."""
+    from planner.api import evaluate
+
+    spec, clus = presets.load_model(model), presets.load_cluster(cluster)
+    n = clus.devices_for(gpus=gpus, nodes=nodes)
+    wl = training_workload(global_batch, seq_len, dtype, optimizer)
+    est = evaluate(spec, clus, wl, planner.parse_plan(plan, devices=n), devices=n)
+    if as_json:
+        print_json(est.model_dump(mode="json"))
+        return
+    render_estimate(est, title=f"{spec.name} on {n}x {clus.device.name} ({clus.name})")
+
+
+def render_estimate(est: Any, *, title: str) -> None:
+    """Rich tables for one Estimate: headline, time breakdown, memory."""
+    out.print(f"[bold]{title}[/bold]")
+    out.print(f"plan: {est.plan}", markup=False)
+    head = Table(show_header=False, box=None)
+    head.add_column(style="cyan")
+    head.add_column()
+    head.add_row("step time", f"{est.step_time_s:.3f} s ({est.num_microbatches} micro-batches)")
+    head.add_row("tokens/s", f"{est.tokens_per_s:,.0f} ({est.tokens_per_s / est.devices:,.0f} per device)")
+    head.add_row("model TFLOP/s per device", f"{est.model_tflops_per_gpu:.1f} (MFU {est.mfu:.1%})")
+    head.add_row("hardware TFLOP/s per device", f"{est.hardware_tflops_per_gpu:.1f} (HFU {est.hfu:.1%})")
+    fit = "[green]fits[/green]" if est.fits else f"[red]over by {est.over_memory_gib:.1f} GiB[/red]"
+    head.add_row("peak memory", f"{est.peak_memory_gib:.1f} / {est.capacity_gib:.1f} GiB, {fit}")
+    out.print(head)
+    t = Table(title="time per step (exposed)", title_justify="left")
+    t.add_column("part")
+    t.add_column("seconds", justify="right")
+    t.add_column("share", justify="right")
+    for k, v in est.breakdown.items():
+        t.add_row(k, f"{v:.4f}", f"{v / est.step_time_s:.1%}")
+    mt = Table(title="memory of the most loaded device", title_justify="left")
+    mt.add_column("kind")
+    mt.add_column("GiB", justify="right")
+    for k, v in est.memory_gib.items():
+        mt.add_row(k, f"{v:.2f}")
+    out.print(t)
+    out.print(mt)
+    for w in est.warnings:
+        err.print(f"warning: {w}", markup=False)
+
+
+# ----- describe device / cluster ----------------------------------------------------------
+@app.command("device")
+@handle_errors
+def device_cmd(
+    name: Annotated[str, typer.Argument(help="device preset or file")],
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Show a device's datasheet numbers."""
+    data = device_summary(presets.load_device(name))
+    print_json(data) if as_json else _render_flat(data)
+
+
+@app.command("cluster")
+@handle_errors
+def cluster_cmd(
+    name: Annotated[str, typer.Argument(help="cluster preset or file")],
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Show a cluster's device, node size and links."""
+    data = cluster_summary(presets.load_cluster(name))
+    print_json(data) if as_json else _render_flat(data)
+
+
+def _render_flat(data: dict[str, Any]) -> None:
+    t = Table(show_header=False, box=None)
+    t.add_column(style="cyan")
+    t.add_column(overflow="fold")
+    for k, v in data.items():
+        t.add_row(k, json.dumps(v) if isinstance(v, dict) else str(v))
+    out.print(t)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,107 @@
+"""Collective communication: alpha-beta times on the links a group actually spans.
+
+Decides: the time of all-reduce, reduce-scatter, all-gather, all-to-all and point-to-point
+for a group of `size` ranks laid out with `stride` between consecutive members (so whether
+the group stays inside a node, and how many members share each node's network links).
+Does not decide overlap with compute; the training model does.
+
+Formulas (per rank, message of `nbytes` = the full buffer each rank holds):
+- ring all-reduce: 2(n-1)/n * nbytes / B + 2(n-1) * alpha; reduce-scatter and all-gather
+  each half of that (Thakur, Rabenseifner & Gropp 2005, "Optimization of Collective
+  Communication Operations in MPICH", Sec. 4; Patarasuk & Yuan 2009 for bandwidth optimality).
+- tree all-reduce (NCCL double binary tree, Sanders et al. 2009): same bandwidth term,
+  latency 2*log2(n)*alpha; the faster of ring and tree is taken, as NCCL's tuner does.
+- hierarchical: a group that spans nodes with k members per node crosses the network
+  through those k members' NICs in parallel (NCCL rings use one NIC per channel), so its
+  bottleneck bandwidth is min(intra-node bandwidth, k * per-device inter-node bandwidth).
+- all-to-all: each rank sends (n-1)/n * nbytes; traffic to ranks in other nodes goes through
+  its own NIC: max(intra share / B_intra, inter share / B_inter) + (n-1) * alpha.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from cost_models.efficiency import INTER_NODE_LINK_EFFICIENCY, INTRA_NODE_LINK_EFFICIENCY
+from planner.hardware import ClusterSpec
+
+
+@dataclass(frozen=True, slots=True)
+class GroupLinks:
+    """The effective links of one communication group."""
+
+    size: int
+    bandwidth_bytes_per_s: float   # bottleneck bus bandwidth of the group
+    latency_s: float               # per-step latency on the slowest link used
+    spans_nodes: bool
+    members_per_node: int
+
+
+def group_links(cluster: ClusterSpec, *, size: int, stride: int) -> GroupLinks:
+    """Links of a group of `size` ranks spaced `stride` apart in the rank layout."""
+    per_node = cluster.devices_per_node
+    intra_bw = cluster.intra_node.bandwidth_bytes_per_s * INTRA_NODE_LINK_EFFICIENCY
+    if size <= 1:
+        return GroupLinks(1, intra_bw, 0.0, False, 1)
+    block = stride * size                     # consecutive ranks that hold whole groups
+    if block <= per_node and per_node % block == 0:
+        return GroupLinks(size, intra_bw, cluster.intra_node.latency_s, False, size)
+    # Spans nodes. Aligned groups put per_node/stride members in each node; a group that
+    # straddles a node boundary because the sizes do not divide has, at worst, one.
+    aligned = stride < per_node and per_node % stride == 0 and block % per_node == 0
+    members_per_node = min(size, per_node // stride) if aligned else 1
+    inter_bw = cluster.inter_node.bandwidth_bytes_per_s * INTER_NODE_LINK_EFFICIENCY
+    bw = min(intra_bw, members_per_node * inter_bw)
+    return GroupLinks(size, bw, cluster.inter_node.latency_s, True, members_per_node)
+
+
+def all_reduce_s(links: GroupLinks, nbytes: float) -> float:
+    """Time of an all-reduce of `nbytes` per rank (best of ring and tree)."""
+    n = links.size
+    if n <= 1 or nbytes <= 0:
+        return 0.0
+    beta = 2 * (n - 1) / n * nbytes / links.bandwidth_bytes_per_s
+    ring = beta + 2 * (n - 1) * links.latency_s
+    tree = beta + 2 * math.log2(n) * links.latency_s
+    return min(ring, tree)
+
+
+def reduce_scatter_s(links: GroupLinks, nbytes: float) -> float:
+    """Time of a reduce-scatter of a buffer of `nbytes` per rank (each keeps 1/n)."""
+    n = links.size
+    if n <= 1 or nbytes <= 0:
+        return 0.0
+    beta = (n - 1) / n * nbytes / links.bandwidth_bytes_per_s
+    return beta + min(n - 1, math.log2(n)) * links.latency_s
+
+
+def all_gather_s(links: GroupLinks, nbytes: float) -> float:
+    """Time of an all-gather producing `nbytes` per rank (each contributes 1/n)."""
+    return reduce_scatter_s(links, nbytes)
+
+
+def all_to_all_s(links: GroupLinks, cluster: ClusterSpec, nbytes: float) -> float:
+    """Time of an all-to-all where each rank holds `nbytes` spread evenly over the group."""
+    n = links.size
+    if n <= 1 or nbytes <= 0:
+        return 0.0
+    intra_bw = cluster.intra_node.bandwidth_bytes_per_s * INTRA_NODE_LINK_EFFICIENCY
+    if not links.spans_nodes:
+        return (n - 1) / n * nbytes / intra_bw + (n - 1) * links.latency_s
+    local = links.members_per_node
+    inter_bw = cluster.inter_node.bandwidth_bytes_per_s * INTER_NODE_LINK_EFFICIENCY
+    intra_part = (local - 1) / n * nbytes / intra_bw
+    inter_part = (n - local) / n * nbytes / inter_bw
+    return max(intra_part, inter_part) + (n - 1) * cluster.inter_node.latency_s
+
+
+def p2p_s(cluster: ClusterSpec, nbytes: float, *, crosses_nodes: bool) -> float:
+    """Time to send `nbytes` from one rank to another."""
+    if nbytes <= 0:
+        return 0.0
+    if crosses_nodes:
+        link, eff = cluster.inter_node, INTER_NODE_LINK_EFFICIENCY
+    else:
+        link, eff = cluster.intra_node, INTRA_NODE_LINK_EFFICIENCY
+    return nbytes / (link.bandwidth_bytes_per_s * eff) + link.latency_s

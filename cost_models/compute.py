@@ -1,0 +1,252 @@
+"""FLOPs and bytes per operator of one transformer block, timed by a roofline per operator.
+
+Decides: for one micro-batch on one device (after TP/CP/EP splitting), the forward and
+backward time of a block's GEMMs, attention core and memory-bound elementwise kernels, and
+the hardware FLOPs they execute. Each operator takes max(FLOPs / achievable FLOP/s,
+bytes / achievable bandwidth, kernel floor). Does not decide communication or scheduling.
+
+Operator list and shapes: Megatron-LM's block (Shoeybi et al. 2019 Sec. 3, Fig. 3):
+column-parallel QKV and MLP-up GEMMs, row-parallel output and MLP-down GEMMs. Backward of a
+GEMM is two GEMMs of the same FLOPs (input and weight gradients: Narayanan et al. 2021 Sec.
+5.1, "the backward pass is twice the forward"). Elementwise traffic per token follows the
+tensors Korthikanti et al. 2022 (Sec. 4.1) list for the block: two LayerNorms, two
+bias-dropout-residual adds, the activation function, and (without fused attention) the
+softmax and attention dropout over a*s scores.
+FlashAttention (Dao et al. 2022) computes only the causal half of the scores, stores none of
+them, and recomputes them in the backward pass (backward = 2.5x forward matmul FLOPs:
+Dao 2023, FlashAttention-2 Sec. 3.1.2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cost_models.efficiency import DeviceEfficiency, gemm_efficiency
+from planner.hardware import DeviceSpec
+from planner.model import DType, ModelSpec
+from planner.plan import Attention
+
+ELEMENTWISE_H_TENSORS = 10.0
+"""Reads + writes of h-wide tensors per token in a block's forward elementwise kernels: two
+norms (read x, write y: 2 each) and two residual adds (read two, write one: 3 each), the
+operators of Megatron-LM's block (Shoeybi et al. 2019 Fig. 2). Split-width tensors are
+counted separately: the Q/K/V split into contiguous heads (read and write q + 2kv), RoPE
+(read and write q + k), the activation (read f or 2f, write f). The backward pass moves
+about twice the forward bytes (it reads the saved input and the incoming gradient, writes
+the outgoing one, and accumulates the residual gradients)."""
+
+SCORE_BYTES_PER_ELEMENT = 9.0
+"""Unfused attention: scale-mask-softmax reads and writes each score (2+2 bytes), dropout
+reads it and writes output and a 1-byte mask (2+2+1): Korthikanti et al. 2022 Sec. 4.1."""
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """How one block's work is split on a device for one micro-batch."""
+
+    mbs: int
+    seq_len: int
+    tp: int = 1
+    cp: int = 1
+    sp: bool = False
+    ep: int = 1
+    etp: int = 1
+    attn: Attention = Attention.FLASH
+    dtype: DType = DType.BF16
+
+    @property
+    def tokens(self) -> int:
+        """Tokens of the micro-batch on this device (the sequence is split over cp)."""
+        return self.mbs * self.seq_len // self.cp
+
+
+@dataclass(frozen=True, slots=True)
+class BlockCompute:
+    """Compute of one block, one micro-batch, one device (seconds and FLOPs)."""
+
+    fwd_s: float
+    bwd_s: float
+    attn_core_fwd_s: float     # the part selective recomputation repeats (unfused attention)
+    attention_fwd_s: float     # attention core (Q.K^T, softmax, scores.V), fused or not
+    attention_bwd_s: float
+    fwd_flops: float           # hardware FLOPs executed in the forward pass
+    bwd_flops: float
+    attn_core_fwd_flops: float
+
+
+class Roofline:
+    """Times operators on one device: FLOPs at the GEMM efficiency, bytes at memory speed."""
+
+    def __init__(self, device: DeviceSpec, eff: DeviceEfficiency, dtype: DType) -> None:
+        self.peak = device.peak_flops(dtype)
+        self.bw = device.memory_bandwidth_bytes_per_s * eff.memory
+        self.eff = eff
+        self.dtype = dtype
+        self.elem_bytes = 2 if dtype in (DType.FP8, DType.BF16, DType.FP16) else 4
+
+    def gemm(self, m: float, n: float, k: float, batch: float = 1.0) -> tuple[float, float]:
+        """(seconds, FLOPs) of `batch` GEMMs of m x k times k x n."""
+        if m <= 0 or n <= 0 or k <= 0:
+            return 0.0, 0.0
+        flops = 2.0 * m * n * k * batch
+        e = gemm_efficiency(self.eff, int(m * batch), int(n), int(k), self.dtype)
+        t_math = flops / (self.peak * e)
+        t_mem = (m * k + k * n + m * n) * batch * self.elem_bytes / self.bw
+        return max(t_math, t_mem, self.eff.kernel_floor_s), flops
+
+    def gemm_fwd_bwd(self, m: float, n: float, k: float) -> tuple[float, float, float, float]:
+        """Forward and backward (data and weight gradient) of one linear layer."""
+        tf, ff = self.gemm(m, n, k)
+        t_dgrad, f_dgrad = self.gemm(m, k, n)
+        t_wgrad, f_wgrad = self.gemm(k, n, m)
+        return tf, ff, t_dgrad + t_wgrad, f_dgrad + f_wgrad
+
+    def stream(self, nbytes: float) -> float:
+        """Seconds to stream `nbytes` through memory (elementwise kernels)."""
+        return max(nbytes / self.bw, self.eff.kernel_floor_s) if nbytes > 0 else 0.0
+
+
+def _linear_shapes(model: ModelSpec, sh: Shard) -> list[tuple[float, float]]:
+    """(n, k) of the attention block's linear layers on one TP rank (m = tokens)."""
+    h, a, t = model.hidden_size, model.num_attention_heads, sh.tp
+    if model.mla is not None:
+        m = model.mla
+        qk = m.qk_nope_head_dim + m.qk_rope_head_dim
+        shapes = [(m.kv_lora_rank_dim + m.qk_rope_head_dim, h),          # kv down (replicated)
+                  (a * (m.qk_nope_head_dim + m.v_head_dim) / t, m.kv_lora_rank_dim)]
+        if m.q_lora_rank_dim:
+            shapes += [(m.q_lora_rank_dim, h), (a * qk / t, m.q_lora_rank_dim)]
+        else:
+            shapes.append((a * qk / t, h))
+        return shapes + [(h, a * m.v_head_dim / t)]
+    q, kv = a * model.d_head, model.kv_heads * model.d_head
+    return [((q + 2 * kv) / t, h), (h, q / t)]
+
+
+def _mlp_shapes(model: ModelSpec, ffn: float, split: int) -> list[tuple[float, float]]:
+    """(n, k) of an MLP's up and down projections, split `split` ways."""
+    up = ffn * (2 if model.activation.gated else 1) / split
+    return [(up, model.hidden_size), (model.hidden_size, ffn / split)]
+
+
+def attention_dims(model: ModelSpec) -> tuple[int, int]:
+    """(d_qk, d_v) per head."""
+    if model.mla is not None:
+        return model.mla.qk_nope_head_dim + model.mla.qk_rope_head_dim, model.mla.v_head_dim
+    return model.d_head, model.d_head
+
+
+def block_compute(model: ModelSpec, roof: Roofline, sh: Shard, *, moe: bool) -> BlockCompute:
+    """Forward/backward time and FLOPs of one block for one micro-batch on one device."""
+    T, h, t = sh.tokens, model.hidden_size, sh.tp
+    fwd = bwd = f_fwd = f_bwd = 0.0
+    shapes = _linear_shapes(model, sh)
+    if moe and model.moe is not None:
+        shapes += _moe_shapes(model, sh)
+    else:
+        shapes += [(n, k) for n, k in _mlp_shapes(model, model.ffn_hidden_size, t)]
+    for n, k in shapes:
+        tf, ff, tb, fb = roof.gemm_fwd_bwd(T, n, k)
+        fwd, f_fwd, bwd, f_bwd = fwd + tf, f_fwd + ff, bwd + tb, f_bwd + fb
+    if moe and model.moe is not None:
+        fwd, f_fwd, bwd, f_bwd = _add_experts(model, roof, sh, fwd, f_fwd, bwd, f_bwd)
+    attn_t, attn_f, attn_bt, attn_bf = _attention_core(model, roof, sh)
+    elem = _elementwise_bytes(model, sh, moe=moe)
+    return BlockCompute(
+        fwd_s=fwd + attn_t + roof.stream(elem),
+        bwd_s=bwd + attn_bt + roof.stream(2 * elem),
+        attn_core_fwd_s=0.0 if sh.attn.fused else attn_t,
+        attention_fwd_s=attn_t, attention_bwd_s=attn_bt,
+        fwd_flops=f_fwd + attn_f, bwd_flops=f_bwd + attn_bf,
+        attn_core_fwd_flops=0.0 if sh.attn.fused else attn_f,
+    )
+
+
+def _moe_shapes(model: ModelSpec, sh: Shard) -> list[tuple[float, float]]:
+    """Router and shared experts of an MoE block (m = tokens)."""
+    assert model.moe is not None
+    m = model.moe
+    shapes = [(float(m.num_experts), float(model.hidden_size))]
+    if m.num_shared_experts:
+        shapes += _mlp_shapes(model, m.num_shared_experts * m.shared_ffn, sh.tp)
+    return shapes
+
+
+def _add_experts(model: ModelSpec, roof: Roofline, sh: Shard, fwd: float, f_fwd: float,
+                 bwd: float, f_bwd: float) -> tuple[float, float, float, float]:
+    """Routed experts: this device holds E/ep experts and receives, with balanced routing,
+    tokens*top_k*ep/E assignments for each (tokens of its own EP group share)."""
+    assert model.moe is not None
+    m = model.moe
+    local_experts = m.num_experts / sh.ep
+    per_expert = sh.tokens * m.top_k * sh.ep / m.num_experts
+    for n, k in _mlp_shapes(model, m.expert_ffn_hidden_size, sh.etp):
+        tf, ff, tb, fb = roof.gemm_fwd_bwd(per_expert, n, k)
+        fwd += tf * local_experts
+        f_fwd += ff * local_experts
+        bwd += tb * local_experts
+        f_bwd += fb * local_experts
+    return fwd, f_fwd, bwd, f_bwd
+
+
+def _attention_core(model: ModelSpec, roof: Roofline, sh: Shard) -> tuple[float, float, float, float]:
+    """Q.K^T and scores.V: (fwd s, fwd FLOPs, bwd s, bwd FLOPs) on one device."""
+    heads = model.num_attention_heads / sh.tp
+    d_qk, d_v = attention_dims(model)
+    s_q, s_k, b = sh.seq_len / sh.cp, sh.seq_len, sh.mbs
+    if sh.attn.fused:
+        flops = 2.0 * b * heads * s_q * s_k * (d_qk + d_v) * 0.5     # causal half
+        frac = roof.eff.flash_attention if sh.attn == Attention.FLASH else roof.eff.flash1_attention
+        rate = roof.peak * frac * roof.eff.sustained_clock
+        t = max(flops / rate, roof.eff.kernel_floor_s)
+        return t, flops, 2.5 * t, 2.5 * flops
+    batch = b * heads
+    t_qk, f_qk = roof.gemm(s_q, s_k, d_qk, batch)
+    t_av, f_av = roof.gemm(s_q, d_v, s_k, batch)
+    scores = batch * s_q * s_k
+    t_soft = roof.stream(scores * SCORE_BYTES_PER_ELEMENT)
+    fwd = t_qk + t_av + t_soft
+    return fwd, f_qk + f_av, 2 * (t_qk + t_av) + 2 * t_soft, 2 * (f_qk + f_av)
+
+
+def _elementwise_bytes(model: ModelSpec, sh: Shard, *, moe: bool) -> float:
+    """Bytes of the block's memory-bound kernels in the forward pass on one device."""
+    T, h, t = sh.tokens, model.hidden_size, sh.tp
+    e = roof_bytes(sh.dtype)
+    h_part = ELEMENTWISE_H_TENSORS * T * h * e / (t if sh.sp else 1)
+    if moe and model.moe is not None:
+        m = model.moe
+        ffn_tokens = m.top_k * m.expert_ffn_hidden_size / sh.etp
+        ffn_tokens += m.num_shared_experts * m.shared_ffn / t
+    else:
+        ffn_tokens = model.ffn_hidden_size / t
+    act = (3 if model.activation.gated else 2) * T * ffn_tokens * e
+    q = model.num_attention_heads * attention_dims(model)[0]
+    kv = model.kv_heads * model.d_head if model.mla is None else q
+    split = 2 * T * (q + 2 * kv) * e / t
+    rope = 2 * T * (q + kv) * e / t if model.positional == "rope" else 0.0
+    return h_part + act + split + rope
+
+
+def roof_bytes(dtype: DType) -> int:
+    """Bytes of one activation element (fp8 training keeps activations in bf16)."""
+    return 4 if dtype in (DType.FP32, DType.TF32) else 2
+
+
+def head_compute(model: ModelSpec, roof: Roofline, sh: Shard) -> tuple[float, float, float]:
+    """LM head and loss for one micro-batch: (fwd s, bwd s, fwd FLOPs). Vocabulary-parallel
+    over TP (Megatron); the softmax reads/writes fp32 logits (2 + 4 + 4 bytes per logit)."""
+    if model.vocab_size == 0:
+        return 0.0, 0.0, 0.0
+    T, v = sh.tokens, model.vocab_size / sh.tp
+    tf, ff, tb, _ = roof.gemm_fwd_bwd(T, v, model.hidden_size)
+    logits = T * v * 10.0
+    return tf + roof.stream(logits), tb + roof.stream(logits), ff
+
+
+def embedding_compute(model: ModelSpec, roof: Roofline, sh: Shard) -> tuple[float, float]:
+    """Embedding lookup (fwd) and gradient scatter (bwd) for one micro-batch: memory-bound."""
+    if model.vocab_size == 0:
+        return 0.0, 0.0
+    nbytes = sh.tokens * model.hidden_size * roof_bytes(sh.dtype)
+    return roof.stream(2 * nbytes), roof.stream(3 * nbytes)

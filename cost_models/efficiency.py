@@ -1,0 +1,109 @@
+"""How close software gets to the datasheet: achievable fractions per device, as data.
+
+Decides: the fraction of peak a large matrix multiply reaches on each device (measured
+"maximum achievable matmul FLOPS", MAMF), how GEMM efficiency falls for small shapes (wave
+quantisation over the device's compute units), the achievable fraction of memory bandwidth
+and of link bandwidth, and the fixed per-kernel floor. These are properties of a device and
+its software stack, one set per device, never per run or per published source.
+
+Does not decide anything about a plan; `compute.py` and `comm.py` apply these numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from planner.hardware import DeviceSpec
+from planner.model import DType
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceEfficiency:
+    """Achievable fractions for one device (see module docstring for the sources)."""
+
+    matmul: float            # large-GEMM fraction of dense peak in bf16/fp16 (MAMF / peak)
+    matmul_fp8: float        # same in fp8
+    compute_units: int       # SMs (GPU) or matrix units (TPU) a GEMM's tiles are spread over
+    tile: int                # output tile edge of a large GEMM kernel (elements)
+    memory: float            # achievable fraction of HBM bandwidth for streaming kernels
+    flash_attention: float   # FlashAttention-2/3 fraction of dense peak (fwd+bwd average)
+    flash1_attention: float  # FlashAttention-1 / Triton fraction of dense peak
+    kernel_floor_s: float    # shortest time any kernel takes (launch + ramp), seconds
+    sustained_clock: float = 1.0  # sustained tensor-core clock under the power cap / boost clock
+
+
+# Sources:
+# - MAMF: S. Bekman, ml-engineering, compute/accelerator/README.md "Maximum Achievable Matmul
+#   FLOPS comparison table" (bf16, no sparsity): A100 SXM 267.9/312 = 85.9%, H100 SXM
+#   792.1/989 = 80.1%, H100/H200 SXM 794.5/989 = 80.3%, B200 1745/2250 = 77.6%; fp8: H200
+#   1453.4/1979 = 73.4%, B200 3432.5/4500 = 76.3% (training/hardware-upgrade guide, same repo).
+# - V100 has no MAMF entry; 0.80 of 125 TFLOP/s (~100 TFLOP/s for large fp16 GEMMs) is the
+#   engineering estimate used, in line with cuBLAS fp16 GEMM results of the Volta era.
+# - TPU: no public MAMF; 0.85 is an engineering estimate for large XLA matmuls on the MXUs.
+# - SM counts: NVIDIA whitepapers (V100 80, A100 108, H100 SXM 132, B200 148 across 2 dies).
+#   TPU v3: 2 cores x 2 MXUs = 4; TPU v4: 2 cores x 4 MXUs = 8 (Jouppi et al. 2023 ISCA).
+# - Memory: STREAM-like copies reach ~90% of HBM peak (ml-engineering "memory copy 90.6% of
+#   peak" measurement on a Hopper card); elementwise framework kernels do a little worse: 0.85.
+# - Flash attention: Dao 2023 (FlashAttention-2, Sec. 4.1, Fig. 4-6, A100, causal, fwd+bwd)
+#   measures FlashAttention-2 at ~165-190 TFLOP/s (0.55 of 312) and FlashAttention-1 and its
+#   Triton port at ~90-110 TFLOP/s (0.30); Shah et al. 2024 (FlashAttention-3) reaches ~75%
+#   of H100 peak forward, less backward: 0.55 (FA2/FA3 mix) and 0.30 (FA1) on Hopper too.
+#   V100 has no FlashAttention-2 (sm70); its fused kernels (xformers) are taken at 0.45/0.30.
+# - Sustained clock: peak FLOP/s are quoted at the boost clock (A100: 1410 MHz), but under
+#   sustained tensor-core load at the 400 W cap the A100 holds ~1305 MHz, the clock NVIDIA
+#   uses for A100 HPL Rpeak (G. Lockwood, "Peak FLOPS" notes): 1305/1410 = 0.926. MAMF
+#   shapes run for milliseconds and are measured before that throttling settles in. No
+#   comparable published figure for the other devices: 1.0 there.
+# - Kernel floor: CUDA kernel launch plus ramp-up is a few microseconds (ml-engineering
+#   measurement: "one operation issued from Python 4.2 us", 1.3 us inside a CUDA graph): 4e-6.
+_BY_NAME: dict[str, DeviceEfficiency] = {
+    "v100": DeviceEfficiency(0.80, 0.80, 80, 128, 0.85, 0.45, 0.30, 4e-6),
+    "a100": DeviceEfficiency(0.859, 0.859, 108, 128, 0.85, 0.55, 0.30, 4e-6, 1305 / 1410),
+    "h100": DeviceEfficiency(0.801, 0.734, 132, 128, 0.85, 0.55, 0.30, 4e-6),
+    "h200": DeviceEfficiency(0.803, 0.734, 132, 128, 0.85, 0.55, 0.30, 4e-6),
+    "b200": DeviceEfficiency(0.776, 0.763, 148, 128, 0.85, 0.5, 0.30, 4e-6),
+    "gb200": DeviceEfficiency(0.776, 0.763, 148, 128, 0.85, 0.5, 0.30, 4e-6),
+    "tpu-v3": DeviceEfficiency(0.85, 0.85, 4, 128, 0.85, 0.5, 0.5, 4e-6),
+    "tpu-v4": DeviceEfficiency(0.85, 0.85, 8, 128, 0.85, 0.5, 0.5, 4e-6),
+}
+_DEFAULT = DeviceEfficiency(0.75, 0.70, 100, 128, 0.8, 0.45, 0.30, 5e-6)
+"""Used for a user device whose name matches none above (stated in the estimate's warnings)."""
+
+# Achievable fraction of a link's per-direction bandwidth for large collectives.
+# NCCL all-reduce bus bandwidth reaches ~230 of 300 GB/s on DGX A100 NVSwitch and ~360-370 of
+# 450 GB/s on DGX H100 (nccl-tests results published by NVIDIA and cloud providers): 0.78.
+# Over InfiniBand, NCCL reaches ~90% of line rate (e.g. ~185 of 200 GB/s per DGX A100 node):
+# 0.9. These are the only link constants; latency comes from the cluster spec.
+INTRA_NODE_LINK_EFFICIENCY = 0.78
+INTER_NODE_LINK_EFFICIENCY = 0.9
+
+
+def device_efficiency(device: DeviceSpec) -> tuple[DeviceEfficiency, bool]:
+    """The efficiency data for a device, and whether it is the generic default."""
+    name = device.name.lower()
+    for key in sorted(_BY_NAME, key=len, reverse=True):
+        if name.startswith(key) or name.replace("-sxm", "").startswith(key):
+            return _BY_NAME[key], False
+    return _DEFAULT, True
+
+
+MAMF_DEPTH = 2048
+"""Reduction depth K of the MAMF best shapes (A100 6912x16384x2048, H100 6144x17920x2816)."""
+TILE_OVERHEAD_DEPTH = 128
+"""Per output tile, filling the multi-stage load pipeline and writing the tile back cost
+about as much as 128 elements of K (3-4 stages of 32-deep slices in CUTLASS's Ampere/Hopper
+mainloops, plus the epilogue): a GEMM of depth K runs at K / (K + 128) of its asymptote."""
+
+
+def gemm_efficiency(eff: DeviceEfficiency, m: int, n: int, k: int, dtype: DType) -> float:
+    """Fraction of peak for an m x n x k GEMM: the large-GEMM fraction, at the sustained
+    clock, times the wave quantisation of ceil(m/tile)*ceil(n/tile) output tiles over the
+    compute units (a partly filled last wave runs as long as a full one), times the depth
+    factor relative to the MAMF shape (never above 1: MAMF is the ceiling)."""
+    base = (eff.matmul_fp8 if dtype == DType.FP8 else eff.matmul) * eff.sustained_clock
+    tiles = math.ceil(m / eff.tile) * math.ceil(n / eff.tile)
+    waves = math.ceil(tiles / eff.compute_units)
+    depth = min(1.0, (k / (k + TILE_OVERHEAD_DEPTH))
+                / (MAMF_DEPTH / (MAMF_DEPTH + TILE_OVERHEAD_DEPTH)))
+    return base * tiles / (waves * eff.compute_units) * depth

@@ -1,0 +1,133 @@
+"""Whether a plan can run at all: the rules, each with the nearest values that would work.
+
+Decides only validity (a plan that does not fit in memory is valid; the cost model reports
+`fits: false`). `check_plan` raises `PlanError` on the first broken rule; `plan_problems`
+returns all of them, which the search uses as prune reasons.
+"""
+
+from __future__ import annotations
+
+from planner.errors import PlanError
+from planner.model import ModelSpec
+from planner.plan import Plan
+from planner.workload import TrainingWorkload
+
+
+def divisors(n: int) -> list[int]:
+    """All divisors of n, ascending."""
+    small = [d for d in range(1, int(n**0.5) + 1) if n % d == 0]
+    return sorted(set(small + [n // d for d in small]))
+
+
+def nearest(value: int, candidates: list[int]) -> str:
+    """The candidates closest to value, as 'a or b'."""
+    if not candidates:
+        return "none"
+    ranked = sorted(candidates, key=lambda c: (abs(c - value), c))[:2]
+    return " or ".join(str(c) for c in sorted(ranked))
+
+
+def plan_problems(model: ModelSpec, workload: TrainingWorkload, plan: Plan,
+                  devices: int) -> list[tuple[str, str]]:
+    """All broken rules as (reason key, message)."""
+    out: list[tuple[str, str]] = []
+    p, a = plan, model.num_attention_heads
+    if p.devices != devices:
+        out.append(("device_count", f"tp*pp*dp*cp = {p.tp}*{p.pp}*{p.dp}*{p.cp} = {p.devices} "
+                    f"must equal the {devices} devices; with tp={p.tp}, pp={p.pp}, cp={p.cp} "
+                    f"use dp={devices // max(1, p.tp * p.pp * p.cp)}"
+                    if devices % (p.tp * p.pp * p.cp) == 0 else
+                    f"tp*pp*dp*cp = {p.devices} must equal the {devices} devices; "
+                    f"tp*pp*cp = {p.tp * p.pp * p.cp} does not divide {devices}"))
+    if a % p.tp:
+        out.append(("tp_heads", f"tp={p.tp} must divide the {a} attention heads; "
+                    f"nearest valid tp: {nearest(p.tp, divisors(a))}"))
+    elif model.mla is None and model.kv_heads % p.tp and p.tp % model.kv_heads:
+        valid = [d for d in divisors(a) if model.kv_heads % d == 0 or d % model.kv_heads == 0]
+        out.append(("tp_kv_heads", f"tp={p.tp} must divide the {model.kv_heads} KV heads or be "
+                    f"a multiple of them; nearest valid tp: {nearest(p.tp, valid)}"))
+    if model.ffn_hidden_size % p.tp:
+        out.append(("tp_ffn", f"tp={p.tp} must divide the FFN size {model.ffn_hidden_size}; "
+                    f"nearest valid tp: {nearest(p.tp, divisors(model.ffn_hidden_size))}"))
+    if p.pp > model.num_layers:
+        out.append(("pp_layers", f"pp={p.pp} exceeds the {model.num_layers} layers; "
+                    f"use pp <= {model.num_layers}"))
+    out += _batch_problems(workload, p)
+    out += _stage_problems(model, p)
+    out += _other_problems(model, workload, p)
+    return out
+
+
+def _batch_problems(workload: TrainingWorkload, p: Plan) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    gb = workload.global_batch_size
+    if gb % (p.dp * p.mbs):
+        per = [m for m in divisors(gb // p.dp)] if gb % p.dp == 0 else []
+        hint = (f"nearest valid mbs: {nearest(p.mbs, per)}" if per else
+                f"choose a global batch that is a multiple of dp={p.dp}, e.g. "
+                f"{nearest(gb, [max(p.dp, gb // p.dp * p.dp), (gb // p.dp + 1) * p.dp])}")
+        out.append(("batch_divisibility", f"global batch {gb} is not divisible by "
+                    f"dp*mbs = {p.dp}*{p.mbs} = {p.dp * p.mbs}; {hint}"))
+    elif p.vpp > 1 and (gb // (p.dp * p.mbs)) % p.pp:
+        out.append(("interleave_microbatches", f"the interleaved schedule needs the "
+                    f"{gb // (p.dp * p.mbs)} micro-batches per replica to be a multiple of "
+                    f"pp={p.pp} (Megatron-LM); change mbs or the global batch, or use vpp=1"))
+    return out
+
+
+def _stage_problems(model: ModelSpec, p: Plan) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    L = model.num_layers
+    if p.stage_layers is not None:
+        if len(p.stage_layers) != p.pp:
+            out.append(("stage_layers", f"layers= gives {len(p.stage_layers)} stages but pp={p.pp}"))
+        elif sum(p.stage_layers) != L:
+            out.append(("stage_layers", f"layers= sums to {sum(p.stage_layers)} blocks but the "
+                        f"model has {L}"))
+    if p.vpp > 1:
+        if p.pp == 1:
+            out.append(("vpp_needs_pp", f"vpp={p.vpp} needs pipeline parallelism; use vpp=1 or pp>1"))
+        counts = p.layers_per_stage(L) if p.pp <= L else ()
+        if any(c % p.vpp for c in counts):
+            valid = [v for v in divisors(min(counts) if counts else 1)]
+            out.append(("vpp_layers", f"vpp={p.vpp} must divide the layers per stage "
+                        f"({'/'.join(map(str, counts))}); nearest valid vpp: {nearest(p.vpp, valid)}"))
+    return out
+
+
+def _other_problems(model: ModelSpec, workload: TrainingWorkload, p: Plan) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    s = workload.seq_len
+    if p.cp > 1 and s % (2 * p.cp):
+        valid = [c for c in divisors(s) if s % (2 * c) == 0]
+        out.append(("cp_seq", f"cp={p.cp} needs the sequence length {s} to split into 2*cp "
+                    f"balanced chunks; nearest valid cp: {nearest(p.cp, valid)}"))
+    if p.zero >= 2 and p.pp > 1:
+        out.append(("zero_pp", f"ZeRO stage {p.zero} shards gradients, which pipeline "
+                    "parallelism accumulates over micro-batches (DeepSpeed and Megatron-LM "
+                    "refuse it); use zero=1 with pp>1, or pp=1"))
+    if model.moe is None:
+        if p.ep > 1:
+            out.append(("ep_dense", f"ep={p.ep} needs a mixture-of-experts model; use ep=1"))
+    else:
+        e = model.moe.num_experts
+        if e % p.ep:
+            out.append(("ep_experts", f"ep={p.ep} must divide the {e} experts; "
+                        f"nearest valid ep: {nearest(p.ep, divisors(e))}"))
+        group = p.dp * p.cp * p.tp
+        if group % (p.ep * p.expert_tp):
+            valid = [d for d in divisors(group) if e % d == 0]
+            out.append(("ep_fold", f"ep*etp = {p.ep * p.expert_tp} must divide dp*cp*tp = "
+                        f"{group} (expert parallelism is folded into those ranks); nearest "
+                        f"valid ep: {nearest(p.ep, valid)}"))
+        if model.moe.expert_ffn_hidden_size % p.expert_tp:
+            out.append(("etp_ffn", f"etp={p.expert_tp} must divide the expert FFN size "
+                        f"{model.moe.expert_ffn_hidden_size}"))
+    return out
+
+
+def check_plan(model: ModelSpec, workload: TrainingWorkload, plan: Plan, devices: int) -> None:
+    """Raise PlanError naming the first broken rule and the nearest valid values."""
+    problems = plan_problems(model, workload, plan, devices)
+    if problems:
+        raise PlanError(f"invalid plan: {problems[0][1]}")

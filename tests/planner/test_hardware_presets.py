@@ -1,0 +1,162 @@
+"""The device and cluster presets: every file loads, is sourced, and is physically plausible."""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from importlib import resources
+
+import pytest
+
+from planner.errors import SpecError
+from planner.hardware import Topology
+from planner.model import DType
+from planner.presets import list_presets, load_cluster, load_device
+
+GiB = 2**30
+
+REQUIRED_DEVICES = {
+    "v100-sxm2-32gb", "a100-sxm4-40gb", "a100-sxm4-80gb", "h100-sxm5-80gb", "h200", "b200",
+    "gb200", "tpu-v3", "tpu-v4",
+}
+REQUIRED_CLUSTERS = {
+    "dgx-a100", "dgx-h100", "dgx-h200", "dgx-b200", "gb200-nvl72", "dgx2-v100", "v100x4",
+    "tpu-v3-pod", "tpu-v4-pod",
+}
+FP8_DEVICES = {"h100-sxm5-80gb", "h200", "b200", "gb200"}
+
+DEVICES = list_presets("device")
+CLUSTERS = list_presets("cluster")
+
+
+def _raw(kind: str, name: str) -> str:
+    path = resources.files("planner") / "presets" / f"{kind}s" / f"{name}.toml"
+    return path.read_text(encoding="utf-8")
+
+
+def test_required_presets_exist() -> None:
+    assert REQUIRED_DEVICES <= set(DEVICES), REQUIRED_DEVICES - set(DEVICES)
+    assert REQUIRED_CLUSTERS <= set(CLUSTERS), REQUIRED_CLUSTERS - set(CLUSTERS)
+
+
+@pytest.mark.parametrize("kind,name", [("device", n) for n in DEVICES]
+                         + [("cluster", n) for n in CLUSTERS])
+def test_every_number_is_sourced(kind: str, name: str) -> None:
+    """Each file has `description` and `source`, and every numeric line a `# source:` comment."""
+    text = _raw(kind, name)
+    data = tomllib.loads(text)
+    assert data.get("description", "").strip(), f"{name}: empty description"
+    assert data.get("source", "").strip(), f"{name}: empty source"
+    numeric = re.compile(r"^\s*[A-Za-z0-9_]+\s*=\s*[\[\d+\-.]")
+    for line in text.splitlines():
+        if numeric.match(line):
+            assert "# source:" in line, f"{kind} preset '{name}': unsourced number: {line!r}"
+
+
+@pytest.mark.parametrize("name", DEVICES)
+def test_device_loads_and_is_plausible(name: str) -> None:
+    d = load_device(name)
+    assert d.name == name
+    assert d.source.strip() and d.description.strip()
+    assert 50e12 <= d.peak_flops(DType.BF16) <= 1e16
+    assert 8 * GiB <= d.memory_bytes <= 512 * GiB
+    assert 100e9 <= d.memory_bandwidth_bytes_per_s <= 2e13
+    assert 1 * 2**20 <= d.onchip_cache_bytes <= 1 * GiB
+    assert 100 <= d.power_w <= 2000
+    t = d.peak_flops_per_s
+    # Lower precision is never slower where both are listed.
+    for slow, fast in [(DType.FP32, DType.TF32), (DType.TF32, DType.BF16), (DType.BF16, DType.FP8),
+                       (DType.FP32, DType.BF16), (DType.FP32, DType.FP16)]:
+        if slow in t and fast in t:
+            assert t[slow] <= t[fast], f"{name}: {slow.value} faster than {fast.value}"
+    assert (DType.FP8 in t) == (name in FP8_DEVICES), f"{name}: fp8 only where fp8 tensor cores exist"
+
+
+def test_v100_falls_back_to_fp16_tensor_cores() -> None:
+    v100 = load_device("v100-sxm2-32gb")
+    assert DType.BF16 not in v100.peak_flops_per_s
+    assert DType.TF32 not in v100.peak_flops_per_s
+    assert v100.peak_flops(DType.BF16) == v100.peak_flops_per_s[DType.FP16] == 125e12
+    assert v100.peak_flops(DType.FP8) == 125e12
+    assert v100.peak_flops(DType.TF32) == v100.peak_flops_per_s[DType.FP32] == 15.7e12
+
+
+def test_known_datasheet_values() -> None:
+    """A few headline numbers, so a typo in a preset cannot pass the range checks unnoticed."""
+    assert load_device("a100-sxm4-80gb").peak_flops(DType.BF16) == 312e12
+    assert load_device("a100-sxm4-80gb").memory_bytes == 80 * GiB
+    assert load_device("h100-sxm5-80gb").peak_flops(DType.BF16) == pytest.approx(989e12, rel=1e-3)
+    assert load_device("h100-sxm5-80gb").peak_flops(DType.FP8) == pytest.approx(1979e12, rel=1e-3)
+    h100, h200 = load_device("h100-sxm5-80gb"), load_device("h200")
+    assert h200.peak_flops_per_s == h100.peak_flops_per_s
+    assert h200.memory_bandwidth_bytes_per_s > h100.memory_bandwidth_bytes_per_s
+    assert load_device("tpu-v4").peak_flops(DType.BF16) == 275e12
+    assert load_device("tpu-v3").peak_flops(DType.FP16) == 123e12  # fp16 falls back to bf16
+
+
+@pytest.mark.parametrize("name", CLUSTERS)
+def test_cluster_loads_and_is_plausible(name: str) -> None:
+    c = load_cluster(name)
+    assert c.name == name
+    assert c.source.strip() and c.description.strip()
+    assert c.device.name in DEVICES
+    for link in (c.intra_node, c.inter_node):
+        assert 1e9 <= link.bandwidth_bytes_per_s <= 2e12, f"{name}: {link.name}"
+        assert 0 < link.latency_s < 1e-3, f"{name}: {link.name}"
+    assert c.intra_node.bandwidth_bytes_per_s >= c.inter_node.bandwidth_bytes_per_s
+    assert c.intra_node.latency_s <= c.inter_node.latency_s
+    assert c.devices_for(nodes=1) == c.devices_per_node
+
+
+@pytest.mark.parametrize("name", CLUSTERS)
+def test_torus_shapes_match_the_node(name: str) -> None:
+    c = load_cluster(name)
+    for link in (c.intra_node, c.inter_node):
+        if link.topology in (Topology.TORUS_2D, Topology.TORUS_3D):
+            assert link.torus_dims is not None, f"{name}: torus without torus_dims"
+            if link is c.intra_node:
+                assert math.prod(link.torus_dims) == c.devices_per_node
+        else:
+            assert link.torus_dims is None
+
+
+def test_tpu_pods_are_tori() -> None:
+    v3, v4 = load_cluster("tpu-v3-pod"), load_cluster("tpu-v4-pod")
+    assert v3.intra_node.topology is Topology.TORUS_2D and v3.intra_node.torus_dims == (32, 32)
+    assert v4.intra_node.topology is Topology.TORUS_3D
+    assert v4.intra_node.torus_dims == (16, 16, 16)
+    assert load_cluster("gb200-nvl72").devices_per_node == 72
+    assert load_cluster("gb200-nvl72").max_nodes is None
+
+
+def test_devices_for_nodes_multiplies() -> None:
+    c = load_cluster("dgx-a100")
+    assert c.devices_for(nodes=1) == 8
+    assert c.devices_for(nodes=3) == 24
+    assert load_cluster("v100x4").devices_for(nodes=4) == 16
+    assert load_cluster("tpu-v3-pod").devices_for(nodes=4) == 4096  # Gopher: 4 pods
+
+
+def test_devices_for_gpus() -> None:
+    c = load_cluster("dgx-a100")
+    assert c.devices_for(gpus=16) == 16
+    assert c.devices_for(gpus=4) == 4  # part of one node is allowed
+    assert c.devices_for(gpus=1) == 1
+    assert load_cluster("dgx-h100").devices_for(gpus=16) == 16  # seed 001: 16 H100 = 2 nodes
+    assert load_cluster("a100x4").devices_for(gpus=16) == 16  # seed 004: 4 nodes x 4
+    assert load_cluster("tpu-v4-3072").devices_for(gpus=6144) == 6144  # PaLM: 2 x 3072
+
+
+def test_devices_for_gpus_not_whole_nodes_names_nearest_counts() -> None:
+    c = load_cluster("dgx-a100")
+    with pytest.raises(SpecError, match=r"--gpus 12 .*use 8 or 16"):
+        c.devices_for(gpus=12)
+    with pytest.raises(SpecError, match=r"use 144 or 216"):
+        load_cluster("gb200-nvl72").devices_for(gpus=200)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"gpus": 8, "nodes": 1}, {"gpus": 0}, {"nodes": 0}])
+def test_devices_for_rejects_bad_requests(kwargs: dict[str, int]) -> None:
+    with pytest.raises(SpecError):
+        load_cluster("dgx-a100").devices_for(**kwargs)

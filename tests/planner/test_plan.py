@@ -1,0 +1,63 @@
+"""The --plan string: defaults, round trip, and every rejection message."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from planner import Plan, PlanError, Recompute, parse_plan
+from planner.plan import parse_plan_fields
+
+
+def test_defaults_fill_dp() -> None:
+    p = parse_plan("tp=8,pp=8", devices=1536)
+    assert (p.tp, p.pp, p.dp, p.cp, p.ep, p.vpp, p.mbs) == (8, 8, 24, 1, 1, 1, 1)
+    assert p.sp is False and p.recompute == Recompute.NONE and p.zero == 0
+
+
+def test_full_string() -> None:
+    p = parse_plan("tp=8,pp=8,dp=24,cp=1,ep=1,vpp=3,mbs=1,sp=on,recompute=selective,zero=1",
+                   devices=1536)
+    assert p.vpp == 3 and p.sp and p.recompute == Recompute.SELECTIVE and p.zero == 1
+
+
+def test_layers_and_ranges() -> None:
+    p = parse_plan("pp=3,layers=3/4/3", devices=3)
+    assert p.stage_ranges(10) == [(0, 2), (3, 6), (7, 9)]
+    even = parse_plan("pp=3", devices=3)
+    assert even.layers_per_stage(10) == (4, 3, 3)
+
+
+@given(tp=st.integers(1, 16), pp=st.integers(1, 16), dp=st.integers(1, 64),
+       cp=st.sampled_from([1, 2, 4]), zero=st.integers(0, 3),
+       rc=st.sampled_from(list(Recompute)), sp=st.booleans(), mbs=st.integers(1, 8))
+def test_round_trip(tp: int, pp: int, dp: int, cp: int, zero: int, rc: Recompute, sp: bool,
+                    mbs: int) -> None:
+    p = Plan(tp=tp, pp=pp, dp=dp, cp=cp, zero=zero, recompute=rc, sp=sp, mbs=mbs)
+    assert parse_plan(p.to_string(), devices=p.devices) == p
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("tp8", "plan item 'tp8' is not key=value"),
+        ("tq=8", "unknown plan key 'tq'"),
+        ("tp=x", "plan key 'tp' needs a whole number, got 'x'"),
+        ("sp=maybe", "plan key 'sp' takes on or off"),
+        ("recompute=some", "plan key 'recompute' takes none/selective/full"),
+        ("tp=2,tp=4", "plan key 'tp' given twice"),
+        ("tp=3", "tp\\*pp\\*cp = 3 does not divide the 8 devices"),
+        ("zero=4", "plan key 'zero'"),
+        ("tp=0", "plan key 'tp'"),
+        ("order=tp-dp-pp", "must be a permutation of tp, cp, dp, pp"),
+        ("layers=3/x", "plan key 'layers' takes block counts"),
+    ],
+)
+def test_bad_plan_strings(text: str, message: str) -> None:
+    with pytest.raises(PlanError, match=message):
+        parse_plan(text, devices=8)
+
+
+def test_fields_without_defaults() -> None:
+    assert parse_plan_fields("tp=8, pp=2") == {"tp": 8, "pp": 2}
