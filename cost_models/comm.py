@@ -56,24 +56,36 @@ def group_links(cluster: ClusterSpec, *, size: int, stride: int) -> GroupLinks:
     return GroupLinks(size, bw, cluster.inter_node.latency_s, True, members_per_node)
 
 
+def coefficients(kind: str, links: GroupLinks) -> tuple[float, float]:
+    """(seconds per byte, fixed seconds) of a collective on a group, so that its time is
+    per_byte * nbytes + fixed for nbytes > 0 (0 for a group of one). The single source of
+    the formulas above; the scalar functions below and the array code of the stage tables
+    both use it."""
+    n = links.size
+    if n <= 1:
+        return 0.0, 0.0
+    bw, alpha = links.bandwidth_bytes_per_s, links.latency_s
+    if kind == "all_reduce":
+        return 2 * (n - 1) / n / bw, min(2 * (n - 1), 2 * math.log2(n)) * alpha
+    if kind in ("reduce_scatter", "all_gather"):
+        return (n - 1) / n / bw, min(n - 1, math.log2(n)) * alpha
+    raise ValueError(f"unknown collective {kind!r}")
+
+
 def all_reduce_s(links: GroupLinks, nbytes: float) -> float:
     """Time of an all-reduce of `nbytes` per rank (best of ring and tree)."""
-    n = links.size
-    if n <= 1 or nbytes <= 0:
+    if links.size <= 1 or nbytes <= 0:
         return 0.0
-    beta = 2 * (n - 1) / n * nbytes / links.bandwidth_bytes_per_s
-    ring = beta + 2 * (n - 1) * links.latency_s
-    tree = beta + 2 * math.log2(n) * links.latency_s
-    return min(ring, tree)
+    per_byte, fixed = coefficients("all_reduce", links)
+    return per_byte * nbytes + fixed
 
 
 def reduce_scatter_s(links: GroupLinks, nbytes: float) -> float:
     """Time of a reduce-scatter of a buffer of `nbytes` per rank (each keeps 1/n)."""
-    n = links.size
-    if n <= 1 or nbytes <= 0:
+    if links.size <= 1 or nbytes <= 0:
         return 0.0
-    beta = (n - 1) / n * nbytes / links.bandwidth_bytes_per_s
-    return beta + min(n - 1, math.log2(n)) * links.latency_s
+    per_byte, fixed = coefficients("reduce_scatter", links)
+    return per_byte * nbytes + fixed
 
 
 def all_gather_s(links: GroupLinks, nbytes: float) -> float:

@@ -22,6 +22,7 @@ Sources:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from planner.model import (
     DType,
@@ -47,49 +48,13 @@ in line with PyTorch's expandable-segments discussion of 5-10% waste)."""
 class StageParams:
     """Parameters held by one device of a pipeline stage, by how they are split."""
 
-    dense: float     # split by tp, replicated over dp*cp
-    expert: float    # split by ep*etp, replicated over the expert data-parallel size
+    dense: Any       # split by tp, replicated over dp*cp (a float or an array of stages)
+    expert: Any      # split by ep*etp, replicated over the expert data-parallel size
     edp: int         # expert data-parallel size (dp*cp*tp / (ep*etp))
 
 
-@dataclass(frozen=True, slots=True)
-class StageMemory:
-    """Bytes on one device of a stage."""
-
-    weights: float
-    grads: float
-    optimizer: float
-    activations: float
-    buffers: float
-
-    @property
-    def total(self) -> float:
-        return self.weights + self.grads + self.optimizer + self.activations + self.buffers
-
-
-def stage_params(model: ModelSpec, plan: Plan, first: int, last: int, *,
-                 has_embedding: bool, has_head: bool) -> StageParams:
-    """Parameters of blocks first..last (inclusive) on one device."""
-    dense = expert = 0.0
-    for layer in range(first, last + 1):
-        if model.is_moe_layer(layer) and model.moe is not None:
-            m = model.moe
-            routed = m.num_experts * model.mlp_params(m.expert_ffn_hidden_size)
-            expert += routed
-            dense += model.moe_layer_params - routed
-        else:
-            dense += model.dense_layer_params
-    dense /= plan.tp
-    if has_embedding:
-        dense += model.embedding_params / plan.tp
-    if has_head and (not model.tied_embeddings or not has_embedding):
-        dense += (model.vocab_size * model.hidden_size) / plan.tp + model.norm_params
-    edp = max(1, plan.dp * plan.cp * plan.tp // (plan.ep * plan.expert_tp))
-    return StageParams(dense, expert / (plan.ep * plan.expert_tp), edp)
-
-
 def state_bytes(params: StageParams, plan: Plan, dtype: DType,
-                optimizer: Optimizer) -> tuple[float, float, float]:
+                optimizer: Optimizer) -> tuple[Any, Any, Any]:
     """(weights, grads, optimizer) bytes after ZeRO sharding."""
     dp = plan.dp * plan.cp
     w, g, o = (weight_bytes_per_param(dtype), grad_bytes_per_param(dtype),
@@ -117,7 +82,10 @@ def block_activation_bytes(model: ModelSpec, plan: Plan, *, seq_len: int, moe: b
     kv_dim = model.kv_heads * d_qk if model.mla is None else a * d_qk
     # Q and K inputs of Q.K^T, V, and the output projection's input (8sbh for MHA).
     attn_split = 2 * s * b * (a * d_qk + kv_dim + a * d_v + a * d_v)
-    scores = 0.0 if fused_attention or plan.recompute == Recompute.SELECTIVE else 5 * a * s * s * b
+    # Softmax output, dropout mask and output: 5 bytes per score; with cp each device holds
+    # its s/cp queries against all seq_len keys (the shape compute.py times).
+    scores = (0.0 if fused_attention or plan.recompute == Recompute.SELECTIVE
+              else 5 * a * s * seq_len * b)
     if moe and model.moe is not None:
         m = model.moe
         mlp_width = m.top_k * m.expert_ffn_hidden_size * t / plan.expert_tp
@@ -144,18 +112,3 @@ def head_activation_bytes(model: ModelSpec, plan: Plan, *, seq_len: int) -> floa
     """Logits of one micro-batch on the last stage: 16-bit logits plus fp32 softmax."""
     tokens = plan.mbs * seq_len / plan.cp
     return tokens * model.vocab_size / plan.tp * 6
-
-
-def buffer_bytes(model: ModelSpec, plan: Plan, params: StageParams, *, seq_len: int,
-                 layers_on_stage: int, dtype: DType) -> float:
-    """Communication and gather buffers: ZeRO-3 keeps two blocks' full weights gathered
-    (the current one and the prefetched next, as FSDP does); data-parallel gradient buckets
-    (Megatron/DDP default 40M-element buckets, 2 in flight); a p2p activation buffer."""
-    w = weight_bytes_per_param(dtype)
-    gathered = 0.0
-    if plan.zero >= 3 and layers_on_stage:
-        per_block = (params.dense + params.expert) / layers_on_stage
-        gathered = 2 * per_block * w
-    buckets = 2 * 40e6 * grad_bytes_per_param(dtype) if plan.dp * plan.cp > 1 else 0.0
-    p2p = 2 * plan.mbs * seq_len / plan.cp * model.hidden_size * 2 if plan.pp > 1 else 0.0
-    return gathered + buckets + p2p + FRAMEWORK_OVERHEAD_BYTES

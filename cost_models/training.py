@@ -26,56 +26,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from cost_models import comm
-from cost_models.compute import (
-    BlockCompute,
-    Roofline,
-    Shard,
-    block_compute,
-    embedding_compute,
-    head_compute,
-    roof_bytes,
-)
+from cost_models.compute import BlockCompute, Roofline, Shard, roof_bytes
 from cost_models.efficiency import device_efficiency
-from cost_models.memory import (
-    FRAGMENTATION,
-    GIB,
-    StageMemory,
-    block_activation_bytes,
-    buffer_bytes,
-    head_activation_bytes,
-    in_flight_microbatches,
-    stage_params,
-    state_bytes,
-)
+from cost_models.memory import GIB
+from cost_models.tables import StageTables, build_tables
 from planner.hardware import ClusterSpec
-from planner.model import ModelSpec, grad_bytes_per_param, weight_bytes_per_param
+from planner.model import ModelSpec
 from planner.plan import Plan, Recompute
 from planner.result import Estimate, StageEstimate
 from planner.workload import TrainingWorkload
-
-OPTIMIZER_BYTES_PER_PARAM = 4 + 4 + 4 + 4 + 4 + 4
-"""Adam step traffic per parameter beyond the gradient and weight: read and write the fp32
-master weight, momentum and variance (6 x 4 bytes)."""
-
-
-@dataclass(frozen=True, slots=True)
-class StageTime:
-    """Per-micro-batch seconds of one stage, by kind (critical-path parts only)."""
-
-    compute: float
-    recompute: float
-    tp_comm: float
-    cp_comm: float
-    ep_comm: float
-    pp_comm: float
-    bwd_compute: float      # backward compute alone: the window that hides DP reduction
-    fwd_compute: float
-
-    @property
-    def total(self) -> float:
-        return (self.compute + self.recompute + self.tp_comm + self.cp_comm + self.ep_comm
-                + self.pp_comm)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +57,8 @@ class Context:
     pp_crosses_nodes: bool
 
 
-def _strides(plan: Plan) -> dict[str, int]:
+def strides(plan: Plan) -> dict[str, int]:
+    """Rank distance between consecutive members of each group, from the layout order."""
     sizes = {"tp": plan.tp, "cp": plan.cp, "dp": plan.dp, "pp": plan.pp}
     out, acc = {}, 1
     for name in plan.order:
@@ -111,7 +74,7 @@ def make_context(model: ModelSpec, cluster: ClusterSpec, workload: TrainingWorkl
     roof = Roofline(cluster.device, eff, workload.dtype)
     shard = Shard(mbs=plan.mbs, seq_len=workload.seq_len, tp=plan.tp, cp=plan.cp, sp=plan.sp,
                   ep=plan.ep, etp=plan.expert_tp, attn=plan.attn, dtype=workload.dtype)
-    st = _strides(plan)
+    st = strides(plan)
     dp_stride = min(st["dp"], st["cp"]) if plan.cp > 1 else st["dp"]
     ctx = Context(
         model=model, cluster=cluster, workload=workload, plan=plan, roof=roof, shard=shard,
@@ -124,8 +87,10 @@ def make_context(model: ModelSpec, cluster: ClusterSpec, workload: TrainingWorkl
     return ctx, generic
 
 
-def _block_comm(ctx: Context, moe: bool, bc: BlockCompute) -> tuple[float, float, float, float, float, float]:
-    """(tp fwd, tp bwd, cp fwd, cp bwd, ep fwd, ep bwd) exposed seconds of one block."""
+def block_comm(ctx: Context, moe: bool, bc: BlockCompute) -> tuple[float, ...]:
+    """(tp fwd, tp bwd, cp fwd, cp bwd, ep fwd, ep bwd) exposed seconds of one block:
+    Megatron's two all-reduces per block per pass (Shoeybi et al. 2019 Sec. 3); with SP an
+    all-gather and a reduce-scatter of the same volume (Korthikanti et al. 2022 Sec. 4.2.2)."""
     m, sh = ctx.model, ctx.shard
     act = sh.tokens * m.hidden_size * roof_bytes(sh.dtype)
     tp = 2 * comm.all_reduce_s(ctx.tp_links, act) if ctx.plan.tp > 1 else 0.0
@@ -139,109 +104,38 @@ def _block_comm(ctx: Context, moe: bool, bc: BlockCompute) -> tuple[float, float
         cp_b = max(0.0, 2 * (ctx.plan.cp - 1) * step - bc.attention_bwd_s)
     ep = 0.0
     if moe and m.moe is not None and ctx.plan.ep > 1:
+        # Token dispatch and combine: each token's hidden state to its top-k experts and back.
         tokens_out = sh.tokens * m.moe.top_k * m.hidden_size * roof_bytes(sh.dtype)
         ep = 2 * comm.all_to_all_s(ctx.ep_links, ctx.cluster, tokens_out)
     return tp, tp, cp_f, cp_b, ep, ep
 
 
-def stage_time(ctx: Context, first: int, last: int, *, has_embedding: bool,
-               has_head: bool) -> StageTime:
-    """Seconds per micro-batch of the stage holding blocks first..last."""
-    m, plan = ctx.model, ctx.plan
-    fwd = bwd = rec = tp = cp = ep = 0.0
-    cache: dict[bool, tuple[BlockCompute, tuple[float, ...]]] = {}
-    for layer in range(first, last + 1):
-        moe = m.is_moe_layer(layer)
-        if moe not in cache:
-            bc = block_compute(m, ctx.roof, ctx.shard, moe=moe)
-            cache[moe] = (bc, _block_comm(ctx, moe, bc))
-        bc, (tpf, tpb, cpf, cpb, epf, epb) = cache[moe]
-        fwd, bwd = fwd + bc.fwd_s, bwd + bc.bwd_s
-        tp, cp, ep = tp + tpf + tpb, cp + cpf + cpb, ep + epf + epb
-        if plan.recompute == Recompute.FULL:
-            rec += bc.fwd_s
-            tp, cp, ep = tp + tpf, cp + cpf, ep + epf
-        elif plan.recompute == Recompute.SELECTIVE:
-            rec += bc.attn_core_fwd_s
-    if has_embedding:
-        ef, eb = embedding_compute(m, ctx.roof, ctx.shard)
-        fwd, bwd = fwd + ef, bwd + eb
-        if plan.tp > 1 and m.vocab_size:
-            act = ctx.shard.tokens * m.hidden_size * roof_bytes(ctx.shard.dtype)
-            tp += comm.all_reduce_s(ctx.tp_links, act)
-    if has_head:
-        hf, hb, _ = head_compute(m, ctx.roof, ctx.shard)
-        fwd, bwd = fwd + hf, bwd + hb
-    return StageTime(compute=fwd + bwd, recompute=rec, tp_comm=tp, cp_comm=cp, ep_comm=ep,
-                     pp_comm=_p2p(ctx), bwd_compute=bwd, fwd_compute=fwd)
-
-
-def _p2p(ctx: Context) -> float:
+def p2p_s(ctx: Context) -> float:
     """Exposed activation/gradient exchange per micro-batch between neighbouring stages:
     one exchange after the forward and one after the backward, each chunk boundary
-    (x vpp); with SP each TP rank sends its 1/t slice (Narayanan et al. 2021 Sec. 4.1)."""
+    (x vpp); with TP each rank sends its 1/t slice (scatter-gather, Narayanan et al. 2021
+    Sec. 4.1)."""
     plan = ctx.plan
     if plan.pp == 1:
         return 0.0
-    nbytes = ctx.shard.tokens * ctx.model.hidden_size * roof_bytes(ctx.shard.dtype)
-    if plan.sp or plan.tp > 1:
-        nbytes /= plan.tp
+    nbytes = ctx.shard.tokens * ctx.model.hidden_size * roof_bytes(ctx.shard.dtype) / plan.tp
     return 2 * plan.vpp * comm.p2p_s(ctx.cluster, nbytes, crosses_nodes=ctx.pp_crosses_nodes)
 
 
-def _dp_exposed(ctx: Context, params_dense: float, params_expert: float, edp: int,
-                crit: StageTime, layers: int, m: int) -> float:
-    """Exposed data-parallel (and ZeRO) communication seconds per step on one stage."""
-    plan, dtype = ctx.plan, ctx.workload.dtype
-    g, w = grad_bytes_per_param(dtype), weight_bytes_per_param(dtype)
-    dp_size = plan.dp * plan.cp
-    exp_links = comm.group_links(ctx.cluster, size=edp, stride=plan.ep * plan.expert_tp)
-    if dp_size == 1 and edp == 1:
-        return 0.0
-
-    def both(fn: object, per: int) -> float:
-        return (fn(ctx.dp_links, params_dense * per)  # type: ignore[operator]
-                + fn(exp_links, params_expert * per))  # type: ignore[operator]
-
-    tail = 1.0 / max(1, layers)
-    if plan.zero >= 3:
-        ag = both(comm.all_gather_s, w)
-        rs = both(comm.reduce_scatter_s, g)
-        per_mb = (max(0.0, ag - crit.fwd_compute) + max(0.0, ag + rs - crit.bwd_compute)
-                  + ag * tail)
-        return m * per_mb
-    if plan.zero >= 1:
-        reduce = both(comm.reduce_scatter_s, g)
-        gather = both(comm.all_gather_s, w)
-        return (max(0.0, reduce - crit.bwd_compute) + reduce * tail
-                + max(0.0, gather - crit.fwd_compute))
-    reduce = both(comm.all_reduce_s, g)
-    return max(0.0, reduce - crit.bwd_compute) + reduce * tail
+def pipeline_time(plan: Plan, m: int, stage_times: list[float]) -> float:
+    """1F1B: (m-1)*max C + sum C; interleaved: m*max C + (p-1)*max C/v (module docstring)."""
+    cmax = max(stage_times)
+    if plan.vpp > 1:
+        return m * cmax + (plan.pp - 1) * cmax / plan.vpp
+    return (m - 1) * cmax + sum(stage_times)
 
 
-def _optimizer_s(ctx: Context, params_dense: float, params_expert: float, edp: int) -> float:
-    """Optimizer step: stream the local (ZeRO-sharded) states through memory once."""
-    dtype = ctx.workload.dtype
-    local = params_dense / (ctx.plan.dp * ctx.plan.cp if ctx.plan.zero >= 1 else 1)
-    local += params_expert / (edp if ctx.plan.zero >= 1 else 1)
-    per = OPTIMIZER_BYTES_PER_PARAM + grad_bytes_per_param(dtype) + weight_bytes_per_param(dtype)
-    return ctx.roof.stream(local * per)
-
-
-def _stage_memory(ctx: Context, stage: int, first: int, last: int, m: int) -> tuple[StageMemory, object]:
-    model, plan, wl = ctx.model, ctx.plan, ctx.workload
-    emb, head = stage == 0, stage == plan.pp - 1
-    params = stage_params(model, plan, first, last, has_embedding=emb, has_head=head)
-    weights, grads, opt = state_bytes(params, plan, wl.dtype, wl.optimizer)
-    per_mb = sum(block_activation_bytes(model, plan, seq_len=wl.seq_len, fused_attention=plan.attn.fused,
-                                        moe=model.is_moe_layer(i)) for i in range(first, last + 1))
-    act = per_mb * in_flight_microbatches(plan, stage, m)
-    if head:
-        act += head_activation_bytes(model, plan, seq_len=wl.seq_len)
-    buffers = buffer_bytes(model, plan, params, seq_len=wl.seq_len,
-                           layers_on_stage=last - first + 1, dtype=wl.dtype)
-    buffers += FRAGMENTATION * (weights + grads + opt + act)
-    return StageMemory(weights, grads, opt, act, buffers), params
+def step_time_of(tables: StageTables, ranges: list[tuple[int, int]]) -> float:
+    """Step time of one partition (what the search minimises; equals Estimate.step_time_s)."""
+    plan, m = tables.ctx.plan, tables.num_microbatches
+    times = [float(tables.time(k, a, b)) for k, (a, b) in enumerate(ranges)]
+    tails = [sum(float(x) for x in tables.tail(k, a, b)) for k, (a, b) in enumerate(ranges)]
+    return pipeline_time(plan, m, times) + max(tails)
 
 
 def estimate_training(model: ModelSpec, cluster: ClusterSpec, workload: TrainingWorkload,
@@ -249,37 +143,30 @@ def estimate_training(model: ModelSpec, cluster: ClusterSpec, workload: Training
     """Score one (already validated) training plan."""
     ctx, generic = make_context(model, cluster, workload, plan)
     m = workload.global_batch_size // (plan.dp * plan.mbs)
+    tables = build_tables(ctx, m)
     ranges = plan.stage_ranges(model.num_layers)
-    times, mems, params = [], [], []
-    for k, (first, last) in enumerate(ranges):
-        times.append(stage_time(ctx, first, last, has_embedding=k == 0,
-                                has_head=k == plan.pp - 1))
-        mem, par = _stage_memory(ctx, k, first, last, m)
-        mems.append(mem)
-        params.append(par)
-    crit_k = max(range(plan.pp), key=lambda k: (times[k].total, -k))
-    crit, cmax = times[crit_k], times[crit_k].total
-    if plan.vpp > 1:
-        pipe = m * cmax + (plan.pp - 1) * cmax / plan.vpp
-    else:
-        pipe = (m - 1) * cmax + sum(t.total for t in times)
-    dp_k = [_dp_exposed(ctx, p.dense, p.expert, p.edp, times[k], r[1] - r[0] + 1, m)
-            for k, (p, r) in enumerate(zip(params, ranges))]
-    opt_k = [_optimizer_s(ctx, p.dense, p.expert, p.edp) for p in params]
-    tail_k = max(range(plan.pp), key=lambda k: (dp_k[k] + opt_k[k], -k))
-    breakdown = {
-        "compute": m * crit.compute, "recompute": m * crit.recompute,
-        "tp_comm": m * crit.tp_comm, "cp_comm": m * crit.cp_comm, "pp_comm": m * crit.pp_comm,
-        "dp_comm": dp_k[tail_k], "ep_comm": m * crit.ep_comm,
-        "bubble": pipe - m * cmax, "optimizer": opt_k[tail_k],
-    }
-    step = sum(breakdown.values())
-    return _finish(ctx, plan=plan, m=m, step=step, breakdown=breakdown, times=times,
-                   mems=mems, ranges=ranges, generic=generic)
+    kinds = [{k: float(v) for k, v in tables.kinds(s, a, b).items()}
+             for s, (a, b) in enumerate(ranges)]
+    times = [float(tables.time(s, a, b)) for s, (a, b) in enumerate(ranges)]
+    crit_k = max(range(plan.pp), key=lambda s: (times[s], -s))
+    crit, cmax = kinds[crit_k], times[crit_k]
+    pipe = pipeline_time(plan, m, times)
+    tails = [tuple(float(x) for x in tables.tail(s, a, b)) for s, (a, b) in enumerate(ranges)]
+    tail_k = max(range(plan.pp), key=lambda s: (sum(tails[s]), -s))
+    breakdown = {key: m * crit[key] for key in
+                 ("compute", "recompute", "tp_comm", "cp_comm", "pp_comm", "ep_comm")}
+    breakdown |= {"dp_comm": tails[tail_k][0], "bubble": pipe - m * cmax,
+                  "optimizer": tails[tail_k][1]}
+    breakdown = {k: breakdown[k] for k in ("compute", "recompute", "tp_comm", "cp_comm",
+                                           "pp_comm", "dp_comm", "ep_comm", "bubble", "optimizer")}
+    mems = [{k: float(v) for k, v in tables.memory(s, a, b).items()}
+            for s, (a, b) in enumerate(ranges)]
+    return _finish(ctx, plan=plan, m=m, step=sum(breakdown.values()), breakdown=breakdown,
+                   times=times, mems=mems, ranges=ranges, generic=generic)
 
 
 def _finish(ctx: Context, *, plan: Plan, m: int, step: float, breakdown: dict[str, float],
-            times: list[StageTime], mems: list[StageMemory], ranges: list[tuple[int, int]],
+            times: list[float], mems: list[dict[str, float]], ranges: list[tuple[int, int]],
             generic: bool) -> Estimate:
     model, wl, dev = ctx.model, ctx.workload, ctx.cluster.device
     n = plan.devices
@@ -293,27 +180,24 @@ def _finish(ctx: Context, *, plan: Plan, m: int, step: float, breakdown: dict[st
     elif plan.recompute == Recompute.SELECTIVE and not plan.attn.fused:
         extra = model.attention_score_flops_per_token(wl.seq_len) * tokens
     peak = dev.peak_flops(wl.dtype)
-    worst = max(range(len(mems)), key=lambda k: (mems[k].total, -k))
-    mem = mems[worst]
+    totals = [sum(mm.values()) for mm in mems]
+    worst = max(range(len(mems)), key=lambda k: (totals[k], -k))
     cap = dev.memory_bytes
-    warnings = _warnings(ctx, generic)
     return Estimate(
         plan=plan.to_string(), devices=n, num_microbatches=m, step_time_s=step,
         tokens_per_s=tokens / step,
         model_tflops_per_gpu=model_flops / step / n / 1e12,
         hardware_tflops_per_gpu=(model_flops + extra) / step / n / 1e12,
         mfu=model_flops / step / n / peak, hfu=(model_flops + extra) / step / n / peak,
-        peak_memory_gib=mem.total / GIB, capacity_gib=cap / GIB, fits=mem.total <= cap,
-        over_memory_gib=max(0.0, (mem.total - cap) / GIB),
+        peak_memory_gib=totals[worst] / GIB, capacity_gib=cap / GIB, fits=totals[worst] <= cap,
+        over_memory_gib=max(0.0, (totals[worst] - cap) / GIB),
         breakdown=breakdown,
-        memory_gib={"weights": mem.weights / GIB, "grads": mem.grads / GIB,
-                    "optimizer": mem.optimizer / GIB, "activations": mem.activations / GIB,
-                    "buffers": mem.buffers / GIB},
+        memory_gib={k: v / GIB for k, v in mems[worst].items()},
         stages=[StageEstimate(first_layer=a, last_layer=b, has_embedding=k == 0,
-                              has_head=k == plan.pp - 1, time_per_microbatch_s=times[k].total,
-                              memory_gib=mems[k].total / GIB)
+                              has_head=k == plan.pp - 1, time_per_microbatch_s=times[k],
+                              memory_gib=totals[k] / GIB)
                 for k, (a, b) in enumerate(ranges)],
-        warnings=warnings,
+        warnings=_warnings(ctx, generic),
     )
 
 

@@ -1,0 +1,222 @@
+"""Stage tables: the cost of any contiguous range of blocks on any pipeline stage.
+
+Decides: per-layer arrays (time by kind, activation bytes, parameters) and, from their prefix
+sums, the per-micro-batch time, the peak memory and the data-parallel/optimizer tail of
+stage k holding blocks i..j, for scalar or numpy-array i and j. This is the only place those
+stage formulas live: `training.estimate_training` reads them at a plan's ranges and the
+search's partition DP reads them as whole L x L arrays, so both always agree (the role of
+Alpa's compute_cost tensor, Zheng et al. 2022 Sec. 5.2).
+
+Does not decide the schedule (training.py) or the partition (search/layer_partition.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cost_models import comm
+from cost_models.compute import block_compute, embedding_compute, head_compute, roof_bytes
+from cost_models.memory import (
+    FRAGMENTATION,
+    FRAMEWORK_OVERHEAD_BYTES,
+    StageParams,
+    block_activation_bytes,
+    head_activation_bytes,
+    in_flight_microbatches,
+    state_bytes,
+)
+from planner.model import ModelSpec, grad_bytes_per_param, weight_bytes_per_param
+from planner.plan import Recompute
+
+Arr = Any  # a float or a numpy array of floats (broadcast over stage ranges)
+
+OPTIMIZER_BYTES_PER_PARAM = 4 + 4 + 4 + 4 + 4 + 4
+"""Adam step traffic per parameter beyond the gradient and weight: read and write the fp32
+master weight, momentum and variance (6 x 4 bytes)."""
+KINDS = ("compute", "recompute", "tp_comm", "cp_comm", "ep_comm")
+
+
+@dataclass(frozen=True)
+class StageTables:
+    """Prefix sums of per-layer quantities plus the per-stage extras (embedding, head, p2p)."""
+
+    prefix: dict[str, np.ndarray]      # kind -> cumulative sum over layers, length L + 1
+    extras: dict[str, float]           # embedding/head/p2p seconds and parameters
+    ctx: Any                           # training.Context
+    num_microbatches: int
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.prefix["compute"]) - 1
+
+    def sums(self, key: str, i: Arr, j: Arr) -> Arr:
+        """Sum of a per-layer quantity over blocks i..j (inclusive)."""
+        p = self.prefix[key]
+        return p[np.asarray(j) + 1] - p[np.asarray(i)]
+
+    def kinds(self, k: int, i: Arr, j: Arr) -> dict[str, Arr]:
+        """Per-micro-batch seconds of stage k by kind, plus fwd/bwd compute windows."""
+        pp, e = self.ctx.plan.pp, self.extras
+        out = {kind: self.sums(kind, i, j) for kind in (*KINDS, "fwd", "bwd")}
+        if k == 0:
+            for kind in ("compute", "fwd", "bwd", "tp_comm"):
+                out[kind] = out[kind] + e[f"emb_{kind}"]
+        if k == pp - 1:
+            for kind in ("compute", "fwd", "bwd"):
+                out[kind] = out[kind] + e[f"head_{kind}"]
+        out["pp_comm"] = e["p2p"] + 0 * out["compute"]
+        return out
+
+    def time(self, k: int, i: Arr, j: Arr) -> Arr:
+        """Per-micro-batch time of stage k (everything on its critical path)."""
+        d = self.kinds(k, i, j)
+        return sum(d[kind] for kind in (*KINDS, "pp_comm"))
+
+    def params(self, k: int, i: Arr, j: Arr) -> tuple[Arr, Arr]:
+        """(dense, expert) parameters on one device of stage k."""
+        e, pp = self.extras, self.ctx.plan.pp
+        dense = self.sums("dense_params", i, j)
+        if k == 0:
+            dense = dense + e["emb_params"]
+        if k == pp - 1 and (pp > 1 or not self.ctx.model.tied_embeddings):
+            dense = dense + e["head_params"]
+        elif k == pp - 1:
+            dense = dense + e["final_norm_params"]
+        return dense, self.sums("expert_params", i, j)
+
+    def memory(self, k: int, i: Arr, j: Arr) -> dict[str, Arr]:
+        """Peak bytes on one device of stage k by kind (weights, grads, optimizer,
+        activations, buffers); see memory.py for the sources."""
+        ctx, plan = self.ctx, self.ctx.plan
+        dense, expert = self.params(k, i, j)
+        dtype = ctx.workload.dtype
+        weights, grads, optim = state_bytes(StageParams(dense, expert, self.extras["edp"]),
+                                            plan, dtype, ctx.workload.optimizer)
+        w = weight_bytes_per_param(dtype)
+        m = self.num_microbatches
+        act = self.sums("act", i, j) * in_flight_microbatches(plan, k, m)
+        if k == plan.pp - 1:
+            act = act + self.extras["head_act"]
+        layers = np.asarray(j) - np.asarray(i) + 1
+        gathered = 2 * (dense + expert) / layers * w if plan.zero >= 3 else 0.0
+        buffers = (gathered + self.extras["static_buffers"]
+                   + FRAGMENTATION * (weights + grads + optim + act))
+        return {"weights": weights, "grads": grads, "optimizer": optim, "activations": act,
+                "buffers": buffers}
+
+    def memory_total(self, k: int, i: Arr, j: Arr) -> Arr:
+        return sum(self.memory(k, i, j).values())
+
+    def tail(self, k: int, i: Arr, j: Arr) -> tuple[Arr, Arr]:
+        """(exposed data-parallel communication, optimizer step) seconds per step of stage k."""
+        ctx, plan = self.ctx, self.ctx.plan
+        dense, expert = self.params(k, i, j)
+        d = self.kinds(k, i, j)
+        layers = np.asarray(j) - np.asarray(i) + 1
+        dtype = ctx.workload.dtype
+        g, w = grad_bytes_per_param(dtype), weight_bytes_per_param(dtype)
+        e = self.extras
+        dp_exp = _dp_exposed(ctx, e, dense, expert, fwd=d["fwd"], bwd=d["bwd"], layers=layers,
+                             g=g, w=w, m=self.num_microbatches)
+        local = (dense / (plan.dp * plan.cp if plan.zero >= 1 else 1)
+                 + expert / (e["edp"] if plan.zero >= 1 else 1))
+        per = OPTIMIZER_BYTES_PER_PARAM + g + w
+        optimizer = np.maximum(local * per / ctx.roof.bw, ctx.roof.eff.kernel_floor_s)
+        return dp_exp, optimizer
+
+
+def _coll(kind: str, links: comm.GroupLinks, nbytes: Arr) -> Arr:
+    """Array-safe collective time (comm.coefficients; 0 for empty buffers)."""
+    per_byte, fixed = comm.coefficients(kind, links)
+    return np.where(np.asarray(nbytes) > 0, per_byte * nbytes + fixed, 0.0)
+
+
+def _dp_exposed(ctx: Any, e: dict[str, Any], dense: Arr, expert: Arr, *, fwd: Arr, bwd: Arr,
+                layers: Arr, g: int, w: int, m: int) -> Arr:
+    """Exposed data-parallel (and ZeRO) seconds per step (overlap rules: training.py)."""
+    plan = ctx.plan
+    if plan.dp * plan.cp == 1 and e["edp"] == 1:
+        return 0.0 * dense
+
+    def both(kind: str, per: int) -> Arr:
+        return _coll(kind, ctx.dp_links, dense * per) + _coll(kind, e["exp_links"], expert * per)
+
+    tail = 1.0 / layers
+    if plan.zero >= 3:
+        ag, rs = both("all_gather", w), both("reduce_scatter", g)
+        per_mb = np.maximum(0.0, ag - fwd) + np.maximum(0.0, ag + rs - bwd) + ag * tail
+        return m * per_mb
+    if plan.zero >= 1:
+        reduce, gather = both("reduce_scatter", g), both("all_gather", w)
+        return (np.maximum(0.0, reduce - bwd) + reduce * tail + np.maximum(0.0, gather - fwd))
+    reduce = both("all_reduce", g)
+    return np.maximum(0.0, reduce - bwd) + reduce * tail
+
+
+def build_tables(ctx: Any, num_microbatches: int) -> StageTables:
+    """Per-layer arrays for the plan in `ctx` (training.Context)."""
+    from cost_models.training import block_comm, p2p_s
+
+    model, plan, sh = ctx.model, ctx.plan, ctx.shard
+    per_type: dict[bool, dict[str, float]] = {}
+    for moe in sorted({model.is_moe_layer(i) for i in range(model.num_layers)}):
+        per_type[moe] = _layer_row(ctx, moe, block_compute(model, ctx.roof, sh, moe=moe), block_comm)
+    rows = [per_type[model.is_moe_layer(i)] for i in range(model.num_layers)]
+    prefix = {key: np.concatenate(([0.0], np.cumsum([r[key] for r in rows])))
+              for key in rows[0]}
+    return StageTables(prefix=prefix, extras=_extras(ctx, model, p2p_s(ctx)), ctx=ctx,
+                       num_microbatches=num_microbatches)
+
+
+def _layer_row(ctx: Any, moe: bool, bc: Any, block_comm: Any) -> dict[str, float]:
+    model, plan = ctx.model, ctx.plan
+    tpf, tpb, cpf, cpb, epf, epb = block_comm(ctx, moe, bc)
+    row = {"compute": bc.fwd_s + bc.bwd_s, "recompute": 0.0, "tp_comm": tpf + tpb,
+           "cp_comm": cpf + cpb, "ep_comm": epf + epb, "fwd": bc.fwd_s, "bwd": bc.bwd_s}
+    if plan.recompute == Recompute.FULL:
+        row["recompute"] = bc.fwd_s
+        row["tp_comm"] += tpf
+        row["cp_comm"] += cpf
+        row["ep_comm"] += epf
+    elif plan.recompute == Recompute.SELECTIVE:
+        row["recompute"] = bc.attn_core_fwd_s
+    row["act"] = block_activation_bytes(model, plan, seq_len=ctx.workload.seq_len, moe=moe,
+                                        fused_attention=plan.attn.fused)
+    if moe and model.moe is not None:
+        routed = model.moe.num_experts * model.mlp_params(model.moe.expert_ffn_hidden_size)
+        row["dense_params"] = (model.moe_layer_params - routed) / plan.tp
+        row["expert_params"] = routed / (plan.ep * plan.expert_tp)
+    else:
+        row["dense_params"] = model.dense_layer_params / plan.tp
+        row["expert_params"] = 0.0
+    return row
+
+
+def _extras(ctx: Any, model: ModelSpec, p2p: float) -> dict[str, Any]:
+    plan, sh, roof = ctx.plan, ctx.shard, ctx.roof
+    ef, eb = embedding_compute(model, roof, sh)
+    hf, hb, _ = head_compute(model, roof, sh)
+    emb_tp = 0.0
+    if plan.tp > 1 and model.vocab_size:
+        emb_tp = comm.all_reduce_s(ctx.tp_links, sh.tokens * model.hidden_size * roof_bytes(sh.dtype))
+    edp = max(1, plan.dp * plan.cp * plan.tp // (plan.ep * plan.expert_tp))
+    head_matrix = model.vocab_size * model.hidden_size / plan.tp
+    final_norm = model.norm_params if model.vocab_size else 0
+    dtype = ctx.workload.dtype
+    buckets = 2 * 40e6 * grad_bytes_per_param(dtype) if plan.dp * plan.cp > 1 else 0.0
+    p2p_buf = 2 * plan.mbs * ctx.workload.seq_len / plan.cp * model.hidden_size * 2 if plan.pp > 1 else 0.0
+    return {
+        "emb_compute": ef + eb, "emb_fwd": ef, "emb_bwd": eb, "emb_tp_comm": emb_tp,
+        "head_compute": hf + hb, "head_fwd": hf, "head_bwd": hb, "p2p": p2p,
+        "emb_params": model.embedding_params / plan.tp,
+        "head_params": head_matrix + final_norm, "final_norm_params": final_norm,
+        "head_act": head_activation_bytes(model, plan, seq_len=ctx.workload.seq_len),
+        "edp": edp,
+        "exp_links": comm.group_links(ctx.cluster, size=edp, stride=plan.ep * plan.expert_tp),
+        # DDP/Megatron gradient buckets (40M elements, 2 in flight), the p2p activation
+        # buffer, and the framework's fixed overhead (memory.py).
+        "static_buffers": buckets + p2p_buf + FRAMEWORK_OVERHEAD_BYTES,
+    }
