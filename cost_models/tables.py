@@ -57,10 +57,17 @@ class StageTables:
         p = self.prefix[key]
         return p[np.asarray(j) + 1] - p[np.asarray(i)]
 
-    def kinds(self, k: int, i: Arr, j: Arr) -> dict[str, Arr]:
+    def span(self, i: Arr, j: Arr) -> dict[str, Arr]:
+        """Every per-layer sum over blocks i..j, computed once (shared by all stages)."""
+        out = {key: self.sums(key, i, j) for key in self.prefix}
+        out["layers"] = np.asarray(j) - np.asarray(i) + 1
+        return out
+
+    def kinds(self, k: int, i: Arr, j: Arr, span: dict[str, Arr] | None = None) -> dict[str, Arr]:
         """Per-micro-batch seconds of stage k by kind, plus fwd/bwd compute windows."""
+        sp = span if span is not None else self.span(i, j)
         pp, e = self.ctx.plan.pp, self.extras
-        out = {kind: self.sums(kind, i, j) for kind in (*KINDS, "fwd", "bwd")}
+        out = {kind: sp[kind] for kind in (*KINDS, "fwd", "bwd")}
         if k == 0:
             for kind in ("compute", "fwd", "bwd", "tp_comm"):
                 out[kind] = out[kind] + e[f"emb_{kind}"]
@@ -70,57 +77,58 @@ class StageTables:
         out["pp_comm"] = e["p2p"] + 0 * out["compute"]
         return out
 
-    def time(self, k: int, i: Arr, j: Arr) -> Arr:
+    def time(self, k: int, i: Arr, j: Arr, span: dict[str, Arr] | None = None) -> Arr:
         """Per-micro-batch time of stage k (everything on its critical path)."""
-        d = self.kinds(k, i, j)
+        d = self.kinds(k, i, j, span)
         return sum(d[kind] for kind in (*KINDS, "pp_comm"))
 
-    def params(self, k: int, i: Arr, j: Arr) -> tuple[Arr, Arr]:
+    def params(self, k: int, i: Arr, j: Arr, span: dict[str, Arr] | None = None) -> tuple[Arr, Arr]:
         """(dense, expert) parameters on one device of stage k."""
+        sp = span if span is not None else self.span(i, j)
         e, pp = self.extras, self.ctx.plan.pp
-        dense = self.sums("dense_params", i, j)
+        dense = sp["dense_params"]
         if k == 0:
             dense = dense + e["emb_params"]
         if k == pp - 1 and (pp > 1 or not self.ctx.model.tied_embeddings):
             dense = dense + e["head_params"]
         elif k == pp - 1:
             dense = dense + e["final_norm_params"]
-        return dense, self.sums("expert_params", i, j)
+        return dense, sp["expert_params"]
 
-    def memory(self, k: int, i: Arr, j: Arr) -> dict[str, Arr]:
+    def memory(self, k: int, i: Arr, j: Arr, span: dict[str, Arr] | None = None) -> dict[str, Arr]:
         """Peak bytes on one device of stage k by kind (weights, grads, optimizer,
         activations, buffers); see memory.py for the sources."""
+        sp = span if span is not None else self.span(i, j)
         ctx, plan = self.ctx, self.ctx.plan
-        dense, expert = self.params(k, i, j)
+        dense, expert = self.params(k, i, j, sp)
         dtype = ctx.workload.dtype
         weights, grads, optim = state_bytes(StageParams(dense, expert, self.extras["edp"]),
                                             plan, dtype, ctx.workload.optimizer)
         w = weight_bytes_per_param(dtype)
         m = self.num_microbatches
-        act = self.sums("act", i, j) * in_flight_microbatches(plan, k, m)
+        act = sp["act"] * in_flight_microbatches(plan, k, m)
         if k == plan.pp - 1:
             act = act + self.extras["head_act"]
-        layers = np.asarray(j) - np.asarray(i) + 1
-        gathered = 2 * (dense + expert) / layers * w if plan.zero >= 3 else 0.0
+        gathered = 2 * (dense + expert) / sp["layers"] * w if plan.zero >= 3 else 0.0
         buffers = (gathered + self.extras["static_buffers"]
                    + FRAGMENTATION * (weights + grads + optim + act))
         return {"weights": weights, "grads": grads, "optimizer": optim, "activations": act,
                 "buffers": buffers}
 
-    def memory_total(self, k: int, i: Arr, j: Arr) -> Arr:
-        return sum(self.memory(k, i, j).values())
+    def memory_total(self, k: int, i: Arr, j: Arr, span: dict[str, Arr] | None = None) -> Arr:
+        return sum(self.memory(k, i, j, span).values())
 
-    def tail(self, k: int, i: Arr, j: Arr) -> tuple[Arr, Arr]:
+    def tail(self, k: int, i: Arr, j: Arr, span: dict[str, Arr] | None = None) -> tuple[Arr, Arr]:
         """(exposed data-parallel communication, optimizer step) seconds per step of stage k."""
+        sp = span if span is not None else self.span(i, j)
         ctx, plan = self.ctx, self.ctx.plan
-        dense, expert = self.params(k, i, j)
-        d = self.kinds(k, i, j)
-        layers = np.asarray(j) - np.asarray(i) + 1
+        dense, expert = self.params(k, i, j, sp)
+        d = self.kinds(k, i, j, sp)
         dtype = ctx.workload.dtype
         g, w = grad_bytes_per_param(dtype), weight_bytes_per_param(dtype)
         e = self.extras
-        dp_exp = _dp_exposed(ctx, e, dense, expert, fwd=d["fwd"], bwd=d["bwd"], layers=layers,
-                             g=g, w=w, m=self.num_microbatches)
+        dp_exp = _dp_exposed(ctx, e, dense, expert, fwd=d["fwd"], bwd=d["bwd"],
+                             layers=sp["layers"], g=g, w=w, m=self.num_microbatches)
         local = (dense / (plan.dp * plan.cp if plan.zero >= 1 else 1)
                  + expert / (e["edp"] if plan.zero >= 1 else 1))
         per = OPTIMIZER_BYTES_PER_PARAM + g + w
@@ -174,8 +182,11 @@ def build_tables(ctx: Any, num_microbatches: int) -> StageTables:
 def _layer_row(ctx: Any, moe: bool, bc: Any, block_comm: Any) -> dict[str, float]:
     model, plan = ctx.model, ctx.plan
     tpf, tpb, cpf, cpb, epf, epb = block_comm(ctx, moe, bc)
+    # fwd/bwd: the windows data-parallel traffic hides behind (training.py): the pass's
+    # compute plus its exposed context-parallel exchange, which the DP stream runs through.
     row = {"compute": bc.fwd_s + bc.bwd_s, "recompute": 0.0, "tp_comm": tpf + tpb,
-           "cp_comm": cpf + cpb, "ep_comm": epf + epb, "fwd": bc.fwd_s, "bwd": bc.bwd_s}
+           "cp_comm": cpf + cpb, "ep_comm": epf + epb, "fwd": bc.fwd_s + cpf,
+           "bwd": bc.bwd_s + cpb}
     if plan.recompute == Recompute.FULL:
         row["recompute"] = bc.fwd_s
         row["tp_comm"] += tpf

@@ -19,6 +19,9 @@ Overlap rules:
 - ZeRO-3 gathers each block's weights before its forward and backward and reduce-scatters
   its gradients, every micro-batch, prefetching one block ahead (FSDP): per micro-batch the
   exposed part is what exceeds the compute it hides behind, plus the first block's gather.
+- The passes data-parallel traffic hides behind are their compute plus their exposed
+  context-parallel exchange (the DP stream keeps running while compute waits on it), so a
+  faster attention core never exposes more in total.
 - The optimizer step streams each local parameter's states through memory once.
 """
 
@@ -155,7 +158,8 @@ def estimate_training(model: ModelSpec, cluster: ClusterSpec, workload: Training
     tail_k = max(range(plan.pp), key=lambda s: (sum(tails[s]), -s))
     breakdown = {key: m * crit[key] for key in
                  ("compute", "recompute", "tp_comm", "cp_comm", "pp_comm", "ep_comm")}
-    breakdown |= {"dp_comm": tails[tail_k][0], "bubble": pipe - m * cmax,
+    # max(0, .): with no bubble (pp=1) rounding can leave pipe - m*cmax at -1e-20.
+    breakdown |= {"dp_comm": tails[tail_k][0], "bubble": max(0.0, pipe - m * cmax),
                   "optimizer": tails[tail_k][1]}
     breakdown = {k: breakdown[k] for k in ("compute", "recompute", "tp_comm", "cp_comm",
                                            "pp_comm", "dp_comm", "ep_comm", "bubble", "optimizer")}

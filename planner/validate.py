@@ -27,6 +27,14 @@ def nearest(value: int, candidates: list[int]) -> str:
     return " or ".join(str(c) for c in sorted(ranked))
 
 
+def valid_tp(model: ModelSpec) -> list[int]:
+    """The tp degrees that pass the heads, KV-heads and FFN rules together."""
+    kv = model.kv_heads
+    return [d for d in divisors(model.num_attention_heads)
+            if model.ffn_hidden_size % d == 0
+            and (model.mla is not None or kv % d == 0 or d % kv == 0)]
+
+
 def plan_problems(model: ModelSpec, workload: TrainingWorkload, plan: Plan,
                   devices: int) -> list[tuple[str, str]]:
     """All broken rules as (reason key, message)."""
@@ -41,14 +49,13 @@ def plan_problems(model: ModelSpec, workload: TrainingWorkload, plan: Plan,
                     f"tp*pp*cp = {p.tp * p.pp * p.cp} does not divide {devices}"))
     if a % p.tp:
         out.append(("tp_heads", f"tp={p.tp} must divide the {a} attention heads; "
-                    f"nearest valid tp: {nearest(p.tp, divisors(a))}"))
+                    f"nearest valid tp: {nearest(p.tp, valid_tp(model))}"))
     elif model.mla is None and model.kv_heads % p.tp and p.tp % model.kv_heads:
-        valid = [d for d in divisors(a) if model.kv_heads % d == 0 or d % model.kv_heads == 0]
         out.append(("tp_kv_heads", f"tp={p.tp} must divide the {model.kv_heads} KV heads or be "
-                    f"a multiple of them; nearest valid tp: {nearest(p.tp, valid)}"))
+                    f"a multiple of them; nearest valid tp: {nearest(p.tp, valid_tp(model))}"))
     if model.ffn_hidden_size % p.tp:
         out.append(("tp_ffn", f"tp={p.tp} must divide the FFN size {model.ffn_hidden_size}; "
-                    f"nearest valid tp: {nearest(p.tp, divisors(model.ffn_hidden_size))}"))
+                    f"nearest valid tp: {nearest(p.tp, valid_tp(model))}"))
     if p.pp > model.num_layers:
         out.append(("pp_layers", f"pp={p.pp} exceeds the {model.num_layers} layers; "
                     f"use pp <= {model.num_layers}"))
@@ -89,7 +96,7 @@ def _stage_problems(model: ModelSpec, p: Plan) -> list[tuple[str, str]]:
             out.append(("vpp_needs_pp", f"vpp={p.vpp} needs pipeline parallelism; use vpp=1 or pp>1"))
         counts = p.layers_per_stage(L) if p.pp <= L else ()
         if any(c % p.vpp for c in counts):
-            valid = [v for v in divisors(min(counts) if counts else 1)]
+            valid = [v for v in divisors(min(counts)) if all(c % v == 0 for c in counts)]
             out.append(("vpp_layers", f"vpp={p.vpp} must divide the layers per stage "
                         f"({'/'.join(map(str, counts))}); nearest valid vpp: {nearest(p.vpp, valid)}"))
     return out
@@ -116,7 +123,7 @@ def _other_problems(model: ModelSpec, workload: TrainingWorkload, p: Plan) -> li
                         f"nearest valid ep: {nearest(p.ep, divisors(e))}"))
         group = p.dp * p.cp * p.tp
         if group % (p.ep * p.expert_tp):
-            valid = [d for d in divisors(group) if e % d == 0]
+            valid = [d for d in divisors(group) if e % d == 0 and group % (d * p.expert_tp) == 0]
             out.append(("ep_fold", f"ep*etp = {p.ep * p.expert_tp} must divide dp*cp*tp = "
                         f"{group} (expert parallelism is folded into those ranks); nearest "
                         f"valid ep: {nearest(p.ep, valid)}"))

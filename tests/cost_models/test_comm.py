@@ -1,0 +1,177 @@
+"""Collective times by hand: alpha-beta on the links a group actually spans."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from cost_models import comm
+from cost_models.efficiency import INTER_NODE_LINK_EFFICIENCY, INTRA_NODE_LINK_EFFICIENCY
+from planner import ClusterSpec, load_cluster
+
+INTRA = 300e9 * INTRA_NODE_LINK_EFFICIENCY   # dgx-a100: NVLink3 300 GB/s per direction
+INTER = 25e9 * INTER_NODE_LINK_EFFICIENCY    # one HDR 200 Gb/s NIC per GPU
+A_INTRA, A_INTER = 2e-6, 5e-6
+
+
+@pytest.fixture
+def dgx() -> ClusterSpec:
+    c = load_cluster("dgx-a100")
+    assert c.devices_per_node == 8
+    assert c.intra_node.bandwidth_bytes_per_s == 300e9
+    assert c.inter_node.bandwidth_bytes_per_s == 25e9
+    assert (c.intra_node.latency_s, c.inter_node.latency_s) == (A_INTRA, A_INTER)
+    return c
+
+
+def test_tp8_stride1_stays_in_the_node(dgx: ClusterSpec) -> None:
+    links = comm.group_links(dgx, size=8, stride=1)
+    assert not links.spans_nodes and links.members_per_node == 8
+    assert links.bandwidth_bytes_per_s == pytest.approx(INTRA)
+    assert links.latency_s == A_INTRA
+
+
+@pytest.mark.parametrize(("size", "stride"), [(2, 1), (4, 1), (2, 2), (4, 2), (2, 4)])
+def test_groups_inside_a_node(dgx: ClusterSpec, size: int, stride: int) -> None:
+    links = comm.group_links(dgx, size=size, stride=stride)
+    assert not links.spans_nodes and links.members_per_node == size
+    assert links.bandwidth_bytes_per_s == pytest.approx(INTRA)
+
+
+@pytest.mark.parametrize("size", [2, 4, 24, 128])
+def test_dp_with_stride_8_has_one_member_per_node(dgx: ClusterSpec, size: int) -> None:
+    links = comm.group_links(dgx, size=size, stride=8)
+    assert links.spans_nodes and links.members_per_node == 1
+    assert links.bandwidth_bytes_per_s == pytest.approx(INTER)   # min(intra, 1 * inter)
+    assert links.latency_s == A_INTER
+
+
+def test_group_of_16_stride_1_spans_two_nodes_with_8_members_each(dgx: ClusterSpec) -> None:
+    links = comm.group_links(dgx, size=16, stride=1)
+    assert links.spans_nodes and links.members_per_node == 8
+    # The ring crosses the network through all 8 NICs of a node: min(234, 8 * 22.5) GB/s.
+    assert links.bandwidth_bytes_per_s == pytest.approx(min(INTRA, 8 * INTER))
+    assert links.bandwidth_bytes_per_s == pytest.approx(8 * INTER)
+
+
+@pytest.mark.parametrize(("size", "stride", "per_node"),
+                         [(8, 2, 4), (4, 4, 2), (32, 2, 4), (16, 4, 2)])
+def test_aligned_strided_groups(dgx: ClusterSpec, size: int, stride: int, per_node: int) -> None:
+    links = comm.group_links(dgx, size=size, stride=stride)
+    assert links.spans_nodes and links.members_per_node == per_node
+    assert links.bandwidth_bytes_per_s == pytest.approx(min(INTRA, per_node * INTER))
+
+
+def test_fast_network_is_capped_by_the_node(dgx: ClusterSpec) -> None:
+    fast = dgx.model_copy(update={"inter_node": dgx.inter_node.model_copy(
+        update={"bandwidth_bytes_per_s": 100e9})})
+    links = comm.group_links(fast, size=16, stride=1)
+    assert links.bandwidth_bytes_per_s == pytest.approx(INTRA)   # min(234, 8 * 90) GB/s
+
+
+@pytest.mark.parametrize(("size", "stride"), [(3, 1), (6, 1), (12, 1), (3, 2)])
+def test_groups_straddling_a_node_boundary_assume_one_member(dgx: ClusterSpec, size: int,
+                                                              stride: int) -> None:
+    links = comm.group_links(dgx, size=size, stride=stride)
+    assert links.spans_nodes and links.members_per_node == 1
+    assert links.bandwidth_bytes_per_s == pytest.approx(INTER)
+
+
+def test_group_of_one_costs_nothing(dgx: ClusterSpec) -> None:
+    links = comm.group_links(dgx, size=1, stride=1)
+    assert links.size == 1 and not links.spans_nodes
+    for fn in (comm.all_reduce_s, comm.reduce_scatter_s, comm.all_gather_s):
+        assert fn(links, 1e9) == 0.0
+    assert comm.all_to_all_s(links, dgx, 1e9) == 0.0
+
+
+def test_empty_message_costs_nothing(dgx: ClusterSpec) -> None:
+    links = comm.group_links(dgx, size=8, stride=1)
+    assert comm.all_reduce_s(links, 0.0) == 0.0 and comm.p2p_s(dgx, 0.0, crosses_nodes=True) == 0.0
+
+
+@pytest.mark.parametrize("nbytes", [1e3, 1e6, 2.5e9])
+def test_all_reduce_inside_a_node_by_hand(dgx: ClusterSpec, nbytes: float) -> None:
+    n = 8
+    links = comm.group_links(dgx, size=n, stride=1)
+    beta = 2 * (n - 1) / n * nbytes / INTRA
+    ring = beta + 2 * (n - 1) * A_INTRA
+    tree = beta + 2 * math.log2(n) * A_INTRA
+    assert comm.all_reduce_s(links, nbytes) == pytest.approx(min(ring, tree), rel=1e-12)
+    assert comm.all_reduce_s(links, nbytes) == pytest.approx(beta + 6 * A_INTRA, rel=1e-12)
+
+
+@pytest.mark.parametrize("nbytes", [1e3, 1e6, 2.5e9])
+def test_all_reduce_across_nodes_by_hand(dgx: ClusterSpec, nbytes: float) -> None:
+    # 16 ranks, 8 per node: bottleneck min(0.78 * 300, 8 * 0.9 * 25) = 180 GB/s.
+    n = 16
+    links = comm.group_links(dgx, size=n, stride=1)
+    beta = 2 * (n - 1) / n * nbytes / (8 * INTER)
+    want = beta + min(2 * (n - 1), 2 * math.log2(n)) * A_INTER
+    assert comm.all_reduce_s(links, nbytes) == pytest.approx(want, rel=1e-12)
+    # dp over 4 nodes, one member per node: one NIC's 22.5 GB/s.
+    links = comm.group_links(dgx, size=4, stride=8)
+    want = 2 * 3 / 4 * nbytes / INTER + min(2 * 3, 2 * math.log2(4)) * A_INTER
+    assert comm.all_reduce_s(links, nbytes) == pytest.approx(want, rel=1e-12)
+
+
+def test_two_rank_ring_equals_tree(dgx: ClusterSpec) -> None:
+    links = comm.group_links(dgx, size=2, stride=1)
+    assert comm.all_reduce_s(links, 1e8) == pytest.approx(1e8 / INTRA + 2 * A_INTRA, rel=1e-12)
+
+
+@pytest.mark.parametrize(("size", "stride"), [(2, 1), (8, 1), (16, 1), (4, 8), (64, 8), (3, 1)])
+@pytest.mark.parametrize("nbytes", [1.0, 4e6, 3e9])
+def test_reduce_scatter_plus_all_gather_is_an_all_reduce(dgx: ClusterSpec, size: int,
+                                                         stride: int, nbytes: float) -> None:
+    """Rabenseifner: all-reduce = reduce-scatter + all-gather, bandwidth and latency terms."""
+    links = comm.group_links(dgx, size=size, stride=stride)
+    rs, ag = comm.reduce_scatter_s(links, nbytes), comm.all_gather_s(links, nbytes)
+    assert rs == ag
+    assert rs + ag == pytest.approx(comm.all_reduce_s(links, nbytes), rel=1e-12)
+    n, bw = links.size, links.bandwidth_bytes_per_s
+    want = (n - 1) / n * nbytes / bw + min(n - 1, math.log2(n)) * links.latency_s
+    assert rs == pytest.approx(want, rel=1e-12)
+
+
+def test_bandwidth_terms_without_latency(dgx: ClusterSpec) -> None:
+    no_lat = dgx.model_copy(update={
+        "intra_node": dgx.intra_node.model_copy(update={"latency_s": 0.0}),
+        "inter_node": dgx.inter_node.model_copy(update={"latency_s": 0.0})})
+    for size, stride in [(8, 1), (16, 1), (4, 8)]:
+        links = comm.group_links(no_lat, size=size, stride=stride)
+        n, nbytes = links.size, 1e9
+        ar = comm.all_reduce_s(links, nbytes)
+        beta = 2 * (n - 1) / n * nbytes / links.bandwidth_bytes_per_s
+        assert ar == pytest.approx(beta, rel=1e-12)
+        assert comm.reduce_scatter_s(links, nbytes) + comm.all_gather_s(links, nbytes) == \
+            pytest.approx(ar, rel=1e-12)
+
+
+def test_p2p_by_hand(dgx: ClusterSpec) -> None:
+    assert comm.p2p_s(dgx, 1e8, crosses_nodes=False) == pytest.approx(1e8 / INTRA + A_INTRA)
+    assert comm.p2p_s(dgx, 1e8, crosses_nodes=True) == pytest.approx(1e8 / INTER + A_INTER)
+
+
+def test_all_to_all_by_hand(dgx: ClusterSpec) -> None:
+    nbytes = 1e9
+    inside = comm.group_links(dgx, size=8, stride=1)
+    assert comm.all_to_all_s(inside, dgx, nbytes) == pytest.approx(
+        7 / 8 * nbytes / INTRA + 7 * A_INTRA, rel=1e-12)
+    # 16 ranks over 2 nodes: 7/16 of the buffer stays in the node, 8/16 goes through the NIC.
+    across = comm.group_links(dgx, size=16, stride=1)
+    want = max(7 / 16 * nbytes / INTRA, 8 / 16 * nbytes / INTER) + 15 * A_INTER
+    assert comm.all_to_all_s(across, dgx, nbytes) == pytest.approx(want, rel=1e-12)
+
+
+def test_tiny_cluster_two_per_node(tiny_cluster: ClusterSpec) -> None:
+    intra = 100e9 * INTRA_NODE_LINK_EFFICIENCY
+    inter = 10e9 * INTER_NODE_LINK_EFFICIENCY
+    pair = comm.group_links(tiny_cluster, size=2, stride=1)
+    assert not pair.spans_nodes and pair.bandwidth_bytes_per_s == pytest.approx(intra)
+    four = comm.group_links(tiny_cluster, size=4, stride=1)
+    assert four.spans_nodes and four.members_per_node == 2
+    assert four.bandwidth_bytes_per_s == pytest.approx(min(intra, 2 * inter))
+    assert comm.all_reduce_s(four, 1e9) == pytest.approx(
+        2 * 3 / 4 * 1e9 / (2 * inter) + 2 * 2 * 5e-6, rel=1e-12)
