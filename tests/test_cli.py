@@ -1,0 +1,306 @@
+"""The command line: exit codes, one-line errors on stderr, and the `--json` schemas.
+
+Runs `cli.app` in-process with typer's CliRunner (stdout and stderr kept apart), plus one
+subprocess for `python -m planner`. Error paths follow the foundation issue: every bad input
+exits 2 with exactly one `error: ...` line on stderr and no traceback; `--debug` lets the
+exception through instead.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+from planner.hf import SUPPORTED_MODEL_TYPES
+from planner.result import BREAKDOWN_KEYS, MEMORY_KEYS
+
+REPO = Path(__file__).resolve().parent.parent
+HF_LLAMA3_8B = REPO / "tests" / "data" / "hf" / "llama3-8b" / "config.json"
+
+
+def _runner() -> CliRunner:
+    # click >= 8.2 always keeps stderr apart (result.stderr); click 8.1 needs mix_stderr=False.
+    try:
+        return CliRunner(mix_stderr=False)  # type: ignore[call-arg]
+    except TypeError:
+        return CliRunner()
+
+
+RUNNER = _runner()
+
+
+def run(*args: str) -> Any:
+    return RUNNER.invoke(app, list(args))
+
+
+def run_json(*args: str) -> Any:
+    result = run(*args)
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def assert_one_line_error(result: Any, *needles: str) -> str:
+    """Exit 2, stdout empty, stderr exactly one 'error: ' line containing every needle."""
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    assert "Traceback" not in result.output
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    line = lines[0]
+    assert line.startswith("error: "), line
+    for needle in needles:
+        assert needle in line, (needle, line)
+    return line
+
+
+# ----- version ------------------------------------------------------------------------------
+
+def test_version() -> None:
+    result = run("--version")
+    assert result.exit_code == 0
+    assert result.stdout.strip() == "meshplan 0.1.0"
+
+
+def test_python_m_planner_version() -> None:
+    proc = subprocess.run([sys.executable, "-m", "planner", "--version"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "meshplan 0.1.0"
+
+
+# ----- presets ------------------------------------------------------------------------------
+
+def test_presets_lists_all_kinds() -> None:
+    result = run("presets")
+    assert result.exit_code == 0, result.stderr
+    for title in ("models", "devices", "clusters"):
+        assert title in result.stdout
+
+
+def test_presets_models_table() -> None:
+    result = run("presets", "models")
+    assert result.exit_code == 0, result.stderr
+    assert "models" in result.stdout
+    assert "params" in result.stdout
+
+
+def test_presets_devices_json() -> None:
+    rows = run_json("presets", "devices", "--json")
+    assert isinstance(rows, list) and rows
+    assert all(isinstance(r, dict) and r["name"] for r in rows)
+    assert all(r["kind"] == "device" for r in rows)
+    assert "a100-sxm4-80gb" in {r["name"] for r in rows}
+
+
+def test_presets_clusters_json() -> None:
+    rows = run_json("presets", "clusters", "--json")
+    assert isinstance(rows, list) and rows
+    names = {r["name"] for r in rows}
+    assert "dgx-a100" in names
+    assert all(r["kind"] == "cluster" and r["device"] for r in rows)
+
+
+def test_presets_unknown_kind() -> None:
+    assert_one_line_error(run("presets", "gizmos"), "gizmos", "models, devices or clusters")
+
+
+# ----- show ---------------------------------------------------------------------------------
+
+def test_show_gpt3_json() -> None:
+    d = run_json("show", "gpt3-175b", "--json")
+    assert isinstance(d["params"], int | float) and isinstance(d["active_params"], int | float)
+    assert d["params"] == pytest.approx(175e9, rel=0.01)
+    assert d["active_params"] == d["params"]  # dense
+
+
+def test_show_mixtral_active_params() -> None:
+    d = run_json("show", "mixtral-8x7b", "--json")
+    # Mixtral 8x7B: ~46.7B total, ~12.9B active per token (Jiang et al. 2024, Sec. 2).
+    assert d["active_params"] == pytest.approx(12.9e9, rel=0.01)
+    assert d["params"] == pytest.approx(46.7e9, rel=0.01)
+
+
+def test_show_table() -> None:
+    result = run("show", "gpt3-175b")
+    assert result.exit_code == 0, result.stderr
+    assert "parameters" in result.stdout
+    assert "gpt3-175b" in result.stdout
+
+
+# ----- model files: TOML / JSON / YAML / HF -------------------------------------------------
+
+TOY = {"name": "toy", "num_layers": 4, "hidden_size": 256, "num_attention_heads": 8,
+       "ffn_hidden_size": 1024, "vocab_size": 1000}
+
+
+def _toml(fields: dict[str, Any]) -> str:
+    lines, tables = [], []
+    for k, v in fields.items():
+        if isinstance(v, dict):
+            tables.append(f"[{k}]\n" + "".join(f"{a} = {json.dumps(b)}\n" for a, b in v.items()))
+        else:
+            lines.append(f"{k} = {json.dumps(v)}\n")
+    return "".join(lines) + "".join(tables)
+
+
+def _write(tmp_path: Path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def test_model_file_formats_agree(tmp_path: Path) -> None:
+    toml = _write(tmp_path, "toy.toml", _toml(TOY))
+    js = _write(tmp_path, "toy.json", json.dumps(TOY))
+    yml = _write(tmp_path, "toy.yaml", "".join(f"{k}: {v}\n" for k, v in TOY.items()))
+    got = [run_json("show", p, "--json") for p in (toml, js, yml)]
+    assert {g["name"] for g in got} == {"toy"}
+    assert len({g["params"] for g in got}) == 1
+    assert got[0]["params"] > 0
+    assert got[0]["dimensions"]["layers"] == 4
+
+
+def test_hf_config_loads() -> None:
+    d = run_json("show", str(HF_LLAMA3_8B), "--json")
+    assert d["name"] == "llama3-8b"  # the folder name
+    assert d["params"] == 8_030_261_248  # HF safetensors total of Llama 3.1 8B
+    assert d["dimensions"]["kv_heads"] == 8
+
+
+def test_head_dim_makes_uneven_heads_valid(tmp_path: Path) -> None:
+    path = _write(tmp_path, "hd.toml", _toml({**TOY, "hidden_size": 250, "head_dim": 32}))
+    assert run_json("show", path, "--json")["dimensions"]["head_dim"] == 32
+
+
+# ----- error paths (foundation issue) -------------------------------------------------------
+
+def test_unknown_preset_suggests_closest() -> None:
+    line = assert_one_line_error(run("show", "gpt3-175B"), "gpt3-175B", "'gpt3-175b'")
+    assert "did you mean" in line
+
+
+def test_unknown_cluster_preset_suggests_closest() -> None:
+    result = run("evaluate", "-m", "gpt3-175b", "-c", "dgx-a10", "--gpus", "8",
+                 "--global-batch", "8", "--seq-len", "2048", "--plan", "tp=8")
+    assert_one_line_error(result, "cluster", "'dgx-a100'")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    missing = str(tmp_path / "nope.toml")
+    assert_one_line_error(run("show", missing), missing, "does not exist")
+
+
+@pytest.mark.parametrize("name", ["bad.toml", "bad.txt"])
+def test_not_toml_json_yaml(tmp_path: Path, name: str) -> None:
+    path = _write(tmp_path, name, "]]] this is { not : any : format\n= x\n")
+    assert_one_line_error(run("show", path), path, "not valid TOML, JSON or YAML")
+
+
+def test_field_missing(tmp_path: Path) -> None:
+    fields = {k: v for k, v in TOY.items() if k != "ffn_hidden_size"}
+    path = _write(tmp_path, "nofield.toml", _toml(fields))
+    assert_one_line_error(run("show", path), "nofield.toml", "'ffn_hidden_size'")
+
+
+def test_field_wrong_type(tmp_path: Path) -> None:
+    path = _write(tmp_path, "wrongtype.json", json.dumps({**TOY, "num_layers": "four"}))
+    assert_one_line_error(run("show", path), "wrongtype.json", "'num_layers'", "four")
+
+
+def test_unknown_hf_model_type(tmp_path: Path) -> None:
+    path = _write(tmp_path, "config.json", json.dumps({"model_type": "t5", "d_model": 512}))
+    line = assert_one_line_error(run("show", path), "'t5'", "not supported")
+    for model_type in SUPPORTED_MODEL_TYPES:
+        assert model_type in line
+
+
+@pytest.mark.parametrize("fields, needles", [
+    ({**TOY, "hidden_size": 250}, ("8 attention heads", "hidden size 250", "head_dim")),
+    ({**TOY, "num_kv_heads": 3}, ("3 KV heads", "8 attention heads")),
+    ({**TOY, "moe": {"num_experts": 4, "top_k": 8, "expert_ffn_hidden_size": 512}},
+     ("top_k 8", "4 experts")),
+], ids=["heads-do-not-divide-hidden", "kv-heads-do-not-divide-heads", "top-k-above-experts"])
+def test_inconsistent_model(tmp_path: Path, fields: dict[str, Any],
+                            needles: tuple[str, ...]) -> None:
+    path = _write(tmp_path, "bad_model.toml", _toml(fields))
+    assert_one_line_error(run("show", path), "bad_model.toml", *needles)
+
+
+def test_debug_lets_the_exception_through() -> None:
+    result = run("--debug", "show", "gpt3-175B")
+    assert result.exit_code != 2
+    assert result.exception is not None
+    assert "gpt3-175b" in str(result.exception)
+
+
+def test_debug_does_not_stick() -> None:
+    # --debug lives in module state; the next invocation without it must be one line again.
+    assert run("--debug", "show", "gpt3-175B").exception is not None
+    assert_one_line_error(run("show", "gpt3-175B"), "gpt3-175b")
+
+
+# ----- evaluate -----------------------------------------------------------------------------
+
+EVAL = ("evaluate", "--model", "narayanan-145b", "--cluster", "dgx-a100",
+        "--global-batch", "2304", "--seq-len", "2048", "--plan", "tp=8,pp=8,mbs=1,recompute=full")
+
+TOP_KEYS = ("step_time_s", "tokens_per_s", "model_tflops_per_gpu", "hardware_tflops_per_gpu",
+            "mfu", "hfu", "peak_memory_gib", "fits", "breakdown", "memory_gib", "warnings")
+
+
+def test_evaluate_json_schema() -> None:
+    d = run_json(*EVAL, "--gpus", "1536", "--json")
+    for key in TOP_KEYS:
+        assert key in d, key
+    assert set(d["breakdown"]) == {"compute", "recompute", "tp_comm", "cp_comm", "pp_comm",
+                                   "dp_comm", "ep_comm", "bubble", "optimizer"}
+    assert set(d["breakdown"]) == set(BREAKDOWN_KEYS)
+    assert set(d["memory_gib"]) == {"weights", "grads", "optimizer", "activations", "buffers"}
+    assert set(d["memory_gib"]) == set(MEMORY_KEYS)
+    assert isinstance(d["fits"], bool) and isinstance(d["warnings"], list)
+    for key in TOP_KEYS[:7]:
+        assert isinstance(d[key], int | float) and d[key] > 0, key
+    assert 0 < d["mfu"] <= d["hfu"] < 1  # full recomputation: hardware FLOPs > model FLOPs
+    assert sum(d["breakdown"].values()) == pytest.approx(d["step_time_s"], rel=1e-9)
+    assert d["devices"] == 1536
+    assert d["plan"].startswith("tp=8,pp=8,dp=24,")  # dp = 1536 / (8 * 8)
+
+
+def test_evaluate_nodes_equals_gpus() -> None:
+    by_gpus = run_json(*EVAL, "--gpus", "1536", "--json")
+    by_nodes = run_json(*EVAL, "--nodes", "192", "--json")  # 192 DGX A100 nodes x 8
+    assert by_nodes == by_gpus
+
+
+def test_evaluate_table() -> None:
+    result = run(*EVAL, "--gpus", "1536")
+    assert result.exit_code == 0, result.stderr
+    assert "step time" in result.stdout
+    assert "narayanan-145b" in result.stdout
+
+
+def test_evaluate_gpus_not_whole_nodes() -> None:
+    result = run(*EVAL, "--gpus", "12")
+    assert_one_line_error(result, "--gpus 12", "dgx-a100", "8", "16")
+
+
+def test_evaluate_bad_dtype() -> None:
+    result = run(*EVAL, "--gpus", "1536", "--dtype", "bf17")
+    assert_one_line_error(result, "--dtype", "bf17", "bf16")
+
+
+def test_evaluate_gpus_and_nodes_exclusive() -> None:
+    assert_one_line_error(run(*EVAL, "--gpus", "1536", "--nodes", "192"), "--gpus", "--nodes")
+    assert_one_line_error(run(*EVAL), "--gpus", "--nodes")
+
+
+def test_evaluate_bad_plan_key() -> None:
+    result = run(*EVAL[:-1], "tp=8,pq=8", "--gpus", "1536")
+    assert_one_line_error(result, "'pq'")
