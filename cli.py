@@ -277,6 +277,128 @@ def render_estimate(est: Any, *, title: str) -> None:
         err.print(f"warning: {w}", markup=False)
 
 
+# ----- search ------------------------------------------------------------------------------
+def parse_fix(text: str) -> dict[str, object]:
+    """--fix "tp=8,pp=8" -> plan fields held fixed (same syntax as --plan)."""
+    from planner.plan import parse_plan_fields
+
+    fields = parse_plan_fields(text)
+    if "stage_layers" in fields:
+        raise planner.SpecError("--fix cannot fix layers=; the search chooses the stage split")
+    return fields
+
+
+@app.command("search")
+@handle_errors
+def search_cmd(
+    model: ModelOpt,
+    cluster: ClusterOpt,
+    global_batch: BatchOpt,
+    seq_len: SeqOpt,
+    gpus: GpusOpt = None,
+    nodes: NodesOpt = None,
+    dtype: DtypeOpt = "bf16",
+    optimizer: OptimizerOpt = "adam",
+    top: Annotated[int, typer.Option("--top", min=1, help="how many plans to show")] = 5,
+    fix: Annotated[str, typer.Option("--fix", help="plan keys to hold fixed, e.g. 'tp=8,pp=8'")] = "",
+    max_tp: Annotated[int | None, typer.Option("--max-tp", min=1, help="largest tensor-parallel degree (default: devices per node)")] = None,
+    max_cp: Annotated[int | None, typer.Option("--max-cp", min=1, help="largest context-parallel degree")] = None,
+    max_pp: Annotated[int | None, typer.Option("--max-pp", min=1, help="largest pipeline degree")] = None,
+    max_mbs: Annotated[int | None, typer.Option("--max-mbs", min=1, help="largest micro-batch")] = None,
+    time_limit: Annotated[float | None, typer.Option("--time-limit", min=0, help="seconds; returns the best plan found so far")] = None,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Find the best training plans, with the published baselines scored the same way."""
+    from planner.api import search
+
+    spec, clus = presets.load_model(model), presets.load_cluster(cluster)
+    n = clus.devices_for(gpus=gpus, nodes=nodes)
+    wl = training_workload(global_batch, seq_len, dtype, optimizer)
+    limits = {k: v for k, v in (("max_tp", max_tp), ("max_cp", max_cp), ("max_pp", max_pp),
+                                ("max_mbs", max_mbs)) if v is not None}
+    with _Progress(enabled=not as_json) as progress:
+        result = search(spec, clus, wl, devices=n, top_k=top, fixed=parse_fix(fix),
+                        limits=limits, time_limit_s=time_limit, progress=progress)
+    if as_json:
+        print_json(result.model_dump(mode="json"))
+        return
+    render_search(result, title=f"{spec.name} on {n}x {clus.device.name} ({clus.name}), "
+                  f"global batch {global_batch} x {seq_len} tokens")
+
+
+class _Progress:
+    """A rich progress bar that appears only once a search has run for a second."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        import time
+
+        self.enabled, self.start, self.bar, self.task = enabled, time.perf_counter(), None, None
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __call__(self, done: int, total: int) -> None:
+        import time
+
+        from rich.progress import Progress
+
+        if not self.enabled or time.perf_counter() - self.start < 1.0:
+            return
+        if self.bar is None:
+            self.bar = Progress(console=err, transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("searching plan groups", total=total)
+        self.bar.update(self.task, completed=done)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def render_search(result: Any, *, title: str) -> None:
+    """Ranked plans, baselines side by side, the bound and the search statistics."""
+    out.print(f"[bold]{title}[/bold]", markup=True)
+    best_s = result.best.estimate.step_time_s
+    t = Table(title="best plans", title_justify="left")
+    for col, just in (("#", "right"), ("plan", "left"), ("layers", "left"), ("step s", "right"),
+                      ("MFU", "right"), ("memory GiB", "right"), ("vs best", "right")):
+        t.add_column(col, justify=just, overflow="fold")
+    for i, sp in enumerate(result.top, 1):
+        e = sp.estimate
+        t.add_row(str(i), _short_plan(sp.plan), str(sp.plan["layers"]), f"{e.step_time_s:.3f}",
+                  f"{e.mfu:.1%}", f"{e.peak_memory_gib:.1f}", f"{e.step_time_s / best_s - 1:+.1%}")
+    out.print(t)
+    if result.baselines:
+        b = Table(title="published configurations, same cost model", title_justify="left")
+        for col in ("source", "plan", "step s", "MFU", "fits", "vs best", "flags"):
+            b.add_column(col, overflow="fold")
+        for bl in result.baselines:
+            e = bl.estimate
+            b.add_row(bl.label, bl.plan, f"{e.step_time_s:.3f}" if e else "-",
+                      f"{e.mfu:.1%}" if e else "-", ("yes" if e.fits else "NO") if e else "-",
+                      f"{bl.slower_than_best_pct:+.1f}%" if bl.slower_than_best_pct is not None else "-",
+                      "; ".join(bl.inconsistencies) or "-")
+        out.print(b)
+    out.print(f"lower bound {result.lower_bound_step_time_s:.3f} s; best is "
+              f"{result.gap_to_lower_bound:.1%} above it", markup=False)
+    st = result.stats
+    pruned = ", ".join(f"{k} {v}" for k, v in st.pruned.items())
+    out.print(f"{st.candidates} plans scored, pruned: {pruned}; {st.search_time_s:.2f} s",
+              markup=False, soft_wrap=True)
+    for note in result.notes:
+        err.print(f"note: {note}", markup=False)
+    render_estimate(result.best.estimate, title="best plan in detail")
+
+
+def _short_plan(plan: dict[str, Any]) -> str:
+    keys = ("tp", "pp", "dp", "cp", "ep", "vpp", "mbs", "sp", "recompute", "zero")
+    text = ",".join(f"{k}={plan[k]}" for k in keys)
+    if plan.get("order") != "tp-cp-dp-pp":
+        text += f",order={plan['order']}"
+    return text
+
+
 # ----- describe device / cluster ----------------------------------------------------------
 @app.command("device")
 @handle_errors

@@ -95,9 +95,11 @@ class StageTables:
             dense = dense + e["final_norm_params"]
         return dense, sp["expert_params"]
 
-    def memory(self, k: int, i: Arr, j: Arr, span: dict[str, Arr] | None = None) -> dict[str, Arr]:
+    def memory(self, k: int, i: Arr, j: Arr, span: dict[str, Arr] | None = None, *,
+               in_flight: float | None = None) -> dict[str, Arr]:
         """Peak bytes on one device of stage k by kind (weights, grads, optimizer,
-        activations, buffers); see memory.py for the sources."""
+        activations, buffers); see memory.py for the sources. `in_flight` overrides the
+        stage's micro-batches in flight (memory is affine in it)."""
         sp = span if span is not None else self.span(i, j)
         ctx, plan = self.ctx, self.ctx.plan
         dense, expert = self.params(k, i, j, sp)
@@ -106,7 +108,7 @@ class StageTables:
                                             plan, dtype, ctx.workload.optimizer)
         w = weight_bytes_per_param(dtype)
         m = self.num_microbatches
-        act = sp["act"] * in_flight_microbatches(plan, k, m)
+        act = sp["act"] * (in_flight_microbatches(plan, k, m) if in_flight is None else in_flight)
         if k == plan.pp - 1:
             act = act + self.extras["head_act"]
         gathered = 2 * (dense + expert) / sp["layers"] * w if plan.zero >= 3 else 0.0
@@ -115,8 +117,9 @@ class StageTables:
         return {"weights": weights, "grads": grads, "optimizer": optim, "activations": act,
                 "buffers": buffers}
 
-    def memory_total(self, k: int, i: Arr, j: Arr, span: dict[str, Arr] | None = None) -> Arr:
-        return sum(self.memory(k, i, j, span).values())
+    def memory_total(self, k: int, i: Arr, j: Arr, span: dict[str, Arr] | None = None, *,
+                     in_flight: float | None = None) -> Arr:
+        return sum(self.memory(k, i, j, span, in_flight=in_flight).values())
 
     def tail(self, k: int, i: Arr, j: Arr, span: dict[str, Arr] | None = None) -> tuple[Arr, Arr]:
         """(exposed data-parallel communication, optimizer step) seconds per step of stage k."""
@@ -168,13 +171,15 @@ def build_tables(ctx: Any, num_microbatches: int) -> StageTables:
     """Per-layer arrays for the plan in `ctx` (training.Context)."""
     from cost_models.training import block_comm, p2p_s
 
-    model, plan, sh = ctx.model, ctx.plan, ctx.shard
-    per_type: dict[bool, dict[str, float]] = {}
-    for moe in sorted({model.is_moe_layer(i) for i in range(model.num_layers)}):
-        per_type[moe] = _layer_row(ctx, moe, block_compute(model, ctx.roof, sh, moe=moe), block_comm)
-    rows = [per_type[model.is_moe_layer(i)] for i in range(model.num_layers)]
-    prefix = {key: np.concatenate(([0.0], np.cumsum([r[key] for r in rows])))
-              for key in rows[0]}
+    model, sh = ctx.model, ctx.shard
+    mask = np.array(model.moe_layer_mask, dtype=bool)
+    per_type = {moe: _layer_row(ctx, moe, block_compute(model, ctx.roof, sh, moe=moe), block_comm)
+                for moe in sorted(set(model.moe_layer_mask))}
+    dense_row = per_type.get(False, per_type.get(True))
+    moe_row = per_type.get(True, dense_row)
+    assert dense_row is not None and moe_row is not None
+    prefix = {key: np.concatenate(([0.0], np.cumsum(np.where(mask, moe_row[key], dense_row[key]))))
+              for key in dense_row}
     return StageTables(prefix=prefix, extras=_extras(ctx, model, p2p_s(ctx)), ctx=ctx,
                        num_microbatches=num_microbatches)
 

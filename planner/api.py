@@ -9,7 +9,8 @@ from planner.hardware import ClusterSpec
 from planner.model import ModelSpec
 from planner.plan import Plan, parse_plan
 from planner.presets import load_cluster, load_model
-from planner.result import Estimate
+from planner.errors import InfeasibleError, PlannerError
+from planner.result import BaselineResult, Estimate, ScoredPlan, SearchResult, SearchStats
 from planner.validate import check_plan
 from planner.workload import TrainingWorkload
 
@@ -49,3 +50,112 @@ def evaluate(model: ModelSpec | str, cluster: ClusterSpec | str, workload: Train
     c.devices_for(gpus=n)
     check_plan(m, workload, plan, n)
     return estimate_training(m, c, workload, plan)
+
+
+def plan_dict(plan: Plan, num_layers: int) -> dict[str, object]:
+    """The keys of the --plan string, plus `stages`: the inclusive block range of each stage."""
+    d: dict[str, object] = {"tp": plan.tp, "pp": plan.pp, "dp": plan.dp, "cp": plan.cp,
+                            "ep": plan.ep, "vpp": plan.vpp, "mbs": plan.mbs,
+                            "sp": "on" if plan.sp else "off", "recompute": plan.recompute.value,
+                            "zero": plan.zero, "attn": plan.attn.value, "order": "-".join(plan.order)}
+    if plan.etp is not None:
+        d["etp"] = plan.etp
+    d["layers"] = "/".join(str(n) for n in plan.layers_per_stage(num_layers))
+    d["stages"] = [list(r) for r in plan.stage_ranges(num_layers)]
+    d["plan"] = plan.to_string()
+    return d
+
+
+def lower_bound_step_s(model: ModelSpec, cluster: ClusterSpec, workload: TrainingWorkload,
+                       devices: int) -> float:
+    """Model FLOPs of one step spread over every device at the best matmul rate the cost
+    model allows (MAMF x sustained clock): no plan the model scores can be faster."""
+    from cost_models.efficiency import device_efficiency
+
+    eff, _ = device_efficiency(cluster.device)
+    rate = cluster.device.peak_flops(workload.dtype) * max(eff.matmul, eff.matmul_fp8) * eff.sustained_clock
+    flops = 3 * model.forward_flops_per_token(workload.seq_len) * workload.tokens_per_step
+    return flops / (devices * rate)
+
+
+def search(model: ModelSpec | str, cluster: ClusterSpec | str, workload: TrainingWorkload, *,
+           devices: int | None = None, top_k: int = 5, fixed: dict[str, object] | None = None,
+           limits: dict[str, int] | None = None, time_limit_s: float | None = None,
+           progress: object = None) -> SearchResult:
+    """Find the best training plans for a model on a cluster.
+
+    Args:
+        model, cluster: specs, preset names or file paths.
+        workload: the training step.
+        devices: device count (default: one node of the cluster).
+        top_k: how many plans to return.
+        fixed: plan keys to hold fixed, e.g. {"tp": 8, "pp": 8} (as parsed from --fix).
+        limits: upper bounds: max_tp, max_cp, max_pp, max_mbs.
+        time_limit_s: stop after this many seconds and return the best found so far.
+        progress: optional callable(done, total) for a progress bar.
+
+    Returns:
+        SearchResult: best and top plans with estimates, the published baselines that match
+        the request (scored the same way), a lower bound and search statistics.
+
+    Raises:
+        InfeasibleError: no plan fits in memory (exit code 3 at the CLI).
+    """
+    import time as _time
+
+    from search.driver import run_search
+    from search.space import Limits
+
+    start = _time.perf_counter()
+    m, c = resolve(model, cluster)
+    n = devices if devices is not None else c.devices_per_node
+    c.devices_for(gpus=n)
+    lim = Limits(fixed=dict(fixed or {}), **(limits or {}))
+    state = run_search(m, c, workload, n, top_k=top_k, limits=lim, time_limit_s=time_limit_s,
+                       progress=progress)  # type: ignore[arg-type]
+    if not state.best:
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(state.pruned.items()))
+        raise InfeasibleError(
+            f"no plan for {m.name} fits on {n}x {c.device.name} with global batch "
+            f"{workload.global_batch_size} (pruned: {reasons}); add devices, allow "
+            "recomputation/ZeRO, or lower the micro-batch")
+    top = [ScoredPlan(plan=plan_dict(f.plan, m.num_layers),
+                      estimate=evaluate(m, c, workload, f.plan, devices=n)) for f in state.best]
+    best = top[0]
+    bound = lower_bound_step_s(m, c, workload, n)
+    notes = ["the time limit cut the search: these are the best plans found so far"] if state.cut else []
+    return SearchResult(
+        best=best, top=top,
+        baselines=score_baselines(m, c, workload, n, best.estimate.step_time_s),
+        lower_bound_step_time_s=bound,
+        gap_to_lower_bound=best.estimate.step_time_s / bound - 1,
+        stats=SearchStats(candidates=state.candidates, pruned=dict(sorted(state.pruned.items())),
+                          search_time_s=_time.perf_counter() - start, cut=state.cut),
+        notes=notes,
+    )
+
+
+def score_baselines(model: ModelSpec, cluster: ClusterSpec, workload: TrainingWorkload,
+                    devices: int, best_s: float) -> list[BaselineResult]:
+    """The published configurations for this model that match the request, scored."""
+    from planner.baselines import inconsistencies, matching_baselines
+    from planner.plan import parse_plan_fields
+
+    out = []
+    for b in matching_baselines(model.name, cluster=cluster.name, gpus=devices,
+                                global_batch=workload.global_batch_size, seq_len=workload.seq_len):
+        problems = list(inconsistencies(b, model))
+        est = None
+        try:
+            fields = parse_plan_fields(b.plan)
+            fields.setdefault("dp", devices // (int(fields.get("tp", 1)) * int(fields.get("pp", 1))  # type: ignore[call-overload]
+                                                * int(fields.get("cp", 1))))  # type: ignore[call-overload]
+            est = evaluate(model, cluster, workload, Plan(**fields), devices=devices)  # type: ignore[arg-type]
+        except (PlannerError, ValueError) as err:
+            problems.append(f"cannot be evaluated as stated: {err}")
+        diff = None if est is None else est.step_time_s - best_s
+        out.append(BaselineResult(
+            label=b.label, source=b.source, plan=b.plan, estimate=est, slower_than_best_s=diff,
+            slower_than_best_pct=None if diff is None else 100 * diff / best_s,
+            inconsistencies=problems, notes=b.notes))
+    return out

@@ -207,8 +207,13 @@ class ModelSpec(Spec):
         return (layer - m.first_k_dense) % m.layer_freq == 0
 
     @cached_property
+    def moe_layer_mask(self) -> tuple[bool, ...]:
+        """is_moe_layer for every block, in order."""
+        return tuple(self.is_moe_layer(i) for i in range(self.num_layers))
+
+    @cached_property
     def num_moe_layers(self) -> int:
-        return sum(self.is_moe_layer(i) for i in range(self.num_layers))
+        return sum(self.moe_layer_mask)
 
     # ----- parameters ------------------------------------------------------------------
     @cached_property

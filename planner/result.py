@@ -44,3 +44,51 @@ class Estimate(BaseModel):
     memory_gib: dict[str, float] = Field(description="memory of the most loaded device by kind")
     stages: list[StageEstimate]
     warnings: list[str]
+
+
+class ScoredPlan(BaseModel):
+    """A plan (as the keys of the --plan string plus the layer range of each stage) and its
+    Estimate (the object `meshplan evaluate --json` prints)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    plan: dict[str, object]
+    estimate: Estimate
+
+
+class BaselineResult(BaseModel):
+    """A published configuration, scored by the same model, next to the best plan."""
+
+    model_config = ConfigDict(frozen=True)
+
+    label: str
+    source: str
+    plan: str = Field(description="the published plan as a --plan string")
+    estimate: Estimate | None = Field(description="None when the plan cannot run as stated")
+    slower_than_best_s: float | None = Field(description="step time minus the best plan's")
+    slower_than_best_pct: float | None
+    inconsistencies: list[str] = Field(description="where the published numbers disagree with themselves")
+    notes: str = ""
+
+
+class SearchStats(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    candidates: int = Field(description="plans scored in full")
+    pruned: dict[str, int] = Field(description="candidates dropped, by reason")
+    search_time_s: float = Field(description="wall time of the search (the only field that varies between identical runs)")
+    cut: bool = Field(False, description="the time limit stopped the search; best found so far")
+
+
+class SearchResult(BaseModel):
+    """What `meshplan search --json` prints."""
+
+    model_config = ConfigDict(frozen=True)
+
+    best: ScoredPlan
+    top: list[ScoredPlan]
+    baselines: list[BaselineResult]
+    lower_bound_step_time_s: float = Field(description="no plan can be faster (model FLOPs at the achievable matmul rate on every device)")
+    gap_to_lower_bound: float = Field(description="best step time / lower bound - 1")
+    stats: SearchStats
+    notes: list[str] = Field(default_factory=list)

@@ -1,0 +1,270 @@
+"""The search loop: enumerate, bound, partition, score, keep the k best.
+
+Exactness: candidates are grouped by (degrees, micro-batch, recomputation, SP); each group
+gets a lower bound on its step time, m * (compute + recompute of all blocks, embedding and
+head) / pp, which no plan of the group can beat (the pipeline takes at least m times its
+slowest stage, which is at least the average stage, and every other term is >= 0). Groups are
+visited in increasing bound order and a group is skipped only when its bound exceeds the
+k-th best step time found so far, so the k best plans of the whole space are returned.
+Within a group, every ZeRO stage, virtual-stage count and layout class is scored, and the
+stage split is the DP optimum (search/layer_partition.py) under each device's memory.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cost_models.memory import in_flight_microbatches
+from cost_models.tables import StageTables, build_tables
+from cost_models.training import make_context, step_time_of
+from planner.hardware import ClusterSpec
+from planner.model import ModelSpec
+from planner.plan import Plan, Recompute
+from planner.workload import TrainingWorkload
+from search import space
+from search.layer_partition import partition_layers
+from search.space import Degrees, Limits
+
+
+@dataclass(order=True, frozen=True)
+class Found:
+    """A scored plan, ordered by step time, then peak memory, then plan string (determinism)."""
+
+    step_time_s: float
+    peak_memory_bytes: float
+    key: str
+    plan: Plan = field(compare=False)
+
+    @property
+    def family(self) -> tuple[object, ...]:
+        """Plans that differ only in ZeRO stage, recomputation or layout order."""
+        p = self.plan
+        return (p.tp, p.pp, p.dp, p.cp, p.ep, p.etp, p.mbs, p.vpp, p.sp, p.stage_layers)
+
+
+@dataclass
+class SearchState:
+    """Mutable bookkeeping of one search run (local to `run_search`)."""
+
+    top_k: int
+    best: list[Found] = field(default_factory=list)
+    pruned: Counter[str] = field(default_factory=Counter)
+    candidates: int = 0
+    cut: bool = False
+
+    def kth(self) -> float:
+        return self.best[-1].step_time_s if len(self.best) >= self.top_k else np.inf
+
+    def offer(self, found: Found) -> None:
+        """Keep the k best; of an exact tie within one family, only the least memory."""
+        for f in self.best:
+            if f.key == found.key:
+                return
+            if f.family == found.family and f.step_time_s == found.step_time_s:
+                if found.peak_memory_bytes >= f.peak_memory_bytes:
+                    return
+                self.best.remove(f)
+                break
+        self.best.append(found)
+        self.best.sort()
+        del self.best[self.top_k:]
+
+
+@dataclass(frozen=True)
+class Group:
+    degrees: Degrees
+    mbs: int
+    recompute: Recompute
+    sp: bool
+    bound_s: float
+
+
+def _base_plan(d: Degrees, g_mbs: int, rc: Recompute, sp: bool, limits: Limits) -> Plan:
+    extra = {k: v for k, v in limits.fixed.items() if k in ("ep", "etp", "attn")}
+    return Plan(tp=d.tp, cp=d.cp, pp=d.pp, dp=d.dp, mbs=g_mbs, recompute=rc, sp=sp, **extra)  # type: ignore[arg-type]
+
+
+def _work_per_microbatch(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload,
+                         tp: int, cp: int, sp: bool, mbs: int, attn: object) -> dict[Recompute, float]:
+    """Per recomputation mode, a lower bound on sum_k C_k for one micro-batch: compute and
+    recompute of every block, embedding and head, plus TP all-reduces on the best links a
+    tp group can have (stride 1). Communication of other kinds is >= 0 and left out."""
+    from cost_models.comm import all_reduce_s, group_links
+    from cost_models.compute import (Roofline, Shard, block_compute, embedding_compute,
+                                     head_compute, roof_bytes)
+    from cost_models.efficiency import device_efficiency
+
+    eff, _ = device_efficiency(cluster.device)
+    roof = Roofline(cluster.device, eff, wl.dtype)
+    sh = Shard(mbs=mbs, seq_len=wl.seq_len, tp=tp, cp=cp, sp=sp, attn=attn, dtype=wl.dtype)  # type: ignore[arg-type]
+    n_moe = model.num_moe_layers
+    comp = rec_full = rec_sel = 0.0
+    for moe, count in ((False, model.num_layers - n_moe), (True, n_moe)):
+        if count:
+            bc = block_compute(model, roof, sh, moe=moe)
+            comp += count * (bc.fwd_s + bc.bwd_s)
+            rec_full += count * bc.fwd_s
+            rec_sel += count * bc.attn_core_fwd_s
+    ef, eb = embedding_compute(model, roof, sh)
+    hf, hb, _ = head_compute(model, roof, sh)
+    comp += ef + eb + hf + hb
+    ar = 2 * all_reduce_s(group_links(cluster, size=tp, stride=1),
+                          sh.tokens * model.hidden_size * roof_bytes(wl.dtype)) if tp > 1 else 0.0
+    per_pass = model.num_layers * ar
+    return {Recompute.NONE: comp + 2 * per_pass,
+            Recompute.SELECTIVE: comp + rec_sel + 2 * per_pass,
+            Recompute.FULL: comp + rec_full + 3 * per_pass}
+
+
+def _groups(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload, devices: int,
+            limits: Limits, state: SearchState) -> list[Group]:
+    """All groups with their lower bounds, in increasing bound order. The pipeline takes at
+    least (m + (pp-1)/v) * sum_k C_k / pp for the largest allowed v (module docstring)."""
+    out = []
+    attn = limits.fixed.get("attn", Plan().attn)
+    cache: dict[tuple[int, int, bool, int], dict[Recompute, float]] = {}
+    for d in space.enumerate_degrees(model, wl, devices, cluster, limits, state.pruned):
+        for mbs in space.micro_batches(wl, d, limits):
+            m = wl.global_batch_size // (d.dp * mbs)
+            vmax = max(space.vpp_options(model, d.pp, m, limits))
+            for sp in space.sp_options(d.tp, limits, state.pruned):
+                key = (d.tp, d.cp, sp, mbs)
+                if key not in cache:
+                    cache[key] = _work_per_microbatch(model, cluster, wl, d.tp, d.cp, sp, mbs, attn)
+                for rc in space.recompute_options(limits):
+                    bound = (m + (d.pp - 1) / vmax) * cache[key][rc] / d.pp
+                    out.append(Group(d, mbs, rc, sp, bound))
+    out.sort(key=lambda g: (g.bound_s, g.degrees.tp, g.degrees.cp, g.degrees.pp, g.mbs,
+                            g.recompute.value, g.sp))
+    return out
+
+
+def score_plan(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload, plan: Plan, *,
+               cutoff: float = np.inf) -> tuple[float, float, tuple[tuple[int, int], ...]] | str:
+    """Best step time of `plan` over its stage splits, or a prune reason ("bound" when even
+    its best split could not beat `cutoff`)."""
+    m = wl.global_batch_size // (plan.dp * plan.mbs)
+    ctx, _ = make_context(model, cluster, wl, plan)
+    tables = build_tables(ctx, m)
+    cap = cluster.device.memory_bytes
+    L, pp = model.num_layers, plan.pp
+    if _candidate_bound(tables, plan, m) > cutoff:
+        return "bound"
+    even = tuple(plan.stage_ranges(L))
+    even_fits = all(tables.memory_total(k, a, b) <= cap for k, (a, b) in enumerate(even))
+    if pp == 1 or plan.vpp > 1:
+        return _scored(tables, even) if even_fits else "memory"
+    weight = float(m - 1)
+    width = L - pp + 1
+    if even_fits and weight > 0:
+        times = [float(tables.time(k, a, b)) for k, (a, b) in enumerate(even)]
+        tails = [sum(float(x) for x in tables.tail(k, a, b)) for k, (a, b) in enumerate(even)]
+        bound = max(times) + max(tails) / weight
+        per_layer = np.diff(sum(tables.prefix[kind] for kind in
+                                ("compute", "recompute", "tp_comm", "cp_comm", "ep_comm")))
+        width = min(width, int(bound / max(float(per_layer.min()), 1e-30)) + 1)
+    part = partition_layers(*_band(tables, pp, L, width, cap), num_layers=L,
+                            weight=max(weight, 1e-12))
+    if part is None:
+        return "memory"
+    return _scored(tables, part.ranges)
+
+
+def _scored(tables: StageTables, ranges: tuple[tuple[int, int], ...]
+            ) -> tuple[float, float, tuple[tuple[int, int], ...]]:
+    peak = max(float(tables.memory_total(k, a, b)) for k, (a, b) in enumerate(ranges))
+    return step_time_of(tables, list(ranges)), peak, ranges
+
+
+def _band(tables: StageTables, pp: int, L: int, width: int, cap: float
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """[pp, L, width] arrays of stage time, tail and memory feasibility for blocks i..i+w."""
+    i = np.arange(L)[:, None]
+    j = i + np.arange(width)[None, :]
+    valid = j <= L - 1
+    jc = np.minimum(j, L - 1)
+    span = tables.span(i, jc)
+    time_a = np.empty((pp, L, width))
+    tail_a = np.empty((pp, L, width))
+    ok = np.empty((pp, L, width), dtype=bool)
+    # Stages other than the first and last differ only in micro-batches in flight, and
+    # memory is affine in that count: evaluate the middle class once.
+    mid = 1 if pp > 2 else None
+    if mid is not None:
+        mid_time = tables.time(mid, i, jc, span)
+        mid_tail = sum(tables.tail(mid, i, jc, span))
+        base = tables.memory_total(mid, i, jc, span, in_flight=0.0)
+        slope = tables.memory_total(mid, i, jc, span, in_flight=1.0) - base
+    for k in range(pp):
+        if mid is not None and 0 < k < pp - 1:
+            time_a[k], tail_a[k] = mid_time, mid_tail
+            f = in_flight_microbatches(tables.ctx.plan, k, tables.num_microbatches)
+            ok[k] = valid & (base + slope * f <= cap)
+            continue
+        time_a[k] = tables.time(k, i, jc, span)
+        tail_a[k] = sum(tables.tail(k, i, jc, span))
+        ok[k] = valid & (tables.memory_total(k, i, jc, span) <= cap)
+    return time_a, tail_a, ok
+
+
+def _candidate_bound(tables: StageTables, plan: Plan, m: int) -> float:
+    """Lower bound on the step time of any split: sum_k C_k is split-invariant, and the
+    pipeline is at least (m-1) * sum/pp + sum (1F1B) or (m + (pp-1)/v) * sum/pp."""
+    L, pp = tables.num_layers, plan.pp
+    span = tables.span(0, L - 1)
+    layers = sum(float(span[kind]) for kind in ("compute", "recompute", "tp_comm", "cp_comm", "ep_comm"))
+    e = tables.extras
+    total = layers + e["emb_compute"] + e["emb_tp_comm"] + e["head_compute"] + pp * e["p2p"]
+    if plan.vpp > 1:
+        return (m + (pp - 1) / plan.vpp) * total / pp
+    return (m - 1) * total / pp + total
+
+
+def _expand(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload, g: Group,
+            limits: Limits, state: SearchState) -> None:
+    d = g.degrees
+    m = wl.global_batch_size // (d.dp * g.mbs)
+    base = _base_plan(d, g.mbs, g.recompute, g.sp, limits)
+    for order in space.order_classes(d, cluster.devices_per_node, limits):
+        for zero in space.zero_options(d.pp, limits):
+            for vpp in space.vpp_options(model, d.pp, m, limits):
+                plan = base.model_copy(update={"order": order, "zero": zero, "vpp": vpp})
+                result = score_plan(model, cluster, wl, plan, cutoff=state.kth())
+                state.candidates += 1
+                if isinstance(result, str):
+                    state.pruned[result] += 1
+                    continue
+                step, peak, ranges = result
+                counts = tuple(b - a + 1 for a, b in ranges)
+                if counts != plan.layers_per_stage(model.num_layers):
+                    plan = plan.model_copy(update={"stage_layers": counts})
+                state.offer(Found(step, peak, plan.to_string(), plan))
+
+
+def run_search(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload, devices: int, *,
+               top_k: int, limits: Limits, time_limit_s: float | None,
+               progress: Callable[[int, int], None] | None = None) -> SearchState:
+    """Search the whole space (or until the time limit) and return the k best plans."""
+    start = time.perf_counter()
+    state = SearchState(top_k=top_k)
+    groups = _groups(model, cluster, wl, devices, limits, state)
+    for n, g in enumerate(groups):
+        if progress is not None:
+            progress(n, len(groups))
+        if g.bound_s > state.kth():
+            state.pruned["bound"] += len(groups) - n
+            break
+        if (time_limit_s is not None and state.best
+                and time.perf_counter() - start > time_limit_s):
+            state.cut = True
+            state.pruned["time_limit"] += len(groups) - n
+            break
+        _expand(model, cluster, wl, g, limits, state)
+    if progress is not None:
+        progress(len(groups), len(groups))
+    return state

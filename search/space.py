@@ -1,0 +1,167 @@
+"""The search space: which plans exist for a model on N devices, and why others do not.
+
+Decides the candidate degrees (every factorisation N = tp x cp x pp x dp), micro-batch sizes
+(divisors of the per-replica batch), recomputation, sequence parallelism, ZeRO stage, virtual
+pipeline stages and rank-layout orders; and counts each candidate it drops under a reason.
+Does not score anything.
+
+Exact reductions (they never drop a plan that could be strictly better):
+- sp=off is dominated by sp=on when tp > 1: SP splits the same elementwise work and
+  activations over the tp ranks with the same communication volume (Korthikanti et al. 2022
+  Sec. 4.2.2), so it is never slower and never uses more memory in this cost model.
+- Orders that put every group on the same links (same stride class for tp, cp, dp and the
+  same node crossing for pp) score identically; one order per class is kept.
+- vpp > 1 requires equal chunks (Megatron-LM's interleaved schedule), so it uses the even
+  split; uneven splits are searched with vpp = 1.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from itertools import permutations
+
+from planner.hardware import ClusterSpec
+from planner.model import ModelSpec
+from planner.plan import DEFAULT_ORDER, Recompute
+from planner.validate import divisors
+from planner.workload import TrainingWorkload
+
+
+@dataclass(frozen=True, slots=True)
+class Degrees:
+    """One factorisation of the devices."""
+
+    tp: int
+    cp: int
+    pp: int
+    dp: int
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """User bounds on the space (None = unbounded) and fixed plan values."""
+
+    max_tp: int | None = None
+    max_cp: int | None = None
+    max_pp: int | None = None
+    max_mbs: int | None = None
+    fixed: dict[str, object] = field(default_factory=dict)
+
+
+def _allowed(value: int, key: str, limits: Limits) -> bool:
+    return key not in limits.fixed or limits.fixed[key] == value
+
+
+def enumerate_degrees(model: ModelSpec, workload: TrainingWorkload, devices: int,
+                      cluster: ClusterSpec, limits: Limits, pruned: Counter[str]) -> Iterator[Degrees]:
+    """Every tp x cp x pp x dp = devices that can work, in a fixed order; the others are
+    counted in `pruned` by reason."""
+    max_tp = limits.max_tp or cluster.devices_per_node
+    for tp in divisors(devices):
+        if not _allowed(tp, "tp", limits):
+            pruned["fixed"] += 1
+            continue
+        if tp > max_tp:
+            pruned["tp_above_max"] += 1
+            continue
+        if model.num_attention_heads % tp or model.ffn_hidden_size % tp or (
+                model.mla is None and model.kv_heads % tp and tp % model.kv_heads):
+            pruned["tp_divisibility"] += 1
+            continue
+        yield from _rest(model, workload, devices // tp, tp, limits, pruned)
+
+
+def _rest(model: ModelSpec, workload: TrainingWorkload, left: int, tp: int, limits: Limits,
+          pruned: Counter[str]) -> Iterator[Degrees]:
+    for cp in divisors(left):
+        if not _allowed(cp, "cp", limits) or (limits.max_cp and cp > limits.max_cp):
+            pruned["fixed" if not _allowed(cp, "cp", limits) else "cp_above_max"] += 1
+            continue
+        if cp > 1 and workload.seq_len % (2 * cp):
+            pruned["cp_sequence"] += 1
+            continue
+        for pp in divisors(left // cp):
+            dp = left // cp // pp
+            if not (_allowed(pp, "pp", limits) and _allowed(dp, "dp", limits)):
+                pruned["fixed"] += 1
+            elif pp > model.num_layers or (limits.max_pp and pp > limits.max_pp):
+                pruned["pp_layers"] += 1
+            elif workload.global_batch_size % dp:
+                pruned["batch_divisibility"] += 1
+            elif model.moe is None and limits.fixed.get("ep", 1) != 1:
+                pruned["ep_dense"] += 1
+            else:
+                yield Degrees(tp=tp, cp=cp, pp=pp, dp=dp)
+
+
+def micro_batches(workload: TrainingWorkload, d: Degrees, limits: Limits) -> list[int]:
+    """Divisors of the per-replica batch (bounded by max_mbs), or the fixed one."""
+    per = workload.global_batch_size // d.dp
+    options = [b for b in divisors(per) if not limits.max_mbs or b <= limits.max_mbs]
+    if "mbs" in limits.fixed:
+        options = [b for b in options if b == limits.fixed["mbs"]]
+    return options
+
+
+def recompute_options(limits: Limits) -> list[Recompute]:
+    if "recompute" in limits.fixed:
+        return [Recompute(str(limits.fixed["recompute"]))]
+    return [Recompute.NONE, Recompute.SELECTIVE, Recompute.FULL]
+
+
+def sp_options(tp: int, limits: Limits, pruned: Counter[str]) -> list[bool]:
+    if "sp" in limits.fixed:
+        return [bool(limits.fixed["sp"])]
+    if tp > 1:
+        pruned["dominated_sp_off"] += 1
+        return [True]
+    return [False]
+
+
+def zero_options(pp: int, limits: Limits) -> list[int]:
+    if "zero" in limits.fixed:
+        return [int(limits.fixed["zero"])]  # type: ignore[call-overload]
+    return [0, 1] if pp > 1 else [0, 1, 2, 3]
+
+
+def vpp_options(model: ModelSpec, pp: int, m: int, limits: Limits) -> list[int]:
+    if "vpp" in limits.fixed:
+        return [int(limits.fixed["vpp"])]  # type: ignore[call-overload]
+    if pp == 1:
+        return [1]
+    out = [1]
+    if model.num_layers % pp == 0 and m % pp == 0:
+        out += [v for v in divisors(model.num_layers // pp) if v > 1]
+    return out
+
+
+def order_classes(d: Degrees, per_node: int, limits: Limits) -> list[tuple[str, ...]]:
+    """One rank-layout order per distinct link assignment, DEFAULT_ORDER's class first."""
+    if "order" in limits.fixed:
+        return [tuple(limits.fixed["order"])]  # type: ignore[arg-type]
+    sizes = {"tp": d.tp, "cp": d.cp, "dp": d.dp, "pp": d.pp}
+    seen: dict[tuple, tuple[str, ...]] = {}
+    for order in [DEFAULT_ORDER, *sorted(permutations(DEFAULT_ORDER))]:
+        stride, acc = {}, 1
+        for name in order:
+            stride[name] = acc
+            acc *= sizes[name]
+        dp_stride = min(stride["dp"], stride["cp"]) if d.cp > 1 else stride["dp"]
+        sig = (_link_class(d.tp, stride["tp"], per_node), _link_class(d.cp, stride["cp"], per_node),
+               _link_class(d.dp * d.cp, dp_stride, per_node),
+               d.pp > 1 and stride["pp"] * d.pp > per_node)   # as training.make_context
+        seen.setdefault(sig, order)
+    return list(seen.values())
+
+
+def _link_class(size: int, stride: int, per_node: int) -> tuple[int, int]:
+    """(spans nodes, members per node) exactly as cost_models.comm.group_links decides."""
+    if size <= 1:
+        return (0, 1)
+    block = stride * size
+    if block <= per_node and per_node % block == 0:
+        return (0, size)
+    aligned = stride < per_node and per_node % stride == 0 and block % per_node == 0
+    return (1, min(size, per_node // stride) if aligned else 1)
