@@ -327,6 +327,37 @@ def search_cmd(
                   f"global batch {global_batch} x {seq_len} tokens")
 
 
+@app.command("regress")
+@handle_errors
+def regress_cmd(
+    cases: Annotated[str, typer.Argument(help="TOML file of [[case]] tables (see search/regress.py)")],
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Check that the search still finds plans at least as good as known optima; exit 1 if not."""
+    from pathlib import Path
+
+    from search.regress import as_dict, run_cases
+
+    rows = run_cases(Path(cases))
+    if as_json:
+        print_json([as_dict(r) for r in rows])
+    else:
+        t = Table(title=f"regression cases ({cases})", title_justify="left")
+        for col in ("case", "expected s", "found s", "found plan", "result"):
+            t.add_column(col, overflow="fold")
+        for r in rows:
+            t.add_row(r.name, f"{r.expected_s:.6g}" if r.expected_s is not None else "-",
+                      f"{r.found_s:.6g}" if r.found_s is not None else "-", r.found_plan,
+                      ("[green]pass[/green] " if r.passed else "[red]FAIL[/red] ") + r.detail)
+        out.print(t)
+    failed = [r.name for r in rows if not r.passed]
+    if failed:
+        err.print(f"error: {len(failed)} of {len(rows)} cases regressed: {', '.join(failed)}",
+                  markup=False)
+        raise typer.Exit(1)
+
+
 class _Progress:
     """A rich progress bar that appears only once a search has run for a second."""
 
