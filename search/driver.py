@@ -27,7 +27,7 @@ from planner.model import ModelSpec
 from planner.plan import Plan, Recompute
 from planner.workload import TrainingWorkload
 from search import space
-from search.layer_partition import partition_layers
+from search.layer_partition import bottleneck, partition_layers
 from search.space import Degrees, Limits
 
 
@@ -225,11 +225,37 @@ def _candidate_bound(tables: StageTables, plan: Plan, m: int) -> float:
     return (m - 1) * total / pp + total
 
 
+def _group_can_fit(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload, base: Plan,
+                   m: int, zeros: list[int]) -> bool:
+    """Whether any plan of the group can fit. Memory does not depend on the layout order;
+    vpp = 1 holds the fewest micro-batches in flight; for pp > 1 a higher ZeRO stage never
+    adds memory (stages 0/1), while for pp = 1 each allowed stage is checked (ZeRO-3's
+    gather buffers can exceed what it saves when dp is small). Any stage split counts."""
+    L, pp, cap = model.num_layers, base.pp, cluster.device.memory_bytes
+    candidates = [max(zeros)] if pp > 1 else zeros
+    for zero in candidates:
+        plan = base.model_copy(update={"zero": zero, "vpp": 1})
+        ctx, _ = make_context(model, cluster, wl, plan)
+        tables = build_tables(ctx, m)
+        if pp == 1:
+            if tables.memory_total(0, 0, L - 1) <= cap:
+                return True
+            continue
+        time_a, _, ok = _band(tables, pp, L, L - pp + 1, cap)
+        if np.isfinite(bottleneck(np.zeros_like(time_a), ok, L)[0]):
+            return True
+    return False
+
+
 def _expand(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload, g: Group,
             limits: Limits, state: SearchState) -> None:
     d = g.degrees
     m = wl.global_batch_size // (d.dp * g.mbs)
     base = _base_plan(d, g.mbs, g.recompute, g.sp, limits)
+    zeros = space.zero_options(d.pp, limits)
+    if "vpp" not in limits.fixed and not _group_can_fit(model, cluster, wl, base, m, zeros):
+        state.pruned["memory_group"] += 1
+        return
     for order in space.order_classes(d, cluster.devices_per_node, limits):
         for zero in space.zero_options(d.pp, limits):
             for vpp in space.vpp_options(model, d.pp, m, limits):
