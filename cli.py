@@ -15,6 +15,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 import planner
@@ -103,10 +104,10 @@ def presets_cmd(
     """List the built-in models, devices and clusters."""
     kinds = presets.KINDS
     if kind is not None:
-        singular = kind.rstrip("s")
-        if singular not in kinds:
+        plural = {"models": "model", "devices": "device", "clusters": "cluster"}
+        if kind not in plural:
             raise planner.SpecError(f"unknown preset kind '{kind}'; use models, devices or clusters")
-        kinds = (singular,)  # type: ignore[assignment]
+        kinds = (plural[kind],)  # type: ignore[assignment]
     rows: list[dict[str, Any]] = []
     for k in kinds:
         for name in presets.list_presets(k):
@@ -117,11 +118,12 @@ def presets_cmd(
     for k in kinds:
         table = Table(title=f"{k}s", title_justify="left")
         sub = [r for r in rows if r["kind"] == k]
-        cols = [c for c in sub[0] if c != "kind"] if sub else ["name"]
+        # Descriptions are in `meshplan show` and --json; the table keeps the numbers.
+        cols = [c for c in sub[0] if c not in ("kind", "description")] if sub else ["name"]
         for c in cols:
-            table.add_column(c, overflow="fold")
+            table.add_column(c, no_wrap=True)
         for r in sub:
-            table.add_row(*(str(r[c]) for c in cols))
+            table.add_row(*(escape(str(r[c])) for c in cols))
         out.print(table)
 
 
@@ -167,7 +169,7 @@ def show_cmd(
 
 
 def _render_model(d: dict[str, Any]) -> None:
-    out.print(f"[bold]{d['name']}[/bold]  {d['description']}")
+    out.print(f"[bold]{escape(d['name'])}[/bold]  {escape(d['description'])}")
     if d["source"]:
         out.print(f"source: {d['source']}", markup=False)
     t = Table(show_header=False, box=None, pad_edge=False)
@@ -176,7 +178,7 @@ def _render_model(d: dict[str, Any]) -> None:
     for k, v in d["dimensions"].items():
         if isinstance(v, dict):
             v = ", ".join(f"{a}={b}" for a, b in v.items() if b is not None)
-        t.add_row(k, str(v))
+        t.add_row(k, escape(str(v)))
     t.add_row("parameters", f"{d['params']:,} ({_fmt_count(d['params'])})")
     t.add_row("active parameters/token", f"{d['active_params']:,} ({_fmt_count(d['active_params'])})")
     s = d["seq_len"]
@@ -190,7 +192,7 @@ def _render_model(d: dict[str, Any]) -> None:
               f"{d['memory']['bf16']['training_states_gib']:.1f} GiB unsharded")
     out.print(t)
     if d["notes"]:
-        out.print(f"[yellow]notes:[/yellow] {d['notes']}")
+        out.print(f"[yellow]notes:[/yellow] {escape(d['notes'])}")
 
 
 # ----- evaluate ----------------------------------------------------------------------------
@@ -248,7 +250,7 @@ def evaluate_cmd(
 
 def render_estimate(est: Any, *, title: str) -> None:
     """Rich tables for one Estimate: headline, time breakdown, memory."""
-    out.print(f"[bold]{title}[/bold]")
+    out.print(f"[bold]{escape(title)}[/bold]")
     out.print(f"plan: {est.plan}", markup=False)
     head = Table(show_header=False, box=None)
     head.add_column(style="cyan")
@@ -274,7 +276,7 @@ def render_estimate(est: Any, *, title: str) -> None:
     out.print(t)
     out.print(mt)
     for w in est.warnings:
-        err.print(f"warning: {w}", markup=False)
+        err.print(f"warning: {w}", markup=False, soft_wrap=True)
 
 
 # ----- search ------------------------------------------------------------------------------
@@ -389,7 +391,7 @@ class _Progress:
 
 def render_search(result: Any, *, title: str) -> None:
     """Ranked plans, baselines side by side, the bound and the search statistics."""
-    out.print(f"[bold]{title}[/bold]", markup=True)
+    out.print(f"[bold]{escape(title)}[/bold]")
     best_s = result.best.estimate.step_time_s
     t = Table(title="best plans", title_justify="left")
     for col, just in (("#", "right"), ("plan", "left"), ("layers", "left"), ("step s", "right"),
@@ -460,7 +462,7 @@ def _render_flat(data: dict[str, Any]) -> None:
     t.add_column(style="cyan")
     t.add_column(overflow="fold")
     for k, v in data.items():
-        t.add_row(k, json.dumps(v) if isinstance(v, dict) else str(v))
+        t.add_row(k, escape(json.dumps(v) if isinstance(v, dict) else str(v)))
     out.print(t)
 
 

@@ -42,7 +42,12 @@ def _looks_like_path(ref: str) -> bool:
 
 
 def read_data_file(path: Path) -> dict[str, Any]:
-    """Parse a TOML, JSON or YAML file into a dict (by its suffix; unknown suffixes try all)."""
+    """Parse a TOML, JSON or YAML file into a dict (by its suffix; unknown suffixes try all).
+    A directory stands for the Hugging Face `config.json` inside it."""
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise SpecError(f"'{path}' is a directory without a config.json; pass a model file")
+        path = path / "config.json"
     if not path.is_file():
         raise SpecError(f"file '{path}' does not exist; check the path or use a preset name")
     text = path.read_text(encoding="utf-8")
@@ -117,7 +122,8 @@ def load_model(ref: str) -> ModelSpec:
     if "model_type" in data:
         from planner.hf import model_from_hf_config
 
-        name = Path(ref).parent.name or Path(ref).stem
+        path = Path(ref)
+        name = path.name if path.is_dir() else (path.parent.name or path.stem)
         return model_from_hf_config(data, name=name, where=where)
     if _looks_like_path(ref):
         data.setdefault("name", Path(ref).stem)
