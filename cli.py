@@ -415,6 +415,13 @@ def render_search(result: Any, *, title: str) -> None:
         out.print(b)
     out.print(f"lower bound {result.lower_bound_step_time_s:.3f} s; best is "
               f"{result.gap_to_lower_bound:.1%} above it", markup=False)
+    dm = result.device_mapping
+    if dm is not None:
+        layout = dm.order or dm.nested
+        out.print(f"device mapping ({dm.status}, gap {dm.gap:.1%}): members per node "
+                  f"{dm.members_per_node}, layout {layout}; communication "
+                  f"{dm.comm_time_s:.3f} s vs {dm.default_order_comm_time_s:.3f} s for "
+                  "tp-cp-dp-pp", markup=False, soft_wrap=True)
     st = result.stats
     pruned = ", ".join(f"{k} {v}" for k, v in st.pruned.items())
     out.print(f"{st.candidates} plans scored, pruned: {pruned}; {st.search_time_s:.2f} s",

@@ -10,7 +10,14 @@ from planner.model import ModelSpec
 from planner.plan import Plan, parse_plan
 from planner.presets import load_cluster, load_model
 from planner.errors import InfeasibleError, PlannerError
-from planner.result import BaselineResult, Estimate, ScoredPlan, SearchResult, SearchStats
+from planner.result import (
+    BaselineResult,
+    Estimate,
+    MappingResult,
+    ScoredPlan,
+    SearchResult,
+    SearchStats,
+)
 from planner.validate import check_plan
 from planner.workload import TrainingWorkload
 
@@ -131,8 +138,43 @@ def search(model: ModelSpec | str, cluster: ClusterSpec | str, workload: Trainin
         gap_to_lower_bound=best.estimate.step_time_s / bound - 1,
         stats=SearchStats(candidates=state.candidates, pruned=dict(sorted(state.pruned.items())),
                           search_time_s=_time.perf_counter() - start, cut=state.cut),
+        device_mapping=map_best(m, c, workload, state.best[0].plan),
         notes=notes,
     )
+
+
+def map_best(model: ModelSpec, cluster: ClusterSpec, workload: TrainingWorkload,
+             plan: Plan) -> MappingResult | None:
+    """Run the device-mapping program on a plan's per-step traffic by group: TP all-reduces
+    of each block's activations (2 per pass), the data-parallel gradient reduction, the
+    pipeline's activation exchanges and the context-parallel K/V exchanges."""
+    from cost_models.compute import roof_bytes
+    from planner.model import grad_bytes_per_param
+    from search.device_mapping import Traffic, map_devices
+
+    m = workload.global_batch_size // (plan.dp * plan.mbs)
+    tokens = plan.mbs * workload.seq_len / plan.cp
+    act = tokens * model.hidden_size * roof_bytes(workload.dtype)
+    layers = max(plan.layers_per_stage(model.num_layers))
+    passes = 3 if plan.recompute.value == "full" else 2
+    grads = model.params / (plan.tp * plan.pp) * grad_bytes_per_param(workload.dtype)
+    traffic = [Traffic("tp", "all_reduce", act, 2 * passes * layers * m),
+               Traffic("dp", "all_reduce", grads, 1),
+               Traffic("pp", "p2p", act / plan.tp, 2 * m * plan.vpp),
+               Traffic("cp", "p2p", 2 * tokens * model.kv_heads * model.d_head
+                       * roof_bytes(workload.dtype) / plan.tp, 3 * (plan.cp - 1) * layers * m)]
+    sizes = {"tp": plan.tp, "cp": plan.cp, "dp": plan.dp, "pp": plan.pp}
+    try:
+        dm = map_devices(cluster, sizes=sizes, traffic=[t for t in traffic if t.calls > 0],
+                         time_limit_s=2.0)
+    except ValueError:
+        return None
+    return MappingResult(
+        members_per_node=dict(dm.members_per_node),
+        order="-".join(dm.order) if dm.order else None,
+        nested=dm.layout if dm.order is None else None,
+        comm_time_s=dm.time_s, default_order_comm_time_s=dm.default_order_s,
+        status=dm.status, gap=dm.gap)
 
 
 def score_baselines(model: ModelSpec, cluster: ClusterSpec, workload: TrainingWorkload,

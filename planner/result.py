@@ -80,6 +80,20 @@ class SearchStats(BaseModel):
     cut: bool = Field(False, description="the time limit stopped the search; best found so far")
 
 
+class MappingResult(BaseModel):
+    """The device-mapping program's layout for the best plan (search/device_mapping.py)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    members_per_node: dict[str, int] = Field(description="members of each group that share a node")
+    order: str | None = Field(description="the rank order realising it (innermost first), if one does")
+    nested: str | None = Field(description="mixed-radix layout when no plain order realises it")
+    comm_time_s: float = Field(description="predicted per-step communication of the mapping")
+    default_order_comm_time_s: float = Field(description="the same for tp-cp-dp-pp")
+    status: str
+    gap: float
+
+
 class SearchResult(BaseModel):
     """What `meshplan search --json` prints."""
 
@@ -91,4 +105,5 @@ class SearchResult(BaseModel):
     lower_bound_step_time_s: float = Field(description="no plan can be faster (model FLOPs at the achievable matmul rate on every device)")
     gap_to_lower_bound: float = Field(description="best step time / lower bound - 1")
     stats: SearchStats
+    device_mapping: MappingResult | None = Field(None, description="physical layout of the best plan")
     notes: list[str] = Field(default_factory=list)
