@@ -80,7 +80,10 @@ SCENARIOS = [
     Scenario("405b-16384", "llama3-405b", "dgx-h100", 16384, 2048, 8192,
              note="Llama 3 Table 4 (8K context)"),
     Scenario("405b-98304", "llama3-405b", "dgx-h100", 98304, 16384, 8192,
-             note="12,288 nodes; target: < 30 s"),
+             note="12,288 nodes; target: < 30 s. dp must divide 16,384 = 2^14 and "
+                  "98,304 = 2^15 x 3, so pp carries the factor 3 (pp in 3, 6, ..., 96): many "
+                  "factorisations fail batch divisibility, a smaller space than the device "
+                  "count alone suggests"),
 ]
 
 TARGET_1T = ("1t-3072", 2.0,
