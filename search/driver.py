@@ -25,6 +25,7 @@ from cost_models.training import make_context, step_time_of
 from planner.hardware import ClusterSpec
 from planner.model import ModelSpec
 from planner.plan import Plan, Recompute
+from planner.validate import plan_problems
 from planner.workload import TrainingWorkload
 from search import space
 from search.layer_partition import bottleneck, partition_layers
@@ -90,18 +91,21 @@ def _base_plan(d: Degrees, g_mbs: int, rc: Recompute, sp: bool, limits: Limits) 
 
 
 def _work_per_microbatch(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload,
-                         tp: int, cp: int, sp: bool, mbs: int, attn: object) -> dict[Recompute, float]:
+                         tp: int, cp: int, sp: bool, mbs: int, attn: object, ep: int = 1,
+                         etp: int = 1) -> dict[Recompute, float]:
     """Per recomputation mode, a lower bound on sum_k C_k for one micro-batch: compute and
-    recompute of every block, embedding and head, plus TP all-reduces on the best links a
-    tp group can have (stride 1). Communication of other kinds is >= 0 and left out."""
-    from cost_models.comm import all_reduce_s, group_links
+    recompute of every block, embedding and head (with the plan's own shard, ep and etp
+    included: they change the expert GEMMs), plus TP all-reduces on the best links a tp
+    group can have. Communication of other kinds is >= 0 and left out."""
+    from cost_models.comm import GroupLinks, all_reduce_s, group_links
     from cost_models.compute import (Roofline, Shard, block_compute, embedding_compute,
                                      head_compute, roof_bytes)
     from cost_models.efficiency import device_efficiency
 
     eff, _ = device_efficiency(cluster.device)
     roof = Roofline(cluster.device, eff, wl.dtype)
-    sh = Shard(mbs=mbs, seq_len=wl.seq_len, tp=tp, cp=cp, sp=sp, attn=attn, dtype=wl.dtype)  # type: ignore[arg-type]
+    sh = Shard(mbs=mbs, seq_len=wl.seq_len, tp=tp, cp=cp, sp=sp, ep=ep, etp=etp, attn=attn,  # type: ignore[arg-type]
+               dtype=wl.dtype)
     n_moe = model.num_moe_layers
     comp = rec_full = rec_sel = 0.0
     for moe, count in ((False, model.num_layers - n_moe), (True, n_moe)):
@@ -113,8 +117,13 @@ def _work_per_microbatch(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWor
     ef, eb = embedding_compute(model, roof, sh)
     hf, hb, _ = head_compute(model, roof, sh)
     comp += ef + eb + hf + hb
-    ar = 2 * all_reduce_s(group_links(cluster, size=tp, stride=1),
-                          sh.tokens * model.hidden_size * roof_bytes(wl.dtype)) if tp > 1 else 0.0
+    # The layout order decides the tp group's links (comm.group_links): inside a node the
+    # intra-node bandwidth and latency; across nodes at most the intra-node bandwidth, with
+    # the inter-node latency. The best of both bounds every order, also on a cluster whose
+    # inter-node latency is below its intra-node one.
+    best = GroupLinks(tp, group_links(cluster, size=1, stride=1).bandwidth_bytes_per_s,
+                      min(cluster.intra_node.latency_s, cluster.inter_node.latency_s), False, tp)
+    ar = 2 * all_reduce_s(best, sh.tokens * model.hidden_size * roof_bytes(wl.dtype)) if tp > 1 else 0.0
     per_pass = model.num_layers * ar
     return {Recompute.NONE: comp + 2 * per_pass,
             Recompute.SELECTIVE: comp + rec_sel + 2 * per_pass,
@@ -127,6 +136,7 @@ def _groups(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload, device
     least (m + (pp-1)/v) * sum_k C_k / pp for the largest allowed v (module docstring)."""
     out = []
     attn = limits.fixed.get("attn", Plan().attn)
+    ep, etp = int(limits.fixed.get("ep", 1)), int(limits.fixed.get("etp") or 1)  # type: ignore[call-overload]
     cache: dict[tuple[int, int, bool, int], dict[Recompute, float]] = {}
     for d in space.enumerate_degrees(model, wl, devices, cluster, limits, state.pruned):
         for mbs in space.micro_batches(wl, d, limits):
@@ -135,7 +145,8 @@ def _groups(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload, device
             for sp in space.sp_options(d.tp, limits, state.pruned):
                 key = (d.tp, d.cp, sp, mbs)
                 if key not in cache:
-                    cache[key] = _work_per_microbatch(model, cluster, wl, d.tp, d.cp, sp, mbs, attn)
+                    cache[key] = _work_per_microbatch(model, cluster, wl, d.tp, d.cp, sp, mbs,
+                                                      attn, ep, etp)
                 for rc in space.recompute_options(limits):
                     bound = (m + (d.pp - 1) / vmax) * cache[key][rc] / d.pp
                     out.append(Group(d, mbs, rc, sp, bound))
@@ -260,6 +271,12 @@ def _expand(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload, g: Gro
         for zero in space.zero_options(d.pp, limits):
             for vpp in space.vpp_options(model, d.pp, m, limits):
                 plan = base.model_copy(update={"order": order, "zero": zero, "vpp": vpp})
+                # Held-fixed values (--fix ep/etp/zero/vpp) can break a rule for some degrees;
+                # such plans are not in the space (evaluate() would reject them).
+                problems = plan_problems(model, wl, plan, plan.devices)
+                if problems:
+                    state.pruned[problems[0][0]] += 1
+                    continue
                 result = score_plan(model, cluster, wl, plan, cutoff=state.kth())
                 state.candidates += 1
                 if isinstance(result, str):
