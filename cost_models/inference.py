@@ -1,0 +1,421 @@
+"""The inference cost model: one plan in, one `InferenceEstimate` out.
+
+Scores serving a batch of requests: the prefill of the prompts (time to first token, TTFT),
+then the decode of the outputs one token per step (time per output token, TPOT), and the
+memory of one device (weights + KV cache + workspace), with the largest batch that fits.
+
+Layout and degrees (kept simple, stated here once):
+- devices = tp * pp * dp. Each of the dp replicas is independent (no traffic between them)
+  and serves batch_size / dp sequences of the *global* `InferenceWorkload.batch_size`
+  (ceil when dp does not divide it: a warning says so).
+- Inside a replica, pp stages of tp devices each (blocks split as `Plan.layers_per_stage`).
+- Expert parallelism is folded into the TP group: ep must divide tp; each of the tp ranks of
+  a stage holds E/ep experts, each split over tp/ep ranks. Tokens are replicated in the TP
+  group (they are, right after the attention all-reduce), so every rank runs its local
+  experts on all tokens and the block's second all-reduce combines the expert outputs too
+  (vLLM's TP-style MoE): no extra all-to-all. Per device this holds E*P_expert/tp expert
+  weights and executes the same expert FLOPs for every ep dividing tp; expected expert
+  bytes read per decode step are also ep-independent (load imbalance is not modelled).
+- cp > 1 is rejected (context parallelism is not modelled for inference); etp is ignored.
+
+Time (Pope et al. 2022, "Efficiently Scaling Transformer Inference", Sec. 2-3):
+- Prefill: the prompt's forward pass over batch*prompt_len tokens per replica, timed per
+  operator by the training roofline (`compute.block_compute`: GEMMs at the achievable
+  FLOP/s, causal FlashAttention core, memory-bound elementwise kernels), plus Megatron's
+  two TP all-reduces per block of tokens*h activations (Shoeybi et al. 2019 Sec. 3), the LM
+  head on the last position of each sequence only, and pp-1 point-to-point sends of each
+  rank's 1/tp slice of the activations (Narayanan et al. 2021 Sec. 4.1). One batch passes
+  the stages one after the other: TTFT = sum of stage times + p2p.
+- Decode: each step, every device streams its weight shard once and the KV cache of its
+  sequences (Pope et al. Sec. 2: at small batch decode is memory-bound; its roofline is
+  max(bytes / achievable bandwidth, FLOPs / achievable FLOP/s)). The context length used for
+  the KV read and the attention FLOPs is the mean over the generation,
+  prompt_len + output_len / 2. Plus two TP all-reduces per block of batch*h bytes
+  (latency-bound at small batch), pp-1 p2p sends, and a kernel-launch floor per kernel:
+  without CUDA graphs each kernel costs at least `kernel_floor_s` of CPU issue time, and at
+  small batch decode is launch-bound (KERNELS_PER_BLOCK kernels per block); the launch term
+  is added, not overlapped.
+- Pipeline in decode: latency view, one batch in flight: TPOT = sum of stage times + p2p
+  (the throughput of pp micro-batches in flight is not modelled).
+- Breakdown of TPOT (sums exactly to it): weights_read and kv_read are the memory times,
+  compute is the part of the FLOP time beyond the memory time (max(0, C - M): the roofline
+  takes the larger of the two), then tp_comm, pp_comm, launch.
+- e2e = TTFT + output_len * TPOT (the brief's convention; the first output token actually
+  comes from prefill, so this over-counts one step).
+
+Memory (per device, the most loaded stage):
+- weights: the stage's parameters / tp in the workload dtype (fp8 = 1 byte: serving keeps
+  no higher-precision master copy); the first stage holds the embedding, the last the LM
+  head (a tied head is a second copy when pp > 1, as Megatron keeps it).
+- KV cache: ModelSpec.kv_cache_bytes_per_token per token per layer, for batch sequences of
+  prompt_len + output_len tokens, paged in blocks of KV_BLOCK_TOKENS tokens (Kwon et al.
+  2023, vLLM, Sec. 4.2-4.3: the only waste is the last, partly filled block of each
+  sequence). MHA/GQA split the KV heads over tp; when tp > kv heads each head is
+  replicated tp/kv_heads times (the split is min(tp, kv_heads)). MLA caches one latent per
+  token shared by all heads (DeepSeek-V2 Sec. 2.1.2), so it is replicated over tp.
+- workspace: prefill's live tensors of one block (inference keeps no activations for a
+  backward pass): see `_workspace_bytes`.
+- FRAMEWORK_OVERHEAD_BYTES (CUDA context, NCCL buffers), as in training.
+Every term is linear in the batch per replica, so `max_batch_size` is solved exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cost_models import comm
+from cost_models.compute import Roofline, Shard, block_compute, roof_bytes
+from cost_models.efficiency import DeviceEfficiency, device_efficiency
+from cost_models.memory import FRAMEWORK_OVERHEAD_BYTES, GIB
+from cost_models.training import strides
+from planner.errors import PlanError
+from planner.hardware import ClusterSpec
+from planner.model import DType, ModelSpec
+from planner.plan import Plan
+from planner.workload import InferenceWorkload
+
+KERNELS_PER_BLOCK = 10
+"""Kernels one decode step launches per block: two norms, QKV GEMM, RoPE, attention, output
+GEMM, two residual adds, MLP up (gate fused) with the activation, MLP down. Engineering
+count of an eager (no CUDA graph) Llama block in vLLM/HF; MoE routing kernels not counted."""
+HEAD_KERNELS = 3
+"""Final norm, LM-head GEMM, sampling, on the last stage."""
+EMBEDDING_KERNELS = 1
+"""Embedding lookup, on the first stage."""
+KV_BLOCK_TOKENS = 16
+"""vLLM's default KV block size in tokens (Kwon et al. 2023 Sec. 4.3 and 7.2)."""
+LOGIT_BYTES = 4
+"""The sampled positions' logits are materialised in fp32."""
+
+TPOT_KEYS = ("weights_read", "kv_read", "compute", "tp_comm", "pp_comm", "launch")
+TTFT_KEYS = ("compute", "tp_comm", "pp_comm")
+
+
+class InferenceEstimate(BaseModel):
+    """The cost model's prediction for serving one batch with one plan."""
+
+    model_config = ConfigDict(frozen=True)
+
+    plan: str = Field(description="the plan, as a --plan string")
+    devices: int = Field(description="tp * pp * dp")
+    batch_per_replica: int = Field(description="sequences each of the dp replicas serves")
+    ttft_s: float = Field(description="prefill of the prompts: time to first token")
+    tpot_s: float = Field(description="decode time per output token (latency view over pp)")
+    e2e_s: float = Field(description="ttft + output_len * tpot")
+    tokens_per_s: float = Field(description="output tokens per second over all replicas")
+    prefill_bound: Literal["memory", "compute"]
+    decode_bound: Literal["memory", "compute"]
+    prefill_flops_per_device: float = Field(description="prefill FLOPs of the busiest stage's device")
+    decode_weight_bytes: float = Field(description="weight bytes one device reads per step (busiest stage)")
+    decode_kv_bytes: float = Field(description="KV bytes one device reads per step at the mean context")
+    ttft_breakdown: dict[str, float] = Field(description="seconds; sums to ttft_s")
+    tpot_breakdown: dict[str, float] = Field(description="seconds; sums to tpot_s")
+    peak_memory_gib: float = Field(description="memory of the most loaded device")
+    capacity_gib: float
+    fits: bool
+    max_batch_size: int = Field(description="largest batch per replica that fits (0: none)")
+    weights_gib: float = Field(description="weights of the most loaded device")
+    kv_cache_gib: float = Field(description="KV cache of the most loaded device, full context")
+    workspace_gib: float
+    overhead_gib: float
+    warnings: list[str] = Field(default_factory=list)
+
+
+# ----- validation and parameters -------------------------------------------------------------
+def _check(model: ModelSpec, workload: InferenceWorkload, plan: Plan) -> None:
+    if plan.cp > 1:
+        raise PlanError("context parallelism (cp > 1) is not modelled for inference; use cp=1")
+    if plan.pp > model.num_layers:
+        raise PlanError(f"pp={plan.pp} exceeds the {model.num_layers} blocks of '{model.name}'")
+    if plan.ep > 1:
+        if model.moe is None:
+            raise PlanError(f"ep={plan.ep} needs an MoE model; '{model.name}' is dense")
+        if plan.tp % plan.ep or model.moe.num_experts % plan.ep:
+            raise PlanError(
+                f"for inference ep is folded into tp: ep={plan.ep} must divide tp={plan.tp} "
+                f"and the {model.moe.num_experts} experts"
+            )
+    if workload.batch_size < plan.dp:
+        raise PlanError(f"batch {workload.batch_size} leaves some of the dp={plan.dp} replicas idle")
+
+
+def _routed_expert_params(model: ModelSpec) -> int:
+    """Parameters of one routed expert (0 for a dense model)."""
+    return model.mlp_params(model.moe.expert_ffn_hidden_size) if model.moe is not None else 0
+
+
+def _layer_params(model: ModelSpec, layer: int) -> tuple[int, int]:
+    """(parameters every token uses, parameters of all routed experts) of one block."""
+    if not model.is_moe_layer(layer):
+        return model.dense_layer_params, 0
+    assert model.moe is not None
+    routed = model.moe.num_experts * _routed_expert_params(model)
+    return model.moe_layer_params - routed, routed
+
+
+def touched_experts(model: ModelSpec, tokens: int) -> float:
+    """Expected distinct routed experts hit by `tokens` tokens each picking top_k of E, with
+    uniform independent routing: E * (1 - (1 - k/E)^tokens). 1 token: exactly k."""
+    assert model.moe is not None
+    e, k = model.moe.num_experts, model.moe.top_k
+    return e * (1.0 - (1.0 - k / e) ** tokens)
+
+
+def kv_split(model: ModelSpec, tp: int) -> int:
+    """Ways the KV cache is split over tp: KV heads (replicated when tp > kv heads); MLA's
+    latent is shared by all heads, so it is not split (DeepSeek-V2 Sec. 2.1.2)."""
+    return 1 if model.mla is not None else min(tp, model.kv_heads)
+
+
+def kv_tokens_per_sequence(workload: InferenceWorkload) -> int:
+    """Cached tokens of one finished sequence, rounded up to whole KV blocks (vLLM paging)."""
+    n = workload.prompt_len + workload.output_len
+    return math.ceil(n / KV_BLOCK_TOKENS) * KV_BLOCK_TOKENS
+
+
+# ----- memory ----------------------------------------------------------------------------
+def _stage_weight_params(model: ModelSpec, plan: Plan, stage: int, first: int, last: int) -> float:
+    """Parameters one device of `stage` holds (all experts): the stage's blocks / tp, the
+    embedding on the first stage, the LM head on the last (a second copy of a tied embedding
+    when pp > 1)."""
+    total = sum(sum(_layer_params(model, i)) for i in range(first, last + 1))
+    if stage == 0:
+        total += model.embedding_params
+    if stage == plan.pp - 1:
+        total += model.lm_head_params
+        if model.tied_embeddings and plan.pp > 1:
+            total += model.vocab_size * model.hidden_size
+    return total / plan.tp
+
+
+def _workspace_bytes(model: ModelSpec, plan: Plan, prompt_len: int, batch: int,
+                     dtype: DType) -> float:
+    """Prefill's live activations of one block on one device, plus the sampled logits.
+
+    Per token: the residual stream and the norm output (2h), Q/K/V (heads split over tp) and
+    the MLP's up projection, activation and gate ((3 if gated else 2) * ffn / tp, ffn the
+    routed top_k + shared widths for an MoE model), in the activation dtype; plus
+    batch * vocab / tp fp32 logits for the last position of each sequence. An estimate: no
+    allocator slack, and no attention scores (FlashAttention stores none, Dao et al. 2022)."""
+    h, t, e = model.hidden_size, plan.tp, roof_bytes(dtype)
+    if model.mla is not None:
+        m = model.mla
+        qkv = model.num_attention_heads * (2 * (m.qk_nope_head_dim + m.qk_rope_head_dim)
+                                           + m.v_head_dim) / t
+    else:
+        qkv = (model.num_attention_heads + 2 * model.kv_heads) * model.d_head / t
+    if model.moe is not None:
+        mo = model.moe
+        ffn = max(model.ffn_hidden_size if mo.first_k_dense else 0,
+                  mo.top_k * mo.expert_ffn_hidden_size + mo.num_shared_experts * mo.shared_ffn)
+    else:
+        ffn = model.ffn_hidden_size
+    mats = 3 if model.activation.gated else 2
+    per_token = (2 * h + qkv + mats * ffn / t) * e
+    logits = model.vocab_size / t * LOGIT_BYTES
+    return batch * (prompt_len * per_token + logits)
+
+
+def _stage_memory(model: ModelSpec, plan: Plan, workload: InferenceWorkload, stage: int,
+                  first: int, last: int, batch: int) -> dict[str, float]:
+    """Bytes of one device of `stage` serving `batch` sequences per replica (linear in batch)."""
+    dt = workload.dtype
+    kv_per_token_layer = model.kv_cache_bytes_per_token(dt) / model.num_layers
+    kv = (batch * kv_tokens_per_sequence(workload) * kv_per_token_layer * (last - first + 1)
+          / kv_split(model, plan.tp))
+    return {
+        "weights": _stage_weight_params(model, plan, stage, first, last) * dt.bytes,
+        "kv_cache": kv,
+        "workspace": _workspace_bytes(model, plan, workload.prompt_len, batch, dt),
+        "overhead": float(FRAMEWORK_OVERHEAD_BYTES),
+    }
+
+
+def max_batch_size(model: ModelSpec, plan: Plan, workload: InferenceWorkload,
+                   capacity: float) -> int:
+    """Largest batch per replica whose memory fits on every stage. Memory is
+    fixed + batch * per_sequence on each stage, so batch = floor((cap - fixed) / per_seq);
+    the result is then checked against the same function (rounding safety)."""
+    ranges = plan.stage_ranges(model.num_layers)
+
+    def fits(b: int) -> bool:
+        return all(sum(_stage_memory(model, plan, workload, s, a, z, b).values()) <= capacity
+                   for s, (a, z) in enumerate(ranges))
+
+    best = math.inf
+    for s, (a, z) in enumerate(ranges):
+        fixed = sum(_stage_memory(model, plan, workload, s, a, z, 0).values())
+        per_seq = sum(_stage_memory(model, plan, workload, s, a, z, 1).values()) - fixed
+        best = min(best, math.floor((capacity - fixed) / per_seq) if capacity >= fixed else 0)
+    b = max(0, int(best))
+    while b > 0 and not fits(b):
+        b -= 1
+    while fits(b + 1):
+        b += 1
+    return b
+
+
+# ----- time ------------------------------------------------------------------------------
+def _math_rate(dev_peak: float, eff: DeviceEfficiency, dtype: DType) -> float:
+    """Achievable FLOP/s of large GEMMs (MAMF fraction at the sustained clock)."""
+    frac = eff.matmul_fp8 if dtype == DType.FP8 else eff.matmul
+    return dev_peak * frac * eff.sustained_clock
+
+
+def _decode_stage(model: ModelSpec, plan: Plan, workload: InferenceWorkload, roof: Roofline,
+                  eff: DeviceEfficiency, tp_links: comm.GroupLinks, stage: int, first: int,
+                  last: int, batch: int) -> dict[str, float]:
+    """One decode step of one stage on one device: bytes, FLOPs and seconds by kind."""
+    dt, h, t = workload.dtype, model.hidden_size, plan.tp
+    ctx = workload.prompt_len + workload.output_len / 2          # mean context over decode
+    n_layers = last - first + 1
+    # Weights streamed once per step (Pope et al. 2022 Sec. 2); of an MoE block only the
+    # experts the batch's tokens hit. The embedding is a lookup of `batch` rows: not counted.
+    params = 0.0
+    for i in range(first, last + 1):
+        common, routed = _layer_params(model, i)
+        params += common
+        if routed:
+            params += touched_experts(model, batch) * _routed_expert_params(model)
+    if stage == plan.pp - 1 and model.vocab_size:
+        params += model.vocab_size * h + model.norm_params           # final norm + LM head
+    weight_bytes = params / t * dt.bytes
+    kv_bytes = (batch * ctx * model.kv_cache_bytes_per_token(dt) / model.num_layers * n_layers
+                / kv_split(model, t))
+    # FLOPs: 2 per active weight per token (Kaplan et al. 2020 Sec. 2.1) plus the new
+    # token's attention over the whole context (no causal halving).
+    active = sum(model.moe_layer_active_params if model.is_moe_layer(i)
+                 else model.dense_layer_params for i in range(first, last + 1))
+    if stage == plan.pp - 1:
+        active += model.vocab_size * h
+    score = model.attention_score_flops_per_token(1) * ctx / model.num_layers * n_layers
+    flops = batch * (2.0 * active + score) / t
+    t_weights, t_kv = weight_bytes / roof.bw, kv_bytes / roof.bw
+    t_math = flops / _math_rate(roof.peak, eff, dt)
+    act = batch * h * roof_bytes(dt)
+    kernels = (n_layers * KERNELS_PER_BLOCK + (HEAD_KERNELS if stage == plan.pp - 1 else 0)
+               + (EMBEDDING_KERNELS if stage == 0 else 0))
+    return {
+        "weights_read": t_weights, "kv_read": t_kv,
+        "compute": max(0.0, t_math - (t_weights + t_kv)),
+        "tp_comm": 2 * n_layers * comm.all_reduce_s(tp_links, act),
+        "launch": kernels * eff.kernel_floor_s,
+        "_weight_bytes": weight_bytes, "_kv_bytes": kv_bytes, "_math_s": t_math,
+    }
+
+
+def _prefill_stage(model: ModelSpec, plan: Plan, workload: InferenceWorkload, roof: Roofline,
+                   eff: DeviceEfficiency, tp_links: comm.GroupLinks, stage: int, first: int,
+                   last: int, batch: int) -> dict[str, float]:
+    """The prompt's forward pass through one stage on one device."""
+    dt, h, t = workload.dtype, model.hidden_size, plan.tp
+    sh = Shard(mbs=batch, seq_len=workload.prompt_len, tp=t, attn=plan.attn, dtype=dt)
+    moe_sh = sh
+    if model.moe is not None:
+        # ep is folded into tp (module docstring): per device the routed experts run split tp
+        # ways on all T tokens of the replica (the same FLOPs as E/ep experts split tp/ep).
+        # Only the U = touched_experts(T) experts that receive tokens run, with T*top_k/U
+        # tokens each (>= 1): block_compute's `local = E/ep`, `per_expert = T*k*ep/E` give
+        # exactly that with ep = E/U (a real number here, used only in those two products).
+        used = touched_experts(model, sh.tokens)
+        moe_sh = replace(sh, ep=model.moe.num_experts / used, etp=t)  # type: ignore[arg-type]
+    secs = flops = 0.0
+    for i in range(first, last + 1):
+        moe = model.is_moe_layer(i)
+        bc = block_compute(model, roof, moe_sh if moe else sh, moe=moe)
+        secs, flops = secs + bc.fwd_s, flops + bc.fwd_flops
+    if stage == 0 and model.vocab_size:
+        secs += roof.stream(2 * sh.tokens * h * roof_bytes(dt))     # embedding lookup
+    if stage == plan.pp - 1 and model.vocab_size:
+        th, fh = roof.gemm(batch, model.vocab_size / t, h)            # last position only
+        secs, flops = secs + th, flops + fh
+    act = sh.tokens * h * roof_bytes(dt)
+    weight_bytes = _stage_weight_params(model, plan, stage, first, last) * dt.bytes
+    return {
+        "compute": secs,
+        "tp_comm": 2 * (last - first + 1) * comm.all_reduce_s(tp_links, act),
+        "_flops": flops, "_math_s": flops / _math_rate(roof.peak, eff, dt),
+        "_mem_s": weight_bytes / roof.bw,
+    }
+
+
+def estimate_inference(model: ModelSpec, cluster: ClusterSpec, workload: InferenceWorkload,
+                       plan: Plan) -> InferenceEstimate:
+    """Score one inference plan (see the module docstring for every formula)."""
+    _check(model, workload, plan)
+    eff, generic = device_efficiency(cluster.device)
+    roof = Roofline(cluster.device, eff, workload.dtype)
+    st = strides(plan)
+    tp_links = comm.group_links(cluster, size=plan.tp, stride=st["tp"])
+    pp_crosses = plan.pp > 1 and st["pp"] * plan.pp > cluster.devices_per_node
+    batch = math.ceil(workload.batch_size / plan.dp)
+    ranges = plan.stage_ranges(model.num_layers)
+    args = (model, plan, workload, roof, eff, tp_links)
+
+    # Stage-to-stage sends, each rank its 1/tp slice (Narayanan et al. 2021 Sec. 4.1).
+    def p2p(tokens: int) -> float:
+        nbytes = tokens * model.hidden_size * roof_bytes(workload.dtype) / plan.tp
+        return (plan.pp - 1) * comm.p2p_s(cluster, nbytes, crosses_nodes=pp_crosses)
+
+    pre = [_prefill_stage(*args, s, a, z, batch) for s, (a, z) in enumerate(ranges)]
+    ttft_bd = {"compute": sum(p["compute"] for p in pre), "tp_comm": sum(p["tp_comm"] for p in pre),
+               "pp_comm": p2p(batch * workload.prompt_len) if plan.pp > 1 else 0.0}
+    dec = [_decode_stage(*args, s, a, z, batch) for s, (a, z) in enumerate(ranges)]
+    tpot_bd = {k: sum(d[k] for d in dec) for k in TPOT_KEYS if k != "pp_comm"}
+    tpot_bd["pp_comm"] = p2p(batch) if plan.pp > 1 else 0.0
+    tpot_bd = {k: tpot_bd[k] for k in TPOT_KEYS}
+    ttft, tpot = sum(ttft_bd.values()), sum(tpot_bd.values())
+
+    mems = [_stage_memory(model, plan, workload, s, a, z, batch) for s, (a, z) in enumerate(ranges)]
+    worst = max(range(plan.pp), key=lambda s: (sum(mems[s].values()), -s))
+    peak, cap = sum(mems[worst].values()), float(cluster.device.memory_bytes)
+    busiest = max(range(plan.pp), key=lambda s: (dec[s]["_weight_bytes"] + dec[s]["_kv_bytes"], -s))
+    dec_mem = sum(d["_weight_bytes"] + d["_kv_bytes"] for d in dec) / roof.bw
+    dec_math = sum(d["_math_s"] for d in dec)
+    fits = peak <= cap
+    mbs = max_batch_size(model, plan, workload, cap)
+    return InferenceEstimate(
+        plan=plan.to_string(), devices=plan.tp * plan.pp * plan.dp, batch_per_replica=batch,
+        ttft_s=ttft, tpot_s=tpot, e2e_s=ttft + workload.output_len * tpot,
+        tokens_per_s=batch * plan.dp / tpot,
+        prefill_bound="compute" if sum(p["_math_s"] for p in pre) >= sum(p["_mem_s"] for p in pre)
+        else "memory",
+        decode_bound="compute" if dec_math > dec_mem else "memory",
+        prefill_flops_per_device=max(p["_flops"] for p in pre),
+        decode_weight_bytes=dec[busiest]["_weight_bytes"],
+        decode_kv_bytes=dec[busiest]["_kv_bytes"],
+        ttft_breakdown=ttft_bd, tpot_breakdown=tpot_bd,
+        peak_memory_gib=peak / GIB, capacity_gib=cap / GIB, fits=fits, max_batch_size=mbs,
+        weights_gib=mems[worst]["weights"] / GIB, kv_cache_gib=mems[worst]["kv_cache"] / GIB,
+        workspace_gib=mems[worst]["workspace"] / GIB, overhead_gib=mems[worst]["overhead"] / GIB,
+        warnings=_warnings(model, cluster, workload, plan, generic, tp_links, fits, mbs),
+    )
+
+
+def _warnings(model: ModelSpec, cluster: ClusterSpec, workload: InferenceWorkload, plan: Plan,
+              generic: bool, tp_links: comm.GroupLinks, fits: bool, mbs: int) -> list[str]:
+    out = []
+    if generic:
+        out.append(f"no efficiency data for device '{cluster.device.name}'; generic "
+                   "achievable fractions were used (see cost_models/efficiency.py)")
+    if workload.batch_size % plan.dp:
+        out.append(f"batch {workload.batch_size} is not a multiple of dp={plan.dp}; each "
+                   f"replica is scored with {math.ceil(workload.batch_size / plan.dp)} sequences")
+    if model.mla is None and plan.tp > model.kv_heads:
+        out.append(f"tp={plan.tp} exceeds the {model.kv_heads} KV heads: each KV head (and its "
+                   f"cache) is replicated {plan.tp // model.kv_heads} times")
+    if model.mla is not None and plan.tp > 1:
+        out.append(f"MLA's latent KV cache is shared by all heads: replicated on all {plan.tp} "
+                   "tp ranks")
+    if tp_links.spans_nodes:
+        out.append(f"the tp={plan.tp} group spans nodes: every block's all-reduces cross "
+                   "the inter-node network")
+    if plan.etp is not None:
+        out.append("etp is ignored for inference (experts are split over tp/ep ranks)")
+    if not fits:
+        out.append(f"does not fit: at most {mbs} sequences per replica fit in memory")
+    return out

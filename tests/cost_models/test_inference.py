@@ -1,0 +1,189 @@
+"""The inference cost model against hand calculations (cost_models/inference.py)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cost_models.efficiency import device_efficiency
+from cost_models.inference import (
+    EMBEDDING_KERNELS,
+    HEAD_KERNELS,
+    KERNELS_PER_BLOCK,
+    TPOT_KEYS,
+    estimate_inference,
+    touched_experts,
+)
+from cost_models.memory import GIB
+from planner import ClusterSpec, InferenceWorkload, ModelSpec, Plan, load_cluster, load_model
+from planner.errors import PlanError
+
+
+def with_bandwidth(cluster: ClusterSpec, factor: float) -> ClusterSpec:
+    dev = cluster.device.model_copy(update={
+        "memory_bandwidth_bytes_per_s": cluster.device.memory_bandwidth_bytes_per_s * factor})
+    return cluster.model_copy(update={"device": dev})
+
+
+# (1) bandwidth-bound decode -------------------------------------------------------------------
+def test_decode_at_batch_one_is_weights_plus_kv_over_bandwidth_plus_launch(
+        tiny_model: ModelSpec, tiny_cluster: ClusterSpec) -> None:
+    wl = InferenceWorkload(batch_size=1, prompt_len=100, output_len=20)
+    est = estimate_inference(tiny_model, tiny_cluster, wl, Plan())
+    eff, generic = device_efficiency(tiny_cluster.device)
+    assert generic
+    weights = (tiny_model.params - tiny_model.embedding_params) * 2     # embedding not streamed
+    kv = (100 + 20 / 2) * tiny_model.kv_cache_bytes_per_token()         # mean context, batch 1
+    kernels = tiny_model.num_layers * KERNELS_PER_BLOCK + HEAD_KERNELS + EMBEDDING_KERNELS
+    expect = (weights + kv) / (1e12 * eff.memory) + kernels * eff.kernel_floor_s
+    assert est.decode_bound == "memory"
+    assert est.decode_weight_bytes == pytest.approx(weights, rel=1e-12)
+    assert est.decode_kv_bytes == pytest.approx(kv, rel=1e-12)
+    assert est.tpot_s == pytest.approx(expect, rel=1e-12)
+    bd = est.tpot_breakdown
+    assert tuple(bd) == TPOT_KEYS
+    assert bd["compute"] == bd["tp_comm"] == bd["pp_comm"] == 0.0
+    assert sum(bd.values()) == pytest.approx(est.tpot_s, rel=1e-12)
+    assert est.e2e_s == pytest.approx(est.ttft_s + 20 * est.tpot_s)
+    assert est.tokens_per_s == pytest.approx(1 / est.tpot_s)
+
+    fast = estimate_inference(tiny_model, with_bandwidth(tiny_cluster, 2.0), wl, Plan())
+    mem = bd["weights_read"] + bd["kv_read"]
+    assert fast.tpot_breakdown["weights_read"] + fast.tpot_breakdown["kv_read"] == pytest.approx(mem / 2)
+    assert fast.tpot_breakdown["launch"] == bd["launch"]
+
+
+# (2) KV cache bytes -------------------------------------------------------------------------
+@pytest.mark.parametrize("name, kind, tp_split", [
+    ("llama3-70b", "GQA", 8), ("gpt3-175b", "MHA", 8), ("deepseek-v3", "MLA", 1)])
+def test_kv_cache_matches_model_spec(name: str, kind: str, tp_split: int) -> None:
+    model, cluster = load_model(name), load_cluster("dgx-h200")
+    assert model.attention_kind == kind
+    wl = InferenceWorkload(batch_size=4, prompt_len=1000, output_len=24)   # 1024: whole blocks
+    est = estimate_inference(model, cluster, wl, Plan())
+    assert est.kv_cache_gib * GIB == pytest.approx(model.kv_cache_bytes_per_token() * 4 * 1024)
+    # tp=8 splits the KV heads (8 KV heads for llama3-70b, 96 for GPT-3); MLA is replicated.
+    est8 = estimate_inference(model, cluster, wl, Plan(tp=8))
+    assert est8.kv_cache_gib == pytest.approx(est.kv_cache_gib / tp_split)
+
+
+def test_kv_cache_is_paged_in_blocks_of_16_tokens(tiny_model: ModelSpec,
+                                                  tiny_cluster: ClusterSpec) -> None:
+    est = estimate_inference(tiny_model, tiny_cluster,
+                             InferenceWorkload(batch_size=3, prompt_len=16, output_len=1), Plan())
+    assert est.kv_cache_gib * GIB == pytest.approx(tiny_model.kv_cache_bytes_per_token() * 3 * 32)
+
+
+def test_tp_beyond_kv_heads_replicates_the_cache() -> None:
+    model, cluster = load_model("llama3-70b"), load_cluster("dgx-h100")
+    wl = InferenceWorkload(batch_size=2, prompt_len=1008, output_len=16)
+    est8 = estimate_inference(model, cluster, wl, Plan(tp=8))
+    est16 = estimate_inference(model, cluster, wl, Plan(tp=16))
+    assert est16.kv_cache_gib == pytest.approx(est8.kv_cache_gib)
+    assert any("replicated" in w for w in est16.warnings)
+
+
+# (3) prefill is compute-bound for a long prompt -----------------------------------------------
+def test_long_prefill_is_compute_bound_and_no_faster_than_peak() -> None:
+    model, cluster = load_model("llama3-8b"), load_cluster("dgx-h100")
+    wl = InferenceWorkload(batch_size=4, prompt_len=4096, output_len=128)
+    est = estimate_inference(model, cluster, wl, Plan())
+    assert est.prefill_bound == "compute"
+    flops = model.forward_flops_per_token(4096, attention_scores=False) * 4 * 4096
+    peak = cluster.device.peak_flops(wl.dtype)
+    assert est.ttft_s >= flops / peak
+    # the LM head runs on the last position only, so the executed FLOPs are below 2*P*T
+    assert est.prefill_flops_per_device < flops + model.attention_score_flops_per_token(4096) * 4 * 4096
+    assert sum(est.ttft_breakdown.values()) == pytest.approx(est.ttft_s)
+
+
+# (4) tensor parallelism ------------------------------------------------------------------------
+def test_tp8_divides_weights_by_8_and_adds_all_reduces() -> None:
+    model, cluster = load_model("llama3-70b"), load_cluster("dgx-h100")
+    wl = InferenceWorkload(batch_size=8, prompt_len=512, output_len=64)
+    e1 = estimate_inference(model, cluster, wl, Plan())
+    e8 = estimate_inference(model, cluster, wl, Plan(tp=8))
+    assert e8.decode_weight_bytes == pytest.approx(e1.decode_weight_bytes / 8)
+    assert e8.weights_gib == pytest.approx(e1.weights_gib / 8)
+    assert e1.weights_gib * GIB == pytest.approx(model.params * 2)
+    assert e1.tpot_breakdown["tp_comm"] == 0.0 and e1.ttft_breakdown["tp_comm"] == 0.0
+    assert e8.tpot_breakdown["tp_comm"] > 0.0 and e8.ttft_breakdown["tp_comm"] > 0.0
+    assert e8.tpot_s < e1.tpot_s
+
+
+def test_pipeline_latency_is_the_sum_of_stages_plus_p2p() -> None:
+    model, cluster = load_model("llama3-70b"), load_cluster("dgx-h100")
+    wl = InferenceWorkload(batch_size=8, prompt_len=512, output_len=64)
+    e1 = estimate_inference(model, cluster, wl, Plan(tp=4))
+    e2 = estimate_inference(model, cluster, wl, Plan(tp=4, pp=2))
+    mem = lambda e: e.tpot_breakdown["weights_read"] + e.tpot_breakdown["kv_read"]  # noqa: E731
+    assert mem(e2) == pytest.approx(mem(e1))           # every block still read once per token
+    assert e2.tpot_breakdown["pp_comm"] > 0.0 and e1.tpot_breakdown["pp_comm"] == 0.0
+    assert e2.weights_gib < e1.weights_gib
+
+
+# (5) max batch size ----------------------------------------------------------------------------
+@pytest.mark.parametrize("name, plan", [("llama3-70b", Plan(tp=8)), ("llama3-70b", Plan(tp=4, pp=2, dp=2)),
+                                        ("mixtral-8x7b", Plan(tp=2, ep=2))])
+def test_max_batch_size_is_the_edge_of_fitting(name: str, plan: Plan) -> None:
+    model, cluster = load_model(name), load_cluster("dgx-h100")
+    wl = InferenceWorkload(batch_size=plan.dp, prompt_len=2000, output_len=500)
+    b = estimate_inference(model, cluster, wl, plan).max_batch_size
+    assert b > 1
+    at = estimate_inference(model, cluster, wl.model_copy(update={"batch_size": b * plan.dp}), plan)
+    over = estimate_inference(model, cluster, wl.model_copy(update={"batch_size": (b + 1) * plan.dp}), plan)
+    assert at.fits and at.max_batch_size == b
+    assert not over.fits and any("does not fit" in w for w in over.warnings)
+
+
+def test_a_model_too_big_for_memory_has_max_batch_zero() -> None:
+    est = estimate_inference(load_model("llama3-405b"), load_cluster("dgx-h100"),
+                             InferenceWorkload(batch_size=1, prompt_len=128, output_len=16), Plan())
+    assert not est.fits and est.max_batch_size == 0
+
+
+# (6) MoE decode reads the touched experts -----------------------------------------------------
+def test_moe_decode_reads_touched_experts() -> None:
+    model, cluster = load_model("mixtral-8x7b"), load_cluster("dgx-h100")
+    assert touched_experts(model, 1) == pytest.approx(2.0)
+    wl = InferenceWorkload(batch_size=1, prompt_len=128, output_len=16)
+    one = estimate_inference(model, cluster, wl, Plan())
+    assert one.decode_weight_bytes == pytest.approx((model.active_params - model.embedding_params) * 2)
+    many = estimate_inference(model, cluster, wl.model_copy(update={"batch_size": 256}), Plan())
+    assert many.decode_weight_bytes == pytest.approx((model.params - model.embedding_params) * 2)
+    # ep inside the tp group: the expected bytes per device do not depend on ep
+    a = estimate_inference(model, cluster, wl, Plan(tp=2))
+    b = estimate_inference(model, cluster, wl, Plan(tp=2, ep=2))
+    assert a.decode_weight_bytes == pytest.approx(b.decode_weight_bytes)
+    assert a.decode_weight_bytes == pytest.approx(one.decode_weight_bytes / 2)
+
+
+# plan checks -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("name, plan", [("llama3-8b", Plan(cp=2)), ("llama3-8b", Plan(tp=2, ep=2)),
+                                        ("mixtral-8x7b", Plan(tp=2, ep=4)), ("llama3-8b", Plan(dp=4))])
+def test_rejected_plans(name: str, plan: Plan) -> None:
+    with pytest.raises(PlanError):
+        estimate_inference(load_model(name), load_cluster("dgx-h100"),
+                           InferenceWorkload(batch_size=2, prompt_len=64, output_len=8), plan)
+
+
+# (7) property: more memory bandwidth never increases TPOT -----------------------------------
+_MODELS = {n: load_model(n) for n in ("llama3-8b", "mixtral-8x7b", "deepseek-v3")}
+_CLUSTER = load_cluster("dgx-h100")
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(name=st.sampled_from(sorted(_MODELS)), batch=st.integers(1, 512),
+       tp=st.sampled_from([1, 2, 8]), prompt=st.integers(1, 8192), out=st.integers(1, 2048),
+       factor=st.floats(1.0, 8.0))
+def test_more_bandwidth_never_increases_tpot(name: str, batch: int, tp: int, prompt: int,
+                                             out: int, factor: float) -> None:
+    model = _MODELS[name]
+    wl = InferenceWorkload(batch_size=batch, prompt_len=prompt, output_len=out)
+    base = estimate_inference(model, _CLUSTER, wl, Plan(tp=tp))
+    fast = estimate_inference(model, with_bandwidth(_CLUSTER, factor), wl, Plan(tp=tp))
+    assert fast.tpot_s <= base.tpot_s * (1 + 1e-12)
+    assert math.isclose(sum(base.tpot_breakdown.values()), base.tpot_s, rel_tol=1e-12)
