@@ -89,7 +89,7 @@ class Roofline:
         if m <= 0 or n <= 0 or k <= 0:
             return 0.0, 0.0
         flops = 2.0 * m * n * k * batch
-        e = gemm_efficiency(self.eff, int(m * batch), int(n), int(k), self.dtype)
+        e = gemm_efficiency(self.eff, m * batch, n, k, self.dtype)
         t_math = flops / (self.peak * e)
         t_mem = (m * k + k * n + m * n) * batch * self.elem_bytes / self.bw
         return max(t_math, t_mem, self.eff.kernel_floor_s), flops

@@ -96,11 +96,12 @@ about as much as 128 elements of K (3-4 stages of 32-deep slices in CUTLASS's Am
 mainloops, plus the epilogue): a GEMM of depth K runs at K / (K + 128) of its asymptote."""
 
 
-def gemm_efficiency(eff: DeviceEfficiency, m: int, n: int, k: int, dtype: DType) -> float:
+def gemm_efficiency(eff: DeviceEfficiency, m: float, n: float, k: float, dtype: DType) -> float:
     """Fraction of peak for an m x n x k GEMM: the large-GEMM fraction, at the sustained
     clock, times the wave quantisation of ceil(m/tile)*ceil(n/tile) output tiles over the
     compute units (a partly filled last wave runs as long as a full one), times the depth
-    factor relative to the MAMF shape (never above 1: MAMF is the ceiling)."""
+    factor relative to the MAMF shape (never above 1: MAMF is the ceiling). Dimensions may be
+    fractional (an expert's expected tokens); any positive dimension occupies whole tiles."""
     base = (eff.matmul_fp8 if dtype == DType.FP8 else eff.matmul) * eff.sustained_clock
     tiles = math.ceil(m / eff.tile) * math.ceil(n / eff.tile)
     waves = math.ceil(tiles / eff.compute_units)

@@ -28,7 +28,7 @@ from planner.plan import Plan, Recompute
 from planner.validate import plan_problems
 from planner.workload import TrainingWorkload
 from search import space
-from search.layer_partition import bottleneck, partition_layers
+from search.layer_partition import partition_layers
 from search.space import Degrees, Limits
 
 
@@ -252,10 +252,28 @@ def _group_can_fit(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload,
             if tables.memory_total(0, 0, L - 1) <= cap:
                 return True
             continue
-        time_a, _, ok = _band(tables, pp, L, L - pp + 1, cap)
-        if np.isfinite(bottleneck(np.zeros_like(time_a), ok, L)[0]):
+        if _split_fits(tables, pp, L, cap):
             return True
     return False
+
+
+def _split_fits(tables: StageTables, pp: int, L: int, cap: float) -> bool:
+    """Whether some split of L blocks into pp non-empty stages fits every stage's memory.
+    Greedy is exact: a stage's memory only grows when its block range grows, so giving each
+    stage the longest range that fits (leaving one block per later stage) ends every stage
+    at or after any feasible split's boundary, and the last stage's range is then a
+    sub-range of that split's last range."""
+    start, js = 0, np.arange(L)
+    for k in range(pp):
+        if k == pp - 1:
+            return bool(tables.memory_total(k, start, L - 1) <= cap)
+        last = L - (pp - k)
+        ends = js[start:last + 1]
+        fits = np.asarray(tables.memory_total(k, start, ends)) <= cap
+        if not fits[0]:
+            return False
+        start = int(ends[np.flatnonzero(fits)[-1]]) + 1
+    return True
 
 
 def _expand(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload, g: Group,

@@ -16,7 +16,7 @@ import pytest
 
 from search.layer_partition import bottleneck, brute_force_partition, partition_layers
 
-CASES = 2000
+CASES = 800
 
 
 def _tables(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, float]:
