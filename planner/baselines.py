@@ -30,7 +30,7 @@ from planner.errors import PlanError, PlannerError, PresetNotFoundError, SpecErr
 from planner.hardware import DeviceSpec
 from planner.model import DType, ModelSpec, Spec
 from planner.plan import Plan, parse_plan_fields
-from planner.presets import list_presets, load_cluster, load_model
+from planner.presets import list_presets, load_cluster, load_model, validate_spec
 from planner.validate import plan_problems
 from planner.workload import TrainingWorkload
 
@@ -171,16 +171,7 @@ def parse_baselines(data: dict[str, Any], *, where: str = "baselines") -> tuple[
         at = f"{where}, baseline '{name}'"
         if not isinstance(raw, dict):
             raise SpecError(f"{at}: must be a table")
-        try:
-            b = Baseline.model_validate(raw)
-        except PlannerError as err:
-            raise SpecError(f"{at}: {err}") from None
-        except ValidationError as err:
-            first = err.errors()[0]
-            field = ".".join(str(p) for p in first["loc"]) or "(top level)"
-            got = "" if first["type"] == "missing" else f" (got {first.get('input')!r})"
-            more = f"; {err.error_count() - 1} more problem(s)" if err.error_count() > 1 else ""
-            raise SpecError(f"{at}: field '{field}': {first['msg']}{got}{more}") from None
+        b = validate_spec(Baseline, raw, at)
         if b.id in seen:
             raise SpecError(f"{at}: id '{b.id}' is used twice; ids must be unique within a file")
         if b.cluster not in clusters:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from planner.errors import PresetNotFoundError, SpecError
+from planner.errors import PlannerError, PresetNotFoundError, SpecError
 from planner.hardware import ClusterSpec, DeviceSpec
 from planner.model import ModelSpec
 
@@ -90,10 +90,12 @@ def _yaml(text: str) -> Any:
         raise ValueError(f"YAML: {' '.join(str(err).split())}") from None
 
 
-def _validate(cls: type[BaseModel], data: dict[str, Any], where: str) -> Any:
+def validate_spec(cls: type[BaseModel], data: Any, where: str) -> Any:
+    """Validate `data` as `cls`; any problem becomes one SpecError line that starts with
+    `where` and names the first bad field (and how many more there are)."""
     try:
         return cls.model_validate(data)
-    except SpecError as err:
+    except PlannerError as err:
         raise SpecError(f"{where}: {err}") from None
     except ValidationError as err:
         first = err.errors()[0]
@@ -127,7 +129,7 @@ def load_model(ref: str) -> ModelSpec:
         return model_from_hf_config(data, name=name, where=where)
     if _looks_like_path(ref):
         data.setdefault("name", Path(ref).stem)
-    return _validate(ModelSpec, data, where)
+    return validate_spec(ModelSpec, data, where)
 
 
 @cache
@@ -136,7 +138,7 @@ def load_device(ref: str) -> DeviceSpec:
     data, where = _load("device", ref)
     if _looks_like_path(ref):
         data.setdefault("name", Path(ref).stem)
-    return _validate(DeviceSpec, data, where)
+    return validate_spec(DeviceSpec, data, where)
 
 
 @cache
@@ -151,7 +153,7 @@ def load_cluster(ref: str) -> ClusterSpec:
             data = {**data, "device": load_device(device).model_dump()}
         except PresetNotFoundError as err:
             raise SpecError(f"{where}: field 'device': {err}") from None
-    return _validate(ClusterSpec, data, where)
+    return validate_spec(ClusterSpec, data, where)
 
 
 def load(kind: Kind, ref: str) -> ModelSpec | DeviceSpec | ClusterSpec:

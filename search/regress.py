@@ -26,13 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from planner.api import evaluate, resolve, search
 from planner.errors import PlannerError, SpecError
 from planner.model import DType, Optimizer
 from planner.plan import parse_plan, parse_plan_fields
-from planner.presets import read_data_file
+from planner.presets import read_data_file, validate_spec
 from planner.workload import TrainingWorkload
 
 
@@ -76,12 +76,7 @@ def load_cases(path: Path) -> list[Case]:
         raise SpecError(f"file '{path}': needs one or more [[case]] tables")
     cases = []
     for n, item in enumerate(raw):
-        try:
-            case = Case.model_validate(item)
-        except ValidationError as err:
-            first = err.errors()[0]
-            field = ".".join(str(p) for p in first["loc"])
-            raise SpecError(f"file '{path}': case {n + 1}: field '{field}': {first['msg']}") from None
+        case = validate_spec(Case, item, f"file '{path}': case {n + 1}")
         if not (case.expect_plan or case.max_step_time_s is not None or case.brute_force):
             raise SpecError(f"file '{path}': case '{case.name}' has no expectation; add "
                             "expect_plan, max_step_time_s or brute_force = true")
