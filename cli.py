@@ -295,8 +295,8 @@ def parse_fix(text: str) -> dict[str, object]:
 def search_cmd(
     model: ModelOpt,
     cluster: ClusterOpt,
-    global_batch: BatchOpt,
-    seq_len: SeqOpt,
+    global_batch: Annotated[int | None, typer.Option("--global-batch", min=1, help="sequences per step (training; required there)")] = None,
+    seq_len: Annotated[int | None, typer.Option("--seq-len", min=1, help="tokens per sequence (training; required there)")] = None,
     gpus: GpusOpt = None,
     nodes: NodesOpt = None,
     dtype: DtypeOpt = "bf16",
@@ -308,12 +308,33 @@ def search_cmd(
     max_pp: Annotated[int | None, typer.Option("--max-pp", min=1, help="largest pipeline degree")] = None,
     max_mbs: Annotated[int | None, typer.Option("--max-mbs", min=1, help="largest micro-batch")] = None,
     time_limit: Annotated[float | None, typer.Option("--time-limit", min=0, help="seconds; returns the best plan found so far")] = None,
+    mode: Annotated[str, typer.Option("--mode", help="training or inference")] = "training",
+    batch: Annotated[int | None, typer.Option("--batch", min=1, help="concurrent sequences (inference)")] = None,
+    prompt_len: Annotated[int | None, typer.Option("--prompt-len", min=1, help="prompt tokens per sequence (inference)")] = None,
+    output_len: Annotated[int | None, typer.Option("--output-len", min=1, help="generated tokens per sequence (inference)")] = None,
+    max_tpot_ms: Annotated[float | None, typer.Option("--max-tpot-ms", min=0, help="drop plans slower than this per output token (inference)")] = None,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Find the best training plans, with the published baselines scored the same way."""
+    """Find the best training plans, with the published baselines scored the same way;
+    with --mode inference, the best serving plans for a request batch."""
     from planner.api import search
 
+    if mode not in ("training", "inference"):
+        raise planner.SpecError(f"--mode '{mode}' is not one of training, inference")
+    given = {"--max-tp": max_tp, "--max-cp": max_cp, "--max-pp": max_pp, "--max-mbs": max_mbs,
+             "--time-limit": time_limit, "--global-batch": global_batch, "--seq-len": seq_len,
+             "--batch": batch, "--prompt-len": prompt_len, "--output-len": output_len,
+             "--max-tpot-ms": max_tpot_ms}
+    if mode == "inference":
+        _check_mode_options(mode, given, required=("--batch", "--prompt-len", "--output-len"),
+                            allowed=("--max-tpot-ms",))
+        _search_inference_cmd(model, cluster, gpus, nodes, dtype, top, fix, batch, prompt_len,  # type: ignore[arg-type]
+                              output_len, max_tpot_ms, as_json)
+        return
+    _check_mode_options(mode, given, required=("--global-batch", "--seq-len"),
+                        allowed=("--max-tp", "--max-cp", "--max-pp", "--max-mbs", "--time-limit"))
+    assert global_batch is not None and seq_len is not None
     spec, clus = presets.load_model(model), presets.load_cluster(cluster)
     n = clus.devices_for(gpus=gpus, nodes=nodes)
     wl = training_workload(global_batch, seq_len, dtype, optimizer)
@@ -327,6 +348,63 @@ def search_cmd(
         return
     render_search(result, title=f"{spec.name} on {n}x {clus.device.name} ({clus.name}), "
                   f"global batch {global_batch} x {seq_len} tokens")
+
+
+def _check_mode_options(mode: str, given: dict[str, Any], *, required: tuple[str, ...],
+                        allowed: tuple[str, ...]) -> None:
+    """One-line SpecError when --mode lacks a required option or got another mode's option."""
+    missing = [k for k in required if given[k] is None]
+    if missing:
+        raise planner.SpecError(f"--mode {mode} needs {', '.join(missing)}")
+    extra = [k for k, v in given.items() if v is not None and k not in required + allowed]
+    if extra:
+        raise planner.SpecError(f"--mode {mode} does not use {', '.join(extra)}")
+
+
+def _search_inference_cmd(model: str, cluster: str, gpus: int | None, nodes: int | None,
+                          dtype: str, top: int, fix: str, batch: int, prompt_len: int,
+                          output_len: int, max_tpot_ms: float | None, as_json: bool) -> None:
+    """`meshplan search --mode inference`: exhaustive tp/pp/dp/ep search (search/inference.py)."""
+    from search.inference import search_inference
+
+    allowed = ("bf16", "fp16", "fp8", "fp32", "tf32")
+    if dtype not in allowed:
+        raise planner.SpecError(f"--dtype '{dtype}' is not one of {', '.join(allowed)}")
+    spec, clus = presets.load_model(model), presets.load_cluster(cluster)
+    n = clus.devices_for(gpus=gpus, nodes=nodes)
+    wl = planner.InferenceWorkload(batch_size=batch, prompt_len=prompt_len, output_len=output_len,
+                                   dtype=planner.DType(dtype))
+    result = search_inference(spec, clus, wl, devices=n, top_k=top, max_tpot_ms=max_tpot_ms,
+                              fixed=parse_fix(fix))
+    if as_json:
+        print_json(result.model_dump(mode="json"))
+        return
+    render_inference_search(result, title=f"{spec.name} on {n}x {clus.device.name} ({clus.name}), "
+                            f"batch {batch}, prompt {prompt_len}, output {output_len} tokens")
+
+
+def render_inference_search(result: Any, *, title: str) -> None:
+    """Ranked inference plans, the statistics and notes."""
+    out.print(f"[bold]{escape(title)}[/bold]")
+    t = Table(title="best plans (by output tokens/s)", title_justify="left")
+    for col, just in (("#", "right"), ("plan", "left"), ("TTFT ms", "right"),
+                      ("TPOT ms", "right"), ("tokens/s", "right"), ("memory GiB", "right"),
+                      ("max batch", "right"), ("decode bound", "left")):
+        t.add_column(col, justify=just, no_wrap=col == "plan", overflow="fold")
+    for i, sp in enumerate(result.top, 1):
+        e = sp.estimate
+        t.add_row(str(i), ",".join(f"{k}={v}" for k, v in sp.plan.items()), f"{e.ttft_s * 1e3:.1f}",
+                  f"{e.tpot_s * 1e3:.2f}", f"{e.tokens_per_s:,.0f}", f"{e.peak_memory_gib:.1f}",
+                  str(sp.max_batch_size), e.decode_bound)
+    out.print(t)
+    st = result.stats
+    pruned = ", ".join(f"{k} {v}" for k, v in st.pruned.items())
+    out.print(f"{st.candidates} plans scored, pruned: {pruned}; {st.search_time_s:.2f} s",
+              markup=False, soft_wrap=True)
+    for note in result.notes:
+        err.print(f"note: {note}", markup=False, soft_wrap=True)
+    for w in result.best.estimate.warnings:
+        err.print(f"warning: {w}", markup=False, soft_wrap=True)
 
 
 @app.command("regress")
