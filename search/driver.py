@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -156,12 +156,16 @@ def _groups(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload, device
 
 
 def score_plan(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload, plan: Plan, *,
-               cutoff: float = np.inf) -> tuple[float, float, tuple[tuple[int, int], ...]] | str:
+               cutoff: float = np.inf, tables: StageTables | None = None
+               ) -> tuple[float, float, tuple[tuple[int, int], ...]] | str:
     """Best step time of `plan` over its stage splits, or a prune reason ("bound" when even
-    its best split could not beat `cutoff`)."""
+    its best split could not beat `cutoff`). `tables` may be passed when already built for
+    this plan or for one that differs only in its ZeRO stage (see `_with_zero`)."""
     m = wl.global_batch_size // (plan.dp * plan.mbs)
-    ctx, _ = make_context(model, cluster, wl, plan)
-    tables = build_tables(ctx, m)
+    if tables is None:
+        tables = build_tables(make_context(model, cluster, wl, plan)[0], m)
+    else:
+        tables = _with_zero(tables, plan)
     cap = cluster.device.memory_bytes
     L, pp = model.num_layers, plan.pp
     if _candidate_bound(tables, plan, m) > cutoff:
@@ -236,6 +240,13 @@ def _candidate_bound(tables: StageTables, plan: Plan, m: int) -> float:
     return (m - 1) * total / pp + total
 
 
+def _with_zero(tables: StageTables, plan: Plan) -> StageTables:
+    """The same tables for a plan that differs only in its ZeRO stage: the per-layer prefix
+    sums and the stage extras do not depend on it (memory and tails read plan.zero when
+    they are evaluated), so nothing is rebuilt."""
+    return replace(tables, ctx=replace(tables.ctx, plan=plan))
+
+
 def _group_can_fit(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload, base: Plan,
                    m: int, zeros: list[int]) -> bool:
     """Whether any plan of the group can fit. Memory does not depend on the layout order;
@@ -244,10 +255,10 @@ def _group_can_fit(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload,
     gather buffers can exceed what it saves when dp is small). Any stage split counts."""
     L, pp, cap = model.num_layers, base.pp, cluster.device.memory_bytes
     candidates = [max(zeros)] if pp > 1 else zeros
+    first = base.model_copy(update={"zero": candidates[0], "vpp": 1})
+    built = build_tables(make_context(model, cluster, wl, first)[0], m)
     for zero in candidates:
-        plan = base.model_copy(update={"zero": zero, "vpp": 1})
-        ctx, _ = make_context(model, cluster, wl, plan)
-        tables = build_tables(ctx, m)
+        tables = _with_zero(built, base.model_copy(update={"zero": zero, "vpp": 1}))
         if pp == 1:
             if tables.memory_total(0, 0, L - 1) <= cap:
                 return True
@@ -286,8 +297,9 @@ def _expand(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload, g: Gro
         state.pruned["memory_group"] += 1
         return
     for order in space.order_classes(d, cluster.devices_per_node, limits):
-        for zero in space.zero_options(d.pp, limits):
-            for vpp in space.vpp_options(model, d.pp, m, limits):
+        for vpp in space.vpp_options(model, d.pp, m, limits):
+            shared: StageTables | None = None      # one build serves every ZeRO stage
+            for zero in zeros:
                 plan = base.model_copy(update={"order": order, "zero": zero, "vpp": vpp})
                 # Held-fixed values (--fix ep/etp/zero/vpp) can break a rule for some degrees;
                 # such plans are not in the space (evaluate() would reject them).
@@ -295,7 +307,9 @@ def _expand(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload, g: Gro
                 if problems:
                     state.pruned[problems[0][0]] += 1
                     continue
-                result = score_plan(model, cluster, wl, plan, cutoff=state.kth())
+                if shared is None:
+                    shared = build_tables(make_context(model, cluster, wl, plan)[0], m)
+                result = score_plan(model, cluster, wl, plan, cutoff=state.kth(), tables=shared)
                 state.candidates += 1
                 if isinstance(result, str):
                     state.pruned[result] += 1
