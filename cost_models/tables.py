@@ -57,9 +57,10 @@ class StageTables:
         p = self.prefix[key]
         return p[np.asarray(j) + 1] - p[np.asarray(i)]
 
-    def span(self, i: Arr, j: Arr) -> dict[str, Arr]:
-        """Every per-layer sum over blocks i..j, computed once (shared by all stages)."""
-        out = {key: self.sums(key, i, j) for key in self.prefix}
+    def span(self, i: Arr, j: Arr, keys: tuple[str, ...] | None = None) -> dict[str, Arr]:
+        """Per-layer sums over blocks i..j (all of them, or only `keys`), computed once and
+        shared by every stage that asks about the same ranges."""
+        out = {key: self.sums(key, i, j) for key in (keys or self.prefix)}
         out["layers"] = np.asarray(j) - np.asarray(i) + 1
         return out
 
@@ -100,7 +101,7 @@ class StageTables:
         """Peak bytes on one device of stage k by kind (weights, grads, optimizer,
         activations, buffers); see memory.py for the sources. `in_flight` overrides the
         stage's micro-batches in flight (memory is affine in it)."""
-        sp = span if span is not None else self.span(i, j)
+        sp = span if span is not None else self.span(i, j, ("dense_params", "expert_params", "act"))
         ctx, plan = self.ctx, self.ctx.plan
         dense, expert = self.params(k, i, j, sp)
         dtype = ctx.workload.dtype
