@@ -38,7 +38,8 @@ def brute_force_best(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkloa
     for d in space.enumerate_degrees(model, wl, devices, cluster, limits, Counter()):
         for mbs in space.micro_batches(wl, d, limits):
             m = wl.global_batch_size // (d.dp * mbs)
-            for plan in _plans(model, d, mbs, m, limits):
+            for plan in (p for ep in space.ep_options(model, d, limits)
+                         for p in _plans(model, d, mbs, m, limits, ep)):
                 scored += 1
                 if scored > max_plans:
                     raise ValueError(f"more than {max_plans} plans: too large for brute force")
@@ -51,7 +52,7 @@ def brute_force_best(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkloa
     return best, best_plan, scored
 
 
-def _plans(model: ModelSpec, d: space.Degrees, mbs: int, m: int, limits: Limits):  # type: ignore[no-untyped-def]
+def _plans(model: ModelSpec, d: space.Degrees, mbs: int, m: int, limits: Limits, ep: int):  # type: ignore[no-untyped-def]
     sps = [bool(limits.fixed["sp"])] if "sp" in limits.fixed else [False, True]
     orders = [tuple(limits.fixed["order"])] if "order" in limits.fixed else sorted(permutations(DEFAULT_ORDER))  # type: ignore[arg-type]
     for rc in space.recompute_options(limits):
@@ -61,7 +62,7 @@ def _plans(model: ModelSpec, d: space.Degrees, mbs: int, m: int, limits: Limits)
                     layouts = [None] if vpp > 1 or d.pp == 1 else splits(model.num_layers, d.pp)
                     for order in orders:
                         for layers in layouts:
-                            yield Plan(tp=d.tp, cp=d.cp, pp=d.pp, dp=d.dp, mbs=mbs, recompute=rc,
+                            yield Plan(tp=d.tp, cp=d.cp, pp=d.pp, dp=d.dp, ep=ep, mbs=mbs, recompute=rc,
                                        sp=sp, zero=zero, vpp=vpp, order=order, stage_layers=layers,
                                        **{k: v for k, v in limits.fixed.items()
-                                          if k in ("ep", "etp", "attn")})  # type: ignore[arg-type]
+                                          if k in ("etp", "attn")})  # type: ignore[arg-type]

@@ -83,11 +83,13 @@ class Group:
     recompute: Recompute
     sp: bool
     bound_s: float
+    ep: int = 1
 
 
-def _base_plan(d: Degrees, g_mbs: int, rc: Recompute, sp: bool, limits: Limits) -> Plan:
-    extra = {k: v for k, v in limits.fixed.items() if k in ("ep", "etp", "attn")}
-    return Plan(tp=d.tp, cp=d.cp, pp=d.pp, dp=d.dp, mbs=g_mbs, recompute=rc, sp=sp, **extra)  # type: ignore[arg-type]
+def _base_plan(d: Degrees, g_mbs: int, rc: Recompute, sp: bool, limits: Limits, ep: int) -> Plan:
+    extra = {k: v for k, v in limits.fixed.items() if k in ("etp", "attn")}
+    return Plan(tp=d.tp, cp=d.cp, pp=d.pp, dp=d.dp, ep=ep, mbs=g_mbs, recompute=rc, sp=sp,
+                **extra)  # type: ignore[arg-type]
 
 
 def _work_per_microbatch(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload,
@@ -136,22 +138,23 @@ def _groups(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload, device
     least (m + (pp-1)/v) * sum_k C_k / pp for the largest allowed v (module docstring)."""
     out = []
     attn = limits.fixed.get("attn", Plan().attn)
-    ep, etp = int(limits.fixed.get("ep", 1)), int(limits.fixed.get("etp") or 1)  # type: ignore[call-overload]
-    cache: dict[tuple[int, int, bool, int], dict[Recompute, float]] = {}
+    etp = int(limits.fixed.get("etp") or 1)  # type: ignore[call-overload]
+    cache: dict[tuple[int, int, bool, int, int], dict[Recompute, float]] = {}
     for d in space.enumerate_degrees(model, wl, devices, cluster, limits, state.pruned):
         for mbs in space.micro_batches(wl, d, limits):
             m = wl.global_batch_size // (d.dp * mbs)
             vmax = max(space.vpp_options(model, d.pp, m, limits))
-            for sp in space.sp_options(d.tp, limits, state.pruned):
-                key = (d.tp, d.cp, sp, mbs)
-                if key not in cache:
-                    cache[key] = _work_per_microbatch(model, cluster, wl, d.tp, d.cp, sp, mbs,
-                                                      attn, ep, etp)
-                for rc in space.recompute_options(limits):
-                    bound = (m + (d.pp - 1) / vmax) * cache[key][rc] / d.pp
-                    out.append(Group(d, mbs, rc, sp, bound))
+            for ep in space.ep_options(model, d, limits):
+                for sp in space.sp_options(d.tp, limits, state.pruned):
+                    key = (d.tp, d.cp, sp, mbs, ep)
+                    if key not in cache:
+                        cache[key] = _work_per_microbatch(model, cluster, wl, d.tp, d.cp, sp,
+                                                          mbs, attn, ep, etp)
+                    for rc in space.recompute_options(limits):
+                        bound = (m + (d.pp - 1) / vmax) * cache[key][rc] / d.pp
+                        out.append(Group(d, mbs, rc, sp, bound, ep))
     out.sort(key=lambda g: (g.bound_s, g.degrees.tp, g.degrees.cp, g.degrees.pp, g.mbs,
-                            g.recompute.value, g.sp))
+                            g.ep, g.recompute.value, g.sp))
     return out
 
 
@@ -291,7 +294,7 @@ def _expand(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload, g: Gro
             limits: Limits, state: SearchState) -> None:
     d = g.degrees
     m = wl.global_batch_size // (d.dp * g.mbs)
-    base = _base_plan(d, g.mbs, g.recompute, g.sp, limits)
+    base = _base_plan(d, g.mbs, g.recompute, g.sp, limits, g.ep)
     zeros = space.zero_options(d.pp, limits)
     if "vpp" not in limits.fixed and not _group_can_fit(model, cluster, wl, base, m, zeros):
         state.pruned["memory_group"] += 1

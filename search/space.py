@@ -11,6 +11,8 @@ Exact reductions (they never drop a plan that could be strictly better):
   Sec. 4.2.2), so it is never slower and never uses more memory in this cost model.
 - Orders that put every group on the same links (same stride class for tp, cp, dp and the
   same node crossing for pp) score identically; one order per class is kept.
+- Expert parallelism (MoE models) is enumerated over the divisors of the expert count that
+  fold into dp x cp x tp.
 - vpp > 1 requires equal chunks (Megatron-LM's interleaved schedule), so it uses the even
   split; uneven splits are searched with vpp = 1.
 """
@@ -103,6 +105,18 @@ def micro_batches(workload: TrainingWorkload, d: Degrees, limits: Limits) -> lis
     if "mbs" in limits.fixed:
         options = [b for b in options if b == limits.fixed["mbs"]]
     return options
+
+
+def ep_options(model: ModelSpec, d: Degrees, limits: Limits) -> list[int]:
+    """Expert-parallel degrees: divisors of the experts that fold into dp x cp x tp with the
+    expert tensor-parallel degree (Megatron-Core's parallel folding), or the fixed one."""
+    if "ep" in limits.fixed:
+        return [int(limits.fixed["ep"])]  # type: ignore[call-overload]
+    if model.moe is None:
+        return [1]
+    etp = int(limits.fixed.get("etp") or 1)  # type: ignore[call-overload]
+    group = d.dp * d.cp * d.tp
+    return [e for e in divisors(model.moe.num_experts) if group % (e * etp) == 0]
 
 
 def recompute_options(limits: Limits) -> list[Recompute]:
