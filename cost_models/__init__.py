@@ -2,6 +2,4 @@
 
 from cost_models.training import estimate_training
 
-COST_MODELS = {"analytical": estimate_training}
-
-__all__ = ["COST_MODELS", "estimate_training"]
+__all__ = ["estimate_training"]

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from planner.model import (
+    GIB,
     DType,
     ModelSpec,
     Optimizer,
@@ -34,7 +35,6 @@ from planner.model import (
 )
 from planner.plan import Plan, Recompute
 
-GIB = 2**30
 FRAMEWORK_OVERHEAD_BYTES = int(1.5 * GIB)
 """CUDA context, NCCL channel buffers and library workspaces: PyTorch's CUDA context alone
 takes 0.3-0.7 GiB (PyTorch memory-management notes), NCCL allocates NCCL_BUFFSIZE (4 MiB)

@@ -181,7 +181,6 @@ def score_baselines(model: ModelSpec, cluster: ClusterSpec, workload: TrainingWo
                     devices: int, best_s: float) -> list[BaselineResult]:
     """The published configurations for this model that match the request, scored."""
     from planner.baselines import inconsistencies, matching_baselines
-    from planner.plan import parse_plan_fields
 
     out = []
     for b in matching_baselines(model.name, cluster=cluster.name, gpus=devices,
@@ -189,10 +188,7 @@ def score_baselines(model: ModelSpec, cluster: ClusterSpec, workload: TrainingWo
         problems = list(inconsistencies(b, model))
         est = None
         try:
-            fields = parse_plan_fields(b.plan)
-            fields.setdefault("dp", devices // (int(fields.get("tp", 1)) * int(fields.get("pp", 1))  # type: ignore[call-overload]
-                                                * int(fields.get("cp", 1))))  # type: ignore[call-overload]
-            est = evaluate(model, cluster, workload, Plan(**fields), devices=devices)  # type: ignore[arg-type]
+            est = evaluate(model, cluster, workload, b.to_plan(), devices=devices)
         except (PlannerError, ValueError) as err:
             problems.append(f"cannot be evaluated as stated: {err}")
         diff = None if est is None else est.step_time_s - best_s

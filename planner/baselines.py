@@ -74,10 +74,6 @@ class Baseline(Spec):
         """The plan's fields as the source states them (no defaults, dp only if stated)."""
         return parse_plan_fields(self.plan)
 
-    @property
-    def dp_stated(self) -> bool:
-        return "dp" in self.plan_fields()
-
     def to_plan(self) -> Plan:
         """The plan as a `Plan`: dp as stated, or gpus / (tp*pp*cp) when the source gives none.
 

@@ -61,6 +61,10 @@ class Norm(StrEnum):
     RMSNORM = "rmsnorm"
 
 
+GIB = 2**30
+"""Bytes in a GiB: memory is reported in GiB everywhere."""
+
+
 class DType(StrEnum):
     """Numeric formats of weights and math."""
 

@@ -154,8 +154,3 @@ def load_cluster(ref: str) -> ClusterSpec:
         except PresetNotFoundError as err:
             raise SpecError(f"{where}: field 'device': {err}") from None
     return validate_spec(ClusterSpec, data, where)
-
-
-def load(kind: Kind, ref: str) -> ModelSpec | DeviceSpec | ClusterSpec:
-    """Load any kind by name."""
-    return {"model": load_model, "device": load_device, "cluster": load_cluster}[kind](ref)

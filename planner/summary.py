@@ -6,6 +6,7 @@ from typing import Any
 
 from planner.hardware import ClusterSpec, DeviceSpec
 from planner.model import (
+    GIB,
     DType,
     ModelSpec,
     Optimizer,
@@ -14,7 +15,7 @@ from planner.model import (
     weight_bytes_per_param,
 )
 
-GIB = 2**30
+__all__ = ["GIB", "cluster_summary", "device_summary", "model_summary"]
 
 
 def model_summary(model: ModelSpec, *, seq_len: int = 2048,
