@@ -57,6 +57,7 @@ class SearchState:
     pruned: Counter[str] = field(default_factory=Counter)
     candidates: int = 0
     cut: bool = False
+    orders: dict[Degrees, list[tuple[str, ...]]] = field(default_factory=dict)  # per search
 
     def kth(self) -> float:
         return self.best[-1].step_time_s if len(self.best) >= self.top_k else np.inf
@@ -299,7 +300,9 @@ def _expand(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload, g: Gro
     if "vpp" not in limits.fixed and not _group_can_fit(model, cluster, wl, base, m, zeros):
         state.pruned["memory_group"] += 1
         return
-    for order in space.order_classes(d, cluster.devices_per_node, limits):
+    if d not in state.orders:      # groups of the same degrees share their layout classes
+        state.orders[d] = space.order_classes(d, cluster, limits)
+    for order in state.orders[d]:
         for vpp in space.vpp_options(model, d.pp, m, limits):
             shared: StageTables | None = None      # one build serves every ZeRO stage
             for zero in zeros:

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import permutations
 
+from cost_models.comm import group_links
 from planner.hardware import ClusterSpec
 from planner.model import ModelSpec
 from planner.plan import DEFAULT_ORDER, Recompute
@@ -151,11 +152,14 @@ def vpp_options(model: ModelSpec, pp: int, m: int, limits: Limits) -> list[int]:
     return out
 
 
-def order_classes(d: Degrees, per_node: int, limits: Limits) -> list[tuple[str, ...]]:
-    """One rank-layout order per distinct link assignment, DEFAULT_ORDER's class first."""
+def order_classes(d: Degrees, cluster: ClusterSpec, limits: Limits) -> list[tuple[str, ...]]:
+    """One rank-layout order per distinct link assignment, DEFAULT_ORDER's class first. Two
+    orders are the same class when `cost_models.comm.group_links` gives every group the same
+    links (and pp crosses nodes in both or neither), exactly the inputs of the score."""
     if "order" in limits.fixed:
         return [tuple(limits.fixed["order"])]  # type: ignore[arg-type]
     sizes = {"tp": d.tp, "cp": d.cp, "dp": d.dp, "pp": d.pp}
+    per_node = cluster.devices_per_node
     seen: dict[tuple, tuple[str, ...]] = {}
     for order in [DEFAULT_ORDER, *sorted(permutations(DEFAULT_ORDER))]:
         stride, acc = {}, 1
@@ -163,19 +167,9 @@ def order_classes(d: Degrees, per_node: int, limits: Limits) -> list[tuple[str, 
             stride[name] = acc
             acc *= sizes[name]
         dp_stride = min(stride["dp"], stride["cp"]) if d.cp > 1 else stride["dp"]
-        sig = (_link_class(d.tp, stride["tp"], per_node), _link_class(d.cp, stride["cp"], per_node),
-               _link_class(d.dp * d.cp, dp_stride, per_node),
+        sig = (group_links(cluster, size=d.tp, stride=stride["tp"]),
+               group_links(cluster, size=d.cp, stride=stride["cp"]),
+               group_links(cluster, size=d.dp * d.cp, stride=dp_stride),
                d.pp > 1 and stride["pp"] * d.pp > per_node)   # as training.make_context
         seen.setdefault(sig, order)
     return list(seen.values())
-
-
-def _link_class(size: int, stride: int, per_node: int) -> tuple[int, int]:
-    """(spans nodes, members per node) exactly as cost_models.comm.group_links decides."""
-    if size <= 1:
-        return (0, 1)
-    block = stride * size
-    if block <= per_node and per_node % block == 0:
-        return (0, size)
-    aligned = stride < per_node and per_node % stride == 0 and block % per_node == 0
-    return (1, min(size, per_node // stride) if aligned else 1)
