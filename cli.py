@@ -3,95 +3,43 @@
 This is the only place where errors become output: a `PlannerError` prints one line
 (`error: ...`) on stderr and exits with its code (2 bad input, 3 nothing feasible); anything
 else exits 1 with a one-line notice, and `--debug` shows the traceback instead.
+
+Shared pieces (the app, consoles, error handling, options) live in `meshplan_cli.common`;
+commands beyond the core ones live in their own modules of `meshplan_cli`, registered at the
+bottom of this file.
 """
 
 from __future__ import annotations
 
-import functools
 import json
-import sys
-from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 import planner
 from planner import presets
-from planner.errors import PlannerError
 from planner.summary import GIB, cluster_summary, device_summary, model_summary
-
-app = typer.Typer(
-    name="meshplan",
-    help="Auto-parallel plan search for large neural networks.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+from meshplan_cli.common import (  # noqa: F401 - re-exported for tests and entry point
+    app,
+    out,
+    err,
+    handle_errors,
+    print_json,
+    _fmt_count,
+    JsonOpt,
+    DebugOpt,
+    ModelOpt,
+    ClusterOpt,
+    GpusOpt,
+    NodesOpt,
+    BatchOpt,
+    SeqOpt,
+    DtypeOpt,
+    OptimizerOpt,
+    training_workload,
 )
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
-
-F = TypeVar("F", bound=Callable[..., Any])
-_STATE = {"debug": False}
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
-
-
-def handle_errors(fn: F) -> F:
-    """Turn known errors into one line and an exit code; unknown ones into exit 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        debug = kwargs.get("debug", False) or _STATE["debug"]
-        try:
-            return fn(*args, **kwargs)
-        except PlannerError as e:
-            if debug:
-                raise
-            err.print(f"error: {e}", markup=False, soft_wrap=True)
-            raise typer.Exit(e.exit_code) from None
-        except (typer.Exit, typer.Abort, KeyboardInterrupt):
-            raise
-        except Exception as e:  # noqa: BLE001 - the CLI edge: report, never a traceback
-            if debug:
-                raise
-            err.print(f"error: unexpected {type(e).__name__}: {e} (rerun with --debug for the "
-                      "traceback and report it)", markup=False, soft_wrap=True)
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _version(value: bool) -> None:
-    if value:
-        out.print(f"meshplan {planner.__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def main(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
-    debug: DebugOpt = False,
-) -> None:
-    """meshplan: find the best way to split a model over a cluster."""
-    _STATE["debug"] = debug
-
-
-def print_json(data: Any) -> None:
-    """Deterministic JSON on stdout."""
-    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
-
-
-def _fmt_count(n: float) -> str:
-    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return f"{n:.0f}"
-
 
 # ----- presets -----------------------------------------------------------------------------
 @app.command("presets")
@@ -196,30 +144,6 @@ def _render_model(d: dict[str, Any]) -> None:
 
 
 # ----- evaluate ----------------------------------------------------------------------------
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="model preset, model file or HF config.json")]
-ClusterOpt = Annotated[str, typer.Option("--cluster", "-c", help="cluster preset or file")]
-GpusOpt = Annotated[int | None, typer.Option("--gpus", help="number of devices")]
-NodesOpt = Annotated[int | None, typer.Option("--nodes", help="number of nodes (instead of --gpus)")]
-BatchOpt = Annotated[int, typer.Option("--global-batch", min=1, help="sequences per step")]
-SeqOpt = Annotated[int, typer.Option("--seq-len", min=1, help="tokens per sequence")]
-DtypeOpt = Annotated[str, typer.Option("--dtype", help="bf16, fp16 or fp8")]
-OptimizerOpt = Annotated[str, typer.Option("--optimizer", help="adam, adamw, sgd or adafactor")]
-
-
-def training_workload(global_batch: int, seq_len: int, dtype: str,
-                      optimizer: str) -> planner.TrainingWorkload:
-    """Build the workload, turning unknown dtypes/optimizers into one-line errors."""
-    allowed = ("bf16", "fp16", "fp8", "fp32", "tf32")
-    if dtype not in allowed:
-        raise planner.SpecError(f"--dtype '{dtype}' is not one of {', '.join(allowed)}")
-    opts = [o.value for o in planner.Optimizer]
-    if optimizer not in opts:
-        raise planner.SpecError(f"--optimizer '{optimizer}' is not one of {', '.join(opts)}")
-    return planner.TrainingWorkload(global_batch_size=global_batch, seq_len=seq_len,
-                                    dtype=planner.DType(dtype),
-                                    optimizer=planner.Optimizer(optimizer))
-
-
 @app.command("evaluate")
 @handle_errors
 def evaluate_cmd(
@@ -553,3 +477,7 @@ def _render_flat(data: dict[str, Any]) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     app()
+
+
+# Commands in their own modules register themselves on `app` when imported.
+import meshplan_cli.commands  # noqa: E402,F401

@@ -140,7 +140,16 @@ def search(model: ModelSpec | str, cluster: ClusterSpec | str, workload: Trainin
                           search_time_s=_time.perf_counter() - start, cut=state.cut),
         device_mapping=map_best(m, c, workload, state.best[0].plan),
         notes=notes,
+        inputs=search_inputs(m, c, workload, n),
     )
+
+
+def search_inputs(model: ModelSpec, cluster: ClusterSpec, workload: object,
+                  devices: int) -> dict[str, object]:
+    """The `inputs` block of a search result: enough to rebuild every spec without presets."""
+    return {"model": model.model_dump(mode="json"), "cluster": cluster.model_dump(mode="json"),
+            "workload": workload.model_dump(mode="json"),  # type: ignore[attr-defined]
+            "devices": devices}
 
 
 def map_best(model: ModelSpec, cluster: ClusterSpec, workload: TrainingWorkload,

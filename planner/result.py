@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 BREAKDOWN_KEYS = ("compute", "recompute", "tp_comm", "cp_comm", "pp_comm", "dp_comm", "ep_comm",
@@ -107,3 +109,6 @@ class SearchResult(BaseModel):
     stats: SearchStats
     device_mapping: MappingResult | None = Field(None, description="physical layout of the best plan")
     notes: list[str] = Field(default_factory=list)
+    inputs: dict[str, Any] = Field(default_factory=dict, description=(
+        "what was searched: model and cluster specs (as data), workload and device count; "
+        "makes the result self-contained for `meshplan export` and reports"))

@@ -62,6 +62,8 @@ class InferenceSearchResult(BaseModel):
     max_batch_size: int = Field(description="largest global batch that fits with the best plan")
     stats: InferenceSearchStats
     notes: list[str] = Field(default_factory=list)
+    inputs: dict[str, Any] = Field(default_factory=dict, description=(
+        "what was searched: model and cluster specs (as data), workload and device count"))
 
 
 def _check_fixed(fixed: dict[str, Any]) -> dict[str, int]:
@@ -181,7 +183,9 @@ def search_inference(model: ModelSpec, cluster: ClusterSpec, workload: Inference
         best=best, top=ok[:top_k], max_batch_size=best.max_batch_size,
         stats=InferenceSearchStats(candidates=len(plans), pruned=dict(sorted(pruned.items())),
                                    search_time_s=time.perf_counter() - start),
-        notes=notes)
+        notes=notes,
+        inputs={"model": model.model_dump(mode="json"), "cluster": cluster.model_dump(mode="json"),
+                "workload": workload.model_dump(mode="json"), "devices": devices})
 
 
 def _plan_str(sp: ScoredInferencePlan) -> str:

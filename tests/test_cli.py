@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
+from meshplan_cli.testing import cli_runner
 
 from cli import app
 from planner.hf import SUPPORTED_MODEL_TYPES
@@ -25,15 +25,9 @@ REPO = Path(__file__).resolve().parent.parent
 HF_LLAMA3_8B = REPO / "tests" / "data" / "hf" / "llama3-8b" / "config.json"
 
 
-def _runner() -> CliRunner:
-    # click >= 8.2 always keeps stderr apart (result.stderr); click 8.1 needs mix_stderr=False.
-    try:
-        return CliRunner(mix_stderr=False)  # type: ignore[call-arg]
-    except TypeError:
-        return CliRunner()
 
 
-RUNNER = _runner()
+RUNNER = cli_runner()
 
 
 def run(*args: str) -> Any:

@@ -5,18 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from meshplan_cli.testing import cli_runner
 
 from cli import app
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _runner() -> CliRunner:
-    try:
-        return CliRunner(mix_stderr=False)  # type: ignore[call-arg]
-    except TypeError:
-        return CliRunner()
 
 
 @pytest.fixture(autouse=True)
@@ -25,7 +20,7 @@ def _repo_root(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_project_cases_pass() -> None:
-    result = _runner().invoke(app, ["regress", "benchmarks/regress_cases.toml", "--json"])
+    result = cli_runner().invoke(app, ["regress", "benchmarks/regress_cases.toml", "--json"])
     assert result.exit_code == 0, result.output
     assert '"passed": false' not in result.stdout
 
@@ -41,7 +36,7 @@ global_batch = 64
 seq_len = 2048
 max_step_time_s = 1e-6
 ''')
-    result = _runner().invoke(app, ["regress", str(cases)])
+    result = cli_runner().invoke(app, ["regress", str(cases)])
     assert result.exit_code == 1
     assert "1 of 1 cases regressed: impossible target" in result.stderr
     assert "FAIL" in result.stdout
@@ -60,7 +55,7 @@ max_step_time_s = 1e-6
 def test_bad_cases_file_exits_2(tmp_path: Path, body: str, message: str) -> None:
     cases = tmp_path / "cases.toml"
     cases.write_text(body)
-    result = _runner().invoke(app, ["regress", str(cases)])
+    result = cli_runner().invoke(app, ["regress", str(cases)])
     assert result.exit_code == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from meshplan_cli.testing import cli_runner
 
 from cli import app
 from planner import ModelSpec, MoESpec, Plan, PlanError, TrainingWorkload, load_model
@@ -139,14 +139,9 @@ def test_api_evaluate_raises_the_same_errors(plan: str, message: str) -> None:
 
 
 # ----- the command line ------------------------------------------------------------------
-def _runner() -> CliRunner:
-    try:  # click < 8.2 mixes stderr into output unless told not to
-        return CliRunner(mix_stderr=False)  # type: ignore[call-arg]
-    except TypeError:
-        return CliRunner()
 
 
-RUNNER = _runner()
+RUNNER = cli_runner()
 ODD_FFN_TOML = """name = "odd-ffn"
 num_layers = 4
 hidden_size = 512

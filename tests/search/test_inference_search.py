@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
+from meshplan_cli.testing import cli_runner
 
 from cli import app
 from cost_models.inference import estimate_inference
@@ -25,14 +25,9 @@ TINY_MODEL, TINY_CLUSTER = str(DATA / "tiny-gpt.toml"), str(DATA / "tiny-cluster
 WL = InferenceWorkload(batch_size=8, prompt_len=128, output_len=32)
 
 
-def _runner() -> CliRunner:
-    try:
-        return CliRunner(mix_stderr=False)  # type: ignore[call-arg]
-    except TypeError:
-        return CliRunner()
 
 
-RUNNER = _runner()
+RUNNER = cli_runner()
 INFER = ("search", "--model", TINY_MODEL, "--cluster", TINY_CLUSTER, "--gpus", "4",
          "--mode", "inference")
 
@@ -119,7 +114,9 @@ def test_cli_json_schema() -> None:
                               "--top", "3", "--json"])
     assert res.exit_code == 0, res.stderr
     d = json.loads(res.stdout)
-    assert set(d) == {"best", "top", "max_batch_size", "stats", "notes"}
+    assert set(d) == {"best", "top", "max_batch_size", "stats", "notes", "inputs"}
+    assert d["inputs"]["devices"] == d["best"]["estimate"]["devices"]
+    assert d["inputs"]["workload"]["batch_size"] == 8
     assert d["top"][0] == d["best"] and len(d["top"]) == 3
     assert set(d["best"]["plan"]) == {"tp", "pp", "dp", "ep"}
     for key in ("ttft_s", "tpot_s", "tokens_per_s", "decode_bound", "max_batch_size", "fits"):

@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
+from meshplan_cli.testing import cli_runner
 
 from cli import app
 from planner.plan import PLAN_KEYS, parse_plan
@@ -20,15 +20,9 @@ from planner.presets import load_model
 from planner.result import BREAKDOWN_KEYS, MEMORY_KEYS
 
 
-def _runner() -> CliRunner:
-    # click >= 8.2 always keeps stderr apart (result.stderr); click 8.1 needs mix_stderr=False.
-    try:
-        return CliRunner(mix_stderr=False)  # type: ignore[call-arg]
-    except TypeError:
-        return CliRunner()
 
 
-RUNNER = _runner()
+RUNNER = cli_runner()
 REQUEST = ("--model", "narayanan-7.5b", "--cluster", "dgx-a100", "--gpus", "16",
            "--global-batch", "64", "--seq-len", "2048")
 LAYERS = load_model("narayanan-7.5b").num_layers
@@ -201,3 +195,13 @@ def test_seed000_inconsistency_in_search_output() -> None:
     assert table.exit_code == 0, table.stderr
     flat = " ".join(table.stdout.split())
     assert "Seed 000" in flat and "3360" in flat
+
+
+def test_json_inputs_make_the_result_self_contained(searched: dict[str, Any]) -> None:
+    inputs = searched["inputs"]
+    assert inputs["devices"] == 16
+    assert inputs["model"]["name"] == "narayanan-7.5b"
+    assert inputs["model"]["num_layers"] == LAYERS
+    assert inputs["cluster"]["name"] == "dgx-a100"
+    assert inputs["workload"] == {"mode": "training", "global_batch_size": 64, "seq_len": 2048,
+                                  "dtype": "bf16", "optimizer": "adam"}
