@@ -2,7 +2,8 @@
 
 Every error a user can cause is a `PlannerError` whose message names the problem and the fix.
 The library raises them; only `cli.py` turns them into one line and an exit code
-(2 = bad input, 3 = nothing feasible, 1 = unexpected).
+(2 = bad input, 3 = nothing feasible, 4 = the engine cannot express the plan,
+5 = an output file exists and --overwrite was not given, 1 = unexpected).
 """
 
 from __future__ import annotations
@@ -45,3 +46,17 @@ class InfeasibleError(PlannerError):
     """Nothing fits: no plan satisfies the constraints (exit code 3)."""
 
     exit_code = 3
+
+
+class UnsupportedPlanError(PlannerError):
+    """A valid plan that the requested engine or output cannot express (exit code 4): e.g.
+    uneven pipeline stages exported to an engine that has no option for them. Refused with the
+    reason, never silently changed."""
+
+    exit_code = 4
+
+
+class OutputExistsError(PlannerError):
+    """An output file that already exists and was not asked to be overwritten (exit code 5)."""
+
+    exit_code = 5
