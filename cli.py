@@ -11,7 +11,11 @@ bottom of this file.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -237,6 +241,9 @@ def search_cmd(
     prompt_len: Annotated[int | None, typer.Option("--prompt-len", min=1, help="prompt tokens per sequence (inference)")] = None,
     output_len: Annotated[int | None, typer.Option("--output-len", min=1, help="generated tokens per sequence (inference)")] = None,
     max_tpot_ms: Annotated[float | None, typer.Option("--max-tpot-ms", min=0, help="drop plans slower than this per output token (inference)")] = None,
+    export: Annotated[str | None, typer.Option("--export", help="print the best plan as launch settings for megatron, torchtitan, deepspeed, vllm or sglang (the table goes to stderr)")] = None,
+    report: Annotated[Path | None, typer.Option("--report", help="also write a self-contained HTML report to this file")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="let --report replace an existing file")] = False,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -246,6 +253,7 @@ def search_cmd(
 
     if mode not in ("training", "inference"):
         raise planner.SpecError(f"--mode '{mode}' is not one of training, inference")
+    outputs = _Outputs(as_json=as_json, export=export, report=report, overwrite=overwrite)
     given = {"--max-tp": max_tp, "--max-cp": max_cp, "--max-pp": max_pp, "--max-mbs": max_mbs,
              "--time-limit": time_limit, "--global-batch": global_batch, "--seq-len": seq_len,
              "--batch": batch, "--prompt-len": prompt_len, "--output-len": output_len,
@@ -254,7 +262,7 @@ def search_cmd(
         _check_mode_options(mode, given, required=("--batch", "--prompt-len", "--output-len"),
                             allowed=("--max-tpot-ms",))
         _search_inference_cmd(model, cluster, gpus, nodes, dtype, top, fix, batch, prompt_len,  # type: ignore[arg-type]
-                              output_len, max_tpot_ms, as_json)
+                              output_len, max_tpot_ms, outputs)
         return
     _check_mode_options(mode, given, required=("--global-batch", "--seq-len"),
                         allowed=("--max-tp", "--max-cp", "--max-pp", "--max-mbs", "--time-limit"))
@@ -264,14 +272,66 @@ def search_cmd(
     wl = training_workload(global_batch, seq_len, dtype, optimizer)
     limits = {k: v for k, v in (("max_tp", max_tp), ("max_cp", max_cp), ("max_pp", max_pp),
                                 ("max_mbs", max_mbs)) if v is not None}
-    with _Progress(enabled=not as_json) as progress:
+    with _Progress(enabled=not as_json and export is None) as progress:
         result = search(spec, clus, wl, devices=n, top_k=top, fixed=parse_fix(fix),
                         limits=limits, time_limit_s=time_limit, progress=progress)
-    if as_json:
-        print_json(result.model_dump(mode="json"))
-        return
-    render_search(result, title=f"{spec.name} on {n}x {clus.device.name} ({clus.name}), "
-                  f"global batch {global_batch} x {seq_len} tokens")
+    outputs.emit(result, lambda: render_search(
+        result, title=f"{spec.name} on {n}x {clus.device.name} ({clus.name}), "
+        f"global batch {global_batch} x {seq_len} tokens"))
+
+
+@contextlib.contextmanager
+def _to_stderr() -> Iterator[None]:
+    """Send what the renderers print on `out` to stderr for a while."""
+    saved = out.file
+    out.file = sys.stderr
+    try:
+        yield
+    finally:
+        out.file = saved
+
+
+class _Outputs:
+    """Where a search's result goes: a table (stdout), JSON (--json), launch settings
+    (--export: stdout, the table moves to stderr) and an HTML report file (--report).
+    Conflicts and an existing report file are refused before the search runs."""
+
+    def __init__(self, *, as_json: bool, export: str | None, report: Path | None,
+                  overwrite: bool) -> None:
+        if as_json and export is not None:
+            raise planner.SpecError("--json and --export both write to stdout: use one, or save "
+                                    "the --json output and run 'meshplan export FILE --to FORMAT'")
+        if export is not None:
+            from planner.exports import FORMATS
+
+            if export not in FORMATS:
+                raise planner.SpecError(f"--export '{export}' is not one of {', '.join(FORMATS)}")
+        if report is not None:
+            from planner.report import check_report_path
+
+            check_report_path(report, overwrite=overwrite)
+        self.as_json, self.export, self.report, self.overwrite = as_json, export, report, overwrite
+
+    def emit(self, result: Any, render: Callable[[], None]) -> None:
+        data = result.model_dump(mode="json")
+        text = None
+        if self.export is not None:
+            from planner.exports import export_result
+
+            text = export_result(data, self.export)  # refused plans raise before any output
+        if self.report is not None:
+            from planner.report import write_report
+
+            write_report(data, self.report, overwrite=self.overwrite)
+            err.print(f"report written to {self.report}", markup=False, soft_wrap=True)
+        if self.as_json:
+            print_json(data)
+        elif text is not None:
+            with _to_stderr():
+                render()
+            sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        else:
+            render()
 
 
 def _check_mode_options(mode: str, given: dict[str, Any], *, required: tuple[str, ...],
@@ -287,7 +347,7 @@ def _check_mode_options(mode: str, given: dict[str, Any], *, required: tuple[str
 
 def _search_inference_cmd(model: str, cluster: str, gpus: int | None, nodes: int | None,
                           dtype: str, top: int, fix: str, batch: int, prompt_len: int,
-                          output_len: int, max_tpot_ms: float | None, as_json: bool) -> None:
+                          output_len: int, max_tpot_ms: float | None, outputs: "_Outputs") -> None:
     """`meshplan search --mode inference`: exhaustive tp/pp/dp/ep search (search/inference.py)."""
     from search.inference import search_inference
 
@@ -300,11 +360,9 @@ def _search_inference_cmd(model: str, cluster: str, gpus: int | None, nodes: int
                                    dtype=planner.DType(dtype))
     result = search_inference(spec, clus, wl, devices=n, top_k=top, max_tpot_ms=max_tpot_ms,
                               fixed=parse_fix(fix))
-    if as_json:
-        print_json(result.model_dump(mode="json"))
-        return
-    render_inference_search(result, title=f"{spec.name} on {n}x {clus.device.name} ({clus.name}), "
-                            f"batch {batch}, prompt {prompt_len}, output {output_len} tokens")
+    outputs.emit(result, lambda: render_inference_search(
+        result, title=f"{spec.name} on {n}x {clus.device.name} ({clus.name}), "
+        f"batch {batch}, prompt {prompt_len}, output {output_len} tokens"))
 
 
 def render_inference_search(result: Any, *, title: str) -> None:
