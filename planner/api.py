@@ -55,6 +55,7 @@ def evaluate(model: ModelSpec | str, cluster: ClusterSpec | str, workload: Train
         plan = parse_plan(plan, devices=devices)
     n = plan.devices if devices is None else devices
     c.devices_for(gpus=n)
+    c = c.job_view(n)
     check_plan(m, workload, plan, n)
     return estimate_training(m, c, workload, plan)
 
@@ -117,6 +118,7 @@ def search(model: ModelSpec | str, cluster: ClusterSpec | str, workload: Trainin
     m, c = resolve(model, cluster)
     n = devices if devices is not None else c.devices_per_node
     c.devices_for(gpus=n)
+    c = c.job_view(n)
     lim = Limits(fixed=dict(fixed or {}), **(limits or {}))
     state = run_search(m, c, workload, n, top_k=top_k, limits=lim, time_limit_s=time_limit_s,
                        progress=progress)  # type: ignore[arg-type]

@@ -101,6 +101,53 @@ class ClusterSpec(Spec):
     intra_node: LinkSpec = Field(description="links among the devices of one node")
     inter_node: LinkSpec = Field(description="links between nodes, per device")
     max_nodes: PositiveInt | None = Field(None, description="largest buildable system, if any")
+    allocation_devices: PositiveInt | None = Field(
+        None, description=("smallest group of devices a job can be given when it is smaller than "
+                           "the fast domain allows (e.g. a 4-GPU compute tray of an NVL72 rack); "
+                           "default: a whole node"))
+
+    @model_validator(mode="after")
+    def _allocation(self) -> ClusterSpec:
+        a = self.allocation_devices
+        if a is not None and (a > self.devices_per_node or self.devices_per_node % a):
+            raise SpecError(f"cluster '{self.name}': allocation_devices={a} must divide "
+                            f"devices_per_node={self.devices_per_node}")
+        return self
+
+    @property
+    def allocation_unit(self) -> int:
+        """Devices per allocatable unit (a node unless `allocation_devices` says otherwise)."""
+        return self.allocation_devices or self.devices_per_node
+
+    def job_view(self, devices: int) -> ClusterSpec:
+        """The cluster as a job of `devices` sees it: when the job is not a whole number of
+        fast domains (only possible with `allocation_devices`), it is spread evenly over the
+        fewest domains, whole allocation units in each (256 GPUs on NVL72 racks: 4 racks of 64,
+        as NVIDIA's GB200 benchmarks run), so its fast domain is that share. Otherwise self."""
+        if devices <= self.devices_per_node:
+            return self
+        share = self._domain_share(devices)
+        if share is None:
+            unit, lo, hi = self.allocation_unit, devices, devices
+            while lo > unit and self._domain_share(lo) is None:
+                lo -= unit
+            while self._domain_share(hi) is None:
+                hi += unit
+            raise SpecError(
+                f"{devices} devices do not spread evenly over the fewest "
+                f"{self.devices_per_node}-device domains of '{self.name}' in whole {unit}-device "
+                f"units; use {lo} or {hi}")
+        return self if share == self.devices_per_node else self.model_copy(
+            update={"devices_per_node": share})
+
+    def _domain_share(self, devices: int) -> int | None:
+        """Devices per fast domain of a job of `devices`, or None when it cannot be even."""
+        per = self.devices_per_node
+        if devices <= per or devices % per == 0:
+            return per if devices % per == 0 else devices
+        domains = -(-devices // per)
+        share, rest = divmod(devices, domains)
+        return None if rest or share % self.allocation_unit else share
 
     def devices_for(self, *, gpus: int | None = None, nodes: int | None = None) -> int:
         """Device count for a command's `--gpus N` or `--nodes N` (exactly one of them)."""
@@ -115,12 +162,15 @@ class ClusterSpec(Spec):
             if gpus < 1:
                 raise SpecError(f"--gpus must be at least 1, got {gpus}")
             n = gpus
-            if n > self.devices_per_node and n % self.devices_per_node:
-                lo = n // self.devices_per_node * self.devices_per_node
+            unit = self.allocation_unit
+            if n > unit and n % unit:
+                lo = n // unit * unit
+                what = "nodes" if unit == self.devices_per_node else "allocation units"
                 raise SpecError(
-                    f"--gpus {n} is not a whole number of {self.devices_per_node}-device nodes "
-                    f"of '{self.name}'; use {lo} or {lo + self.devices_per_node}"
+                    f"--gpus {n} is not a whole number of {unit}-device {what} "
+                    f"of '{self.name}'; use {lo} or {lo + unit}"
                 )
+            self.job_view(n)
         if self.max_nodes is not None and n > self.max_nodes * self.devices_per_node:
             raise SpecError(
                 f"'{self.name}' has at most {self.max_nodes * self.devices_per_node} devices; "

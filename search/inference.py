@@ -129,6 +129,7 @@ def search_inference(model: ModelSpec, cluster: ClusterSpec, workload: Inference
             max_tpot_ms (the message says which, and the largest batch that would fit).
     """
     start = time.perf_counter()
+    cluster = cluster.job_view(devices)
     if top_k < 1:
         raise SpecError(f"top_k must be at least 1, got {top_k}")
     fx = _check_fixed(dict(fixed or {}))

@@ -10,7 +10,7 @@ from importlib import resources
 import pytest
 
 from planner.errors import SpecError
-from planner.hardware import Topology
+from planner.hardware import ClusterSpec, Topology
 from planner.model import DType
 from planner.presets import list_presets, load_cluster, load_device
 
@@ -152,7 +152,7 @@ def test_devices_for_gpus_not_whole_nodes_names_nearest_counts() -> None:
     c = load_cluster("dgx-a100")
     with pytest.raises(SpecError, match=r"--gpus 12 .*use 8 or 16"):
         c.devices_for(gpus=12)
-    with pytest.raises(SpecError, match=r"use 144 or 216"):
+    with pytest.raises(SpecError, match=r"use 192 or 204"):   # 3 racks of 64 or of 68
         load_cluster("gb200-nvl72").devices_for(gpus=200)
 
 
@@ -160,3 +160,39 @@ def test_devices_for_gpus_not_whole_nodes_names_nearest_counts() -> None:
 def test_devices_for_rejects_bad_requests(kwargs: dict[str, int]) -> None:
     with pytest.raises(SpecError):
         load_cluster("dgx-a100").devices_for(**kwargs)
+
+
+def test_nvl72_job_is_spread_evenly_over_the_fewest_racks() -> None:
+    from planner.presets import load_cluster
+
+    c = load_cluster("gb200-nvl72")
+    assert c.allocation_unit == 4
+    assert c.devices_for(gpus=256) == 256
+    assert c.job_view(256).devices_per_node == 64      # 4 racks x 64 GPUs (16 trays each)
+    assert c.job_view(144).devices_per_node == 72      # whole racks: unchanged
+    assert c.job_view(64) is c                         # inside one rack
+    with pytest.raises(SpecError, match="use 248 or 252"):
+        c.devices_for(gpus=250)
+    with pytest.raises(SpecError, match="spread evenly"):
+        c.devices_for(gpus=100)                        # 2 racks of 50: not whole trays
+    with pytest.raises(SpecError, match="use 96 or 104"):
+        c.devices_for(gpus=100)
+
+
+def test_allocation_unit_must_divide_the_node() -> None:
+    from planner.presets import load_cluster
+
+    c = load_cluster("gb200-nvl72").model_dump()
+    c["allocation_devices"] = 5
+    with pytest.raises(SpecError, match="must divide"):
+        ClusterSpec.model_validate(c)
+
+
+def test_256_gpu_gb200_plan_evaluates() -> None:
+    import planner
+    from planner.api import evaluate
+
+    wl = planner.TrainingWorkload(global_batch_size=256, seq_len=4096)
+    est = evaluate("llama3-70b", "gb200-nvl72", wl, "tp=4,pp=1,mbs=1,recompute=full,zero=1",
+                   devices=256)
+    assert est.devices == 256 and est.step_time_s > 0
