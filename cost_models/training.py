@@ -125,11 +125,15 @@ def p2p_s(ctx: Context) -> float:
     return 2 * plan.vpp * comm.p2p_s(ctx.cluster, nbytes, crosses_nodes=ctx.pp_crosses_nodes)
 
 
-def pipeline_time(plan: Plan, m: int, stage_times: list[float]) -> float:
-    """1F1B: (m-1)*max C + sum C; interleaved: m*max C + (p-1)*max C/v (module docstring)."""
+def pipeline_time(plan: Plan, m: int, stage_times: list[float],
+                  chunk_fraction: float | None = None) -> float:
+    """1F1B: (m-1)*max C + sum C; interleaved: m*max C + (p-1)*max C/v (module docstring).
+    With an uneven per-virtual-stage layout the bubble is (p-1) of the largest chunk:
+    `chunk_fraction` is that chunk's share of its stage (Plan.max_chunk_fraction; 1/v when even)."""
     cmax = max(stage_times)
     if plan.vpp > 1:
-        return m * cmax + (plan.pp - 1) * cmax / plan.vpp
+        frac = 1.0 / plan.vpp if chunk_fraction is None else chunk_fraction
+        return m * cmax + (plan.pp - 1) * cmax * frac
     return (m - 1) * cmax + sum(stage_times)
 
 
@@ -153,7 +157,7 @@ def estimate_training(model: ModelSpec, cluster: ClusterSpec, workload: Training
     times = [float(tables.time(s, a, b)) for s, (a, b) in enumerate(ranges)]
     crit_k = max(range(plan.pp), key=lambda s: (times[s], -s))
     crit, cmax = kinds[crit_k], times[crit_k]
-    pipe = pipeline_time(plan, m, times)
+    pipe = pipeline_time(plan, m, times, plan.max_chunk_fraction(model.num_layers))
     tails = [tuple(float(x) for x in tables.tail(s, a, b)) for s, (a, b) in enumerate(ranges)]
     tail_k = max(range(plan.pp), key=lambda s: (sum(tails[s]), -s))
     breakdown = {key: m * crit[key] for key in

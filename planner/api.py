@@ -69,6 +69,8 @@ def plan_dict(plan: Plan, num_layers: int) -> dict[str, object]:
     if plan.etp is not None:
         d["etp"] = plan.etp
     d["layers"] = "/".join(str(n) for n in plan.layers_per_stage(num_layers))
+    if plan.chunk_layers is not None:
+        d["chunk_layers"] = "/".join(str(n) for n in plan.chunk_layers)
     d["stages"] = [list(r) for r in plan.stage_ranges(num_layers)]
     d["plan"] = plan.to_string()
     return d

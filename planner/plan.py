@@ -9,8 +9,9 @@ cluster is checked by `planner.validate`, not here.
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
-from pydantic import Field, PositiveInt, field_validator
+from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from planner.errors import PlanError
 from planner.model import Spec
@@ -61,6 +62,35 @@ class Plan(Spec):
     stage_layers: tuple[PositiveInt, ...] | None = Field(
         None, description="blocks on each pipeline stage (length pp); None = as even as possible"
     )
+    chunk_layers: tuple[PositiveInt, ...] | None = Field(
+        None, description=("blocks on each virtual stage (length pp*vpp, in pipeline order: "
+                           "chunk c runs on stage c mod pp, as Megatron-Core's interleaved "
+                           "schedule places them); given as layers= with pp*vpp counts")
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _chunks(cls, data: Any) -> Any:
+        """layers= with pp*vpp counts (vpp > 1) is a per-virtual-stage layout: keep it as
+        chunk_layers and give each stage the sum of its chunks."""
+        if not isinstance(data, dict):
+            return data
+        counts, pp, vpp = data.get("stage_layers"), data.get("pp", 1), data.get("vpp", 1)
+        if (counts is not None and data.get("chunk_layers") is None and isinstance(vpp, int)
+                and isinstance(pp, int) and vpp > 1 and len(counts) == pp * vpp != pp):
+            data = dict(data)
+            data["chunk_layers"] = tuple(counts)
+            data["stage_layers"] = tuple(sum(counts[c] for c in range(r, pp * vpp, pp))
+                                         for r in range(pp))
+        return data
+
+    def max_chunk_fraction(self, num_layers: int) -> float:
+        """Largest share of a stage's blocks in one of its virtual stages (1/vpp when even):
+        the interleaved schedule's bubble is (pp-1) of those chunks."""
+        if self.chunk_layers is None:
+            return 1.0 / self.vpp
+        per_stage = self.layers_per_stage(num_layers)
+        return max(n / per_stage[c % self.pp] for c, n in enumerate(self.chunk_layers))
 
     @field_validator("order")
     @classmethod
@@ -108,7 +138,9 @@ class Plan(Spec):
             parts.append(f"etp={self.etp}")
         if self.order != DEFAULT_ORDER:
             parts.append("order=" + "-".join(self.order))
-        if self.stage_layers is not None:
+        if self.chunk_layers is not None:
+            parts.append("layers=" + "/".join(str(n) for n in self.chunk_layers))
+        elif self.stage_layers is not None:
             parts.append("layers=" + "/".join(str(n) for n in self.stage_layers))
         return ",".join(parts)
 

@@ -87,7 +87,8 @@ def _stage_problems(model: ModelSpec, p: Plan) -> list[tuple[str, str]]:
     L = model.num_layers
     if p.stage_layers is not None:
         if len(p.stage_layers) != p.pp:
-            out.append(("stage_layers", f"layers= gives {len(p.stage_layers)} stages but pp={p.pp}"))
+            out.append(("stage_layers", f"layers= gives {len(p.stage_layers)} stages but pp={p.pp}"
+                        + (f" (or pp*vpp={p.pp * p.vpp} virtual stages)" if p.vpp > 1 else "")))
         elif sum(p.stage_layers) != L:
             out.append(("stage_layers", f"layers= sums to {sum(p.stage_layers)} blocks but the "
                         f"model has {L}"))
@@ -95,10 +96,13 @@ def _stage_problems(model: ModelSpec, p: Plan) -> list[tuple[str, str]]:
         if p.pp == 1:
             out.append(("vpp_needs_pp", f"vpp={p.vpp} needs pipeline parallelism; use vpp=1 or pp>1"))
         counts = p.layers_per_stage(L) if p.pp <= L else ()
-        if any(c % p.vpp for c in counts):
+        if p.chunk_layers is not None:
+            pass  # an explicit per-virtual-stage layout (Megatron-Core's pipeline layout)
+        elif any(c % p.vpp for c in counts):
             valid = [v for v in divisors(min(counts)) if all(c % v == 0 for c in counts)]
             out.append(("vpp_layers", f"vpp={p.vpp} must divide the layers per stage "
-                        f"({'/'.join(map(str, counts))}); nearest valid vpp: {nearest(p.vpp, valid)}"))
+                        f"({'/'.join(map(str, counts))}); nearest valid vpp: {nearest(p.vpp, valid)} "
+                        f"(or give all {p.pp * p.vpp} virtual-stage counts with layers=)"))
     return out
 
 

@@ -60,10 +60,12 @@ CASES = [
     ("vpp_needs_pp", GPT, wl(), Plan(vpp=2), 1,
      "vpp=2 needs pipeline parallelism; use vpp=1 or pp>1"),
     ("vpp_layers", GPT, wl(), Plan(pp=2, vpp=5, dp=4), 8,
-     "vpp=5 must divide the layers per stage (12/12); nearest valid vpp: 4 or 6"),
+     "vpp=5 must divide the layers per stage (12/12); nearest valid vpp: 4 or 6 "
+     "(or give all 10 virtual-stage counts with layers=)"),
     # Uneven stages: the hint divides every stage (15/9: 3 or 1, never the given 9).
     ("vpp_layers", GPT, wl(), Plan(pp=2, vpp=9, stage_layers=(15, 9)), 2,
-     "vpp=9 must divide the layers per stage (15/9); nearest valid vpp: 1 or 3"),
+     "vpp=9 must divide the layers per stage (15/9); nearest valid vpp: 1 or 3 "
+     "(or give all 18 virtual-stage counts with layers=)"),
     ("cp_seq", GPT, wl(), Plan(cp=3), 3,
      "cp=3 needs the sequence length 2048 to split into 2*cp balanced chunks; nearest valid "
      "cp: 2 or 4"),
@@ -175,7 +177,7 @@ def evaluate_cli(*, model: str = "narayanan-1.7b", gpus: int = 8, gb: int = 16,
                              "valid mbs: 1 or 2"),
     # vpp does not divide the layers per stage
     ({"plan": "pp=2,vpp=5"}, "vpp=5 must divide the layers per stage (12/12); nearest valid "
-                             "vpp: 4 or 6"),
+                             "vpp: 4 or 6 (or give all 10 virtual-stage counts with layers=)"),
 ])
 def test_cli_exit_2_with_one_line(args: dict[str, object], message: str) -> None:
     code, stdout, stderr = evaluate_cli(**args)  # type: ignore[arg-type]
@@ -221,3 +223,19 @@ def test_cli_plan_that_does_not_fit_exits_0() -> None:
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["fits"] is False and data["over_memory_gib"] > 0
+
+
+def test_explicit_even_virtual_layout_scores_like_the_default() -> None:
+    import planner
+    from planner.api import evaluate
+
+    wl = planner.TrainingWorkload(global_batch_size=64, seq_len=2048)
+    even = evaluate("narayanan-1.7b", "dgx-a100", wl, "tp=2,pp=4,vpp=2,mbs=1", devices=16)
+    layout = evaluate("narayanan-1.7b", "dgx-a100", wl,
+                      "tp=2,pp=4,vpp=2,mbs=1,layers=" + "/".join(["3"] * 8), devices=16)
+    assert layout.step_time_s == pytest.approx(even.step_time_s, rel=1e-12)
+    # 4/2 chunks on stage 0 (6 blocks, largest chunk 4/6) instead of 3/3: a larger bubble.
+    skew = evaluate("narayanan-1.7b", "dgx-a100", wl,
+                    "tp=2,pp=4,vpp=2,mbs=1,layers=4/3/3/3/2/3/3/3", devices=16)
+    cmax = max(s.time_per_microbatch_s for s in skew.stages)
+    assert skew.breakdown["bubble"] == pytest.approx(3 * cmax * 4 / 6, rel=1e-9)

@@ -61,3 +61,28 @@ def test_bad_plan_strings(text: str, message: str) -> None:
 
 def test_fields_without_defaults() -> None:
     assert parse_plan_fields("tp=8, pp=2") == {"tp": 8, "pp": 2}
+
+
+def test_layers_with_pp_times_vpp_counts_is_a_virtual_stage_layout() -> None:
+    # DeepSeek-V3's 61 blocks on pp=4, vpp=4: 15 chunks of 4 and a last chunk of 1 (the
+    # NVIDIA GB200 recipe puts the MTP block and the loss there).
+    layout = "/".join(["4"] * 15 + ["1"])
+    p = parse_plan(f"tp=1,pp=4,vpp=4,layers={layout}", devices=256)
+    assert p.chunk_layers == (4,) * 15 + (1,)
+    assert p.layers_per_stage(61) == (16, 16, 16, 13)    # chunk c runs on stage c mod 4
+    assert p.max_chunk_fraction(61) == 4 / 13
+    assert parse_plan(p.to_string(), devices=256) == p
+    even = parse_plan("tp=1,pp=4,vpp=4", devices=256)
+    assert even.chunk_layers is None and even.max_chunk_fraction(64) == 1 / 4
+
+
+def test_virtual_stage_layout_lifts_the_vpp_divides_rule() -> None:
+    from planner import TrainingWorkload, load_model
+    from planner.validate import plan_problems
+
+    model = load_model("narayanan-1.7b")              # 24 blocks
+    wl = TrainingWorkload(global_batch_size=64, seq_len=2048)
+    uneven = parse_plan("pp=4,vpp=4", devices=8)        # 6 blocks per stage, vpp 4
+    assert "vpp_layers" in {k for k, _ in plan_problems(model, wl, uneven, 8)}
+    layout = parse_plan("pp=4,vpp=4,layers=" + "/".join(["2"] * 8 + ["1"] * 8), devices=8)
+    assert "vpp_layers" not in {k for k, _ in plan_problems(model, wl, layout, 8)}
