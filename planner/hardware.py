@@ -39,6 +39,10 @@ class DeviceSpec(Spec):
     onchip_cache_bytes: PositiveInt = Field(
         description="last-level on-chip cache (GPU L2, TPU CMEM/VMEM) in bytes"
     )
+    onchip_cache_bandwidth_bytes_per_s: PositiveFloat | None = Field(
+        None, description="peak read bandwidth of that cache, whole chip, in bytes/s; optional "
+        "(leave it out when no source gives it: `meshplan cache-fit` then asks for it)"
+    )
     power_w: PositiveFloat = Field(description="board power (TDP) in watts")
 
     def peak_flops(self, dtype: DType) -> float:
@@ -123,9 +127,12 @@ class ClusterSpec(Spec):
         """The cluster as a job of `devices` sees it: when the job is not a whole number of
         fast domains (only possible with `allocation_devices`), it is spread evenly over the
         fewest domains, whole allocation units in each (256 GPUs on NVL72 racks: 4 racks of 64,
-        as NVIDIA's GB200 benchmarks run), so its fast domain is that share. Otherwise self."""
-        if devices <= self.devices_per_node:
+        as NVIDIA's GB200 benchmarks run), so its fast domain is that share; a job smaller than
+        one domain lives inside one, so every group of it is intra-node. Otherwise self."""
+        if devices == self.devices_per_node:
             return self
+        if devices < self.devices_per_node:   # a job inside one domain: all of it is fast
+            return self.model_copy(update={"devices_per_node": devices})
         share = self._domain_share(devices)
         if share is None:
             unit, lo, hi = self.allocation_unit, devices, devices

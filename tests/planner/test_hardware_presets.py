@@ -170,7 +170,8 @@ def test_nvl72_job_is_spread_evenly_over_the_fewest_racks() -> None:
     assert c.devices_for(gpus=256) == 256
     assert c.job_view(256).devices_per_node == 64      # 4 racks x 64 GPUs (16 trays each)
     assert c.job_view(144).devices_per_node == 72      # whole racks: unchanged
-    assert c.job_view(64) is c                         # inside one rack
+    assert c.job_view(64).devices_per_node == 64      # inside one rack: all NVLink
+    assert c.job_view(72) is c
     with pytest.raises(SpecError, match="use 248 or 252"):
         c.devices_for(gpus=250)
     with pytest.raises(SpecError, match="spread evenly"):
