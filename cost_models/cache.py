@@ -195,23 +195,24 @@ def _max_working_set(model: ModelSpec, workload: InferenceWorkload, plan: Plan) 
 
 # ----- effect ----------------------------------------------------------------------------
 def cached_tpot(model: ModelSpec, cluster: ClusterSpec, workload: InferenceWorkload,
-                plan: Plan) -> tuple[float, float]:
-    """(TPOT without, TPOT with) cache-resident weights, from the inference model's stages."""
+                plan: Plan) -> tuple[float, float, float]:
+    """(TPOT without, TPOT with cache-resident weights, the weight-read part of the first),
+    from the inference model's own decode stages."""
     dev, dt = cluster.device, workload.dtype
     eff, _ = device_efficiency(dev)
     roof = Roofline(dev, eff, dt)
     bw_cache, out_len = cache_bandwidth(dev), workload.output_len
     tp_links = comm.group_links(cluster, size=plan.tp, stride=strides(plan)["tp"])
     batch = math.ceil(workload.batch_size / plan.dp)
-    base = estimate_inference(model, cluster, workload, plan).tpot_s
-    saved = 0.0
+    est = estimate_inference(model, cluster, workload, plan)
+    base, saved = est.tpot_s, 0.0
     for s, (a, z) in enumerate(plan.stage_ranges(model.num_layers)):
         d = _decode_stage(model, plan, workload, roof, eff, tp_links, s, a, z, batch)
         w = d["_weight_bytes"]
         t_w = w / roof.bw / out_len + w / bw_cache * (out_len - 1) / out_len
         compute = max(0.0, d["_math_s"] - (t_w + d["kv_read"]))
         saved += (d["weights_read"] - t_w) + (d["compute"] - compute)
-    return base, base - saved
+    return base, base - saved, est.tpot_breakdown["weights_read"]
 
 
 # ----- partitions ------------------------------------------------------------------------
@@ -253,7 +254,7 @@ def cache_partitions(model: ModelSpec, cluster: ClusterSpec, workload: Inference
             continue
         plan = Plan(tp=t, pp=p, dp=devices // (t * p))
         part = _partition(model, workload, plan, usable)
-        base, cached = cached_tpot(model, cluster, workload, plan)
+        base, cached, _ = cached_tpot(model, cluster, workload, plan)
         cached = cached if part.fits else base
         tok = math.ceil(workload.batch_size / plan.dp) * plan.dp
         out.append(part.model_copy(update={
@@ -271,7 +272,7 @@ def cache_fit(model: ModelSpec, cluster: ClusterSpec, workload: InferenceWorkloa
     dev = cluster.device
     bw_cache = cache_bandwidth(dev)
     usable = usable_cache_bytes(dev)
-    base, cached = cached_tpot(model, cluster, workload, plan)   # validates the plan too
+    base, cached, weights_s = cached_tpot(model, cluster, workload, plan)   # validates the plan
     stages = stage_working_sets(model, workload, plan, usable)
     worst = max(stages, key=lambda s: (s.working_set_bytes, -s.stage))
     feasible = all(s.fits for s in stages)
@@ -294,7 +295,7 @@ def cache_fit(model: ModelSpec, cluster: ClusterSpec, workload: InferenceWorkloa
         smallest_fit=smallest, closest=closest, tpot_s=base, tpot_cached_s=cached,
         tpot_change_s=cached - base, tokens_per_s=batch * plan.dp / base,
         tokens_per_s_cached=batch * plan.dp / cached, speedup=base / cached)
-    return CacheFit(**fit, reasons=_reasons(fit, worst, model))
+    return CacheFit(**fit, reasons=_reasons(fit, worst, model, weights_s / base))
 
 
 def _mb(x: float) -> str:
@@ -305,7 +306,8 @@ def _mb(x: float) -> str:
     return f"{x:,.0f} B"
 
 
-def _reasons(fit: dict, worst: StageWorkingSet, model: ModelSpec) -> list[str]:
+def _reasons(fit: dict, worst: StageWorkingSet, model: ModelSpec,
+             weights_share: float) -> list[str]:
     """One line per finding, every number taken from `fit`."""
     usable, cache = fit["usable_cache_bytes"], fit["cache_bytes"]
     out = [f"usable cache {_mb(usable)}: {PERSISTING_FRACTION:.0%} of the {_mb(cache)} "
@@ -316,9 +318,12 @@ def _reasons(fit: dict, worst: StageWorkingSet, model: ModelSpec) -> list[str]:
     if fit["feasible"]:
         out.append(f"{head}, {fit['fill']:.0%} of the usable cache: fits")
         out.append(f"decode TPOT {fit['tpot_s'] * 1e3:.4f} ms -> {fit['tpot_cached_s'] * 1e3:.4f}"
-                   f" ms ({fit['speedup']:.2f}x) with weights read from cache at "
+                   f" ms ({fit['speedup']:.3f}x) with weights read from cache at "
                    f"{fit['cache_bandwidth_bytes_per_s'] / 1e12:.2f} TB/s instead of HBM at "
                    f"{fit['hbm_bandwidth_bytes_per_s'] / 1e12:.2f} TB/s; {CACHE_BANDWIDTH_FRACTION_NOTE}")
+        out.append(f"weight reads are {weights_share:.1%} of the baseline TPOT; the rest (KV "
+                   "reads, math beyond memory time, TP/PP communication, kernel launches) is "
+                   "unchanged")
     else:
         out.append(f"{head}, {fit['fill']:.1f}x the usable cache: does not fit, effect 0")
     n = fit["weight_bound_devices"]
@@ -326,7 +331,8 @@ def _reasons(fit: dict, worst: StageWorkingSet, model: ModelSpec) -> list[str]:
                "perfect split")
     small, close = fit["smallest_fit"], fit["closest"]
     if small is not None:
-        out.append(f"fewest devices that fit: {small.plan} ({small.devices} devices, "
+        out.append(f"fewest devices that fit: {small.plan} ({small.devices} "
+                   f"device{'s' if small.devices > 1 else ''}, "
                    f"{'/'.join(map(str, small.layers_per_stage))} blocks per stage), "
                    f"{_mb(small.working_set_bytes)} per device")
     else:
