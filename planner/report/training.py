@@ -1,0 +1,244 @@
+"""The training report: ranked plans and baselines, time and memory charts, and per plan the
+memory of each stage, the simulated pipeline schedule and the device map.
+
+Decides what each section shows from a training `SearchResult` dict; every number comes from
+the result or is computed from it here (the schedule by `schedule.simulate`). Does not score
+plans: it reads the cost model's estimates.
+"""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+
+from planner.report import template as t
+from planner.report.charts import BarChart, BarRow, bar_chart, fmt, timeline_chart
+from planner.report.common import device_map_section, map_inputs, model_of, pct, plan_of
+from planner.report.schedule import (
+    FORWARD_SHARE_FULL_RECOMPUTE, closed_form_bubble_fraction, forward_share,
+    simulate,
+)
+from planner.result import BREAKDOWN_KEYS, MEMORY_KEYS
+
+TIME_COLORS = {"compute": "#4e79a7", "recompute": "#a0cbe8", "tp_comm": "#f28e2b",
+               "cp_comm": "#ffbe7d", "pp_comm": "#59a14f", "dp_comm": "#8cd17d",
+               "ep_comm": "#b6992d", "bubble": "#e15759", "optimizer": "#79706e"}
+MEMORY_COLORS = {"stage peak": "#4e79a7", "weights": "#4e79a7", "grads": "#f28e2b",
+                 "optimizer": "#59a14f", "activations": "#edc948", "buffers": "#b07aa1"}
+
+MAX_DRAWN_MICROBATCHES = 32
+"""The timeline draws at most this many micro-batches (rounded to a multiple of p when
+interleaved): warm-up and cool-down are unchanged, the steady phase is shorter."""
+
+MAX_SIMULATED_PASSES = 100_000
+"""Above this many passes the step's bubble is given by the closed form, not simulated."""
+
+
+def training_report(result: dict[str, Any]) -> tuple[str, str]:
+    """(title, body HTML) of a training search result."""
+    model = model_of(result)
+    inputs = result["inputs"]
+    cluster, wl, n = inputs["cluster"], inputs["workload"], inputs["devices"]
+    title = f"{model.name} on {n}x {cluster['device']['name']} ({cluster['name']})"
+    ranked = [result["best"], *[s for s in result["top"] if s != result["best"]]]
+    parts = [
+        f"<h1>meshplan report: {escape(title)}</h1>",
+        f'<p class="sub">training, global batch {wl["global_batch_size"]} x {wl["seq_len"]} '
+        f'tokens, {escape(str(wl["dtype"]))}, {escape(str(wl["optimizer"]))}</p>',
+        _summary(result),
+        "<h2>Ranked plans</h2>", _ranked_table(ranked),
+        "<h2>Baselines</h2>", _baselines_table(result["baselines"]),
+        "<h2>Time per step</h2>",
+        '<p class="note">Exposed seconds per step by part (they add up to the step time); '
+        "hover a segment for its value.</p>", _time_chart(ranked, result["baselines"]),
+        "<h2>Memory per device</h2>",
+        '<p class="note">The most loaded device of each plan, by kind, against the device '
+        "memory (dashed line).</p>", _memory_chart(ranked, result["baselines"]),
+        "<h2>Plan details</h2>",
+        '<p class="note">Per plan: memory of each stage, the simulated pipeline schedule and '
+        "which device holds which blocks; baselines that can run come after the ranked plans."
+        "</p>", t.tabs(_panels(ranked, result)),
+        "<h2>Notes</h2>", t.notes(_notes(result)),
+    ]
+    return f"meshplan report: {title}", "\n".join(parts)
+
+
+def _summary(result: dict[str, Any]) -> str:
+    e = result["best"]["estimate"]
+    stats = result["stats"]
+    return t.cards([
+        (f"{fmt(e['step_time_s'])} s", "step time of the best plan"),
+        (f"{e['tokens_per_s']:,.0f}", "tokens/s"),
+        (f"{pct(e['mfu'])} / {pct(e['hfu'])}", "MFU / HFU"),
+        (f"{fmt(e['peak_memory_gib'], 1)} / {fmt(e['capacity_gib'], 1)} GiB", "peak memory / capacity"),
+        (f"{fmt(result['lower_bound_step_time_s'])} s (+{pct(result['gap_to_lower_bound'])})",
+         "lower bound (best's gap to it)"),
+        (f"{stats['candidates']:,}", "plans scored" + (" (time limit hit)" if stats.get("cut") else "")),
+    ])
+
+
+def short_plan(e: dict[str, Any]) -> str:
+    """A compact label from a plan string: the degrees, vpp, mbs and ZeRO stage."""
+    kv = dict(item.split("=", 1) for item in e["plan"].split(","))
+    ep = f" ep{kv['ep']}" if kv.get("ep", "1") != "1" else ""
+    vpp = f" v{kv['vpp']}" if kv.get("vpp", "1") != "1" else ""
+    return (f"tp{kv['tp']} cp{kv['cp']} pp{kv['pp']} dp{kv['dp']}{ep}{vpp} mbs{kv['mbs']} "
+            f"z{kv['zero']}")
+
+
+def _ranked_table(ranked: list[dict[str, Any]]) -> str:
+    best = ranked[0]["estimate"]["step_time_s"]
+    rows = []
+    for i, s in enumerate(ranked):
+        e = s["estimate"]
+        rows.append([t.cell(f"#{i + 1}"), f"<code>{t.cell(e['plan'])}</code>",
+                     t.cell(fmt(e["step_time_s"])), t.cell(f"+{pct(e['step_time_s'] / best - 1)}"),
+                     t.cell(f"{e['tokens_per_s']:,.0f}"), t.cell(pct(e["mfu"])),
+                     t.cell(e["num_microbatches"]),
+                     t.cell(f"{fmt(e['peak_memory_gib'], 1)} / {fmt(e['capacity_gib'], 1)}"),
+                     t.cell("yes" if e["fits"] else "no")])
+    return t.table(["#", "plan", "step s", "vs best", "tokens/s", "MFU", "micro-batches",
+                    "peak / capacity GiB", "fits"], rows,
+                   numeric=[False, False, True, True, True, True, True, True, False])
+
+
+def _baselines_table(baselines: list[dict[str, Any]]) -> str:
+    if not baselines:
+        return '<p class="note">No published configuration for this model and device count.</p>'
+    rows = []
+    for b in baselines:
+        e = b["estimate"]
+        step = t.cell(fmt(e["step_time_s"])) if e else '<span class="bad">cannot be evaluated</span>'
+        slower = (t.cell(f"{b['slower_than_best_pct']:+.1f}%")
+                  if b["slower_than_best_pct"] is not None else "")
+        issues = [*b["inconsistencies"], *([b["notes"]] if b["notes"] else [])]
+        rows.append([t.cell(b["label"]), t.cell(b["source"]), f"<code>{t.cell(b['plan'])}</code>",
+                     step, slower, t.notes(issues)])
+    return t.table(["label", "source", "plan", "step s", "slower than best", "inconsistencies "
+                    "and notes"], rows, numeric=[False, False, False, True, True, False])
+
+
+def _bar_rows(ranked: list[dict[str, Any]], baselines: list[dict[str, Any]],
+              field: str) -> list[BarRow]:
+    rows = [BarRow(label=f"#{i + 1} {short_plan(s['estimate'])}", parts=s["estimate"][field],
+                   tooltip=s["estimate"]["plan"]) for i, s in enumerate(ranked)]
+    rows += [BarRow(label=b["label"][:34], parts=b["estimate"][field], tooltip=b["plan"],
+                    note="(baseline)") for b in baselines if b["estimate"] is not None]
+    return rows
+
+
+def _time_chart(ranked: list[dict[str, Any]], baselines: list[dict[str, Any]]) -> str:
+    return bar_chart(BarChart(chart="breakdown", keys=BREAKDOWN_KEYS, colors=TIME_COLORS,
+                              unit="seconds per step",
+                              rows=_bar_rows(ranked, baselines, "breakdown")))
+
+
+def _memory_chart(ranked: list[dict[str, Any]], baselines: list[dict[str, Any]]) -> str:
+    rows = _bar_rows(ranked, baselines, "memory_gib")
+    cap = ranked[0]["estimate"]["capacity_gib"]
+    return bar_chart(BarChart(chart="memory", keys=MEMORY_KEYS, colors=MEMORY_COLORS, unit="GiB",
+                              rows=rows, capacity=cap, capacity_label="device memory",
+                              decimals=2))
+
+
+def _panels(ranked: list[dict[str, Any]], result: dict[str, Any]) -> list[tuple[str, str, str]]:
+    out = [(f"plan-{i + 1}", f"#{i + 1}", _plan_panel(s["estimate"], result, rank=i + 1,
+                                                      heading=f"Plan #{i + 1}"))
+           for i, s in enumerate(ranked)]
+    runnable = [b for b in result["baselines"] if b["estimate"] is not None]
+    out += [(f"baseline-{i + 1}", f"baseline {i + 1}",
+             _plan_panel(b["estimate"], result, rank=0, heading=f"Baseline: {b['label']}"))
+            for i, b in enumerate(runnable)]
+    return out
+
+
+def _plan_panel(e: dict[str, Any], result: dict[str, Any], *, rank: int, heading: str) -> str:
+    inputs = result["inputs"]
+    model = model_of(result)
+    plan = plan_of(e["plan"], inputs["devices"])
+    parts = [f"<h3>{t.cell(heading)}</h3><p><code>{t.cell(e['plan'])}</code></p>",
+             t.notes(e["warnings"]), "<h3>Memory per stage</h3>", _stage_memory_chart(e),
+             "<h3>Pipeline schedule</h3>", _schedule_section(plan.pp, plan.vpp,
+                                                             plan.recompute.value, e),
+             device_map_section(map_inputs(plan, model),
+                                devices_per_node=inputs["cluster"]["devices_per_node"])]
+    if rank == 1 and result.get("device_mapping"):
+        parts.append(_mapping_table(result["device_mapping"]))
+    return "".join(parts)
+
+
+def _stage_memory_chart(e: dict[str, Any]) -> str:
+    rows = [BarRow(label=f"stage {i} (blocks {s['first_layer']}-{s['last_layer']})",
+                   parts={"stage peak": s["memory_gib"]}) for i, s in enumerate(e["stages"])]
+    rows.append(BarRow(label="most loaded device", parts=e["memory_gib"],
+                       note="" if e["fits"] else f"over by {fmt(e['over_memory_gib'], 2)} GiB"))
+    return bar_chart(BarChart(chart="memory-stages", keys=("stage peak", *MEMORY_KEYS),
+                              colors=MEMORY_COLORS, unit="GiB", rows=rows,
+                              capacity=e["capacity_gib"], capacity_label="device memory",
+                              decimals=2))
+
+
+def drawn_microbatches(m: int, p: int, v: int) -> int:
+    """How many micro-batches the timeline draws (see MAX_DRAWN_MICROBATCHES)."""
+    if m <= MAX_DRAWN_MICROBATCHES:
+        return m
+    return MAX_DRAWN_MICROBATCHES if v == 1 else max(p, MAX_DRAWN_MICROBATCHES // p * p)
+
+
+def _schedule_section(p: int, v: int, recompute: str, e: dict[str, Any]) -> str:
+    m = e["num_microbatches"]
+    if p == 1:
+        return ('<p class="note">No pipeline (pp=1): each device runs its '
+                f"{m} micro-batch{'es' * (m > 1)} back to back, with no bubble.</p>")
+    share = forward_share(recompute)
+    times = [s["time_per_microbatch_s"] for s in e["stages"]]
+    fwd, bwd = [c * share for c in times], [c * (1 - share) for c in times]
+    shown = drawn_microbatches(m, p, v)
+    drawn = simulate(forward_s=fwd, backward_s=bwd, num_microbatches=shown, num_chunks=v)
+    full = (simulate(forward_s=fwd, backward_s=bwd, num_microbatches=m, num_chunks=v)
+            if 2 * m * v * p <= MAX_SIMULATED_PASSES else None)
+    kind = f"interleaved 1F1B with {v} chunks per stage" if v > 1 else "1F1B (PipeDream-Flush)"
+    split = ("forward 1/4, backward 3/4 (full recomputation reruns the forward)"
+             if share == FORWARD_SHARE_FULL_RECOMPUTE else "forward 1/3, backward 2/3")
+    caption = (f"{kind}, {p} stages, {m} micro-batches per step"
+               + (f"; drawn with {shown} of them (same warm-up and cool-down, shorter steady "
+                  "phase)" if shown < m else "")
+               + f". Each stage's time per micro-batch is split {split}.")
+    return (f'<p class="note">{escape(caption)}</p>'
+            + timeline_chart(drawn, caption=caption) + _schedule_stats(p, v, m, e, full))
+
+
+def _schedule_stats(p: int, v: int, m: int, e: dict[str, Any], full: Any) -> str:
+    closed = closed_form_bubble_fraction(num_stages=p, num_microbatches=m, num_chunks=v)
+    formula = f"(p-1)/({'v*' if v > 1 else ''}m) = {p - 1}/{v * m if v > 1 else m}"
+    rows = [["closed form bubble fraction, equal stages", f"{formula} = {pct(closed)}"],
+            ["cost model's bubble", f"{fmt(e['breakdown']['bubble'])} s"]]
+    if full is not None:
+        rows = [["simulated pipeline time (all micro-batches)", f"{fmt(full.makespan_s)} s"],
+                ["busiest stage's work (m x its time per micro-batch)", f"{fmt(full.ideal_s)} s"],
+                ["simulated bubble", f"{fmt(full.bubble_s)} s ({pct(full.bubble_fraction)})"],
+                *rows]
+    else:
+        rows.append(["simulation", f"skipped: {2 * m * v * p:,} passes exceed "
+                                   f"{MAX_SIMULATED_PASSES:,}"])
+    return t.table(["schedule", "value"], [[t.cell(a), t.cell(b)] for a, b in rows],
+                   numeric=[False, True])
+
+
+def _mapping_table(mp: dict[str, Any]) -> str:
+    members = ", ".join(f"{k} {v}" for k, v in mp["members_per_node"].items())
+    rows = [["members of each group per node", members],
+            ["rank order realising it", mp["order"] or mp["nested"] or "none"],
+            ["its communication per step", f"{fmt(mp['comm_time_s'])} s"],
+            ["with the default order tp-cp-dp-pp", f"{fmt(mp['default_order_comm_time_s'])} s"],
+            ["solver status (gap)", f"{mp['status']} ({fmt(mp['gap'], 4)})"]]
+    return ("<h3>Device-mapping program (best plan)</h3>"
+            + t.table(["", ""], [[t.cell(a), t.cell(b)] for a, b in rows]))
+
+
+def _notes(result: dict[str, Any]) -> list[str]:
+    stats = result["stats"]
+    pruned = ", ".join(f"{k} {v:,}" for k, v in stats["pruned"].items())
+    return [*result["notes"], f"{stats['candidates']:,} plans scored in full; pruned: "
+            f"{pruned or 'none'}" + ("; the time limit stopped the search" if stats.get("cut") else ""),
+            "Search wall time is left out so that identical searches give identical reports."]
