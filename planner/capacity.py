@@ -11,14 +11,16 @@ yes/no is exact. Reported plans come from full searches (`planner.api.search`).
 Like `planner.api`, this facade imports the search and cost model lazily, inside functions.
 
 Families (`FAMILIES`) are data with their source: `gpt3` is continuous (one member per layer
-count), `gpt3-table` and `narayanan` are published rows. Feasibility is monotone along every
-family: each member is at least as large as the previous one in every dimension (layers,
-hidden, heads, MLP width; vocabulary fixed), so every memory term of any plan (weights, grads,
-optimizer, activations, buffers) is non-decreasing, and a plan valid for a larger member is
-valid for a smaller one as long as its pp fits the smaller member's layers and its tp divides
-its heads (the continuous family keeps heads a multiple of every tp the search may pick).
-Binary search is therefore exact; the answer's boundary (largest fits, next does not) is
-always checked by two probes, and tests check monotonicity on random families.
+count), `gpt3-table` and `narayanan` are published rows. Each member is at least as large as
+the previous one in every dimension (layers, hidden, heads, MLP width; vocabulary fixed), so
+every memory term of a plan (weights, grads, optimizer, activations, buffers) is
+non-decreasing along the family, and a plan that fits a larger member fits a smaller one when
+it is valid there: its tp divides the heads (the continuous family keeps heads a multiple of
+every tp the search may use) and its pp is at most the smaller member's layers. The last
+condition fails only for members too shallow to split over the devices at all (dp must divide
+the global batch, so pp may have to absorb them); the binary search starts at the first member
+that can be split, where feasibility is monotone, and its answer is the checked boundary (the
+largest member fits, the next does not). Tests check monotonicity on random cases.
 """
 
 from __future__ import annotations
@@ -192,7 +194,7 @@ class MemoryMiss(_Result):
         "plan can hold, fully sharded)"))
     least_memory_plan: str | None = Field(description=(
         "the least-memory plan of the memory-saving ones tried (mbs 1, full recomputation, "
-        "ZeRO-3 without pp / ZeRO-1 with pp, even stages), over every factorisation"))
+        "every ZeRO stage allowed, even stages), over every factorisation"))
     least_memory_gib: float | None
     capacity_gib: float
     over_gib: float | None = Field(description="least_memory_gib - capacity_gib")
@@ -326,24 +328,26 @@ def best_point(model: ModelSpec, cluster: ClusterSpec, workload: TrainingWorkloa
 
 def least_memory(model: ModelSpec, cluster: ClusterSpec, workload: TrainingWorkload,
                  devices: int, *, max_tp: int | None = None) -> MemoryMiss:
-    """The least peak memory among memory-saving plans (mbs 1, full recomputation, SP, ZeRO-3
-    without pp or ZeRO-1 with pp, even stages) over every factorisation the search allows."""
+    """The least peak memory among memory-saving plans (mbs 1, full recomputation, SP, every
+    ZeRO stage allowed, even stages) over every factorisation the search allows."""
     from planner.api import evaluate
-    from search.space import Limits, enumerate_degrees
+    from search.space import Limits, enumerate_degrees, zero_options
 
     cap_gib = cluster.device.memory_bytes / GIB
     states = states_bytes(model, workload) / devices / GIB
     best: tuple[float, str] | None = None
     pruned: Counter[str] = Counter()
-    for d in enumerate_degrees(model, workload, devices, cluster, Limits(max_tp=max_tp), pruned):
-        plan = Plan(tp=d.tp, cp=d.cp, pp=d.pp, dp=d.dp, mbs=1, recompute=Recompute.FULL,
-                    sp=d.tp > 1, zero=3 if d.pp == 1 else 1)
-        try:
-            est = evaluate(model, cluster, workload, plan, devices=devices)
-        except PlanError:
-            pruned["plan_rules"] += 1
-            continue
-        best = min(best or (math.inf, ""), (est.peak_memory_gib, est.plan))
+    limits = Limits(max_tp=max_tp)
+    for d in enumerate_degrees(model, workload, devices, cluster, limits, pruned):
+        for zero in zero_options(d.pp, limits):
+            plan = Plan(tp=d.tp, cp=d.cp, pp=d.pp, dp=d.dp, mbs=1, recompute=Recompute.FULL,
+                        sp=d.tp > 1, zero=zero)
+            try:
+                est = evaluate(model, cluster, workload, plan, devices=devices)
+            except PlanError:
+                pruned["plan_rules"] += 1
+                continue
+            best = min(best or (math.inf, ""), (est.peak_memory_gib, est.plan))
     nodes = _nodes(cluster, devices)
     if best is None:
         why = ", ".join(f"{k}: {v}" for k, v in sorted(pruned.items()))
@@ -352,9 +356,8 @@ def least_memory(model: ModelSpec, cluster: ClusterSpec, workload: TrainingWorkl
                           over_gib=None, reason=f"no tp x cp x pp x dp factorisation of {devices} "
                           f"devices is valid ({why})")
     gib, plan_str = best
-    reason = (f"states alone need {states:.2f} GiB per device" if states > cap_gib else
-              f"the least-memory plan needs {gib:.2f} GiB per device, "
-              f"{gib - cap_gib:.2f} GiB over {cap_gib:.2f} GiB")
+    reason = (f"the least-memory plan needs {gib:.2f} GiB per device, {gib - cap_gib:.2f} GiB "
+              f"over {cap_gib:.2f} GiB (weights + grads + optimizer alone: {states:.2f} GiB)")
     return MemoryMiss(nodes=nodes, devices=devices, states_gib_per_device=states,
                       least_memory_plan=plan_str, least_memory_gib=gib, capacity_gib=cap_gib,
                       over_gib=gib - cap_gib, reason=reason)
@@ -373,6 +376,63 @@ def _upper_index(family: ShapeFamily, cluster: ClusterSpec, workload: TrainingWo
     return family.size + 1, False
 
 
+def _first_splittable(family: ShapeFamily, cluster: ClusterSpec, workload: TrainingWorkload,
+                      devices: int, *, max_tp: int, stop: int) -> int:
+    """The first member index (< stop) whose search space has any tp x cp x pp x dp
+    factorisation of the devices, or `stop`. Smaller members can be infeasible for want of
+    layers to pipeline (pp <= layers) when dp cannot absorb the devices (dp must divide the
+    global batch), whatever their memory; the monotone range starts here."""
+    from search.space import Limits, enumerate_degrees
+
+    for i in range(1, stop):
+        if next(enumerate_degrees(family.member(i), workload, devices, cluster,
+                                  Limits(max_tp=max_tp), Counter()), None) is not None:
+            return i
+    return stop
+
+
+@dataclass(frozen=True)
+class Boundary:
+    """Where feasibility flips along a family: member `largest` fits, member `largest + 1`
+    does not (`by_bound`: ruled out by the states bound without a search)."""
+
+    largest: int
+    by_bound: bool
+    probes: int
+
+
+def find_boundary(family: ShapeFamily, cluster: ClusterSpec, workload: TrainingWorkload, *,
+                  devices: int, max_tp: int) -> Boundary:
+    """Binary search for the largest member that fits (exact probes; monotone family).
+
+    Raises:
+        InfeasibleError: not even the first member that can be split over the devices fits.
+    """
+    probes = 0
+
+    def ok(i: int) -> bool:
+        nonlocal probes
+        probes += 1
+        return fits(family.member(i), cluster, workload, devices, max_tp=max_tp)
+
+    hi, by_bound = _upper_index(family, cluster, workload, devices)
+    lo = _first_splittable(family, cluster, workload, devices, max_tp=max_tp, stop=hi)
+    if lo >= hi or not ok(lo):
+        first = family.member(lo if lo < hi else 1)
+        miss = least_memory(first, cluster, workload, devices, max_tp=max_tp)
+        raise InfeasibleError(
+            f"not even the smallest {family.name} member that can be split over {devices} "
+            f"devices ({first.name}, {first.params / 1e9:.3g}B params) trains on {devices}x "
+            f"{cluster.device.name}: {miss.reason}; add nodes or shorten --seq-len")
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            lo = mid
+        else:
+            hi, by_bound = mid, False
+    return Boundary(largest=lo, by_bound=by_bound, probes=probes)
+
+
 def largest_trainable(family: ShapeFamily, cluster: ClusterSpec, workload: TrainingWorkload, *,
                       devices: int, max_tp: int | None = None,
                       time_limit_s: float | None = None) -> CapacityResult:
@@ -381,7 +441,7 @@ def largest_trainable(family: ShapeFamily, cluster: ClusterSpec, workload: Train
 
     Args:
         family: the shape family (monotone in its index).
-        cluster: the cluster; devices: how many of its devices (whole nodes or one node's part).
+        cluster: the cluster; devices: how many of its devices.
         workload: sequence length, global batch, dtype, optimizer.
         max_tp: tp bound of every search (default: tp_multiple(cluster)).
         time_limit_s: time limit of the final search of the answer (probes are exact).
@@ -390,90 +450,71 @@ def largest_trainable(family: ShapeFamily, cluster: ClusterSpec, workload: Train
         InfeasibleError: not even the first member fits.
     """
     q = max_tp if max_tp is not None else tp_multiple(cluster)
-    probes = 0
-
-    def ok(i: int) -> bool:
-        nonlocal probes
-        probes += 1
-        return fits(family.member(i), cluster, workload, devices, max_tp=q)
-
-    hi, by_bound = _upper_index(family, cluster, workload, devices)
-    first = family.member(1)
-    if hi == 1 or not ok(1):
-        miss = least_memory(first, cluster, workload, devices, max_tp=q)
-        raise InfeasibleError(
-            f"not even the smallest {family.name} member ({first.name}, {first.params / 1e9:.3g}B "
-            f"params) trains on {devices}x {cluster.device.name}: {miss.reason}; add nodes or "
-            "shorten --seq-len")
-    lo = 1
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if ok(mid):
-            lo = mid
-        else:
-            hi, by_bound = mid, False
-    largest = family.member(lo)
+    edge = find_boundary(family, cluster, workload, devices=devices, max_tp=q)
+    largest = family.member(edge.largest)
     notes = [f"tp is at most {q} (heads of the family are multiples of it)"]
     nxt = miss = None
-    if family.size is None or hi <= family.size:
-        nxt = family.member(hi)
+    if family.size is None or edge.largest < family.size:
+        nxt = family.member(edge.largest + 1)
         miss = least_memory(nxt, cluster, workload, devices, max_tp=q)
         notes.append(f"{nxt.name} is ruled out by " + (
-            "the states lower bound (no search needed)" if by_bound else "the exact search"))
+            "the states lower bound (no search needed)" if edge.by_bound else "the exact search"))
     else:
         notes.append(f"the largest row of {family.name} fits; the continuous 'gpt3' family goes beyond")
-    best = best_point(largest, cluster, workload, devices, max_tp=q, time_limit_s=time_limit_s)
     return CapacityResult(
         family=family.name, family_source=family.source, cluster=cluster.name,
         nodes=_nodes(cluster, devices), devices=devices, max_tp=q,
         workload=workload.model_dump(mode="json"),
         max_params_by_states=max_params_by_states(cluster, workload, devices),
-        largest=ModelShape.of(largest), best=best,
-        next_up=None if nxt is None else ModelShape.of(nxt), next_up_miss=miss, probes=probes,
-        notes=notes)
+        largest=ModelShape.of(largest),
+        best=best_point(largest, cluster, workload, devices, max_tp=q, time_limit_s=time_limit_s),
+        next_up=None if nxt is None else ModelShape.of(nxt), next_up_miss=miss,
+        probes=edge.probes, notes=notes)
 
 
 SCALE_FACTORS = (1, 2, 4)
 """min-devices reports throughput at the fewest nodes and at these multiples of it."""
 
 
+def fewest_nodes(model: ModelSpec, cluster: ClusterSpec, workload: TrainingWorkload, *,
+                 max_nodes: int | None = None) -> tuple[int, int, int]:
+    """(lower bound, fewest nodes that fit, probes). Starts at lower_bound_nodes (fewer cannot
+    fit) and steps up one node at a time: with whole nodes, feasibility need not be monotone
+    in the node count (dp must divide the global batch, pp at most the layers), so no size
+    above the bound is skipped.
+
+    Raises:
+        InfeasibleError: nothing fits up to max_nodes (default 4x the lower bound, never above
+            the cluster's max_nodes).
+    """
+    lb = lower_bound_nodes(model, cluster, workload)
+    limit = max_nodes if max_nodes is not None else 4 * lb
+    if cluster.max_nodes is not None:
+        limit = min(limit, cluster.max_nodes)
+    if lb > limit:
+        raise InfeasibleError(
+            f"{model.name} needs at least {lb} nodes of {cluster.name} for its weights, gradients "
+            f"and optimizer states alone ({states_bytes(model, workload) / GIB:.1f} GiB); the "
+            f"limit is {limit} nodes: raise --max-nodes")
+    for n in range(lb, limit + 1):
+        if fits(model, cluster, workload, n * cluster.devices_per_node):
+            return lb, n, n - lb + 1
+    raise InfeasibleError(
+        f"no plan for {model.name} fits on {lb} to {limit} nodes of {cluster.name} (global "
+        f"batch {workload.global_batch_size}, seq {workload.seq_len}); raise --max-nodes or "
+        "shorten --seq-len")
+
+
 def min_devices(model: ModelSpec, cluster: ClusterSpec, workload: TrainingWorkload, *,
                 max_nodes: int | None = None, time_limit_s: float | None = None) -> MinDevicesResult:
-    """The fewest whole nodes on which some plan fits, and the best plans there and at 2x, 4x.
-
-    Starts at lower_bound_nodes (fewer cannot fit) and steps up one node at a time: with whole
-    nodes, feasibility need not be monotone in the node count (dp must divide the global
-    batch, pp at most the layers), so no size is skipped above the bound.
-
-    Args:
-        max_nodes: give up above this many nodes (default: 4x the lower bound, and never above
-            the cluster's max_nodes).
+    """The fewest whole nodes on which some plan fits (fewest_nodes), the best plans there and
+    at SCALE_FACTORS times as many nodes, and how far one node fewer is from fitting.
 
     Raises:
         InfeasibleError: nothing fits up to max_nodes.
     """
     d = cluster.devices_per_node
-    lb = lower_bound_nodes(model, cluster, workload)
-    limit = max_nodes if max_nodes is not None else 4 * lb
-    if cluster.max_nodes is not None:
-        limit = min(limit, cluster.max_nodes)
-    states_gib = states_bytes(model, workload) / GIB
-    if lb > limit:
-        raise InfeasibleError(
-            f"{model.name} needs at least {lb} nodes of {cluster.name} for its weights, gradients "
-            f"and optimizer states alone ({states_gib:.1f} GiB); the limit is {limit} nodes: "
-            "raise --max-nodes")
-    probes, found = 0, None
-    for n in range(lb, limit + 1):
-        probes += 1
-        if fits(model, cluster, workload, n * d):
-            found = n
-            break
-    if found is None:
-        raise InfeasibleError(
-            f"no plan for {model.name} fits on {lb} to {limit} nodes of {cluster.name} (global "
-            f"batch {workload.global_batch_size}, seq {workload.seq_len}); raise --max-nodes or "
-            "shorten --seq-len")
+    lb, found, probes = fewest_nodes(model, cluster, workload, max_nodes=max_nodes)
     points = [best_point(model, cluster, workload, k * found * d, time_limit_s=time_limit_s)
               for k in SCALE_FACTORS if cluster.max_nodes is None or k * found <= cluster.max_nodes]
     notes = [f"{lb - 1} node counts below the lower bound skipped without a search"] if lb > 1 else []
@@ -494,7 +535,7 @@ def parse_tokens(text: str) -> float:
     """'300B' -> 3e11, '1.5T' -> 1.5e12, '2e11' -> 2e11 (K, M, B or G, T; case-insensitive)."""
     match = _TOKENS.match(text)
     value = float(match.group(1)) * _SUFFIX[match.group(2).lower()] if match else 0.0
-    if not match or value <= 0:
+    if not match or not 0 < value < math.inf:
         raise SpecError(f"--tokens '{text}' is not a positive token count; write e.g. 300B, "
                         "1.5T, 450M or 3e11")
     return value

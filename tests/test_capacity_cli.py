@@ -1,0 +1,102 @@
+"""`meshplan capacity`, `min-devices`, `train-time` at the command line: JSON schema, the hand
+numbers of tests/planner/test_capacity.py through the CLI, tables, exit codes and messages."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from meshplan_cli.testing import cli_runner
+
+from cli import app
+
+RUNNER = cli_runner()
+CLUSTER = ("--cluster", "tests/data/capacity-cluster.toml")
+STACK = ("--model", "tests/data/capacity-stack.toml")
+SMALL = ("--global-batch", "1", "--seq-len", "8")
+
+
+def run(*args: str) -> Any:
+    return RUNNER.invoke(app, list(args))
+
+
+def run_json(*args: str) -> Any:
+    res = run(*args, "--json")
+    assert res.exit_code == 0, (res.exit_code, res.stderr)
+    return json.loads(res.stdout)
+
+
+def test_min_devices_json_matches_hand_calculation() -> None:
+    data = run_json("min-devices", *STACK, *CLUSTER, *SMALL)
+    assert (data["lower_bound_nodes"], data["min_nodes"]) == (2, 2)
+    assert data["states_bytes"] == 16 * 100_769_792
+    assert [p["nodes"] for p in data["points"]] == [2, 4, 8]
+    assert all(p["fits"] and p["tokens_per_s"] > 0 for p in data["points"])
+    assert data["one_fewer"]["nodes"] == 1 and data["one_fewer"]["over_gib"] > 0
+    assert data["workload"]["global_batch_size"] == 1
+
+
+def test_min_devices_table_and_determinism() -> None:
+    first = run("min-devices", *STACK, *CLUSTER, *SMALL)
+    assert first.exit_code == 0, first.stderr
+    assert "at least 2 nodes" in first.stdout and "fewest nodes that fit: 2" in first.stdout
+    assert "one node fewer: 1 node / 2 GPUs" in first.stdout
+    assert run("min-devices", *STACK, *CLUSTER, *SMALL).stdout == first.stdout
+
+
+def test_min_devices_infeasible_exit_3() -> None:
+    res = run("min-devices", *STACK, *CLUSTER, *SMALL, "--max-nodes", "1")
+    assert res.exit_code == 3
+    assert res.stderr.startswith("error: capacity-stack needs at least 2 nodes")
+    assert "Traceback" not in res.stderr + res.stdout
+
+
+def test_train_time_days_are_tokens_over_throughput() -> None:
+    data = run_json("train-time", *STACK, *CLUSTER, "--nodes", "2", "--tokens", "3B", *SMALL)
+    assert data["tokens"] == 3e9
+    assert data["days"] == 3e9 / data["best"]["tokens_per_s"] / 86400
+    assert abs(data["gpu_hours"] - data["days"] * 24 * 4) < 1e-9 * data["gpu_hours"]
+    res = run("train-time", *STACK, *CLUSTER, "--nodes", "2", "--tokens", "3B", *SMALL)
+    assert res.exit_code == 0 and "GPU-hours" in res.stdout and f"{data['days']:,.1f} days" in res.stdout
+
+
+def test_train_time_bad_tokens_exit_2() -> None:
+    res = run("train-time", *STACK, *CLUSTER, "--nodes", "2", "--tokens", "lots", *SMALL)
+    assert res.exit_code == 2
+    assert res.stderr.strip() == ("error: --tokens 'lots' is not a positive token count; write "
+                                  "e.g. 300B, 1.5T, 450M or 3e11")
+
+
+def test_train_time_infeasible_exit_3() -> None:
+    res = run("train-time", *STACK, *CLUSTER, "--nodes", "1", "--tokens", "1B", *SMALL)
+    assert res.exit_code == 3 and res.stderr.startswith("error: no plan for capacity-stack")
+
+
+def test_capacity_json() -> None:
+    data = run_json("capacity", *CLUSTER, "--nodes", "1", *SMALL)
+    largest, nxt = data["largest"], data["next_up"]
+    assert data["family"] == "gpt3" and data["max_tp"] == 2 and data["devices"] == 2
+    assert data["best"]["fits"] and data["best"]["peak_memory_gib"] <= 2.0
+    assert nxt["params"] > largest["params"] and nxt["num_layers"] == largest["num_layers"] + 1
+    assert data["next_up_miss"]["least_memory_gib"] > 2.0
+    assert largest["params"] <= data["max_params_by_states"]
+
+
+def test_capacity_table_output() -> None:
+    res = run("capacity", *CLUSTER, "--nodes", "1", *SMALL, "--family", "narayanan")
+    assert res.exit_code == 3   # even the 1.7B row is far beyond two 2 GiB devices
+    assert "not even the smallest narayanan member" in res.stderr
+    res = run("capacity", *CLUSTER, "--nodes", "1", *SMALL)
+    assert res.exit_code == 0, res.stderr
+    for text in ("largest that fits: gpt3-", "next size up: gpt3-", "states bound: no model over"):
+        assert text in res.stdout
+
+
+def test_capacity_bad_inputs_exit_2() -> None:
+    res = run("capacity", *CLUSTER, "--nodes", "1", "--family", "gpt4")
+    assert res.exit_code == 2
+    assert res.stderr.strip() == "error: --family 'gpt4' is not one of gpt3, gpt3-table, narayanan"
+    res = run("capacity", *CLUSTER)
+    assert res.exit_code == 2 and "exactly one of --gpus N or --nodes N" in res.stderr
+    res = run("capacity", "--cluster", "v100x5", "--nodes", "1")
+    assert res.exit_code == 2 and "v100x4" in res.stderr
