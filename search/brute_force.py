@@ -34,6 +34,7 @@ def brute_force_best(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkloa
                      ) -> tuple[float, Plan | None, int]:
     """(best step time, its plan, plans scored); (inf, None, n) when nothing fits."""
     limits = limits or Limits()
+    cluster = cluster.job_view(devices)
     best, best_plan, scored = float("inf"), None, 0
     for d in space.enumerate_degrees(model, wl, devices, cluster, limits, Counter()):
         for mbs in space.micro_batches(wl, d, limits):

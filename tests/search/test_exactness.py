@@ -194,6 +194,7 @@ def brute_force(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload, n:
                 fixed: Fixed = NONE, limits: Limits = NONE) -> BruteForce:
     """Score every plan of the space (all stage splits of a plan at once, as arrays)."""
     out = BruteForce()
+    cluster = cluster.job_view(n)   # the cluster as the job sees it, as evaluate() and search do
     with mock.patch("cost_models.tables.block_compute", _memo_block_compute()):
         for plan, options in space(model, cluster, wl, n, fixed=fixed, limits=limits):
             if not plan_problems(model, wl, plan, n):      # else evaluate() raises PlanError
@@ -398,6 +399,7 @@ def test_the_search_bounds_never_exceed_a_step_time(kind: str) -> None:
             assert model.moe is not None
             fixed = {"ep": rng.choice([d for d in divisors(model.moe.num_experts) if d <= 4]),
                      "etp": rng.choice([1, 2])}
+        cluster = cluster.job_view(n)   # as planner.api.search hands it to the driver
         state = SearchState(top_k=1, pruned=Counter())
         groups = _groups(model, cluster, wl, n, SpaceLimits(fixed=fixed), state)
         for g in rng.sample(groups, min(len(groups), 6)):
@@ -458,6 +460,7 @@ def test_brute_force_shortcuts_agree_with_evaluate(seed: int) -> None:
     checked = 0
     while checked < 8:
         model, cluster, wl, n = random_problem(rng)
+        cluster = cluster.job_view(n)   # the cluster as evaluate() sees the job
         plans = [p for p, _ in space(model, cluster, wl, n)]
         if not plans:
             continue
