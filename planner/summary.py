@@ -81,6 +81,7 @@ def device_summary(device: DeviceSpec) -> dict[str, Any]:
         "memory_bytes": device.memory_bytes,
         "memory_bandwidth_bytes_per_s": device.memory_bandwidth_bytes_per_s,
         "onchip_cache_bytes": device.onchip_cache_bytes,
+        "onchip_cache_bandwidth_bytes_per_s": device.onchip_cache_bandwidth_bytes_per_s,
         "power_w": device.power_w,
         "source": device.source,
     }
