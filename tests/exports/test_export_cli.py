@@ -1,0 +1,118 @@
+"""`meshplan export` and `meshplan search --export`: refusals (exit 4), bad input (exit 2),
+existing output files (exit 5), and the happy path to stdout and to a file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cli import app
+from meshplan_cli.testing import cli_runner
+
+RUNNER = cli_runner()
+DATA = Path(__file__).parent / "data"
+
+
+def _export(tmp_path: Path, data: dict, *args: str):
+    path = tmp_path / "result.json"
+    path.write_text(json.dumps(data))
+    return RUNNER.invoke(app, ["export", str(path), *args])
+
+
+@pytest.mark.parametrize(("name", "plan_text", "fmt", "reason"), [
+    ("inference", None, "megatron", "inference plan"),
+    ("inference", None, "torchtitan", "inference plan"),
+    ("inference", None, "deepspeed", "inference plan"),
+    ("dense", None, "vllm", "training plan"),
+    ("dense", None, "sglang", "training plan"),
+    ("moe", None, "torchtitan", "zero=2"),
+    ("moe", None, "deepspeed", "ep=8"),
+    ("interleaved-firstlast", None, "deepspeed", "pp=4"),
+    ("interleaved-firstlast", None, "torchtitan", "zero=1"),
+    ("dense", "tp=2,pp=1,dp=8,mbs=2,sp=off,zero=3", "torchtitan", "without sequence parallelism"),
+    ("dense", "tp=1,pp=1,dp=16,mbs=4,zero=3,recompute=selective", "torchtitan", "selective"),
+    ("dense", "tp=1,pp=1,dp=16,mbs=4,recompute=full", "deepspeed", "recompute=full"),
+    ("dense", "tp=2,pp=1,dp=8,mbs=2,sp=on", "deepspeed", "sp=on"),
+    ("dense", "tp=2,pp=2,dp=2,cp=2,mbs=1,order=cp-pp-dp-tp", "megatron", "rank order cp-pp-dp-tp"),
+])
+def test_refusals_exit_4_with_reason(tmp_path: Path, saved, variant, name: str,
+                                     plan_text: str | None, fmt: str, reason: str) -> None:
+    data = saved(name) if plan_text is None else variant(name, plan_text)
+    res = _export(tmp_path, data, "--to", fmt)
+    assert res.exit_code == 4, res.stderr
+    assert "cannot express this plan" in res.stderr and reason in res.stderr
+    assert res.stdout == ""
+
+
+@pytest.mark.parametrize(("rank", "reason"), [(1, "ep=2 with tp=8"), (4, "dp=2 on an MoE model")])
+def test_vllm_refuses_moe_layouts_it_lacks(tmp_path: Path, saved, rank: int, reason: str) -> None:
+    res = _export(tmp_path, saved("moe-inference"), "--to", "vllm", "--rank", str(rank))
+    assert res.exit_code == 4 and reason in res.stderr
+
+
+def test_refused_fp16_for_torchtitan(tmp_path: Path, saved) -> None:
+    data = saved("dense")
+    data["inputs"]["workload"]["dtype"] = "fp16"
+    res = _export(tmp_path, data, "--to", "torchtitan")
+    assert res.exit_code == 4 and "dtype fp16" in res.stderr
+
+
+@pytest.mark.parametrize(("content", "args", "message"), [
+    ("not json", ["--to", "megatron"], "is not JSON"),
+    ("[1, 2]", ["--to", "megatron"], "not a search result"),
+    ('{"plan": "tp=1", "step_time_s": 1.0}', ["--to", "megatron"], "no 'best'/'top' keys"),
+    (None, ["--to", "slurm"], "is not one of megatron, torchtitan, deepspeed, vllm, sglang"),
+    (None, ["--to", "megatron", "--rank", "9"], "out of range"),
+    (None, ["--to", "megatron", "--model-path", "x"], "--model-path is for vllm and sglang"),
+])
+def test_bad_input_exit_2(tmp_path: Path, saved, content: str | None, args: list[str],
+                          message: str) -> None:
+    path = tmp_path / "in.json"
+    path.write_text(content if content is not None else json.dumps(saved("dense")))
+    res = RUNNER.invoke(app, ["export", str(path), *args])
+    assert res.exit_code == 2, res.stderr
+    assert message in res.stderr and "Traceback" not in res.stderr
+
+
+def test_result_without_inputs_names_the_fix(tmp_path: Path, saved) -> None:
+    data = saved("dense")
+    del data["inputs"]
+    res = _export(tmp_path, data, "--to", "megatron")
+    assert res.exit_code == 2 and "meshplan search ... --json" in res.stderr
+
+
+def test_missing_file_exit_2(tmp_path: Path) -> None:
+    res = RUNNER.invoke(app, ["export", str(tmp_path / "nope.json"), "--to", "megatron"])
+    assert res.exit_code == 2 and "cannot read" in res.stderr
+
+
+def test_output_file_refuses_to_overwrite(tmp_path: Path, saved) -> None:
+    src = tmp_path / "result.json"
+    src.write_text(json.dumps(saved("dense")))
+    out = tmp_path / "ds.json"
+    out.write_text("mine")
+    res = RUNNER.invoke(app, ["export", str(src), "--to", "deepspeed", "--output", str(out)])
+    assert res.exit_code == 5 and "--overwrite" in res.stderr and out.read_text() == "mine"
+    res = RUNNER.invoke(app, ["export", str(src), "--to", "deepspeed", "--output", str(out),
+                              "--overwrite"])
+    assert res.exit_code == 0 and json.loads(out.read_text())["zero_optimization"]["stage"] == 3
+
+
+def test_stdout_matches_output_file(tmp_path: Path, saved) -> None:
+    src = tmp_path / "result.json"
+    src.write_text(json.dumps(saved("inference")))
+    printed = RUNNER.invoke(app, ["export", str(src), "--to", "sglang"])
+    out = tmp_path / "serve.sh"
+    written = RUNNER.invoke(app, ["export", str(src), "--to", "sglang", "-o", str(out)])
+    assert printed.exit_code == written.exit_code == 0
+    assert printed.stdout == out.read_text() and "--tp-size 8" in printed.stdout
+
+
+def test_search_export_prints_launch_settings() -> None:
+    res = RUNNER.invoke(app, ["search", "--mode", "inference", "--model", "llama3-8b", "--cluster",
+                              "dgx-h100", "--gpus", "8", "--batch", "16", "--prompt-len", "512",
+                              "--output-len", "128", "--export", "vllm"])
+    assert res.exit_code == 0, res.stderr
+    assert res.stdout.startswith("# meshplan export --to vllm") and "--tensor-parallel-size" in res.stdout
