@@ -21,6 +21,10 @@ PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b
 
 CAPACITY_COLOR = "#c0392b"
 
+MAX_TOOLTIP_BOXES = 3000
+"""Timelines with more boxes than this drop the per-box tooltips (they are most of the
+file size: 8,192 boxes of a 64-stage pipeline would take about 1.3 MB)."""
+
 
 @dataclass(frozen=True)
 class BarRow:
@@ -151,7 +155,8 @@ def _bar(spec: BarChart, row: BarRow, total: float, *, y: float, scale: float,
 
 def timeline_chart(tl: Timeline, *, width: int = 1200, caption: str = "") -> str:
     """Gantt chart of a simulated step: one row per stage, one box per pass; forwards light,
-    backwards dark, colour per model chunk, micro-batch number inside when it fits."""
+    backwards dark, colour per model chunk, micro-batch number inside when it fits; a
+    tooltip per box unless there are more than MAX_TOOLTIP_BOXES."""
     left, row_h, top = 70, 26, 8
     chunk_items = []
     for c in range(tl.num_chunks):
@@ -160,7 +165,7 @@ def timeline_chart(tl: Timeline, *, width: int = 1200, caption: str = "") -> str
                         (f"backward{suffix}", PALETTE[c % len(PALETTE)])]
     leg, top = legend(chunk_items, x=left, y=top, max_x=width)
     plot_w = width - left - 20
-    ticks = nice_ticks(tl.makespan_s)
+    ticks = nice_ticks(tl.makespan_s, count=10)
     scale = plot_w / ticks[-1]
     axis_y = top + tl.num_stages * row_h
     height = int(axis_y + 36)
@@ -177,14 +182,16 @@ def timeline_chart(tl: Timeline, *, width: int = 1200, caption: str = "") -> str
     for s in range(tl.num_stages):
         out.append(f'<text x="{left - 8}" y="{top + s * row_h + 17}" font-size="12" '
                    f'text-anchor="end">stage {s}</text>')
+    tips = len(tl.ops) <= MAX_TOOLTIP_BOXES
     for op in tl.ops:
         out.append(_op_box(op, y=top + op.stage * row_h + 2, left=left, scale=scale,
-                           chunked=tl.num_chunks > 1))
+                           chunked=tl.num_chunks > 1, tooltip=tips))
     out.append("</svg>")
     return "".join(out)
 
 
-def _op_box(op: PassOp, *, y: float, left: float, scale: float, chunked: bool) -> str:
+def _op_box(op: PassOp, *, y: float, left: float, scale: float, chunked: bool,
+            tooltip: bool) -> str:
     base = PALETTE[op.chunk % len(PALETTE)]
     color = _shade(base, 0.55) if op.kind == "F" else base
     x, w = left + op.start_s * scale, (op.end_s - op.start_s) * scale
@@ -192,13 +199,14 @@ def _op_box(op: PassOp, *, y: float, left: float, scale: float, chunked: bool) -
     chunk = f", chunk {op.chunk}" if chunked else ""
     tip = (f"stage {op.stage}: {name} of micro-batch {op.microbatch}{chunk}, "
            f"{fmt(op.start_s, 4)}-{fmt(op.end_s, 4)} s")
-    text = ""
-    if w >= 8 + 6 * len(str(op.microbatch)):
-        fill = "#222" if op.kind == "F" else "#fff"
-        text = (f'<text x="{x + w / 2:.2f}" y="{y + 15:.1f}" font-size="10" fill="{fill}" '
-                f'text-anchor="middle">{op.microbatch}</text>')
-    return (f'<g class="op op-{op.kind}"><title>{escape(tip)}</title><rect x="{x:.2f}" '
-            f'y="{y:.1f}" width="{max(w - 0.6, 0.4):.2f}" height="22" fill="{color}"/>{text}</g>')
+    title = f"<title>{escape(tip)}</title>" if tooltip else ""
+    box = (f'<rect class="op {op.kind}" x="{x:.1f}" y="{y:.0f}" width="{max(w - 0.6, 0.4):.1f}" '
+           f'height="22" fill="{color}">{title}</rect>')
+    if w < 8 + 6 * len(str(op.microbatch)):
+        return box
+    fill = "#222" if op.kind == "F" else "#fff"
+    return (box + f'<text x="{x + w / 2:.1f}" y="{y + 15:.0f}" font-size="10" fill="{fill}" '
+            f'text-anchor="middle" pointer-events="none">{op.microbatch}</text>')
 
 
 def _shade(color: str, mix: float) -> str:

@@ -12,7 +12,9 @@ from html import escape
 from typing import Any
 
 from planner.report import template as t
-from planner.report.charts import BarChart, BarRow, bar_chart, fmt, timeline_chart
+from planner.report.charts import (
+    MAX_TOOLTIP_BOXES, BarChart, BarRow, bar_chart, fmt, timeline_chart,
+)
 from planner.report.common import device_map_section, map_inputs, model_of, pct, plan_of
 from planner.report.schedule import (
     FORWARD_SHARE_FULL_RECOMPUTE, closed_form_bubble_fraction, forward_share,
@@ -27,10 +29,14 @@ MEMORY_COLORS = {"stage peak": "#4e79a7", "weights": "#4e79a7", "grads": "#f28e2
                  "optimizer": "#59a14f", "activations": "#edc948", "buffers": "#b07aa1"}
 
 MAX_DRAWN_MICROBATCHES = 32
-"""The timeline draws at most this many micro-batches (rounded to a multiple of p when
-interleaved): warm-up and cool-down are unchanged, the steady phase is shorter."""
+"""The timeline draws at most this many micro-batches: warm-up and cool-down are unchanged,
+the steady phase is shorter (a readability and file-size choice)."""
 
-MAX_SIMULATED_PASSES = 100_000
+MAX_DRAWN_PASSES = 2500
+"""... and at most about this many boxes (stages x 2 x chunks x micro-batches), but never
+fewer than p micro-batches, so that every stage reaches its steady phase."""
+
+MAX_SIMULATED_PASSES = 50_000
 """Above this many passes the step's bubble is given by the closed form, not simulated."""
 
 
@@ -179,10 +185,12 @@ def _stage_memory_chart(e: dict[str, Any]) -> str:
 
 
 def drawn_microbatches(m: int, p: int, v: int) -> int:
-    """How many micro-batches the timeline draws (see MAX_DRAWN_MICROBATCHES)."""
-    if m <= MAX_DRAWN_MICROBATCHES:
+    """How many micro-batches the timeline draws (MAX_DRAWN_MICROBATCHES, MAX_DRAWN_PASSES);
+    a multiple of p when interleaved, as Megatron-LM requires."""
+    budget = min(MAX_DRAWN_MICROBATCHES, MAX_DRAWN_PASSES // (2 * p * v))
+    if m <= max(budget, p):
         return m
-    return MAX_DRAWN_MICROBATCHES if v == 1 else max(p, MAX_DRAWN_MICROBATCHES // p * p)
+    return max(p, budget // p * p) if v > 1 else max(p, budget)
 
 
 def _schedule_section(p: int, v: int, recompute: str, e: dict[str, Any]) -> str:
@@ -203,7 +211,9 @@ def _schedule_section(p: int, v: int, recompute: str, e: dict[str, Any]) -> str:
     caption = (f"{kind}, {p} stages, {m} micro-batches per step"
                + (f"; drawn with {shown} of them (same warm-up and cool-down, shorter steady "
                   "phase)" if shown < m else "")
-               + f". Each stage's time per micro-batch is split {split}.")
+               + f". Each stage's time per micro-batch is split {split}."
+               + (f" Hover tooltips are left out ({len(drawn.ops):,} boxes)."
+                  if len(drawn.ops) > MAX_TOOLTIP_BOXES else ""))
     return (f'<p class="note">{escape(caption)}</p>'
             + timeline_chart(drawn, caption=caption) + _schedule_stats(p, v, m, e, full))
 
