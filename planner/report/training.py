@@ -220,7 +220,7 @@ def _schedule_section(p: int, v: int, recompute: str, e: dict[str, Any]) -> str:
 
 def _schedule_stats(p: int, v: int, m: int, e: dict[str, Any], full: Any) -> str:
     closed = closed_form_bubble_fraction(num_stages=p, num_microbatches=m, num_chunks=v)
-    formula = f"(p-1)/({'v*' if v > 1 else ''}m) = {p - 1}/{v * m if v > 1 else m}"
+    formula = f"(p-1)/(v*m) = {p - 1}/{v * m}" if v > 1 else f"(p-1)/m = {p - 1}/{m}"
     rows = [["closed form bubble fraction, equal stages", f"{formula} = {pct(closed)}"],
             ["cost model's bubble", f"{fmt(e['breakdown']['bubble'])} s"]]
     if full is not None:

@@ -56,6 +56,7 @@ def test_baseline_report_aggregates_and_shows_the_baseline(with_baseline: dict[s
     assert "Baseline: Narayanan et al. 2021 Table 1" in html
     assert "1F1B (PipeDream-Flush), 8 stages, 96 micro-batches per step; drawn with 32" in html
     assert "one data-parallel replica (64 of 1536 devices) x dp 24" in html
+    assert "(p-1)/m = 7/96 = 7.3%" in html
 
 
 def test_unrunnable_baseline_is_listed(with_baseline: dict[str, Any]) -> None:
