@@ -19,6 +19,8 @@ Dao 2023, FlashAttention-2 Sec. 3.1.2).
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 
 from cost_models.efficiency import DeviceEfficiency, gemm_efficiency
@@ -174,19 +176,41 @@ def _moe_shapes(model: ModelSpec, sh: Shard) -> list[tuple[float, float]]:
 
 def _add_experts(model: ModelSpec, roof: Roofline, sh: Shard, fwd: float, f_fwd: float,
                  bwd: float, f_bwd: float) -> tuple[float, float, float, float]:
-    """Routed experts: this device holds E/ep experts and receives, with balanced routing,
-    tokens*top_k*ep/E assignments for each (tokens of its own EP group share)."""
+    """Routed experts: this device holds E/ep experts and receives on average
+    tokens*top_k*ep/E assignments for each (tokens of its own EP group share). The EP ranks
+    meet at the combine all-to-all, so the time is the most loaded rank's: the mean load times
+    the expected-maximum factor of random routing over ep ranks (cost_models/moe_balance.py;
+    a router trained with a balancing loss, or Megatron's forced balancing, routes like this),
+    capped by the capacity factor when the model drops tokens. FLOPs stay the mean's."""
     assert model.moe is not None
     m = model.moe
     local_experts = m.num_experts / sh.ep
     per_expert = sh.tokens * m.top_k * sh.ep / m.num_experts
+    ranks = round(sh.ep)
+    whole = abs(sh.ep - ranks) < 1e-9 and ranks >= 1 and m.num_experts % ranks == 0
+    slowest = per_expert * (load_factor(max(1, round(sh.tokens * sh.ep)), m.num_experts,
+                                        m.top_k, ranks, m.capacity_factor) if whole else 1.0)
     for n, k in _mlp_shapes(model, m.expert_ffn_hidden_size, sh.etp):
-        tf, ff, tb, fb = roof.gemm_fwd_bwd(per_expert, n, k)
+        tf, _, tb, _ = roof.gemm_fwd_bwd(slowest, n, k)
+        _, ff, _, fb = roof.gemm_fwd_bwd(per_expert, n, k)
         fwd += tf * local_experts
         f_fwd += ff * local_experts
         bwd += tb * local_experts
         f_bwd += fb * local_experts
     return fwd, f_fwd, bwd, f_bwd
+
+
+@functools.lru_cache(maxsize=4096)
+def load_factor(tokens: int, experts: int, top_k: int, ranks: int,
+                capacity_factor: float | None) -> float:
+    """Most loaded EP rank's assignments / the mean (>= 1 dropless; may be < 1 when the
+    capacity factor drops tokens)."""
+    from cost_models.moe_balance import effective_max_load
+
+    if ranks <= 1 and capacity_factor is None:
+        return 1.0
+    mean = tokens * top_k / ranks
+    return effective_max_load(tokens, experts, top_k, capacity_factor, ranks=ranks) / mean
 
 
 def _attention_core(model: ModelSpec, roof: Roofline, sh: Shard) -> tuple[float, float, float, float]:
