@@ -103,7 +103,9 @@ def capacity_cmd(
         print_json(result.model_dump(mode="json"))
         return
     out.print(f"[bold]largest '{escape(fam.name)}' model on {n}x {escape(clus.device.name)} "
-              f"({escape(clus.name)}), global batch {global_batch} x {seq_len} tokens[/bold]")
+              f"({escape(clus.name)})[/bold]", soft_wrap=True)
+    out.print(f"workload: global batch {global_batch} x {seq_len} tokens, {dtype}, {optimizer}",
+              markup=False)
     out.print(f"family: {fam.source}", markup=False, soft_wrap=True)
     out.print(f"largest that fits: {_shape(result.largest)}", markup=False)
     _print_points([result.best], title="its best plan")
@@ -137,8 +139,9 @@ def min_devices_cmd(
     if as_json:
         print_json(result.model_dump(mode="json"))
         return
-    out.print(f"[bold]fewest {escape(clus.name)} nodes for {escape(spec.name)}, global batch "
-              f"{global_batch} x {seq_len} tokens[/bold]")
+    out.print(f"[bold]fewest {escape(clus.name)} nodes for {escape(spec.name)}[/bold]", soft_wrap=True)
+    out.print(f"workload: global batch {global_batch} x {seq_len} tokens, {dtype}, {optimizer}",
+              markup=False)
     out.print(_shape(result.model), markup=False)
     per = cap.state_bytes_per_param(wl)
     out.print(f"weights + grads + optimizer: {per} bytes/param = {result.states_bytes / 2**30:,.1f} "
@@ -189,8 +192,11 @@ def train_time_cmd(
 
 def _render_train_time(result: cap.TrainTimeResult, device: str) -> None:
     b: Any = result.best
+    w = result.workload
     out.print(f"[bold]{escape(result.model.name)} on {result.devices}x {escape(device)} "
-              f"({escape(result.cluster)}), {_fmt_count(result.tokens)} tokens[/bold]")
+              f"({escape(result.cluster)}), {_fmt_count(result.tokens)} tokens[/bold]", soft_wrap=True)
+    out.print(f"workload: global batch {w['global_batch_size']} x {w['seq_len']} tokens, "
+              f"{w['dtype']}, {w['optimizer']}", markup=False)
     _print_points([b], title="best plan")
     t = Table(show_header=False, box=None)
     t.add_column(style="cyan")
