@@ -282,13 +282,17 @@ def search_cmd(
 
 @contextlib.contextmanager
 def _to_stderr() -> Iterator[None]:
-    """Send what the renderers print on `out` to stderr for a while."""
-    saved = out.file
-    out.file = sys.stderr
+    """Send what the renderers print on `out` to stderr for a while.
+
+    Flips the console's public `stderr` switch rather than assigning `out.file`: reading
+    `out.file` returns the current sys.stdout, and restoring that object would pin the console
+    to it after it is closed (an in-process runner's stdout, say)."""
+    saved = out.stderr
+    out.stderr = True
     try:
         yield
     finally:
-        out.file = saved
+        out.stderr = saved
 
 
 class _Outputs:

@@ -116,3 +116,16 @@ def test_search_export_prints_launch_settings() -> None:
                               "--output-len", "128", "--export", "vllm"])
     assert res.exit_code == 0, res.stderr
     assert res.stdout.startswith("# meshplan export --to vllm") and "--tensor-parallel-size" in res.stdout
+
+
+def test_search_export_leaves_the_console_following_stdout() -> None:
+    """--export moves the table to stderr for one run; the next in-process invocation (a new
+    stdout) must still print. A console pinned to the first run's closed stdout fails with
+    'I/O operation on closed file'."""
+    first = RUNNER.invoke(app, ["search", "--mode", "inference", "--model", "llama3-8b", "--cluster",
+                                "dgx-h100", "--gpus", "8", "--batch", "16", "--prompt-len", "512",
+                                "--output-len", "128", "--export", "vllm"])
+    assert first.exit_code == 0, first.stderr
+    second = RUNNER.invoke(app, ["--version"])
+    assert second.exit_code == 0, second.stderr
+    assert second.stdout.startswith("meshplan ")
