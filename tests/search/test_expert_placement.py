@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
 import pytest
@@ -138,3 +139,80 @@ def test_bad_inputs():
         xp.compare_placements([1.0] * 8, devices=8, devices_per_node=8, ep=3)
     with pytest.raises(SpecError, match="non-negative"):
         xp.compare_placements([1.0, -1.0], devices=2, devices_per_node=2, ep=2)
+
+
+# --------------------------------------------------------------------------- CLI
+
+from cli import app  # noqa: E402
+from meshplan_cli.testing import cli_runner  # noqa: E402
+
+RUNNER = cli_runner()
+BASE = ["placement", "--model", "mixtral-8x7b", "--cluster", "dgx-h100", "--gpus", "16",
+        "--time-limit", "0.5"]
+
+
+def test_cli_json_contract():
+    res = RUNNER.invoke(app, BASE + ["--popularity", "zipf:1.0", "--json"])
+    assert res.exit_code == 0, res.stderr
+    data = json.loads(res.stdout)
+    names = [p["name"] for p in data["placements"]]
+    assert names == ["conventional ep=8", "large ep=8", "integer program"]
+    conv, ilp = data["placements"][0], data["placements"][-1]
+    assert ilp["max_device_load"] <= conv["max_device_load"] * (1 + 1e-9)
+    assert data["inputs"]["slots"] == 1 and ilp["experts_per_device"] <= 1
+    assert data["solver"]["status"] in ("OPTIMAL", "FEASIBLE", "HINT")
+    # Mixtral expert: 3 * 4096 * 14336 parameters in bf16
+    assert conv["expert_memory_gib_per_device_layer"] == pytest.approx(
+        3 * 4096 * 14336 * 2 / 2**30)
+    again = RUNNER.invoke(app, BASE + ["--popularity", "zipf:1.0", "--json"])
+    assert json.loads(again.stdout)["placements"] == data["placements"]   # same inputs, same answer
+
+
+def test_cli_table():
+    res = RUNNER.invoke(app, BASE + ["--slots", "2"])
+    assert res.exit_code == 0, res.stderr
+    assert "integer program" in res.stdout and "conventional" in res.stdout
+    assert "gap" in res.stdout
+
+
+def test_cli_popularity_file_per_layer(tmp_path):
+    f = tmp_path / "pop.json"
+    f.write_text("[" + ",".join(["[8,4,2,1,1,1,1,1]"] * 32) + "]")
+    res = RUNNER.invoke(app, BASE + ["--popularity", str(f), "--layer", "3", "--json"])
+    assert res.exit_code == 0, res.stderr
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--popularity", "zipf:x"], "is not zipf:ALPHA"),
+    (["--popularity", "missing.json"], "does not exist"),
+    (["--layer", "40"], "is not an MoE layer"),
+    (["--ep", "3"], "must divide"),
+])
+def test_cli_bad_input(extra, match):
+    res = RUNNER.invoke(app, BASE + extra)
+    assert res.exit_code == 2
+    assert match in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("content,match", [
+    ("[1, 2, 3]", "has 3 values but the model has 8 experts"),
+    ("[1, 1, 1, 1, 1, 1, 1, -1]", "non-negative"),
+    ('{"a": 1}', "must hold a list of numbers"),
+    ("[[1,1,1,1,1,1,1,1]]", "has 1 layers but the model has 32 MoE layers"),
+    ("[1, 2", "is not valid JSON"),
+])
+def test_cli_bad_popularity_file(tmp_path, content, match):
+    f = tmp_path / "pop.json"
+    f.write_text(content)
+    res = RUNNER.invoke(app, BASE + ["--popularity", str(f)])
+    assert res.exit_code == 2, res.stdout
+    assert match in res.stderr
+
+
+def test_cli_dense_model_and_too_few_slots():
+    res = RUNNER.invoke(app, ["placement", "--model", "narayanan-7.5b", "--cluster", "dgx-a100",
+                              "--gpus", "8"])
+    assert res.exit_code == 2 and "has no MoE layers" in res.stderr
+    res = RUNNER.invoke(app, ["placement", "--model", "seed002-moe-61l", "--cluster",
+                              "dgx-h100", "--gpus", "16", "--slots", "4"])
+    assert res.exit_code == 3 and "do not fit" in res.stderr
