@@ -13,7 +13,8 @@ The mapping uses only facts about each run, stated in the record or its source:
 - Megatron-LM (Narayanan 2021 Table 1, the 2020 README): GPT architecture (LayerNorm, biases,
   learned positions, tied embeddings, GELU), fp16, full activation recomputation (their
   TFLOP/s accounting counts 4 passes), unfused attention (FlashAttention appeared in 2022).
-- MosaicML MPT: ALiBi, no biases, tied embeddings, GELU, bf16, FSDP FULL_SHARD = ZeRO-3,
+- MosaicML MPT: ALiBi, no biases, tied embeddings, GELU, no dropout (MPTConfig defaults),
+  fused cross entropy (llm-foundry's default loss_fn), bf16, FSDP FULL_SHARD = ZeRO-3,
   llm-foundry's Triton FlashAttention (attn_impl: triton, a FlashAttention-1 port: attn=flash1),
   recomputation as recorded.
 - Published step times: measured iteration_s where given; otherwise the record's derived
@@ -37,7 +38,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from planner import Attention, DType, ModelSpec, Plan, Recompute, TrainingWorkload, load_cluster  # noqa: E402
+from planner import Attention, DType, LossKernel, ModelSpec, Plan, Recompute, TrainingWorkload, load_cluster  # noqa: E402
 from planner.api import evaluate  # noqa: E402
 from planner.errors import PlannerError  # noqa: E402
 from planner.result import Estimate  # noqa: E402
@@ -79,8 +80,10 @@ def model_for(record: dict[str, Any]) -> ModelSpec:
                   num_attention_heads=m["heads"], num_kv_heads=m.get("kv_heads"),
                   ffn_hidden_size=m["ffn_hidden"], vocab_size=m["vocab"])
     if rid.startswith("mpt_"):
+        # llm-foundry MPTConfig defaults: resid_pdrop = emb_pdrop = attn_config.attn_pdrop =
+        # 0.0, which the pretrain yamls keep: no dropout.
         return ModelSpec(**common, positional="alibi", linear_bias=False, tied_embeddings=True,
-                         norm="layernorm", activation="gelu")
+                         norm="layernorm", activation="gelu", dropout=False)
     return ModelSpec(**common, positional="learned", max_position_embeddings=m["seq_len"],
                      linear_bias=True, tied_embeddings=True, norm="layernorm", activation="gelu")
 
@@ -106,7 +109,10 @@ def plan_fields(record: dict[str, Any]) -> dict[str, Any]:
         attn = Attention.FLASH1      # llm-foundry's Triton FlashAttention (2023 benchmarks)
     else:
         attn = Attention.FLASH
-    return dict(tp=p.get("tp") or 1, pp=p.get("pp") or 1, dp=p.get("dp") or 1,
+    # llm-foundry's ComposerMPTCausalLM defaults loss_fn to 'fused_crossentropy' (flash-attn's
+    # CrossEntropyLoss, gradient in place over the bf16 logits); Megatron keeps fp32 softmax.
+    loss = LossKernel.FUSED if rid.startswith("mpt_") else LossKernel.UNFUSED
+    return dict(loss=loss, tp=p.get("tp") or 1, pp=p.get("pp") or 1, dp=p.get("dp") or 1,
                 cp=p.get("cp") or 1, vpp=p.get("vpp") or 1, sp=bool(p.get("sp")),
                 recompute=recompute, zero=zero_stage, attn=attn)
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from cost_models.efficiency import DeviceEfficiency, gemm_efficiency
 from planner.hardware import DeviceSpec
 from planner.model import DType, ModelSpec
-from planner.plan import Attention
+from planner.plan import Attention, LossKernel
 
 ELEMENTWISE_H_TENSORS = 10.0
 """Reads + writes of h-wide tensors per token in a block's forward elementwise kernels: two
@@ -40,6 +40,8 @@ the outgoing one, and accumulates the residual gradients)."""
 SCORE_BYTES_PER_ELEMENT = 9.0
 """Unfused attention: scale-mask-softmax reads and writes each score (2+2 bytes), dropout
 reads it and writes output and a 1-byte mask (2+2+1): Korthikanti et al. 2022 Sec. 4.1."""
+SCORE_BYTES_NO_DROPOUT = 4.0
+"""The same without dropout (ModelSpec.dropout false): only the softmax's read and write."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +57,7 @@ class Shard:
     etp: int = 1
     attn: Attention = Attention.FLASH
     dtype: DType = DType.BF16
+    loss: LossKernel = LossKernel.UNFUSED
 
     @property
     def tokens(self) -> int:
@@ -81,6 +84,9 @@ class Roofline:
 
     def __init__(self, device: DeviceSpec, eff: DeviceEfficiency, dtype: DType) -> None:
         self.peak = device.peak_flops(dtype)
+        # Non-tensor-core fp32 rate (softmax arithmetic inside fused attention); None when the
+        # device file lists none (then fused attention is not scaled by head dimension).
+        self.vector_peak = device.peak_flops_per_s.get(DType.FP32)
         self.bw = device.memory_bandwidth_bytes_per_s * eff.memory
         self.eff = eff
         self.dtype = dtype
@@ -213,6 +219,28 @@ def load_factor(tokens: int, experts: int, top_k: int, ranks: int,
     return effective_max_load(tokens, experts, top_k, capacity_factor, ranks=ranks) / mean
 
 
+SOFTMAX_FLOPS_PER_SCORE = 5.0
+"""Non-matmul FLOPs per attention score in a fused kernel's online softmax: running max,
+subtract, exp, running sum and rescale (Dao 2023, FlashAttention-2, Sec. 3.1 Algorithm 1),
+executed on the fp32 vector units, not the tensor cores."""
+FLASH_REFERENCE_HEAD_DIM = 128
+"""Head dimension at which the FlashAttention fractions of efficiency.py are quoted (Dao 2023
+Fig. 4-6, head dimension 128)."""
+
+
+def head_dim_factor(roof: Roofline, head_dim: float) -> float:
+    """Time of a fused attention kernel at `head_dim` relative to the reference head dim.
+    Per score the tensor cores do 4d FLOPs (Q.K^T and P.V) and the vector units the softmax:
+    time per score ~ 4d / peak_tensor + SOFTMAX_FLOPS / peak_fp32, so relative to the matmul
+    part it is 1 + c/d with c = SOFTMAX_FLOPS * peak_tensor / (4 * peak_fp32) (A100: 20). The
+    measured fractions include this overhead at d = 128; smaller heads (64) pay more of it
+    (FlashAttention-2 Fig. 4-6: head dim 64 runs below head dim 128), larger ones less."""
+    if not roof.vector_peak or roof.vector_peak >= roof.peak:
+        return 1.0      # no separate vector rate listed (or no tensor cores): nothing to scale
+    c = SOFTMAX_FLOPS_PER_SCORE * roof.peak / (4.0 * roof.vector_peak)
+    return (1.0 + c / head_dim) / (1.0 + c / FLASH_REFERENCE_HEAD_DIM)
+
+
 def _attention_core(model: ModelSpec, roof: Roofline, sh: Shard) -> tuple[float, float, float, float]:
     """Q.K^T and scores.V: (fwd s, fwd FLOPs, bwd s, bwd FLOPs) on one device."""
     heads = model.num_attention_heads / sh.tp
@@ -222,13 +250,14 @@ def _attention_core(model: ModelSpec, roof: Roofline, sh: Shard) -> tuple[float,
         flops = 2.0 * b * heads * s_q * s_k * (d_qk + d_v) * 0.5     # causal half
         frac = roof.eff.flash_attention if sh.attn == Attention.FLASH else roof.eff.flash1_attention
         rate = roof.peak * frac * roof.eff.sustained_clock
-        t = max(flops / rate, roof.eff.kernel_floor_s)
+        t = max(flops / rate * head_dim_factor(roof, (d_qk + d_v) / 2), roof.eff.kernel_floor_s)
         return t, flops, 2.5 * t, 2.5 * flops
     batch = b * heads
     t_qk, f_qk = roof.gemm(s_q, s_k, d_qk, batch)
     t_av, f_av = roof.gemm(s_q, d_v, s_k, batch)
     scores = batch * s_q * s_k
-    t_soft = roof.stream(scores * SCORE_BYTES_PER_ELEMENT)
+    t_soft = roof.stream(scores * (SCORE_BYTES_PER_ELEMENT if model.dropout
+                                   else SCORE_BYTES_NO_DROPOUT))
     fwd = t_qk + t_av + t_soft
     return fwd, f_qk + f_av, 2 * (t_qk + t_av) + 2 * t_soft, 2 * (f_qk + f_av)
 
@@ -259,12 +288,14 @@ def roof_bytes(dtype: DType) -> int:
 
 def head_compute(model: ModelSpec, roof: Roofline, sh: Shard) -> tuple[float, float, float]:
     """LM head and loss for one micro-batch: (fwd s, bwd s, fwd FLOPs). Vocabulary-parallel
-    over TP (Megatron); the softmax reads/writes fp32 logits (2 + 4 + 4 bytes per logit)."""
+    over TP (Megatron); the unfused softmax reads 16-bit logits and writes and re-reads fp32
+    ones (2 + 4 + 4 bytes per logit); a fused loss reads and writes the 16-bit logits in
+    place (2 + 2)."""
     if model.vocab_size == 0:
         return 0.0, 0.0, 0.0
     T, v = sh.tokens, model.vocab_size / sh.tp
     tf, ff, tb, _ = roof.gemm_fwd_bwd(T, v, model.hidden_size)
-    logits = T * v * 10.0
+    logits = T * v * (4.0 if sh.loss == LossKernel.FUSED else 10.0)
     return tf + roof.stream(logits), tb + roof.stream(logits), ff
 
 

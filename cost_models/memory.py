@@ -14,7 +14,9 @@ Sources:
   selective recomputation (and never stored by FlashAttention); full recomputation keeps only
   each block's input, 2sbh (divided by t with sequence parallelism). The 34 and 24 are
   generalised here to any attention width and MLP (GQA, gated MLPs, MoE) from the same
-  tensor list: 10sbh stays replicated without SP, the rest is split by t.
+  tensor list: 10sbh stays replicated without SP, the rest is split by t. A model trained
+  without dropout (ModelSpec.dropout false) stores no masks: 8sbh replicated (32 instead of
+  34 unparallelised) and 2 instead of 5 bytes per unfused attention score.
 - In flight: with 1F1B the first stage holds p micro-batches (Narayanan et al. 2021 Sec.
   2.2.1); interleaving raises that by (1 + (p-1)/(p*v)) (Korthikanti et al. 2022 Sec. 4.2.3).
 """
@@ -33,7 +35,7 @@ from planner.model import (
     optimizer_bytes_per_param,
     weight_bytes_per_param,
 )
-from planner.plan import Plan, Recompute
+from planner.plan import LossKernel, Plan, Recompute
 
 FRAMEWORK_OVERHEAD_BYTES = int(1.5 * GIB)
 """CUDA context, NCCL channel buffers and library workspaces: PyTorch's CUDA context alone
@@ -82,10 +84,11 @@ def block_activation_bytes(model: ModelSpec, plan: Plan, *, seq_len: int, moe: b
     kv_dim = model.kv_heads * d_qk if model.mla is None else a * d_qk
     # Q and K inputs of Q.K^T, V, and the output projection's input (8sbh for MHA).
     attn_split = 2 * s * b * (a * d_qk + kv_dim + a * d_v + a * d_v)
-    # Softmax output, dropout mask and output: 5 bytes per score; with cp each device holds
-    # its s/cp queries against all seq_len keys (the shape compute.py times).
+    # Softmax output, dropout mask and dropout output: 5 bytes per score (2 without dropout:
+    # scores.V then reads the softmax output itself); with cp each device holds its s/cp
+    # queries against all seq_len keys (the shape compute.py times).
     scores = (0.0 if fused_attention or plan.recompute == Recompute.SELECTIVE
-              else 5 * a * s * seq_len * b)
+              else (5 if model.dropout else 2) * a * s * seq_len * b)
     if moe and model.moe is not None:
         m = model.moe
         mlp_width = m.top_k * m.expert_ffn_hidden_size * t / plan.expert_tp
@@ -94,7 +97,9 @@ def block_activation_bytes(model: ModelSpec, plan: Plan, *, seq_len: int, moe: b
         mlp_width = model.ffn_hidden_size
     # Up-projection output(s) and activation output: 16sbh for a 4h GELU MLP.
     mlp_split = 2 * s * b * mlp_width * (3 if model.activation.gated else 2)
-    replicated = 10 * sbh
+    # Two norm inputs (4sbh), the QKV and MLP inputs (4sbh) and, with dropout, the 1-byte
+    # masks after attention and after the MLP (2sbh): Korthikanti's replicated 10sbh.
+    replicated = (10 if model.dropout else 8) * sbh
     if plan.sp:
         return (replicated + attn_split + mlp_split + scores) / t
     return replicated + (attn_split + mlp_split + scores) / t
@@ -109,6 +114,9 @@ def in_flight_microbatches(plan: Plan, stage: int, num_microbatches: int) -> flo
 
 
 def head_activation_bytes(model: ModelSpec, plan: Plan, *, seq_len: int) -> float:
-    """Logits of one micro-batch on the last stage: 16-bit logits plus fp32 softmax."""
+    """Logits of one micro-batch on the last stage: 16-bit logits plus the fp32 softmax the
+    unfused loss keeps for its backward (6 bytes per logit); a fused loss keeps only the
+    16-bit logits, which it overwrites with their gradient (2 bytes)."""
     tokens = plan.mbs * seq_len / plan.cp
-    return tokens * model.vocab_size / plan.tp * 6
+    per_logit = 2 if plan.loss == LossKernel.FUSED else 6
+    return tokens * model.vocab_size / plan.tp * per_logit

@@ -76,7 +76,8 @@ def make_context(model: ModelSpec, cluster: ClusterSpec, workload: TrainingWorkl
     eff, generic = device_efficiency(cluster.device)
     roof = Roofline(cluster.device, eff, workload.dtype)
     shard = Shard(mbs=plan.mbs, seq_len=workload.seq_len, tp=plan.tp, cp=plan.cp, sp=plan.sp,
-                  ep=plan.ep, etp=plan.expert_tp, attn=plan.attn, dtype=workload.dtype)
+                  ep=plan.ep, etp=plan.expert_tp, attn=plan.attn, dtype=workload.dtype,
+                  loss=plan.loss)
     st = strides(plan)
     dp_stride = min(st["dp"], st["cp"]) if plan.cp > 1 else st["dp"]
     ctx = Context(

@@ -181,11 +181,33 @@ def model_from_hf_config(config: dict[str, Any], *, name: str, where: str) -> Mo
         described = f"{label} ({arch})" if arch else label
     else:
         described = arch or f"Hugging Face {model_type} model"
+    dropout = _dropout(config)
+    if dropout is not None:
+        build.set("dropout", dropout)
     build.set("name", name)
     build.set("description", described)
     build.set("source", f"Hugging Face config.json (model_type {model_type})")
     build.set("notes", "; ".join(build.notes))
     return _validate(build, where)
+
+
+DROPOUT_KEYS = ("attention_dropout", "hidden_dropout", "attn_pdrop", "resid_pdrop", "embd_pdrop",
+                "emb_pdrop", "dropout", "activation_dropout", "hidden_dropout_prob",
+                "attention_probs_dropout_prob", "ffn_dropout")
+"""Dropout probabilities as transformers' configs name them (Llama/Qwen/Mixtral/DeepSeek:
+attention_dropout; GPT-2/MPT: *_pdrop; OPT/BLOOM: dropout, hidden_dropout). MPT keeps
+attn_pdrop inside attn_config."""
+
+
+def _dropout(config: dict[str, Any]) -> bool | None:
+    """Whether the config trains with dropout: any named probability above 0; None when the
+    config names none (ModelSpec's default then applies)."""
+    found = []
+    for data in (config, config.get("attn_config")):
+        if isinstance(data, dict):
+            found += [v for k in DROPOUT_KEYS if isinstance(v := data.get(k), (int, float))
+                      and not isinstance(v, bool)]
+    return any(v > 0 for v in found) if found else None
 
 
 def _validate(build: _Build, where: str) -> ModelSpec:

@@ -151,6 +151,10 @@ class ModelSpec(Spec):
     linear_bias: bool = Field(False, description="linear layers carry biases (GPT-2/3, BLOOM, OPT)")
     norm: Norm = Field(Norm.RMSNORM, description="normalisation layer")
     embedding_norm: bool = Field(False, description="a norm right after the embedding (BLOOM)")
+    dropout: bool = Field(
+        True, description="training applies dropout after attention and the MLP (and on the "
+        "attention scores when unfused), storing 1-byte masks (Korthikanti et al. 2022 Sec. 4.1); "
+        "false for models pre-trained without it (Llama, Mixtral, Qwen, DeepSeek, MPT, PaLM)")
     mla: MLASpec | None = Field(None, description="multi-head latent attention; None = MHA/GQA/MQA")
     moe: MoESpec | None = Field(None, description="mixture of experts; None = dense")
 

@@ -30,6 +30,16 @@ class Attention(StrEnum):
         return self != Attention.UNFUSED
 
 
+class LossKernel(StrEnum):
+    """Cross-entropy kernel: `unfused` keeps the 16-bit logits and an fp32 softmax for the
+    backward (Megatron's vocab-parallel cross entropy, PyTorch's under autocast); `fused`
+    computes the loss and its gradient in place over the 16-bit logits (flash-attn's
+    CrossEntropyLoss with inplace_backward, llm-foundry's default `fused_crossentropy`)."""
+
+    UNFUSED = "unfused"
+    FUSED = "fused"
+
+
 class Recompute(StrEnum):
     """Activation recomputation (Korthikanti et al. 2022, Sec. 4 and 5)."""
 
@@ -58,6 +68,7 @@ class Plan(Spec):
     mbs: PositiveInt = Field(1, description="micro-batch size in sequences")
     vpp: PositiveInt = Field(1, description="virtual pipeline stages per device (interleaved 1F1B)")
     attn: Attention = Field(Attention.FLASH, description="attention kernel (see Attention)")
+    loss: LossKernel = Field(LossKernel.UNFUSED, description="cross-entropy kernel (see LossKernel)")
     order: tuple[str, ...] = Field(DEFAULT_ORDER, description="rank layout, innermost group first")
     stage_layers: tuple[PositiveInt, ...] | None = Field(
         None, description="blocks on each pipeline stage (length pp); None = as even as possible"
@@ -134,6 +145,8 @@ class Plan(Spec):
                  f"zero={self.zero}"]
         if self.attn != Attention.FLASH:
             parts.append(f"attn={self.attn.value}")
+        if self.loss != LossKernel.UNFUSED:
+            parts.append(f"loss={self.loss.value}")
         if self.etp is not None:
             parts.append(f"etp={self.etp}")
         if self.order != DEFAULT_ORDER:
@@ -149,7 +162,8 @@ _INT_KEYS = ("tp", "pp", "dp", "cp", "ep", "etp", "vpp", "mbs", "zero")
 _ON = {"on", "true", "1", "yes"}
 _OFF = {"off", "false", "0", "no"}
 _BOOL_KEYS = ("sp",)
-_ENUM_KEYS: dict[str, type[StrEnum]] = {"recompute": Recompute, "attn": Attention}
+_ENUM_KEYS: dict[str, type[StrEnum]] = {"recompute": Recompute, "attn": Attention,
+                                         "loss": LossKernel}
 PLAN_KEYS = (*_INT_KEYS, *_BOOL_KEYS, *_ENUM_KEYS, "order", "layers")
 
 

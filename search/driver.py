@@ -88,14 +88,14 @@ class Group:
 
 
 def _base_plan(d: Degrees, g_mbs: int, rc: Recompute, sp: bool, limits: Limits, ep: int) -> Plan:
-    extra = {k: v for k, v in limits.fixed.items() if k in ("etp", "attn")}
+    extra = {k: v for k, v in limits.fixed.items() if k in ("etp", "attn", "loss")}
     return Plan(tp=d.tp, cp=d.cp, pp=d.pp, dp=d.dp, ep=ep, mbs=g_mbs, recompute=rc, sp=sp,
                 **extra)  # type: ignore[arg-type]
 
 
 def _work_per_microbatch(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload,
                          tp: int, cp: int, sp: bool, mbs: int, attn: object, ep: int = 1,
-                         etp: int = 1) -> dict[Recompute, float]:
+                         etp: int = 1, loss: object = None) -> dict[Recompute, float]:
     """Per recomputation mode, a lower bound on sum_k C_k for one micro-batch: compute and
     recompute of every block, embedding and head (with the plan's own shard, ep and etp
     included: they change the expert GEMMs), plus TP all-reduces on the best links a tp
@@ -108,7 +108,7 @@ def _work_per_microbatch(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWor
     eff, _ = device_efficiency(cluster.device)
     roof = Roofline(cluster.device, eff, wl.dtype)
     sh = Shard(mbs=mbs, seq_len=wl.seq_len, tp=tp, cp=cp, sp=sp, ep=ep, etp=etp, attn=attn,  # type: ignore[arg-type]
-               dtype=wl.dtype)
+               dtype=wl.dtype, loss=loss if loss is not None else Plan().loss)  # type: ignore[arg-type]
     n_moe = model.num_moe_layers
     comp = rec_full = rec_sel = 0.0
     for moe, count in ((False, model.num_layers - n_moe), (True, n_moe)):
@@ -140,6 +140,7 @@ def _groups(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload, device
     out = []
     attn = limits.fixed.get("attn", Plan().attn)
     etp = int(limits.fixed.get("etp") or 1)  # type: ignore[call-overload]
+    loss = limits.fixed.get("loss", Plan().loss)
     cache: dict[tuple[int, int, bool, int, int], dict[Recompute, float]] = {}
     for d in space.enumerate_degrees(model, wl, devices, cluster, limits, state.pruned):
         for mbs in space.micro_batches(wl, d, limits):
@@ -150,7 +151,7 @@ def _groups(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload, device
                     key = (d.tp, d.cp, sp, mbs, ep)
                     if key not in cache:
                         cache[key] = _work_per_microbatch(model, cluster, wl, d.tp, d.cp, sp,
-                                                          mbs, attn, ep, etp)
+                                                          mbs, attn, ep, etp, loss)
                     for rc in space.recompute_options(limits):
                         bound = (m + (d.pp - 1) / vmax) * cache[key][rc] / d.pp
                         out.append(Group(d, mbs, rc, sp, bound, ep))

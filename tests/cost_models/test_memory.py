@@ -147,3 +147,77 @@ def test_mixed_precision_adam_is_16_bytes_per_parameter() -> None:
     """Rajbhandari et al. 2020 Sec. 3.1: 2 + 2 + 12 bytes per parameter."""
     params = StageParams(dense=1e9, expert=0.0, edp=1)
     assert state_bytes(params, Plan(), DType.BF16, Optimizer.ADAM) == (2e9, 2e9, 12e9)
+
+
+# ----- models trained without dropout (ModelSpec.dropout false) -------------------------
+# Korthikanti's 34 and 10 include two 1-byte dropout masks per token and hidden unit (after
+# attention and after the MLP), and the 5as/h term a 1-byte mask plus the 2-byte dropout
+# output per score. Without dropout: 32 (8 replicated) and 2as/h (the softmax output).
+
+def act_nodrop(s: int, b: int, h: int, a: int, *, t: int, sp: bool = False,
+               recompute: Recompute = Recompute.NONE) -> float:
+    plan = Plan(tp=t, sp=sp, mbs=b, recompute=recompute, attn="unfused")
+    model = gpt_block(h, a).model_copy(update={"dropout": False})
+    return block_activation_bytes(model, plan, seq_len=s, moe=False, fused_attention=False)
+
+
+@pytest.mark.parametrize("t", TP)
+@pytest.mark.parametrize(("s", "b", "h", "a"), SHAPES)
+def test_no_dropout_tensor_parallel(s: int, b: int, h: int, a: int, t: int) -> None:
+    want = s * b * h * (8 + 24 / t + 2 * a * s / (h * t))
+    assert act_nodrop(s, b, h, a, t=t) == pytest.approx(want, rel=1e-12)
+    if t == 1:
+        assert want == pytest.approx(s * b * h * (32 + 2 * a * s / h), rel=1e-12)
+
+
+@pytest.mark.parametrize("t", TP)
+@pytest.mark.parametrize(("s", "b", "h", "a"), SHAPES)
+def test_no_dropout_sequence_parallel_selective(s: int, b: int, h: int, a: int, t: int) -> None:
+    got = act_nodrop(s, b, h, a, t=t, sp=True, recompute=Recompute.SELECTIVE)
+    assert got == pytest.approx(32 * s * b * h / t, rel=1e-12)
+    # full recomputation keeps only the block input either way
+    full = act_nodrop(s, b, h, a, t=t, sp=True, recompute=Recompute.FULL)
+    assert full == act(s, b, h, a, t=t, sp=True, recompute=Recompute.FULL)
+
+
+def test_fused_loss_keeps_only_the_16bit_logits() -> None:
+    from cost_models.memory import head_activation_bytes
+    from planner import LossKernel
+
+    model = gpt_block(1024, 16)
+    unfused = head_activation_bytes(model, Plan(mbs=2, tp=2), seq_len=1024)
+    fused = head_activation_bytes(model, Plan(mbs=2, tp=2, loss=LossKernel.FUSED), seq_len=1024)
+    logits = 2 * 1024 * 51200 / 2
+    assert unfused == 6 * logits and fused == 2 * logits
+
+
+def test_fused_loss_and_no_dropout_never_cost_more() -> None:
+    """Same plan: a fused loss and a dropout-free model never take longer or hold more."""
+    from planner import LossKernel, load_cluster
+
+    cluster = load_cluster("dgx-a100")
+    wl = TrainingWorkload(global_batch_size=64, seq_len=2048)
+    base_model = gpt_block(2048, 16)
+    plan = Plan(tp=2, pp=2, dp=2, mbs=2)
+    ref = evaluate(base_model, cluster, wl, plan, devices=8)
+    for model, p in ((base_model, plan.model_copy(update={"loss": LossKernel.FUSED})),
+                     (base_model.model_copy(update={"dropout": False}), plan)):
+        est = evaluate(model, cluster, wl, p, devices=8)
+        assert est.step_time_s <= ref.step_time_s
+        assert est.peak_memory_gib < ref.peak_memory_gib
+
+
+def test_fused_attention_head_dim_factor() -> None:
+    """c = 5 * peak_bf16 / (4 * peak_fp32) = 5 * 312 / 78 = 20 on A100: head dim 64 takes
+    (1 + 20/64) / (1 + 20/128) of the head-dim-128 time; 128 is the reference."""
+    from cost_models.compute import Roofline, head_dim_factor
+    from cost_models.efficiency import device_efficiency
+    from planner import load_device
+
+    dev = load_device("a100-sxm4-80gb")
+    roof = Roofline(dev, device_efficiency(dev)[0], DType.BF16)
+    assert head_dim_factor(roof, 128) == pytest.approx(1.0)
+    assert head_dim_factor(roof, 64) == pytest.approx((1 + 20 / 64) / (1 + 20 / 128))
+    assert head_dim_factor(roof, 64) > 1 > head_dim_factor(roof, 192)
+    tpu = load_device("tpu-v4")       # lists no separate fp32 rate: not scaled
+    assert head_dim_factor(Roofline(tpu, device_efficiency(tpu)[0], DType.BF16), 64) == 1.0

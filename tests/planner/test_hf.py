@@ -280,3 +280,22 @@ def test_unrepresentable_moe_pattern(tmp_path: Path) -> None:
     path = _write(tmp_path, {**read("qwen3-235b-a22b"), "mlp_only_layers": [5, 40]})
     with pytest.raises(SpecError, match=r"'mlp_only_layers' gives MoE layers \[0, 1, 2, 3, 4, 6"):
         load_model(path)
+
+
+@pytest.mark.parametrize(("model", "dropout"), [
+    ("llama3-8b", False),       # attention_dropout 0.0
+    ("mixtral-8x7b", False),
+    ("deepseek-v3", False),
+    ("mpt-7b", False),          # resid_pdrop, emb_pdrop and attn_config.attn_pdrop all 0
+    ("bloom", False),           # hidden_dropout and attention_dropout 0.0
+    ("gpt2", True),             # *_pdrop 0.1
+    ("opt-1.3b", True),         # dropout 0.1 (attention/activation dropout 0)
+    ("gpt-neox-20b", True),     # names no dropout key: ModelSpec's default
+])
+def test_dropout_read_from_config(model: str, dropout: bool) -> None:
+    assert hf(model).dropout is dropout
+
+
+def test_dropout_presets_agree_with_their_configs() -> None:
+    for name in ("llama3-8b", "mixtral-8x7b", "deepseek-v3", "qwen3-235b-a22b"):
+        assert load_model(name).dropout is hf(name).dropout is False

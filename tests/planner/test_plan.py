@@ -86,3 +86,12 @@ def test_virtual_stage_layout_lifts_the_vpp_divides_rule() -> None:
     assert "vpp_layers" in {k for k, _ in plan_problems(model, wl, uneven, 8)}
     layout = parse_plan("pp=4,vpp=4,layers=" + "/".join(["2"] * 8 + ["1"] * 8), devices=8)
     assert "vpp_layers" not in {k for k, _ in plan_problems(model, wl, layout, 8)}
+
+
+def test_loss_kernel_key_round_trips() -> None:
+    from planner import LossKernel
+
+    plan = parse_plan("tp=2,loss=fused", devices=8)
+    assert plan.loss == LossKernel.FUSED and "loss=fused" in plan.to_string()
+    assert parse_plan(plan.to_string(), devices=8) == plan
+    assert "loss=" not in parse_plan("tp=2", devices=8).to_string()   # the default is unwritten
