@@ -37,6 +37,18 @@ counted separately: the Q/K/V split into contiguous heads (read and write q + 2k
 about twice the forward bytes (it reads the saved input and the incoming gradient, writes
 the outgoing one, and accumulates the residual gradients)."""
 
+FP8_CAST_BYTES_PER_ELEMENT = 4.0
+"""FP8 training quantises every GEMM operand that is not already FP8 before the GEMM
+(Transformer Engine: activations in the forward, the incoming gradient in the backward; the
+weights once per step, cached over micro-batches with `is_first_microbatch`, so not counted).
+Each quantisation reads the bf16 tensor (2 bytes) and writes two 1-byte copies: MXFP8 scales
+blocks of 32 along one dimension, so the forward (row-wise) and the weight-gradient GEMM
+(column-wise) need separately quantised copies (Transformer Engine docs, "Using FP8 with
+Transformer Engine", MXFP8: "both rowwise and columnwise usages"; on Hopper the per-tensor FP8
+GEMMs take only the TN layout, so TE's fused cast-transpose writes the same two copies).
+The E8M0 scales add 1 byte per 32 elements per copy (OCP Microscaling spec v1.0), ~0.06:
+2 + 1 + 1 (+0.06) = 4 bytes per element, at memory bandwidth (the casts are elementwise)."""
+
 SCORE_BYTES_PER_ELEMENT = 9.0
 """Unfused attention: scale-mask-softmax reads and writes each score (2+2 bytes), dropout
 reads it and writes output and a 1-byte mask (2+2+1): Korthikanti et al. 2022 Sec. 4.1."""
@@ -150,18 +162,54 @@ def block_compute(model: ModelSpec, roof: Roofline, sh: Shard, *, moe: bool) -> 
     for n, k in shapes:
         tf, ff, tb, fb = roof.gemm_fwd_bwd(T, n, k)
         fwd, f_fwd, bwd, f_bwd = fwd + tf, f_fwd + ff, bwd + tb, f_bwd + fb
+    # FP8 casts: every GEMM but the router's (Megatron's TopKRouter multiplies in bf16/fp32
+    # with its own weight, outside Transformer Engine), which is _moe_shapes' first entry.
+    quantised = [s for s in shapes if not (moe and model.moe is not None
+                                           and s == (float(model.moe.num_experts), float(h)))]
+    cast_in = sum(T * k for _, k in quantised)      # GEMM inputs (m x k), forward
+    cast_grad = sum(T * n for n, _ in quantised)    # incoming gradients (m x n), backward
+    moe_f = moe_b = 0.0
     if moe and model.moe is not None:
         fwd, f_fwd, bwd, f_bwd = _add_experts(model, roof, sh, fwd, f_fwd, bwd, f_bwd)
+        routed = sh.tokens * model.moe.top_k    # expert assignments of this device's tokens
+        for n, k in _mlp_shapes(model, model.moe.expert_ffn_hidden_size, sh.etp):
+            cast_in, cast_grad = cast_in + routed * k, cast_grad + routed * n
+        moe_f = roof.stream(moe_permute_bytes(model, sh))
+        moe_b = moe_f                           # the gradients take the same path back
+    cast_f = cast_b = 0.0
+    if sh.dtype == DType.FP8:
+        cast_f = roof.stream(FP8_CAST_BYTES_PER_ELEMENT * cast_in)
+        cast_b = roof.stream(FP8_CAST_BYTES_PER_ELEMENT * cast_grad)
     attn_t, attn_f, attn_bt, attn_bf = _attention_core(model, roof, sh)
     elem = _elementwise_bytes(model, sh, moe=moe)
     return BlockCompute(
-        fwd_s=fwd + attn_t + roof.stream(elem),
-        bwd_s=bwd + attn_bt + roof.stream(2 * elem),
+        fwd_s=fwd + attn_t + roof.stream(elem) + moe_f + cast_f,
+        bwd_s=bwd + attn_bt + roof.stream(2 * elem) + moe_b + cast_b,
         attn_core_fwd_s=0.0 if sh.attn.fused else attn_t,
         attention_fwd_s=attn_t, attention_bwd_s=attn_bt,
         fwd_flops=f_fwd + attn_f, bwd_flops=f_bwd + attn_bf,
         attn_core_fwd_flops=0.0 if sh.attn.fused else attn_f,
     )
+
+
+def moe_permute_bytes(model: ModelSpec, sh: Shard) -> float:
+    """Bytes the token permutations of one MoE layer move on one device in the forward pass.
+
+    Megatron-Core's dispatcher (megatron/core/transformer/moe/moe_utils.py `permute` /
+    `unpermute`, token_dispatcher.py) copies each routed (token, expert) pair into a buffer
+    grouped by destination before the dispatch all-to-all (read and write one h-wide row per
+    assignment: 2 T k h), regroups the received rows by local expert when a rank holds more
+    than one (`sort_chunks_by_idxs`, 2 T k h, and its inverse before the combine, 2 T k h), and
+    after the combine all-to-all multiplies each returned row by its routing probability and
+    sums the k rows of a token back into place (read T k h, write T h). Balanced routing: each
+    device receives as many assignments as it sends. The backward pass moves the gradients
+    along the same path (the same bytes)."""
+    assert model.moe is not None
+    T, k, h = sh.tokens, model.moe.top_k, model.hidden_size
+    e = roof_bytes(sh.dtype)
+    local_experts = model.moe.num_experts / sh.ep
+    regroup = 4 * T * k * h * e if local_experts > 1 else 0.0
+    return 2 * T * k * h * e + regroup + (T * k + T) * h * e
 
 
 def _moe_shapes(model: ModelSpec, sh: Shard) -> list[tuple[float, float]]:
