@@ -92,11 +92,23 @@ class Roofline:
     """Times operators on one device: FLOPs at the GEMM efficiency, bytes at memory speed."""
 
     def __init__(self, device: DeviceSpec, eff: DeviceEfficiency, dtype: DType) -> None:
+        self.device = device
         self.peak = device.peak_flops(dtype)
         self.bw = device.memory_bandwidth_bytes_per_s * eff.memory
         self.eff = eff
         self.dtype = dtype
         self.elem_bytes = 2 if dtype in (DType.FP8, DType.BF16, DType.FP16) else 4
+
+    def high_precision(self) -> Roofline:
+        """The roofline of the operators FP8 training leaves in bf16: Transformer Engine's FP8
+        autocast quantises only its Linear/LayerNormLinear/GroupedLinear GEMMs; the attention
+        core stays bf16 unless FP8 dot-product attention is asked for (TE `fp8_dpa`,
+        Megatron `--fp8-dot-product-attention`, off by default), Megatron's output layer is
+        its own ColumnParallelLinear outside TE, and the MoE router multiplies in bf16/fp32
+        (TopKRouter, `--moe-router-dtype`). Any other dtype is its own high precision."""
+        if self.dtype != DType.FP8:
+            return self
+        return Roofline(self.device, self.eff, DType.BF16)
 
     def gemm(self, m: float, n: float, k: float, batch: float = 1.0) -> tuple[float, float]:
         """(seconds, FLOPs) of `batch` GEMMs of m x k times k x n."""
@@ -159,13 +171,14 @@ def block_compute(model: ModelSpec, roof: Roofline, sh: Shard, *, moe: bool) -> 
         shapes += _moe_shapes(model, sh)
     else:
         shapes += [(n, k) for n, k in _mlp_shapes(model, model.ffn_hidden_size, t)]
+    # The router's GEMM (_moe_shapes' first entry) stays out of FP8: Megatron's TopKRouter
+    # multiplies in bf16/fp32 with its own weight, outside Transformer Engine.
+    router = (float(model.moe.num_experts), float(h)) if moe and model.moe is not None else None
     for n, k in shapes:
-        tf, ff, tb, fb = roof.gemm_fwd_bwd(T, n, k)
+        r = roof.high_precision() if (n, k) == router else roof
+        tf, ff, tb, fb = r.gemm_fwd_bwd(T, n, k)
         fwd, f_fwd, bwd, f_bwd = fwd + tf, f_fwd + ff, bwd + tb, f_bwd + fb
-    # FP8 casts: every GEMM but the router's (Megatron's TopKRouter multiplies in bf16/fp32
-    # with its own weight, outside Transformer Engine), which is _moe_shapes' first entry.
-    quantised = [s for s in shapes if not (moe and model.moe is not None
-                                           and s == (float(model.moe.num_experts), float(h)))]
+    quantised = [s for s in shapes if s != router]
     cast_in = sum(T * k for _, k in quantised)      # GEMM inputs (m x k), forward
     cast_grad = sum(T * n for n, _ in quantised)    # incoming gradients (m x n), backward
     moe_f = moe_b = 0.0
@@ -263,6 +276,7 @@ def load_factor(tokens: int, experts: int, top_k: int, ranks: int,
 
 def _attention_core(model: ModelSpec, roof: Roofline, sh: Shard) -> tuple[float, float, float, float]:
     """Q.K^T and scores.V: (fwd s, fwd FLOPs, bwd s, bwd FLOPs) on one device."""
+    roof = roof.high_precision()
     heads = model.num_attention_heads / sh.tp
     d_qk, d_v = attention_dims(model)
     s_q, s_k, b = sh.seq_len / sh.cp, sh.seq_len, sh.mbs
@@ -307,11 +321,11 @@ def roof_bytes(dtype: DType) -> int:
 
 def head_compute(model: ModelSpec, roof: Roofline, sh: Shard) -> tuple[float, float, float]:
     """LM head and loss for one micro-batch: (fwd s, bwd s, fwd FLOPs). Vocabulary-parallel
-    over TP (Megatron); the softmax reads/writes fp32 logits (2 + 4 + 4 bytes per logit)."""
+    over TP (Megatron), in bf16 under FP8 training (Roofline.high_precision); the softmax reads/writes fp32 logits (2 + 4 + 4 bytes per logit)."""
     if model.vocab_size == 0:
         return 0.0, 0.0, 0.0
     T, v = sh.tokens, model.vocab_size / sh.tp
-    tf, ff, tb, _ = roof.gemm_fwd_bwd(T, v, model.hidden_size)
+    tf, ff, tb, _ = roof.high_precision().gemm_fwd_bwd(T, v, model.hidden_size)
     logits = T * v * 10.0
     return tf + roof.stream(logits), tb + roof.stream(logits), ff
 

@@ -65,3 +65,16 @@ def test_moe_block_pays_the_permutations_in_both_passes(monkeypatch) -> None:
     t = roof.stream(30720 * 256)             # 4096 tokens instead of 16: 256x the bytes
     assert a.fwd_s - b.fwd_s == pytest.approx(t)
     assert a.bwd_s - b.bwd_s == pytest.approx(t)
+
+
+def test_fp8_training_keeps_attention_head_and_router_in_bf16() -> None:
+    from cost_models.compute import _attention_core, head_compute
+
+    fp8, bf16 = _roof(DType.FP8), _roof(DType.BF16)
+    sh8 = Shard(mbs=1, seq_len=4096, dtype=DType.FP8)
+    sh16 = Shard(mbs=1, seq_len=4096, dtype=DType.BF16)
+    assert _attention_core(TINY, fp8, sh8) == _attention_core(TINY, bf16, sh16)
+    assert head_compute(TINY, fp8, sh8) == head_compute(TINY, bf16, sh16)
+    assert fp8.high_precision().peak == bf16.peak == fp8.peak / 2
+    # the router GEMM (4096 x 4 x 64) is timed at the bf16 roofline
+    assert bf16.high_precision() is bf16
