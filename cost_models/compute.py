@@ -73,6 +73,16 @@ class Shard:
         """Tokens of the micro-batch on this device (the sequence is split over cp)."""
         return self.mbs * self.seq_len // self.cp
 
+    @property
+    def moe_tokens(self) -> float:
+        """Tokens each device routes in an MoE layer. Megatron-Core's parallel folding (Liu
+        et al. 2025, "MoE Parallel Folding", Sec. 3; Megatron-Core MoE docs) regroups the
+        attention's tp x cp x dp ranks into etp x ep x edp for the experts: each tp rank
+        holds the 1/tp sequence-parallel slice of the tokens (Megatron requires sequence
+        parallelism for MoE with tp > 1) and an expert-tensor-parallel group of etp ranks
+        gathers its members' slices, so tokens x etp / tp (all of them when etp = tp)."""
+        return self.tokens * self.etp / self.tp
+
 
 @dataclass(frozen=True, slots=True)
 class BlockCompute:
@@ -184,7 +194,7 @@ def block_compute(model: ModelSpec, roof: Roofline, sh: Shard, *, moe: bool) -> 
     moe_f = moe_b = 0.0
     if moe and model.moe is not None:
         fwd, f_fwd, bwd, f_bwd = _add_experts(model, roof, sh, fwd, f_fwd, bwd, f_bwd)
-        routed = sh.tokens * model.moe.top_k    # expert assignments of this device's tokens
+        routed = sh.moe_tokens * model.moe.top_k    # expert assignments on this device
         for n, k in _mlp_shapes(model, model.moe.expert_ffn_hidden_size, sh.etp):
             cast_in, cast_grad = cast_in + routed * k, cast_grad + routed * n
         moe_f = roof.stream(moe_permute_bytes(model, sh))
@@ -218,7 +228,7 @@ def moe_permute_bytes(model: ModelSpec, sh: Shard) -> float:
     device receives as many assignments as it sends. The backward pass moves the gradients
     along the same path (the same bytes)."""
     assert model.moe is not None
-    T, k, h = sh.tokens, model.moe.top_k, model.hidden_size
+    T, k, h = sh.moe_tokens, model.moe.top_k, model.hidden_size
     e = roof_bytes(sh.dtype)
     local_experts = model.moe.num_experts / sh.ep
     regroup = 4 * T * k * h * e if local_experts > 1 else 0.0
@@ -238,7 +248,7 @@ def _moe_shapes(model: ModelSpec, sh: Shard) -> list[tuple[float, float]]:
 def _add_experts(model: ModelSpec, roof: Roofline, sh: Shard, fwd: float, f_fwd: float,
                  bwd: float, f_bwd: float) -> tuple[float, float, float, float]:
     """Routed experts: this device holds E/ep experts and receives on average
-    tokens*top_k*ep/E assignments for each (tokens of its own EP group share). The EP ranks
+    moe_tokens*top_k*ep/E assignments for each (tokens of its own EP group share). The EP ranks
     meet at the combine all-to-all, so the time is the most loaded rank's: the mean load times
     the expected-maximum factor of random routing over ep ranks (cost_models/moe_balance.py;
     a router trained with a balancing loss, or Megatron's forced balancing, routes like this),
@@ -246,10 +256,10 @@ def _add_experts(model: ModelSpec, roof: Roofline, sh: Shard, fwd: float, f_fwd:
     assert model.moe is not None
     m = model.moe
     local_experts = m.num_experts / sh.ep
-    per_expert = sh.tokens * m.top_k * sh.ep / m.num_experts
+    per_expert = sh.moe_tokens * m.top_k * sh.ep / m.num_experts
     ranks = round(sh.ep)
     whole = abs(sh.ep - ranks) < 1e-9 and ranks >= 1 and m.num_experts % ranks == 0
-    slowest = per_expert * (load_factor(max(1, round(sh.tokens * sh.ep)), m.num_experts,
+    slowest = per_expert * (load_factor(max(1, round(sh.moe_tokens * sh.ep)), m.num_experts,
                                         m.top_k, ranks, m.capacity_factor) if whole else 1.0)
     for n, k in _mlp_shapes(model, m.expert_ffn_hidden_size, sh.etp):
         tf, _, tb, _ = roof.gemm_fwd_bwd(slowest, n, k)
@@ -302,7 +312,8 @@ def _elementwise_bytes(model: ModelSpec, sh: Shard, *, moe: bool) -> float:
     h_part = ELEMENTWISE_H_TENSORS * T * h * e / (t if sh.sp else 1)
     if moe and model.moe is not None:
         m = model.moe
-        ffn_tokens = m.top_k * m.expert_ffn_hidden_size / sh.etp
+        # routed rows: moe_tokens x top_k on this device, each 1/etp of the expert wide
+        ffn_tokens = m.top_k * m.expert_ffn_hidden_size / sh.etp * sh.moe_tokens / T
         ffn_tokens += m.num_shared_experts * m.shared_ffn / t
     else:
         ffn_tokens = model.ffn_hidden_size / t

@@ -78,3 +78,18 @@ def test_fp8_training_keeps_attention_head_and_router_in_bf16() -> None:
     assert fp8.high_precision().peak == bf16.peak == fp8.peak / 2
     # the router GEMM (4096 x 4 x 64) is timed at the bf16 roofline
     assert bf16.high_precision() is bf16
+
+
+@pytest.mark.parametrize("tp,etp", [(1, 1), (2, 1), (2, 2), (4, 2)])
+def test_expert_flops_are_conserved_under_parallel_folding(tp: int, etp: int) -> None:
+    """tp ranks route their 1/tp sequence-parallel slices, etp ranks share each expert: over
+    the tp devices of one replica the routed FLOPs are the micro-batch's tokens x top_k x
+    the expert's FLOPs per row (2 x 3 x h x ffn for a gated MLP), whatever tp and etp."""
+    from cost_models.compute import _add_experts
+
+    roof = _roof(DType.BF16)
+    sh = Shard(mbs=1, seq_len=4096, tp=tp, etp=etp, ep=4, sp=True)
+    assert sh.moe_tokens == 4096 * etp / tp
+    per_device = _add_experts(TINY, roof, sh, 0.0, 0.0, 0.0, 0.0)[1]
+    h, f, k = 64, 32, 2
+    assert per_device * tp == pytest.approx(4096 * k * 2 * 3 * h * f)
