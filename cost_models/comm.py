@@ -108,6 +108,49 @@ def all_to_all_s(links: GroupLinks, cluster: ClusterSpec, nbytes: float) -> floa
     return max(intra_part, inter_part) + (n - 1) * cluster.inter_node.latency_s
 
 
+def remote_nodes_per_token(experts: int, top_k: int, nodes: int) -> float:
+    """Expected number of other nodes a token's top_k distinct experts fall on, with the
+    experts spread evenly over `nodes` nodes and routing uniform at random (what forced load
+    balancing does): (nodes - 1) * (1 - C(E - E/nodes, k) / C(E, k))."""
+    if nodes <= 1:
+        return 0.0
+    per_node = experts / nodes
+    miss = 1.0
+    for i in range(top_k):        # C(E - E/N, k) / C(E, k) as a product
+        miss *= max(0.0, (experts - per_node - i) / (experts - i))
+    return (nodes - 1) * (1.0 - miss)
+
+
+def moe_dispatch_s(links: GroupLinks, cluster: ClusterSpec, *, tokens: float, top_k: int,
+                   experts: int, row_bytes: float) -> float:
+    """One MoE dispatch (or combine) over an expert-parallel group: each of the rank's
+    `tokens` goes to its top_k experts as a `row_bytes` row.
+
+    Inside one node (NVLink), Megatron-Core's all-to-all dispatcher sends one row per
+    (token, expert) pair, the rows grouped by expert (`permute` over the routing map), so two
+    experts on the same rank receive the token twice: the all-to-all of tokens*top_k rows.
+    Across nodes, each token crosses the network once per destination node and is then
+    forwarded to the experts' GPUs over NVLink: DeepSeek-V3's dispatch (arXiv:2412.19437,
+    Sec. 3.2.2: "transmitted via IB to the GPUs with the same in-node index on their target
+    nodes ... then forwarded via NVLink"), implemented by DeepEP's normal-mode internode
+    kernels and used by Megatron-Core's flex dispatcher (DeepEP / HybridEP backends) for
+    cross-node expert parallelism. The network carries tokens x the expected number of other
+    nodes a token's experts fall on (`remote_nodes_per_token`) through the rank's own NIC; in
+    parallel NVLink carries the copies that end on another GPU of a node."""
+    n = links.size
+    if n <= 1 or tokens <= 0:
+        return 0.0
+    if not links.spans_nodes:
+        return all_to_all_s(links, cluster, tokens * top_k * row_bytes)
+    local = links.members_per_node
+    nodes = max(1, n // local)
+    intra_bw = cluster.intra_node.bandwidth_bytes_per_s * INTRA_NODE_LINK_EFFICIENCY
+    inter_bw = cluster.inter_node.bandwidth_bytes_per_s * INTER_NODE_LINK_EFFICIENCY
+    inter = tokens * remote_nodes_per_token(experts, top_k, nodes) * row_bytes / inter_bw
+    intra = tokens * top_k * (local - 1) / local * row_bytes / intra_bw
+    return max(intra, inter) + (n - 1) * cluster.inter_node.latency_s
+
+
 def p2p_s(cluster: ClusterSpec, nbytes: float, *, crosses_nodes: bool) -> float:
     """Time to send `nbytes` from one rank to another."""
     if nbytes <= 0:

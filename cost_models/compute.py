@@ -37,6 +37,18 @@ counted separately: the Q/K/V split into contiguous heads (read and write q + 2k
 about twice the forward bytes (it reads the saved input and the incoming gradient, writes
 the outgoing one, and accumulates the residual gradients)."""
 
+FP8_CAST_BYTES_PER_ELEMENT = 4.0
+"""FP8 training quantises every GEMM operand that is not already FP8 before the GEMM
+(Transformer Engine: activations in the forward, the incoming gradient in the backward; the
+weights once per step, cached over micro-batches with `is_first_microbatch`, so not counted).
+Each quantisation reads the bf16 tensor (2 bytes) and writes two 1-byte copies: MXFP8 scales
+blocks of 32 along one dimension, so the forward (row-wise) and the weight-gradient GEMM
+(column-wise) need separately quantised copies (Transformer Engine docs, "Using FP8 with
+Transformer Engine", MXFP8: "both rowwise and columnwise usages"; on Hopper the per-tensor FP8
+GEMMs take only the TN layout, so TE's fused cast-transpose writes the same two copies).
+The E8M0 scales add 1 byte per 32 elements per copy (OCP Microscaling spec v1.0), ~0.06:
+2 + 1 + 1 (+0.06) = 4 bytes per element, at memory bandwidth (the casts are elementwise)."""
+
 SCORE_BYTES_PER_ELEMENT = 9.0
 """Unfused attention: scale-mask-softmax reads and writes each score (2+2 bytes), dropout
 reads it and writes output and a 1-byte mask (2+2+1): Korthikanti et al. 2022 Sec. 4.1."""
@@ -64,6 +76,16 @@ class Shard:
         """Tokens of the micro-batch on this device (the sequence is split over cp)."""
         return self.mbs * self.seq_len // self.cp
 
+    @property
+    def moe_tokens(self) -> float:
+        """Tokens each device routes in an MoE layer. Megatron-Core's parallel folding (Liu
+        et al. 2025, "MoE Parallel Folding", Sec. 3; Megatron-Core MoE docs) regroups the
+        attention's tp x cp x dp ranks into etp x ep x edp for the experts: each tp rank
+        holds the 1/tp sequence-parallel slice of the tokens (Megatron requires sequence
+        parallelism for MoE with tp > 1) and an expert-tensor-parallel group of etp ranks
+        gathers its members' slices, so tokens x etp / tp (all of them when etp = tp)."""
+        return self.tokens * self.etp / self.tp
+
 
 @dataclass(frozen=True, slots=True)
 class BlockCompute:
@@ -83,6 +105,7 @@ class Roofline:
     """Times operators on one device: FLOPs at the GEMM efficiency, bytes at memory speed."""
 
     def __init__(self, device: DeviceSpec, eff: DeviceEfficiency, dtype: DType) -> None:
+        self.device = device
         self.peak = device.peak_flops(dtype)
         # Non-tensor-core fp32 rate (softmax arithmetic inside fused attention); None when the
         # device file lists none (then fused attention is not scaled by head dimension).
@@ -91,6 +114,17 @@ class Roofline:
         self.eff = eff
         self.dtype = dtype
         self.elem_bytes = 2 if dtype in (DType.FP8, DType.BF16, DType.FP16) else 4
+
+    def high_precision(self) -> Roofline:
+        """The roofline of the operators FP8 training leaves in bf16: Transformer Engine's FP8
+        autocast quantises only its Linear/LayerNormLinear/GroupedLinear GEMMs; the attention
+        core stays bf16 unless FP8 dot-product attention is asked for (TE `fp8_dpa`,
+        Megatron `--fp8-dot-product-attention`, off by default), Megatron's output layer is
+        its own ColumnParallelLinear outside TE, and the MoE router multiplies in bf16/fp32
+        (TopKRouter, `--moe-router-dtype`). Any other dtype is its own high precision."""
+        if self.dtype != DType.FP8:
+            return self
+        return Roofline(self.device, self.eff, DType.BF16)
 
     def gemm(self, m: float, n: float, k: float, batch: float = 1.0) -> tuple[float, float]:
         """(seconds, FLOPs) of `batch` GEMMs of m x k times k x n."""
@@ -153,21 +187,58 @@ def block_compute(model: ModelSpec, roof: Roofline, sh: Shard, *, moe: bool) -> 
         shapes += _moe_shapes(model, sh)
     else:
         shapes += [(n, k) for n, k in _mlp_shapes(model, model.ffn_hidden_size, t)]
+    # The router's GEMM (_moe_shapes' first entry) stays out of FP8: Megatron's TopKRouter
+    # multiplies in bf16/fp32 with its own weight, outside Transformer Engine.
+    router = (float(model.moe.num_experts), float(h)) if moe and model.moe is not None else None
     for n, k in shapes:
-        tf, ff, tb, fb = roof.gemm_fwd_bwd(T, n, k)
+        r = roof.high_precision() if (n, k) == router else roof
+        tf, ff, tb, fb = r.gemm_fwd_bwd(T, n, k)
         fwd, f_fwd, bwd, f_bwd = fwd + tf, f_fwd + ff, bwd + tb, f_bwd + fb
+    quantised = [s for s in shapes if s != router]
+    cast_in = sum(T * k for _, k in quantised)      # GEMM inputs (m x k), forward
+    cast_grad = sum(T * n for n, _ in quantised)    # incoming gradients (m x n), backward
+    moe_f = moe_b = 0.0
     if moe and model.moe is not None:
         fwd, f_fwd, bwd, f_bwd = _add_experts(model, roof, sh, fwd, f_fwd, bwd, f_bwd)
+        routed = sh.moe_tokens * model.moe.top_k    # expert assignments on this device
+        for n, k in _mlp_shapes(model, model.moe.expert_ffn_hidden_size, sh.etp):
+            cast_in, cast_grad = cast_in + routed * k, cast_grad + routed * n
+        moe_f = roof.stream(moe_permute_bytes(model, sh))
+        moe_b = moe_f                           # the gradients take the same path back
+    cast_f = cast_b = 0.0
+    if sh.dtype == DType.FP8:
+        cast_f = roof.stream(FP8_CAST_BYTES_PER_ELEMENT * cast_in)
+        cast_b = roof.stream(FP8_CAST_BYTES_PER_ELEMENT * cast_grad)
     attn_t, attn_f, attn_bt, attn_bf = _attention_core(model, roof, sh)
     elem = _elementwise_bytes(model, sh, moe=moe)
     return BlockCompute(
-        fwd_s=fwd + attn_t + roof.stream(elem),
-        bwd_s=bwd + attn_bt + roof.stream(2 * elem),
+        fwd_s=fwd + attn_t + roof.stream(elem) + moe_f + cast_f,
+        bwd_s=bwd + attn_bt + roof.stream(2 * elem) + moe_b + cast_b,
         attn_core_fwd_s=0.0 if sh.attn.fused else attn_t,
         attention_fwd_s=attn_t, attention_bwd_s=attn_bt,
         fwd_flops=f_fwd + attn_f, bwd_flops=f_bwd + attn_bf,
         attn_core_fwd_flops=0.0 if sh.attn.fused else attn_f,
     )
+
+
+def moe_permute_bytes(model: ModelSpec, sh: Shard) -> float:
+    """Bytes the token permutations of one MoE layer move on one device in the forward pass.
+
+    Megatron-Core's dispatcher (megatron/core/transformer/moe/moe_utils.py `permute` /
+    `unpermute`, token_dispatcher.py) copies each routed (token, expert) pair into a buffer
+    grouped by destination before the dispatch all-to-all (read and write one h-wide row per
+    assignment: 2 T k h), regroups the received rows by local expert when a rank holds more
+    than one (`sort_chunks_by_idxs`, 2 T k h, and its inverse before the combine, 2 T k h), and
+    after the combine all-to-all multiplies each returned row by its routing probability and
+    sums the k rows of a token back into place (read T k h, write T h). Balanced routing: each
+    device receives as many assignments as it sends. The backward pass moves the gradients
+    along the same path (the same bytes)."""
+    assert model.moe is not None
+    T, k, h = sh.moe_tokens, model.moe.top_k, model.hidden_size
+    e = roof_bytes(sh.dtype)
+    local_experts = model.moe.num_experts / sh.ep
+    regroup = 4 * T * k * h * e if local_experts > 1 else 0.0
+    return 2 * T * k * h * e + regroup + (T * k + T) * h * e
 
 
 def _moe_shapes(model: ModelSpec, sh: Shard) -> list[tuple[float, float]]:
@@ -183,7 +254,7 @@ def _moe_shapes(model: ModelSpec, sh: Shard) -> list[tuple[float, float]]:
 def _add_experts(model: ModelSpec, roof: Roofline, sh: Shard, fwd: float, f_fwd: float,
                  bwd: float, f_bwd: float) -> tuple[float, float, float, float]:
     """Routed experts: this device holds E/ep experts and receives on average
-    tokens*top_k*ep/E assignments for each (tokens of its own EP group share). The EP ranks
+    moe_tokens*top_k*ep/E assignments for each (tokens of its own EP group share). The EP ranks
     meet at the combine all-to-all, so the time is the most loaded rank's: the mean load times
     the expected-maximum factor of random routing over ep ranks (cost_models/moe_balance.py;
     a router trained with a balancing loss, or Megatron's forced balancing, routes like this),
@@ -191,10 +262,10 @@ def _add_experts(model: ModelSpec, roof: Roofline, sh: Shard, fwd: float, f_fwd:
     assert model.moe is not None
     m = model.moe
     local_experts = m.num_experts / sh.ep
-    per_expert = sh.tokens * m.top_k * sh.ep / m.num_experts
+    per_expert = sh.moe_tokens * m.top_k * sh.ep / m.num_experts
     ranks = round(sh.ep)
     whole = abs(sh.ep - ranks) < 1e-9 and ranks >= 1 and m.num_experts % ranks == 0
-    slowest = per_expert * (load_factor(max(1, round(sh.tokens * sh.ep)), m.num_experts,
+    slowest = per_expert * (load_factor(max(1, round(sh.moe_tokens * sh.ep)), m.num_experts,
                                         m.top_k, ranks, m.capacity_factor) if whole else 1.0)
     for n, k in _mlp_shapes(model, m.expert_ffn_hidden_size, sh.etp):
         tf, _, tb, _ = roof.gemm_fwd_bwd(slowest, n, k)
@@ -243,6 +314,7 @@ def head_dim_factor(roof: Roofline, head_dim: float) -> float:
 
 def _attention_core(model: ModelSpec, roof: Roofline, sh: Shard) -> tuple[float, float, float, float]:
     """Q.K^T and scores.V: (fwd s, fwd FLOPs, bwd s, bwd FLOPs) on one device."""
+    roof = roof.high_precision()
     heads = model.num_attention_heads / sh.tp
     d_qk, d_v = attention_dims(model)
     s_q, s_k, b = sh.seq_len / sh.cp, sh.seq_len, sh.mbs
@@ -269,7 +341,8 @@ def _elementwise_bytes(model: ModelSpec, sh: Shard, *, moe: bool) -> float:
     h_part = ELEMENTWISE_H_TENSORS * T * h * e / (t if sh.sp else 1)
     if moe and model.moe is not None:
         m = model.moe
-        ffn_tokens = m.top_k * m.expert_ffn_hidden_size / sh.etp
+        # routed rows: moe_tokens x top_k on this device, each 1/etp of the expert wide
+        ffn_tokens = m.top_k * m.expert_ffn_hidden_size / sh.etp * sh.moe_tokens / T
         ffn_tokens += m.num_shared_experts * m.shared_ffn / t
     else:
         ffn_tokens = model.ffn_hidden_size / t
@@ -288,13 +361,13 @@ def roof_bytes(dtype: DType) -> int:
 
 def head_compute(model: ModelSpec, roof: Roofline, sh: Shard) -> tuple[float, float, float]:
     """LM head and loss for one micro-batch: (fwd s, bwd s, fwd FLOPs). Vocabulary-parallel
-    over TP (Megatron); the unfused softmax reads 16-bit logits and writes and re-reads fp32
-    ones (2 + 4 + 4 bytes per logit); a fused loss reads and writes the 16-bit logits in
-    place (2 + 2)."""
+    over TP (Megatron), in bf16 under FP8 training (Roofline.high_precision); the unfused
+    softmax reads 16-bit logits and writes and re-reads fp32 ones (2 + 4 + 4 bytes per logit);
+    a fused loss reads and writes the 16-bit logits in place (2 + 2)."""
     if model.vocab_size == 0:
         return 0.0, 0.0, 0.0
     T, v = sh.tokens, model.vocab_size / sh.tp
-    tf, ff, tb, _ = roof.gemm_fwd_bwd(T, v, model.hidden_size)
+    tf, ff, tb, _ = roof.high_precision().gemm_fwd_bwd(T, v, model.hidden_size)
     logits = T * v * (4.0 if sh.loss == LossKernel.FUSED else 10.0)
     return tf + roof.stream(logits), tb + roof.stream(logits), ff
 

@@ -91,7 +91,10 @@ def block_activation_bytes(model: ModelSpec, plan: Plan, *, seq_len: int, moe: b
               else (5 if model.dropout else 2) * a * s * seq_len * b)
     if moe and model.moe is not None:
         m = model.moe
-        mlp_width = m.top_k * m.expert_ffn_hidden_size * t / plan.expert_tp
+        # Each device routes tokens x etp / tp tokens (compute.Shard.moe_tokens) through
+        # experts 1/etp wide: per token of the block's s*b that is top_k * ffn / tp, the same
+        # 1/t as the split tensors below.
+        mlp_width = m.top_k * m.expert_ffn_hidden_size
         mlp_width += m.num_shared_experts * m.shared_ffn
     else:
         mlp_width = model.ffn_hidden_size

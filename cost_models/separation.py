@@ -245,7 +245,9 @@ def attention_block_s(st: Setup, sh: Shard) -> tuple[float, float]:
     at, _, abt, _ = _attention_core(model, roof, sh)
     mats = 3 if model.activation.gated else 2
     assert model.moe is not None
-    routed_act = mats * sh.tokens * model.moe.top_k * model.moe.expert_ffn_hidden_size * roof_bytes(sh.dtype)
+    # the routed experts' share of _elementwise_bytes (moe_tokens x top_k rows, 1/etp wide)
+    routed_act = (mats * sh.moe_tokens * model.moe.top_k * model.moe.expert_ffn_hidden_size
+                  / sh.etp * roof_bytes(sh.dtype))
     elem = _elementwise_bytes(model, sh, moe=True) - routed_act
     tp = comm.all_reduce_s(st.tp_links, sh.tokens * model.hidden_size * roof_bytes(sh.dtype))
     return fwd + at + roof.stream(elem) + tp, bwd + abt + roof.stream(2 * elem) + tp

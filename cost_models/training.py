@@ -108,9 +108,11 @@ def block_comm(ctx: Context, moe: bool, bc: BlockCompute) -> tuple[float, ...]:
         cp_b = max(0.0, 2 * (ctx.plan.cp - 1) * step - bc.attention_bwd_s)
     ep = 0.0
     if moe and m.moe is not None and ctx.plan.ep > 1:
-        # Token dispatch and combine: each token's hidden state to its top-k experts and back.
-        tokens_out = sh.tokens * m.moe.top_k * m.hidden_size * roof_bytes(sh.dtype)
-        ep = 2 * comm.all_to_all_s(ctx.ep_links, ctx.cluster, tokens_out)
+        # Token dispatch and combine: each token's hidden state to its top-k experts and back
+        # (comm.moe_dispatch_s: per expert inside a node, once per node across nodes).
+        ep = 2 * comm.moe_dispatch_s(ctx.ep_links, ctx.cluster, tokens=sh.moe_tokens,
+                                     top_k=m.moe.top_k, experts=m.moe.num_experts,
+                                     row_bytes=m.hidden_size * roof_bytes(sh.dtype))
     return tp, tp, cp_f, cp_b, ep, ep
 
 

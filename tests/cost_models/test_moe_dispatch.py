@@ -1,0 +1,40 @@
+"""The MoE dispatch volume inside and across nodes by hand (cost_models.comm.moe_dispatch_s)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from cost_models import comm
+from cost_models.efficiency import INTER_NODE_LINK_EFFICIENCY, INTRA_NODE_LINK_EFFICIENCY
+from planner import load_cluster
+
+
+def test_remote_nodes_per_token() -> None:
+    # 256 experts on 4 nodes, top-8: 3 * (1 - C(192, 8) / C(256, 8))
+    want = 3 * (1 - math.comb(192, 8) / math.comb(256, 8))
+    assert comm.remote_nodes_per_token(256, 8, 4) == pytest.approx(want)
+    assert comm.remote_nodes_per_token(256, 8, 1) == 0.0
+    # top-1: the token's expert is on another node with probability (N-1)/N
+    assert comm.remote_nodes_per_token(64, 1, 8) == pytest.approx(7 / 8)
+
+
+def test_dispatch_inside_a_node_sends_one_row_per_expert() -> None:
+    cl = load_cluster("dgx-b200")
+    links = comm.group_links(cl, size=8, stride=1)
+    t = comm.moe_dispatch_s(links, cl, tokens=4096, top_k=8, experts=128, row_bytes=4096)
+    assert t == pytest.approx(comm.all_to_all_s(links, cl, 4096 * 8 * 4096))
+
+
+def test_dispatch_across_nodes_sends_a_token_once_per_node() -> None:
+    cl = load_cluster("dgx-b200")                      # 8 GPUs per node
+    links = comm.group_links(cl, size=32, stride=1)    # 4 nodes, 8 members each
+    assert links.spans_nodes and links.members_per_node == 8
+    tokens, k, E, row = 4096, 8, 256, 7168 * 2
+    inter = tokens * comm.remote_nodes_per_token(E, k, 4) * row / (50e9 * INTER_NODE_LINK_EFFICIENCY)
+    intra = tokens * k * 7 / 8 * row / (900e9 * INTRA_NODE_LINK_EFFICIENCY)
+    t = comm.moe_dispatch_s(links, cl, tokens=tokens, top_k=k, experts=E, row_bytes=row)
+    assert t == pytest.approx(max(inter, intra) + 31 * 5e-6)
+    # far less than an all-to-all of every (token, expert) copy through the NIC
+    assert t < 0.5 * comm.all_to_all_s(links, cl, tokens * k * row)
