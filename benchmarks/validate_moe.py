@@ -40,10 +40,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from planner import Attention, ModelSpec, Plan, Recompute, TrainingWorkload, load_cluster, load_model  # noqa: E402
+from planner import Attention, ModelSpec, Plan, Recompute, TrainingWorkload, load_model  # noqa: E402
 from planner.api import evaluate  # noqa: E402
 from planner.result import Estimate  # noqa: E402
-from validate_published import cluster_for, dtype_for, published_step_s, render, source_family  # noqa: E402
+from planner.errors import PlannerError  # noqa: E402
+from records import UnmappedRecord, cluster_spec, generic_moe_model  # noqa: E402
+from validate_published import dtype_for, published_step_s, render, skipped_row, source_family  # noqa: E402
 
 PRESETS = (("DeepSeekV3", "deepseek-v3"), ("Qwen3_235B", "qwen3-235b-a22b"),
            ("Qwen3_30B", "qwen3-30b-a3b"), ("GPTOSS120B", "gpt-oss-120b"),
@@ -56,7 +58,7 @@ def model_for(record: dict[str, Any]) -> ModelSpec:
     rid = record["id"]
     name = next((p for frag, p in PRESETS if frag in rid), None)
     if name is None:
-        raise ValueError(f"{rid}: no model preset for this record")
+        return generic_moe_model(record)      # a model without a preset: from the record
     spec, m = load_model(name), record["model"]
     stated = {"layers": spec.num_layers, "hidden": spec.hidden_size,
               "heads": spec.num_attention_heads, "vocab": spec.vocab_size}
@@ -90,7 +92,7 @@ def plan_for(record: dict[str, Any], model: ModelSpec) -> Plan:
 
 def predict(record: dict[str, Any]) -> Estimate:
     model = model_for(record)
-    cluster = load_cluster(cluster_for(record))
+    cluster = cluster_spec(record)
     wl = TrainingWorkload(global_batch_size=record["batch"]["global"],
                           seq_len=record["model"]["seq_len"], dtype=dtype_for(record))
     return evaluate(model, cluster, wl, plan_for(record, model),
@@ -102,7 +104,11 @@ def run(data: Path, only: str | None) -> list[dict[str, Any]]:
     for r in json.loads(data.read_text()):
         if only and only not in r["id"]:
             continue
-        est = predict(r)
+        try:
+            est = predict(r)
+        except (UnmappedRecord, PlannerError, KeyError, ValueError) as e:
+            rows.append(skipped_row(r, e))
+            continue
         pub = published_step_s(r)
         rows.append({"id": r["id"], "source": source_family(r), "published_s": pub,
                      "predicted_s": est.step_time_s, "error": est.step_time_s / pub - 1,

@@ -17,6 +17,11 @@ The mapping uses only facts about each run, stated in the record or its source:
   fused cross entropy (llm-foundry's default loss_fn), bf16, FSDP FULL_SHARD = ZeRO-3,
   llm-foundry's Triton FlashAttention (attn_impl: triton, a FlashAttention-1 port: attn=flash1),
   recomputation as recorded.
+- Any other source: benchmarks/records.py maps the record from what it states (device and
+  node size, the inter-node bandwidth its link text gives, a gated or GELU MLP by the stated
+  parameter count, the attention kernel by the source's year, the ZeRO stage from its text).
+  A record that cannot be evaluated as stated (a device without a preset, an impossible plan)
+  is listed under the table with the reason and left out of the means.
 - Published step times: measured iteration_s where given; otherwise the record's derived
   iteration_s (Narayanan: Eq. 3 FLOPs / (GPUs * TFLOP/s)); otherwise global tokens divided by
   the measured tokens/s.
@@ -37,11 +42,20 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from planner import Attention, DType, LossKernel, ModelSpec, Plan, Recompute, TrainingWorkload, load_cluster  # noqa: E402
+from planner import Attention, DType, LossKernel, ModelSpec, Plan, Recompute, TrainingWorkload  # noqa: E402
 from planner.api import evaluate  # noqa: E402
 from planner.errors import PlannerError  # noqa: E402
 from planner.result import Estimate  # noqa: E402
+from records import (  # noqa: E402
+    UnmappedRecord,
+    attention_kernel,
+    cluster_name,
+    cluster_spec,
+    generic_model,
+    zero_stage,
+)
 
 
 def source_family(record: dict[str, Any]) -> str:
@@ -57,21 +71,8 @@ def source_family(record: dict[str, Any]) -> str:
 
 
 def cluster_for(record: dict[str, Any]) -> str:
-    gpu = record["hardware"]["gpu"]
-    if "V100" in gpu:
-        return "dgx2-v100" if record["hardware"].get("gpus_per_node") == 16 else "v100x4"
-    if "GB200" in gpu:
-        return "gb200-nvl72"
-    if "B200" in gpu:
-        return "dgx-b200"
-    if "H100" in gpu:
-        return "dgx-h100"
-    if "A100" in gpu:
-        # The 2020 Megatron README ran on DGX A100 of 2020, i.e. A100-SXM4-40GB.
-        if "40GB" in gpu or record["id"].startswith("megatron_readme2020"):
-            return "dgx-a100-40gb"
-        return "dgx-a100"
-    raise ValueError(f"{record['id']}: no cluster preset for GPU '{gpu}'")
+    """The cluster preset for the record's device (records.cluster_name)."""
+    return cluster_name(record)
 
 
 def model_for(record: dict[str, Any]) -> ModelSpec:
@@ -84,8 +85,11 @@ def model_for(record: dict[str, Any]) -> ModelSpec:
         # 0.0, which the pretrain yamls keep: no dropout.
         return ModelSpec(**common, positional="alibi", linear_bias=False, tied_embeddings=True,
                          norm="layernorm", activation="gelu", dropout=False)
-    return ModelSpec(**common, positional="learned", max_position_embeddings=m["seq_len"],
-                     linear_bias=True, tied_embeddings=True, norm="layernorm", activation="gelu")
+    if rid.startswith(("narayanan2021", "megatron_readme2020")):
+        return ModelSpec(**common, positional="learned", max_position_embeddings=m["seq_len"],
+                         linear_bias=True, tied_embeddings=True, norm="layernorm",
+                         activation="gelu")
+    return generic_model(record)     # any other source: from what the record states
 
 
 def dtype_for(record: dict[str, Any]) -> DType:
@@ -100,21 +104,19 @@ def plan_fields(record: dict[str, Any]) -> dict[str, Any]:
     rec = str(p.get("recompute") or "none").lower()
     recompute = (Recompute.FULL if rec.startswith("full") else
                  Recompute.SELECTIVE if rec.startswith("selective") else Recompute.NONE)
-    zero = p.get("zero")
-    zero_stage = 3 if isinstance(zero, str) and ("ZeRO-3" in zero or "FULL_SHARD" in zero) else (
-        int(zero) if isinstance(zero, int) else 0)
+    stage = zero_stage(p.get("zero") if p.get("zero") is not None else p.get("fsdp"))
     if rid.startswith(("narayanan2021", "megatron_readme2020")):
         recompute, attn = Recompute.FULL, Attention.UNFUSED
     elif rid.startswith("mpt_"):
         attn = Attention.FLASH1      # llm-foundry's Triton FlashAttention (2023 benchmarks)
     else:
-        attn = Attention.FLASH
+        attn = attention_kernel(record)
     # llm-foundry's ComposerMPTCausalLM defaults loss_fn to 'fused_crossentropy' (flash-attn's
     # CrossEntropyLoss, gradient in place over the bf16 logits); Megatron keeps fp32 softmax.
     loss = LossKernel.FUSED if rid.startswith("mpt_") else LossKernel.UNFUSED
     return dict(loss=loss, tp=p.get("tp") or 1, pp=p.get("pp") or 1, dp=p.get("dp") or 1,
                 cp=p.get("cp") or 1, vpp=p.get("vpp") or 1, sp=bool(p.get("sp")),
-                recompute=recompute, zero=zero_stage, attn=attn)
+                recompute=recompute, zero=stage, attn=attn)
 
 
 def published_step_s(record: dict[str, Any]) -> float:
@@ -129,7 +131,7 @@ def published_step_s(record: dict[str, Any]) -> float:
 
 def predict(record: dict[str, Any]) -> tuple[Estimate, int]:
     """Evaluate the record's configuration; choose mbs only when the record lacks it."""
-    model, cluster = model_for(record), load_cluster(cluster_for(record))
+    model, cluster = model_for(record), cluster_spec(record)
     gb = record["batch"]["global"]
     wl = TrainingWorkload(global_batch_size=gb, seq_len=record["model"]["seq_len"],
                           dtype=dtype_for(record))
@@ -168,7 +170,11 @@ def run(data: Path, only: str | None) -> list[dict[str, Any]]:
     for r in records:
         if only and only not in r["id"]:
             continue
-        est, mbs = predict(r)
+        try:
+            est, mbs = predict(r)
+        except (UnmappedRecord, PlannerError, KeyError, ValueError) as e:
+            rows.append(skipped_row(r, e))
+            continue
         pub = published_step_s(r)
         rows.append({"id": r["id"], "source": source_family(r), "published_s": pub,
                      "predicted_s": est.step_time_s, "error": est.step_time_s / pub - 1,
@@ -177,7 +183,15 @@ def run(data: Path, only: str | None) -> list[dict[str, Any]]:
     return rows
 
 
+def skipped_row(record: dict[str, Any], why: Exception) -> dict[str, Any]:
+    """A record the harness could not evaluate: listed with the reason, left out of the means."""
+    return {"id": record.get("id", "?"), "source": source_family(record) if "source" in record
+            else "?", "skipped": f"{type(why).__name__}: {why}".replace("|", "/")}
+
+
 def render(rows: list[dict[str, Any]]) -> str:
+    skipped = [r for r in rows if "skipped" in r]
+    rows = [r for r in rows if "skipped" not in r]
     lines = ["| run | source | mbs | published s | predicted s | error | MFU | fits |",
              "|---|---|--:|--:|--:|--:|--:|---|"]
     for r in rows:
@@ -190,6 +204,9 @@ def render(rows: list[dict[str, Any]]) -> str:
     lines += ["", "| source | runs | mean abs error | max abs error |", "|---|--:|--:|--:|"]
     for src, errs in sorted(by.items()):
         lines.append(f"| {src} | {len(errs)} | {statistics.mean(errs):.1%} | {max(errs):.1%} |")
+    if skipped:
+        lines += ["", f"Not evaluated ({len(skipped)}; not in the means):", ""]
+        lines += [f"- {r['id']} ({r['source']}): {r['skipped']}" for r in skipped]
     return "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,232 @@
+"""Published-run records -> meshplan inputs, for records of any source.
+
+The validation harnesses (validate_published.py, validate_moe.py) read records with the schema
+of ../shared/published (model dimensions, hardware, parallel configuration, batch, measured
+speed, source). Sources the harness knows (Megatron-LM 2020-2021, MosaicML MPT) get the
+architecture facts of their code base; every other record is mapped from what it states, with
+the same rules for all records:
+
+- Device: the GPU/TPU named in `hardware.gpu` (A100 40/80 GB, V100, H100, H200, B200, GB200,
+  TPU v3/v4). A device meshplan has no preset for is reported, not guessed.
+- Node size: `hardware.gpus_per_node` when stated, else the preset's. Network: the inter-node
+  bandwidth stated in `hardware.inter_node_link` ("8x 200 Gb/s ... per node", "1600 Gbps
+  node-node", "400 Gbps EFA", "3.2 Tbps", "50 GB/s per GPU") when it can be read, divided over
+  the node's GPUs unless it says per GPU; else the preset's.
+- Architecture, when the source is not one of the known code bases: a gated MLP (SwiGLU) when
+  the record says so (`model.activation`, `model.attention`/notes naming SwiGLU/GeGLU) or, when
+  it states the parameter count, the variant (gated or not, tied embeddings or not) whose count
+  is nearest it; otherwise gated exactly when ffn_hidden is not 4 x hidden (4h is the GELU
+  MLP of GPT/BLOOM/OPT; Llama-family MLPs are 8h/3-3.5h). GQA from `kv_heads`.
+- Attention kernel: FlashAttention when the record names it ("flash": FlashAttention-2 class
+  from 2024 on, -1 class in 2022-2023), unfused for runs published before 2023 (Megatron,
+  DeepSpeed and Mesh-TensorFlow had no fused attention before FlashAttention, Dao et al. 2022,
+  was integrated in 2023), FlashAttention-2 class from 2024 on. The year is the earliest one
+  the record's `source` names.
+- ZeRO: "ZeRO-3"/"FULL_SHARD"/FSDP -> 3, "ZeRO-2"/"SHARD_GRAD_OP" -> 2, "ZeRO-1"/"distributed
+  optimizer" -> 1, an integer as given.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from planner import Attention, ClusterSpec, ModelSpec, load_cluster
+from planner.errors import PlannerError
+
+GB = 1e9
+
+
+class UnmappedRecord(ValueError):
+    """A record meshplan cannot evaluate as stated (named device without a preset, ...)."""
+
+
+# (substring of hardware.gpu, lower case) -> cluster preset; first match wins, so the more
+# specific names come first.
+_DEVICE_CLUSTERS = (
+    ("gb200", "gb200-nvl72"),
+    ("b200", "dgx-b200"),
+    ("h200", "dgx-h200"),
+    ("h100", "dgx-h100"),
+    ("h800", "dgx-h100"),          # H100 silicon, export NVLink (bandwidth from the record)
+    ("a100", None),                # 40 or 80 GB: cluster_name() decides
+    ("a800", None),
+    ("v100", None),
+    ("tpu v4", "tpu-v4-pod"), ("tpu-v4", "tpu-v4-pod"), ("tpuv4", "tpu-v4-pod"),
+    ("tpu v3", "tpu-v3-pod"), ("tpu-v3", "tpu-v3-pod"), ("tpuv3", "tpu-v3-pod"),
+)
+
+
+def cluster_name(record: dict[str, Any]) -> str:
+    """The cluster preset for the record's device (UnmappedRecord when there is none)."""
+    hw = record["hardware"]
+    gpu = str(hw.get("gpu", "")).lower()
+    for key, preset in _DEVICE_CLUSTERS:
+        if key not in gpu:
+            continue
+        if preset is not None:
+            return preset
+        if key == "v100":
+            return "dgx2-v100" if hw.get("gpus_per_node") == 16 else "v100x4"
+        # A100/A800: the 2020 Megatron README ran on the DGX A100 of 2020 (A100-SXM4-40GB).
+        if "40gb" in gpu or "40 gb" in gpu or record["id"].startswith("megatron_readme2020"):
+            return "dgx-a100-40gb"
+        return "dgx-a100"
+    raise UnmappedRecord(f"no device preset for '{hw.get('gpu')}'")
+
+
+_SCALE = {"m": 1e6, "g": 1e9, "t": 1e12}
+_RATE = re.compile(r"(?:(\d+)\s*[x\u00d7]\s*)?(\d+(?:\.\d+)?)\s*([MGTmgt])(bps|bit/s|b/s|B/s)")
+
+
+def inter_node_bytes_per_s(text: str | None, gpus_per_node: int) -> float | None:
+    """Per-GPU, per-direction inter-node bandwidth stated in a link description, or None.
+
+    Reads 'N x R Gb/s' (N links of R), 'R Gbps'/'R Tbps'/'R Gb/s' (bits) and 'R GB/s'
+    (bytes). The rate is the node's (instance's) unless the text says per GPU/device/chip."""
+    if not text:
+        return None
+    m = _RATE.search(text)
+    if not m:
+        return None
+    count = int(m.group(1)) if m.group(1) else 1
+    value = count * float(m.group(2)) * _SCALE[m.group(3).lower()]
+    nbytes = value if m.group(4) == "B/s" else value / 8
+    per_device = re.search(r"per\s+(gpu|device|chip|accelerator)", text, re.I) is not None
+    return nbytes if per_device else nbytes / max(1, gpus_per_node)
+
+
+def cluster_spec(record: dict[str, Any]) -> ClusterSpec:
+    """The preset cluster for the record's device, with the node size and the inter-node
+    bandwidth the record states. The node size is only taken from the record where the
+    preset's fast domain is one host (DGX-style servers); a multi-host NVLink domain (GB200
+    NVL72, whose records give the 4 GPUs of a host) or a TPU pod keeps the preset's."""
+    base = load_cluster(cluster_name(record))
+    hw = record["hardware"]
+    update: dict[str, Any] = {}
+    host = hw.get("gpus_per_node")
+    host = host if isinstance(host, int) and not isinstance(host, bool) and host >= 1 else None
+    single_host = base.allocation_devices is None and base.devices_per_node < 1000
+    if host is not None and single_host and host != base.devices_per_node:
+        update["devices_per_node"] = host
+    bw = inter_node_bytes_per_s(hw.get("inter_node_link"), host or base.devices_per_node)
+    if bw is not None and base.devices_per_node < 1000:
+        update["inter_node"] = base.inter_node.model_copy(update={
+            "bandwidth_bytes_per_s": bw,
+            "name": f"{base.inter_node.name}; record: {hw.get('inter_node_link')}"})
+    if not update:
+        return base
+    return ClusterSpec.model_validate({**base.model_dump(), **update})
+
+
+def source_year(record: dict[str, Any]) -> int | None:
+    """The earliest year (2015-2035) the record's source names, else its source_ref's."""
+    for field in ("source", "source_ref"):
+        years = [int(y) for y in re.findall(r"(?<!\d)(20[1-3]\d)(?!\d)", str(record.get(field, "")))]
+        if years:
+            return min(years)
+    return None
+
+
+def attention_kernel(record: dict[str, Any]) -> Attention:
+    """The attention kernel a record of an unknown source ran (module docstring)."""
+    year = source_year(record)
+    text = " ".join(str(record["model"].get(k, "")) for k in ("attention", "attn_impl")).lower()
+    text += " " + str(record.get("notes", "")).lower()
+    if "flash" in text:
+        return Attention.FLASH1 if year is not None and year <= 2023 else Attention.FLASH
+    if year is not None and year < 2023:
+        return Attention.UNFUSED
+    return Attention.FLASH
+
+
+def zero_stage(value: Any) -> int:
+    """ZeRO stage from a record's `parallel.zero` (or `fsdp`) value (module docstring)."""
+    if isinstance(value, bool):
+        return 3 if value else 0
+    if isinstance(value, int):
+        return value
+    text = str(value or "").lower()
+    if any(k in text for k in ("zero-3", "zero3", "zero 3", "full_shard", "fsdp")):
+        return 3
+    if any(k in text for k in ("zero-2", "zero2", "zero 2", "shard_grad_op")):
+        return 2
+    if any(k in text for k in ("zero-1", "zero1", "zero 1", "distributed optimizer",
+                               "distributed_optimizer")):
+        return 1
+    m = re.search(r"\d", text)
+    return int(m.group(0)) if m and int(m.group(0)) <= 3 else 0
+
+
+def _stated_params(record: dict[str, Any]) -> float | None:
+    m = record["model"]
+    if isinstance(m.get("params"), (int, float)):
+        return float(m["params"])
+    if isinstance(m.get("params_B"), (int, float)):
+        return float(m["params_B"]) * 1e9
+    return None
+
+
+def generic_model(record: dict[str, Any]) -> ModelSpec:
+    """ModelSpec of a record from an unknown source (module docstring)."""
+    m = record["model"]
+    h, ffn = m["hidden"], m["ffn_hidden"]
+    common = dict(name=record["id"], num_layers=m["layers"], hidden_size=h,
+                  num_attention_heads=m["heads"], num_kv_heads=m.get("kv_heads") or None,
+                  ffn_hidden_size=ffn, vocab_size=m["vocab"],
+                  head_dim=m.get("head_dim") or None)
+    described = " ".join(str(x) for x in (m.get("activation", ""), m.get("attention", ""),
+                                          record.get("notes", ""))).lower()
+    candidates = []
+    for gated in (True, False):
+        for tied in (False, True):
+            act = "swiglu" if gated else "gelu"
+            norm = "rmsnorm" if gated else "layernorm"
+            pos = "rope" if gated else "learned"
+            try:
+                spec = ModelSpec(**common, activation=act, tied_embeddings=tied, norm=norm,
+                                 positional=pos, linear_bias=not gated,
+                                 max_position_embeddings=m["seq_len"])
+            except PlannerError:
+                continue
+            candidates.append((gated, tied, spec))
+    if not candidates:
+        raise UnmappedRecord(f"{record['id']}: its dimensions make no valid model")
+    stated = _stated_params(record)
+    if "swiglu" in described or "geglu" in described or "gated" in described:
+        pool = [c for c in candidates if c[0]]
+    elif "gelu" in described or "relu" in described:
+        pool = [c for c in candidates if not c[0]]
+    else:
+        pool = candidates
+    if stated:
+        return min(pool, key=lambda c: (abs(c[2].params - stated), not c[0], c[1]))[2]
+    want_gated = ffn != 4 * h
+    return next(c[2] for c in pool if c[0] == want_gated or len(pool) < len(candidates))
+
+
+def generic_moe_model(record: dict[str, Any]) -> ModelSpec:
+    """ModelSpec of an MoE record with no preset: the dense skeleton of `generic_model` with a
+    SwiGLU MLP (every MoE family of the records: Mixtral, DeepSeek, Qwen, GPT-OSS) and the
+    record's `moe` block. MLA needs its dimensions (`model.mla`), which a bare "MLA" does not
+    give."""
+    m = record["model"]
+    moe = m.get("moe") or {}
+    if str(m.get("attention", "")).upper().startswith("MLA") and not isinstance(m.get("mla"), dict):
+        raise UnmappedRecord(f"{record['id']}: MLA attention without its dimensions "
+                             "(kv_lora_rank, q_lora_rank, qk_nope/rope and v head dims)")
+    try:
+        spec = ModelSpec(
+            name=record["id"], num_layers=m["layers"], hidden_size=m["hidden"],
+            num_attention_heads=m["heads"], num_kv_heads=m.get("kv_heads") or None,
+            head_dim=m.get("head_dim") or None, ffn_hidden_size=m["ffn_hidden"],
+            vocab_size=m["vocab"], activation="swiglu", norm="rmsnorm", positional="rope",
+            dropout=False,
+            mla=m.get("mla"),
+            moe={"num_experts": moe["experts"], "top_k": moe["top_k"],
+                 "expert_ffn_hidden_size": moe["expert_ffn_hidden"],
+                 "num_shared_experts": moe.get("shared_experts") or 0,
+                 "first_k_dense": moe.get("dense_layers_first") or 0})
+    except (KeyError, PlannerError) as e:
+        raise UnmappedRecord(f"{record['id']}: cannot build the MoE model ({e})") from None
+    return spec

@@ -1,0 +1,162 @@
+"""benchmarks/records.py and the validation harnesses on records of sources they do not know.
+
+The harnesses are also run on published runs that are not in the repository (other papers,
+other hardware), so a record of any source must map from what it states, and one that cannot
+be evaluated must be listed with its reason rather than stop the table.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks"
+
+
+def _load(name: str):
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+records = _load("records")
+vp = _load("validate_published")
+vm = _load("validate_moe")
+
+
+def record(**over: Any) -> dict[str, Any]:
+    """A Llama-2-70B-shaped run (80 x 8192, 64 heads / 8 KV, SwiGLU 28672, 32000 vocab)."""
+    base = {
+        "id": "other_llama2_70b", "source": "Some paper 2024, Table 3", "source_ref": "",
+        "workload": "pretraining", "precision": "bf16",
+        "model": {"layers": 80, "hidden": 8192, "heads": 64, "kv_heads": 8,
+                  "ffn_hidden": 28672, "vocab": 32000, "seq_len": 4096, "params_B": 68.98},
+        "hardware": {"gpu": "NVIDIA H100 SXM5 80GB", "gpus": 64, "gpus_per_node": 8,
+                     "intra_node_link": "NVLink4", "inter_node_link": "8x 400 Gb/s NDR per node"},
+        "parallel": {"tp": 8, "pp": 2, "dp": 4, "zero": "ZeRO-1", "recompute": "selective",
+                     "sp": True},
+        "batch": {"micro": 1, "global_seqs": 256, "global": 256},
+        "measured": {"tokens_per_s_per_gpu": 1000.0},
+        "notes": "",
+    }
+    for key, value in over.items():
+        if isinstance(value, dict):
+            base[key] = {**base[key], **value}
+        else:
+            base[key] = value
+    return base
+
+
+@pytest.mark.parametrize(("gpu", "per_node", "want"), [
+    ("NVIDIA H200 SXM 141GB", 8, "dgx-h200"),
+    ("NVIDIA H100 80GB HBM3", 8, "dgx-h100"),
+    ("NVIDIA A100-SXM4-40GB", 8, "dgx-a100-40gb"),
+    ("NVIDIA A100 80GB", 8, "dgx-a100"),
+    ("NVIDIA V100 32GB (DGX-1)", 8, "v100x4"),
+    ("NVIDIA V100 (DGX-2)", 16, "dgx2-v100"),
+    ("Google TPU v4", 4, "tpu-v4-pod"),
+    ("TPU v3", 4, "tpu-v3-pod"),
+    ("NVIDIA GB200 (NVL72 rack)", 4, "gb200-nvl72"),
+])
+def test_device_names_map_to_presets(gpu: str, per_node: int, want: str) -> None:
+    rec = record(hardware={"gpu": gpu, "gpus_per_node": per_node})
+    assert records.cluster_name(rec) == want
+
+
+def test_unknown_device_is_reported_not_guessed() -> None:
+    with pytest.raises(records.UnmappedRecord, match="MI250X"):
+        records.cluster_name(record(hardware={"gpu": "AMD Instinct MI250X"}))
+
+
+@pytest.mark.parametrize(("text", "per_node", "want"), [
+    ("8x 200 Gb/s HDR InfiniBand per node", 8, 25e9),
+    ("1600 Gbps node-node (RoCE)", 8, 25e9),
+    ("400 Gbps EFA", 8, 6.25e9),                  # AWS p4d: one 400 Gb/s network per instance
+    ("3.2 Tbps EFAv2 per instance", 8, 50e9),
+    ("50 GB/s per GPU", 8, 50e9),                 # bytes, per device
+    ("8 x 400Gb/s NDR", 8, 50e9),
+    ("not stated", 8, None),
+    (None, 8, None),
+])
+def test_inter_node_bandwidth_read_from_the_record(text: str | None, per_node: int,
+                                                   want: float | None) -> None:
+    assert records.inter_node_bytes_per_s(text, per_node) == want
+
+
+def test_cluster_takes_the_record_node_size_and_network() -> None:
+    c = records.cluster_spec(record(hardware={"gpu": "NVIDIA A100 40GB",
+                                              "inter_node_link": "400 Gbps EFA"}))
+    assert c.device.name == "a100-sxm4-40gb" and c.devices_per_node == 8
+    assert c.inter_node.bandwidth_bytes_per_s == 6.25e9
+    # a multi-host NVLink domain keeps its size: GB200 records give the 4 GPUs of a host
+    nvl = records.cluster_spec(record(hardware={"gpu": "NVIDIA GB200 (NVL72 rack)",
+                                                "gpus_per_node": 4}))
+    assert nvl.devices_per_node == 72
+
+
+@pytest.mark.parametrize(("value", "stage"), [
+    ("ZeRO-1", 1), ("zero2", 2), ("FSDP FULL_SHARD (ZeRO-3)", 3), ("SHARD_GRAD_OP", 2),
+    ("Megatron distributed optimizer", 1), (2, 2), (None, 0), ("none", 0), (True, 3),
+])
+def test_zero_stage(value: Any, stage: int) -> None:
+    assert records.zero_stage(value) == stage
+
+
+def test_generic_model_picks_the_variant_matching_the_stated_parameters() -> None:
+    spec = records.generic_model(record())
+    assert spec.activation.gated and spec.kv_heads == 8 and not spec.tied_embeddings
+    assert abs(spec.params - 68.98e9) / 68.98e9 < 0.01
+    gpt = records.generic_model(record(model={"heads": 96, "kv_heads": None, "hidden": 12288,
+                                              "layers": 96, "ffn_hidden": 49152, "vocab": 50257,
+                                              "params_B": None}))
+    assert not gpt.activation.gated           # 4h MLP, no stated count: GELU
+
+
+@pytest.mark.parametrize(("source", "note", "want"), [
+    ("Smith et al. 2022 (MT-NLG)", "", "unfused"),
+    ("Some paper 2023", "attn_impl: flash", "flash1"),
+    ("Some paper 2025", "", "flash"),
+])
+def test_attention_kernel_by_source_year(source: str, note: str, want: str) -> None:
+    rec = record(source=source, notes=note)
+    assert records.attention_kernel(rec).value == want
+
+
+def test_harness_runs_records_of_unknown_sources(tmp_path: Path) -> None:
+    data = [record(), record(id="other_mi250x", hardware={"gpu": "AMD Instinct MI250X"}),
+            record(id="other_tpu", hardware={"gpu": "TPU v4", "gpus": 64, "gpus_per_node": 4})]
+    path = tmp_path / "runs.json"
+    path.write_text(json.dumps(data))
+    rows = vp.run(path, None)
+    done = [r for r in rows if "skipped" not in r]
+    assert [r["id"] for r in done] == ["other_llama2_70b", "other_tpu"]
+    assert all(r["predicted_s"] > 0 for r in done)
+    table = vp.render(rows)
+    assert "Not evaluated (1; not in the means)" in table and "MI250X" in table
+    assert "| Some paper 2024 | 2 |" in table
+
+
+def test_moe_harness_builds_models_without_a_preset(tmp_path: Path) -> None:
+    moe = record(id="other_moe_8x22b", model={
+        "layers": 56, "hidden": 6144, "heads": 48, "kv_heads": 8, "ffn_hidden": 16384,
+        "vocab": 32768, "seq_len": 4096, "params_B": None,
+        "moe": {"experts": 8, "top_k": 2, "expert_ffn_hidden": 16384}},
+        parallel={"tp": 2, "pp": 4, "dp": 8, "ep": 8, "cp": 1, "vpp": 1, "fsdp": None},
+        batch={"micro": 1, "global": 256, "global_seqs": 256})
+    mla = record(id="other_mla", model={**moe["model"], "attention": "MLA"}, parallel=moe["parallel"],
+                 batch=moe["batch"])
+    path = tmp_path / "moe.json"
+    path.write_text(json.dumps([moe, mla]))
+    rows = vm.run(path, None)
+    assert rows[0]["predicted_s"] > 0
+    assert "MLA attention without its dimensions" in rows[1]["skipped"]
