@@ -272,9 +272,15 @@ def search_cmd(
     wl = training_workload(global_batch, seq_len, dtype, optimizer)
     limits = {k: v for k, v in (("max_tp", max_tp), ("max_cp", max_cp), ("max_pp", max_pp),
                                 ("max_mbs", max_mbs)) if v is not None}
-    with _Progress(enabled=not as_json and export is None) as progress:
-        result = search(spec, clus, wl, devices=n, top_k=top, fixed=parse_fix(fix),
-                        limits=limits, time_limit_s=time_limit, progress=progress)
+    try:
+        with _Progress(enabled=not as_json and export is None) as progress:
+            result = search(spec, clus, wl, devices=n, top_k=top, fixed=parse_fix(fix),
+                            limits=limits, time_limit_s=time_limit, progress=progress)
+    except planner.InfeasibleError as e:
+        if e.baselines and not as_json and export is None:
+            # nothing fits: still show the published configurations, scored the same way
+            _baselines_table(e.baselines)
+        raise
     outputs.emit(result, lambda: render_search(
         result, title=f"{spec.name} on {n}x {clus.device.name} ({clus.name}), "
         f"global batch {global_batch} x {seq_len} tokens"))
@@ -467,16 +473,7 @@ def render_search(result: Any, *, title: str) -> None:
                   f"{e.mfu:.1%}", f"{e.peak_memory_gib:.1f}", f"{e.step_time_s / best_s - 1:+.1%}")
     out.print(t)
     if result.baselines:
-        b = Table(title="published configurations, same cost model", title_justify="left")
-        for col in ("source", "plan", "step s", "MFU", "fits", "vs best", "flags"):
-            b.add_column(col, overflow="fold")
-        for bl in result.baselines:
-            e = bl.estimate
-            b.add_row(bl.label, bl.plan, f"{e.step_time_s:.3f}" if e else "-",
-                      f"{e.mfu:.1%}" if e else "-", ("yes" if e.fits else "NO") if e else "-",
-                      f"{bl.slower_than_best_pct:+.1f}%" if bl.slower_than_best_pct is not None else "-",
-                      "; ".join(bl.inconsistencies) or "-")
-        out.print(b)
+        _baselines_table(result.baselines)
     out.print(f"lower bound {result.lower_bound_step_time_s:.3f} s; best is "
               f"{result.gap_to_lower_bound:.1%} above it", markup=False)
     dm = result.device_mapping
@@ -493,6 +490,21 @@ def render_search(result: Any, *, title: str) -> None:
     for note in result.notes:
         err.print(f"note: {note}", markup=False)
     render_estimate(result.best.estimate, title="best plan in detail")
+
+
+def _baselines_table(baselines: list[Any]) -> None:
+    """The published configurations of the request, scored by the same model."""
+    b = Table(title="published configurations, same cost model", title_justify="left")
+    for col in ("source", "plan", "step s", "MFU", "fits", "vs best", "flags"):
+        b.add_column(col, overflow="fold")
+    for bl in baselines:
+        e = bl.estimate
+        fits = "-" if e is None else "yes" if e.fits else f"NO ({e.peak_memory_gib:,.0f} GiB)"
+        b.add_row(bl.label, bl.plan, f"{e.step_time_s:.3f}" if e else "-",
+                  f"{e.mfu:.1%}" if e else "-", fits,
+                  f"{bl.slower_than_best_pct:+.1f}%" if bl.slower_than_best_pct is not None else "-",
+                  "; ".join(bl.inconsistencies) or "-")
+    out.print(b)
 
 
 def _short_plan(plan: dict[str, Any]) -> str:

@@ -126,10 +126,12 @@ def search(model: ModelSpec | str, cluster: ClusterSpec | str, workload: Trainin
                        progress=progress)  # type: ignore[arg-type]
     if not state.best:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(state.pruned.items()))
+        baselines = score_baselines(m, c, workload, n, None)
         raise InfeasibleError(
             f"no plan for {m.name} fits on {n}x {c.device.name} with global batch "
             f"{workload.global_batch_size} (pruned: {reasons}); add devices, allow "
-            "recomputation/ZeRO, or lower the micro-batch")
+            "recomputation/ZeRO, or lower the micro-batch" + _baselines_summary(baselines),
+            baselines)
     top = [ScoredPlan(plan=plan_dict(f.plan, m.num_layers),
                       estimate=evaluate(m, c, workload, f.plan, devices=n)) for f in state.best]
     best = top[0]
@@ -190,9 +192,30 @@ def map_best(model: ModelSpec, cluster: ClusterSpec, workload: TrainingWorkload,
         status=dm.status, gap=dm.gap)
 
 
+def _baselines_summary(baselines: list[BaselineResult]) -> str:
+    """'; the N published configurations ...' clause of the infeasible-search message."""
+    scored = [b for b in baselines if b.estimate is not None]
+    if not baselines:
+        return ""
+    if not scored:
+        return (f"; its {len(baselines)} published configuration(s) cannot be evaluated as "
+                "stated")
+    fitting = [b for b in scored if b.estimate.fits]  # type: ignore[union-attr]
+    if fitting:
+        names = ", ".join(f"'{b.label}'" for b in fitting)
+        return f"; published configuration(s) {names} fit but lie outside the searched space"
+    least = min(scored, key=lambda b: b.estimate.peak_memory_gib)  # type: ignore[union-attr]
+    e = least.estimate
+    assert e is not None
+    return (f"; its {len(baselines)} published configuration(s) do not fit either (least "
+            f"memory: '{least.label}', {e.peak_memory_gib:,.1f} of {e.capacity_gib:.1f} GiB "
+            "per device)")
+
+
 def score_baselines(model: ModelSpec, cluster: ClusterSpec, workload: TrainingWorkload,
-                    devices: int, best_s: float) -> list[BaselineResult]:
-    """The published configurations for this model that match the request, scored."""
+                    devices: int, best_s: float | None) -> list[BaselineResult]:
+    """The published configurations for this model that match the request, scored (the
+    difference to the best plan left empty when there is none)."""
     from planner.baselines import inconsistencies, matching_baselines
 
     out = []
@@ -204,9 +227,9 @@ def score_baselines(model: ModelSpec, cluster: ClusterSpec, workload: TrainingWo
             est = evaluate(model, cluster, workload, b.to_plan(), devices=devices)
         except (PlannerError, ValueError) as err:
             problems.append(f"cannot be evaluated as stated: {err}")
-        diff = None if est is None else est.step_time_s - best_s
+        diff = None if est is None or best_s is None else est.step_time_s - best_s
         out.append(BaselineResult(
             label=b.label, source=b.source, plan=b.plan, estimate=est, slower_than_best_s=diff,
-            slower_than_best_pct=None if diff is None else 100 * diff / best_s,
+            slower_than_best_pct=None if diff is None or best_s is None else 100 * diff / best_s,
             inconsistencies=problems, notes=b.notes))
     return out

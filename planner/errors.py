@@ -43,9 +43,15 @@ class PlanError(PlannerError):
 
 
 class InfeasibleError(PlannerError):
-    """Nothing fits: no plan satisfies the constraints (exit code 3)."""
+    """Nothing fits: no plan satisfies the constraints (exit code 3). `baselines` holds the
+    published configurations of the request, scored anyway (planner.result.BaselineResult),
+    where the search has them."""
 
     exit_code = 3
+
+    def __init__(self, message: str, baselines: object = ()) -> None:
+        super().__init__(message)
+        self.baselines = list(baselines)  # type: ignore[call-overload]
 
 
 class UnsupportedPlanError(PlannerError):

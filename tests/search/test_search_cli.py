@@ -205,3 +205,27 @@ def test_json_inputs_make_the_result_self_contained(searched: dict[str, Any]) ->
     assert inputs["cluster"]["name"] == "dgx-a100"
     assert inputs["workload"] == {"mode": "training", "global_batch_size": 64, "seq_len": 2048,
                                   "dtype": "bf16", "optimizer": "adam"}
+
+
+def test_infeasible_search_still_scores_the_seed002_baselines() -> None:
+    """Seed 002's 1.97e12-parameter model fits in no training plan on 128 H100: the search
+    exits 3, but its four published configurations appear, scored, with their memory, and the
+    error line says by how much the least hungry one misses."""
+    request = ("search", "--model", "seed002-moe-61l", "--cluster", "dgx-h100", "--gpus", "128",
+               "--global-batch", "1024", "--seq-len", "4096")
+    res = run(*request)
+    assert res.exit_code == 3
+    assert "published configurations, same cost model" in res.stdout
+    assert res.stdout.count("Seed 002") == 4 and "NO (" in res.stdout
+    assert "do not fit either (least memory: 'Seed 002 large EP=128" in res.stderr
+    assert "Traceback" not in res.stderr
+
+    import planner
+    from planner import TrainingWorkload
+
+    with pytest.raises(planner.InfeasibleError) as info:
+        planner.search("seed002-moe-61l", "dgx-h100",
+                       TrainingWorkload(global_batch_size=1024, seq_len=4096), devices=128)
+    scored = info.value.baselines
+    assert len(scored) == 4 and all(b.estimate is not None and not b.estimate.fits for b in scored)
+    assert all(b.slower_than_best_pct is None for b in scored)
