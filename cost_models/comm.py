@@ -56,6 +56,32 @@ def group_links(cluster: ClusterSpec, *, size: int, stride: int) -> GroupLinks:
     return GroupLinks(size, bw, cluster.inter_node.latency_s, True, members_per_node)
 
 
+def composite_links(cluster: ClusterSpec, dims: list[tuple[int, int]]) -> GroupLinks:
+    """Links of a group spanning several layout dimensions, each (size, stride): e.g. the
+    data x context-parallel group whose two dimensions need not be adjacent in the rank
+    layout (order cp-pp-tp-dp puts tp between them). Its members in one node are the product
+    of each dimension's members there: all `size` of them when the dimension fits in a node,
+    per_node / stride when it spans nodes aligned, else (straddling) one."""
+    dims = [(n, st) for n, st in dims if n > 1]
+    if len(dims) <= 1:
+        size, stride = dims[0] if dims else (1, 1)
+        return group_links(cluster, size=size, stride=stride)
+    per_node = cluster.devices_per_node
+    intra_bw = cluster.intra_node.bandwidth_bytes_per_s * INTRA_NODE_LINK_EFFICIENCY
+    size = math.prod(n for n, _ in dims)
+    if all(n * st <= per_node and per_node % (n * st) == 0 for n, st in dims):
+        return GroupLinks(size, intra_bw, cluster.intra_node.latency_s, False, size)
+    members = 1
+    for n, st in dims:
+        if n * st <= per_node and per_node % (n * st) == 0:
+            members *= n
+        elif st < per_node and per_node % st == 0 and (n * st) % per_node == 0:
+            members *= per_node // st
+    inter_bw = cluster.inter_node.bandwidth_bytes_per_s * INTER_NODE_LINK_EFFICIENCY
+    bw = min(intra_bw, members * inter_bw)
+    return GroupLinks(size, bw, cluster.inter_node.latency_s, True, members)
+
+
 def coefficients(kind: str, links: GroupLinks) -> tuple[float, float]:
     """(seconds per byte, fixed seconds) of a collective on a group, so that its time is
     per_byte * nbytes + fixed for nbytes > 0 (0 for a group of one). The single source of

@@ -79,12 +79,11 @@ def make_context(model: ModelSpec, cluster: ClusterSpec, workload: TrainingWorkl
                   ep=plan.ep, etp=plan.expert_tp, attn=plan.attn, dtype=workload.dtype,
                   loss=plan.loss)
     st = strides(plan)
-    dp_stride = min(st["dp"], st["cp"]) if plan.cp > 1 else st["dp"]
     ctx = Context(
         model=model, cluster=cluster, workload=workload, plan=plan, roof=roof, shard=shard,
         tp_links=comm.group_links(cluster, size=plan.tp, stride=st["tp"]),
         cp_links=comm.group_links(cluster, size=plan.cp, stride=st["cp"]),
-        dp_links=comm.group_links(cluster, size=plan.dp * plan.cp, stride=dp_stride),
+        dp_links=comm.composite_links(cluster, [(plan.cp, st["cp"]), (plan.dp, st["dp"])]),
         ep_links=comm.group_links(cluster, size=plan.ep, stride=plan.expert_tp),
         pp_crosses_nodes=plan.pp > 1 and st["pp"] * plan.pp > cluster.devices_per_node,
     )

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import permutations
 
-from cost_models.comm import group_links
+from cost_models.comm import composite_links, group_links
 from planner.hardware import ClusterSpec
 from planner.model import ModelSpec
 from planner.plan import DEFAULT_ORDER, Recompute
@@ -166,10 +166,9 @@ def order_classes(d: Degrees, cluster: ClusterSpec, limits: Limits) -> list[tupl
         for name in order:
             stride[name] = acc
             acc *= sizes[name]
-        dp_stride = min(stride["dp"], stride["cp"]) if d.cp > 1 else stride["dp"]
         sig = (group_links(cluster, size=d.tp, stride=stride["tp"]),
                group_links(cluster, size=d.cp, stride=stride["cp"]),
-               group_links(cluster, size=d.dp * d.cp, stride=dp_stride),
+               composite_links(cluster, [(d.cp, stride["cp"]), (d.dp, stride["dp"])]),
                d.pp > 1 and stride["pp"] * d.pp > per_node)   # as training.make_context
         seen.setdefault(sig, order)
     return list(seen.values())

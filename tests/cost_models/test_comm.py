@@ -175,3 +175,25 @@ def test_tiny_cluster_two_per_node(tiny_cluster: ClusterSpec) -> None:
     assert four.bandwidth_bytes_per_s == pytest.approx(min(intra, 2 * inter))
     assert comm.all_reduce_s(four, 1e9) == pytest.approx(
         2 * 3 / 4 * 1e9 / (2 * inter) + 2 * 2 * 5e-6, rel=1e-12)
+
+
+def test_composite_group_counts_members_per_node_of_each_dimension() -> None:
+    """dp x cp group under order cp-pp-tp-dp on 8-GPU nodes (cp=2, tp=2, dp=384): cp has
+    stride 1, tp stride 2, dp stride 4. Per node the group holds both cp ranks and 8/4 = 2
+    dp ranks: 4 members (ranks 0, 1, 4, 5), not the 8 a single stride-1 group would have."""
+    from cost_models.comm import composite_links
+    from cost_models.efficiency import INTER_NODE_LINK_EFFICIENCY, INTRA_NODE_LINK_EFFICIENCY
+    from planner import load_cluster
+
+    c = load_cluster("dgx-a100")
+    g = composite_links(c, [(2, 1), (384, 4)])
+    assert g.size == 768 and g.spans_nodes and g.members_per_node == 4
+    assert g.bandwidth_bytes_per_s == pytest.approx(min(
+        c.intra_node.bandwidth_bytes_per_s * INTRA_NODE_LINK_EFFICIENCY,
+        4 * c.inter_node.bandwidth_bytes_per_s * INTER_NODE_LINK_EFFICIENCY))
+    # adjacent dimensions are one strided group: the same links as group_links
+    assert composite_links(c, [(2, 2), (64, 4)]) == comm.group_links(c, size=128, stride=2)
+    # inside one node
+    inside = composite_links(c, [(2, 1), (2, 4)])
+    assert not inside.spans_nodes and inside.size == 4
+    assert composite_links(c, [(1, 1), (16, 8)]) == comm.group_links(c, size=16, stride=8)
