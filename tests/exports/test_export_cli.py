@@ -32,6 +32,7 @@ def _export(tmp_path: Path, data: dict, *args: str):
     ("interleaved-firstlast", None, "deepspeed", "pp=4"),
     ("interleaved-firstlast", None, "torchtitan", "zero=1"),
     ("dense", "tp=2,pp=1,dp=8,mbs=2,sp=off,zero=3", "torchtitan", "without sequence parallelism"),
+    ("moe", "tp=4,pp=1,dp=8,ep=8,etp=2,mbs=1,sp=on,zero=0", "torchtitan", "etp=2 with tp=4"),
     ("dense", "tp=1,pp=1,dp=16,mbs=4,zero=3,recompute=selective", "torchtitan", "selective"),
     ("dense", "tp=1,pp=1,dp=16,mbs=4,recompute=full", "deepspeed", "recompute=full"),
     ("dense", "tp=2,pp=1,dp=8,mbs=2,sp=on", "deepspeed", "sp=on"),

@@ -16,7 +16,7 @@ FIXTURES = ("dense", "interleaved-firstlast", "interleaved-layout", "moe", "infe
             "moe-inference")
 
 # (fixture, rank, format) that export; every other training/inference pairing is refused
-# (see test_refusals.py).
+# (test_export_cli.py and the matrix in test_engines.py).
 EXPORTABLE = [
     ("dense", 0, "megatron"), ("dense", 0, "torchtitan"), ("dense", 0, "deepspeed"),
     ("interleaved-firstlast", 0, "megatron"), ("interleaved-layout", 0, "megatron"),
