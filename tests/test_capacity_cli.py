@@ -60,6 +60,22 @@ def test_train_time_days_are_tokens_over_throughput() -> None:
     assert res.exit_code == 0 and "GPU-hours" in res.stdout and f"{data['days']:,.1f} days" in res.stdout
 
 
+def test_train_time_throughput_by_hand() -> None:
+    """The throughput behind the days, by hand: tokens/s = global batch x seq / step time, and
+    model FLOP/s per GPU = 3 x forward FLOPs per token x tokens/s / GPUs, where a bare block's
+    forward is 24 h^2 + 4 s h per token (Narayanan et al. 2021 eq. 3 without a vocabulary):
+    8 x (24 x 1024^2 + 4 x 8 x 1024) = 201,588,736 FLOPs per token; MFU = that / 312 TFLOP/s."""
+    data = run_json("train-time", *STACK, *CLUSTER, "--nodes", "2", "--tokens", "3B", *SMALL)
+    best = data["best"]
+    assert best["tokens_per_s"] == 1 * 8 / best["step_time_s"]
+    fwd = 8 * (24 * 1024 ** 2 + 4 * 8 * 1024)
+    per_gpu = 3 * fwd * best["tokens_per_s"] / 4
+    assert abs(best["model_tflops_per_gpu"] * 1e12 - per_gpu) < 1e-9 * per_gpu
+    assert abs(best["mfu"] - per_gpu / 312e12) < 1e-12
+    # 3e9 tokens at 8 per step
+    assert data["steps"] == 375_000_000
+
+
 def test_train_time_bad_tokens_exit_2() -> None:
     res = run("train-time", *STACK, *CLUSTER, "--nodes", "2", "--tokens", "lots", *SMALL)
     assert res.exit_code == 2

@@ -130,3 +130,36 @@ def test_search_export_leaves_the_console_following_stdout() -> None:
     second = RUNNER.invoke(app, ["--version"])
     assert second.exit_code == 0, second.stderr
     assert second.stdout.startswith("meshplan ")
+
+
+SEARCH_INF = ["search", "--mode", "inference", "--model", "llama3-8b", "--cluster", "dgx-h100",
+              "--gpus", "8", "--batch", "16", "--prompt-len", "512", "--output-len", "128"]
+
+
+@pytest.mark.parametrize(("args", "code", "message"), [
+    (["--export", "slurm"], 2, "error: --export 'slurm' is not one of megatron, torchtitan, deepspeed, vllm, sglang"),
+    (["--export", "vllm", "--json"], 2, "error: --json and --export both write to stdout"),
+    (["--export", "megatron"], 4, "error: Megatron-LM cannot express this plan: it is an inference plan"),
+    (["--report", "no-such-dir/plan.html"], 2, "error: --report no-such-dir/plan.html: the directory no-such-dir does not exist"),
+])
+def test_search_export_and_report_errors_are_one_line(args: list[str], code: int, message: str) -> None:
+    res = RUNNER.invoke(app, [*SEARCH_INF, *args])
+    assert res.exit_code == code, res.stderr
+    assert res.stdout == ""
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), res.stderr
+
+
+@pytest.mark.parametrize(("content", "args", "code"), [
+    ("not json", ["--to", "megatron"], 2),
+    (None, ["--to", "slurm"], 2),
+    (None, ["--to", "vllm"], 4),
+])
+def test_export_errors_are_one_line(tmp_path: Path, saved, content: str | None, args: list[str],
+                                    code: int) -> None:
+    path = tmp_path / "in.json"
+    path.write_text(content if content is not None else json.dumps(saved("dense")))
+    res = RUNNER.invoke(app, ["export", str(path), *args])
+    assert res.exit_code == code and res.stdout == ""
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in res.stderr
