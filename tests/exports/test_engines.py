@@ -53,7 +53,8 @@ CASES = ("dense", "interleaved", "moe", "inference")
 Case = tuple[str, int, "str | None"]  # (fixture, rank, plan text replacing top[0] or None)
 EXPORTED: dict[tuple[str, str], list[Case]] = {
     ("megatron", "dense"): [("dense", 0, None),
-                            ("dense", 0, "tp=2,pp=2,dp=4,mbs=2,sp=on,zero=1,recompute=selective")],
+                            ("dense", 0, "tp=2,pp=2,dp=4,mbs=2,sp=on,zero=1,recompute=selective"),
+                            ("dense", 0, "tp=1,pp=2,dp=8,mbs=2,sp=on,zero=1")],
     ("megatron", "interleaved"): [("interleaved-firstlast", 0, None), ("interleaved-layout", 0, None)],
     ("megatron", "moe"): [("moe", 0, None), ("moe", 1, None),
                           ("moe", 0, "tp=2,pp=2,dp=8,ep=8,etp=1,vpp=2,mbs=1,sp=on,zero=1,recompute=full")],
@@ -323,7 +324,7 @@ def test_megatron_core_configs_accept_export(saved, variant, fixture: str, rank:
     config = tc.TransformerConfig(**kwargs)  # __post_init__ validates
     assert (config.tensor_model_parallel_size, config.pipeline_model_parallel_size,
             config.context_parallel_size, config.expert_model_parallel_size) == (p.tp, p.pp, p.cp, p.ep)
-    assert config.sequence_parallel == p.sp
+    assert config.sequence_parallel == (p.sp and p.tp > 1)  # sp over one rank is no split
     assert (config.virtual_pipeline_model_parallel_size or 1) == p.vpp
     assert (config.recompute_granularity or "none") == p.recompute.value
     if inp.model.moe is not None:
