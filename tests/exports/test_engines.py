@@ -300,7 +300,13 @@ def _megatron_dtypes(args: dict[str, Any]) -> dict[str, Any]:
     return {"params_dtype": dtype, "pipeline_dtype": dtype}
 
 
+# TransformerConfig warns about its own defaults (cuda_graph_scope) and, for selective
+# recomputation, that Transformer Engine's attention may be fused: notes, not rejections.
+_MCORE_NOTES = pytest.mark.filterwarnings("ignore::UserWarning:megatron.core.transformer.transformer_config")
+
+
 @engine
+@_MCORE_NOTES
 @pytest.mark.parametrize(("fixture", "rank", "plan_text"), _cases("megatron"))
 def test_megatron_core_configs_accept_export(saved, variant, fixture: str, rank: int,
                                              plan_text: str | None) -> None:
@@ -361,6 +367,7 @@ def test_megatron_core_configs_accept_export(saved, variant, fixture: str, rank:
 
 
 @engine
+@_MCORE_NOTES
 def test_megatron_core_rejects_a_wrong_split(saved) -> None:
     """The validation the test above relies on does fail: with vpp=2, a first and last stage of
     7 blocks each cannot be split into 2 equal chunks."""
