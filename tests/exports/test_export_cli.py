@@ -163,3 +163,18 @@ def test_export_errors_are_one_line(tmp_path: Path, saved, content: str | None, 
     assert res.exit_code == code and res.stdout == ""
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in res.stderr
+
+
+def test_search_export_training_matches_export_of_saved_result(tmp_path: Path) -> None:
+    """`search --export megatron` prints what `export --to megatron` prints for the saved
+    --json of the same search; the table goes to stderr."""
+    args = ["search", "--model", "narayanan-7.5b", "--cluster", "dgx-a100", "--gpus", "16",
+            "--global-batch", "64", "--seq-len", "2048"]
+    direct = RUNNER.invoke(app, [*args, "--export", "megatron"])
+    assert direct.exit_code == 0, direct.stderr
+    assert direct.stdout.startswith("# meshplan export --to megatron") and "best plans" in direct.stderr
+    saved = RUNNER.invoke(app, [*args, "--json"])
+    path = tmp_path / "result.json"
+    path.write_text(saved.stdout)
+    exported = RUNNER.invoke(app, ["export", str(path), "--to", "megatron"])
+    assert exported.exit_code == 0 and exported.stdout == direct.stdout
