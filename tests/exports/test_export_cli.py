@@ -178,3 +178,32 @@ def test_search_export_training_matches_export_of_saved_result(tmp_path: Path) -
     path.write_text(saved.stdout)
     exported = RUNNER.invoke(app, ["export", str(path), "--to", "megatron"])
     assert exported.exit_code == 0 and exported.stdout == direct.stdout
+
+
+@pytest.mark.parametrize(("target", "message"), [
+    ("nodir/launch.sh", "the directory"),
+    (".", "is a directory"),
+])
+def test_output_path_errors_exit_2(tmp_path: Path, saved, target: str, message: str) -> None:
+    src = tmp_path / "result.json"
+    src.write_text(json.dumps(saved("inference")))
+    out = tmp_path / target
+    res = RUNNER.invoke(app, ["export", str(src), "--to", "vllm", "-o", str(out), "--overwrite"])
+    assert res.exit_code == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and res.stdout == ""
+
+
+def test_unwritable_output_exit_2(tmp_path: Path, saved, monkeypatch) -> None:
+    """A write that fails (permissions, a full disk) is one line and exit 2; the failure is
+    injected, since root (CI) writes through read-only modes."""
+    src = tmp_path / "result.json"
+    src.write_text(json.dumps(saved("inference")))
+
+    def refuse(self: Path, *args: object, **kwargs: object) -> int:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "write_text", refuse)
+    res = RUNNER.invoke(app, ["export", str(src), "--to", "vllm", "-o", str(tmp_path / "x.sh")])
+    assert res.exit_code == 2, res.stderr
+    assert res.stderr.strip() == f"error: cannot write --output {tmp_path / 'x.sh'}: Permission denied"
