@@ -44,6 +44,26 @@ def test_min_devices_table_and_determinism() -> None:
     assert run("min-devices", *STACK, *CLUSTER, *SMALL).stdout == first.stdout
 
 
+def test_min_devices_throughput_and_scaling_by_hand() -> None:
+    """At each size: tokens/s = global batch x seq / step time; the printed scaling lines are
+    the tokens/s ratio to the fewest nodes and that ratio over the node ratio."""
+    data = run_json("min-devices", *STACK, *CLUSTER, *SMALL)
+    points = data["points"]
+    for p in points:
+        assert p["tokens_per_s"] == 1 * 8 / p["step_time_s"]
+        fwd = 8 * (24 * 1024 ** 2 + 4 * 8 * 1024)  # see test_train_time_throughput_by_hand
+        per_gpu = 3 * fwd * p["tokens_per_s"] / p["devices"]
+        assert abs(p["model_tflops_per_gpu"] * 1e12 - per_gpu) < 1e-9 * per_gpu
+    text = run("min-devices", *STACK, *CLUSTER, *SMALL).stdout
+    base = points[0]
+    for p in points[1:]:
+        ratio, k = p["tokens_per_s"] / base["tokens_per_s"], p["nodes"] // base["nodes"]
+        assert (f"{p['nodes']} nodes: {ratio:.2f}x the tokens/s on {k}x the nodes "
+                f"(scaling efficiency {ratio / k:.0%})") in text
+    assert "(4 GPUs; 1 feasibility search)" in text
+    assert "note: 1 node count below the lower bound skipped without a search" in text
+
+
 def test_min_devices_infeasible_exit_3() -> None:
     res = run("min-devices", *STACK, *CLUSTER, *SMALL, "--max-nodes", "1")
     assert res.exit_code == 3
