@@ -16,8 +16,9 @@ data-loading dependencies, so CI runs the DeepSpeed, Megatron-Core and torchtita
   DistributedDataParallelConfig and its micro-batch calculator. Every flag name is also in
   options/megatron.toml (test_roundtrip.py).
 - SGLang: sglang.srt.server_args.ServerArgs parses the serve flags. Its import needs triton
-  and more (about 1.1 GB installed), so CI does not install it; `pip install --no-deps sglang==0.5.23
-  orjson pybase64 triton starlette msgspec pyzmq ipython` runs it locally.
+  and more (about 1.1 GB installed), so CI does not install it. Seen to run it in a fresh venv:
+  pip install torch==2.13.0 && pip install --no-deps sglang==0.5.23 && pip install orjson
+  pybase64 triton starlette msgspec pyzmq ipython requests pillow tqdm aiohttp
 - vLLM 0.34.0 pins torch 2.14.0 (a CUDA build of several GB), flashinfer and CUDA packages:
   its flags are checked against options/vllm.toml only.
 """
