@@ -171,6 +171,20 @@ def test_deepspeed_config_accepts_export(monkeypatch, saved, variant, fixture: s
 
 
 @engine
+def test_deepspeed_config_rejects_an_inconsistent_batch(monkeypatch, saved) -> None:
+    """The check the test above relies on does fail: one accumulation step too many breaks
+    train_batch_size = micro-batch x accumulation x data-parallel size."""
+    ds_config = pytest.importorskip("deepspeed.runtime.config")
+    data = saved("dense")
+    plan = read_result(data, rank=0).plan
+    config = json.loads(export_result(data, "deepspeed"))
+    config["gradient_accumulation_steps"] += 1
+    monkeypatch.setattr(ds_config.dist, "get_rank", lambda: 0)
+    with pytest.raises(AssertionError, match="train_batch_size"):
+        ds_config.DeepSpeedConfig(config, mpu=_Mpu(plan.dp))
+
+
+@engine
 @pytest.mark.parametrize(("fixture", "rank", "plan_text"), _cases("sglang"))
 def test_sglang_server_args_accept_export(saved, variant, fixture: str, rank: int,
                                           plan_text: str | None) -> None:
