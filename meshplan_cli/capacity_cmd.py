@@ -113,7 +113,7 @@ def capacity_cmd(
         out.print(f"next size up: {_shape(result.next_up)}", markup=False)
         out.print(f"  does not fit: {_miss_line(result.next_up_miss)}", markup=False, soft_wrap=True)
     out.print(f"states bound: no model over {_fmt_count(result.max_params_by_states)} params fits "
-              f"({result.probes} feasibility searches)", markup=False)
+              f"({_searches(result.probes)})", markup=False)
     for note in result.notes:
         out.print(f"note: {note}", markup=False, soft_wrap=True)
 
@@ -147,7 +147,7 @@ def min_devices_cmd(
     out.print(f"weights + grads + optimizer: {per} bytes/param = {result.states_bytes / 2**30:,.1f} "
               f"GiB -> at least {result.lower_bound_nodes} nodes", markup=False)
     out.print(f"fewest nodes that fit: {result.min_nodes} ({result.min_nodes * clus.devices_per_node}"
-              f" GPUs; {result.probes} feasibility searches)", markup=False)
+              f" GPUs; {_searches(result.probes)})", markup=False)
     if result.one_fewer is not None:
         out.print(f"one node fewer: {_miss_line(result.one_fewer)}", markup=False, soft_wrap=True)
     _print_points(result.points, title="best plan at the fewest nodes and larger sizes")
@@ -207,3 +207,7 @@ def _render_train_time(result: cap.TrainTimeResult, device: str) -> None:
               f"{b.tokens_per_s:,.0f} tokens/s / 86400)")
     t.add_row("GPU-hours", f"{result.gpu_hours:,.0f}")
     out.print(t)
+
+
+def _searches(n: int) -> str:
+    return f"{n} feasibility search" + ("" if n == 1 else "es")

@@ -27,15 +27,31 @@ def export(
     """Print one plan of a saved search result as Megatron-LM flags, a torchtitan TOML, a
     DeepSpeed JSON, or vLLM / SGLang serve arguments. Plans an engine cannot express are
     refused (exit 4) with the reason."""
-    if output is not None and output.exists() and not overwrite:
-        raise OutputExistsError(f"{output} exists; pass --overwrite to replace it or choose "
-                                "another --output")
+    if output is not None:
+        _check_output(output, overwrite=overwrite)
     text = export_result(_load(result_file), to, rank=rank, model_path=model_path)
     if output is None:
         typer.echo(text, nl=False)
         return
-    output.write_text(text)
+    try:
+        output.write_text(text)
+    except OSError as e:
+        raise SpecError(f"cannot write --output {output}: {e.strerror or e}") from None
     err.print(f"{to} export of plan {rank} written to {output}", markup=False, soft_wrap=True)
+
+
+def _check_output(output: Path, *, overwrite: bool) -> None:
+    """Refuse, before any work, an --output that is a directory, exists (without --overwrite)
+    or lies in a directory that does not exist."""
+    if output.is_dir():
+        raise SpecError(f"--output {output} is a directory; give a file name such as "
+                        f"{output / 'launch.sh'}")
+    if output.exists() and not overwrite:
+        raise OutputExistsError(f"{output} exists; pass --overwrite to replace it or choose "
+                                "another --output")
+    if not output.parent.is_dir():
+        raise SpecError(f"--output {output}: the directory {output.parent} does not exist; "
+                        "create it first or choose another path")
 
 
 def _load(path: Path) -> dict:

@@ -517,7 +517,9 @@ def min_devices(model: ModelSpec, cluster: ClusterSpec, workload: TrainingWorklo
     lb, found, probes = fewest_nodes(model, cluster, workload, max_nodes=max_nodes)
     points = [best_point(model, cluster, workload, k * found * d, time_limit_s=time_limit_s)
               for k in SCALE_FACTORS if cluster.max_nodes is None or k * found <= cluster.max_nodes]
-    notes = [f"{lb - 1} node counts below the lower bound skipped without a search"] if lb > 1 else []
+    skipped = lb - 1
+    notes = ([f"{skipped} node count{'' if skipped == 1 else 's'} below the lower bound skipped "
+              "without a search"] if skipped else [])
     notes += [f"{p.nodes} nodes: {p.reason}" for p in points if not p.fits]
     return MinDevicesResult(
         model=ModelShape.of(model), cluster=cluster.name, workload=workload.model_dump(mode="json"),

@@ -44,6 +44,26 @@ def test_min_devices_table_and_determinism() -> None:
     assert run("min-devices", *STACK, *CLUSTER, *SMALL).stdout == first.stdout
 
 
+def test_min_devices_throughput_and_scaling_by_hand() -> None:
+    """At each size: tokens/s = global batch x seq / step time; the printed scaling lines are
+    the tokens/s ratio to the fewest nodes and that ratio over the node ratio."""
+    data = run_json("min-devices", *STACK, *CLUSTER, *SMALL)
+    points = data["points"]
+    for p in points:
+        assert p["tokens_per_s"] == 1 * 8 / p["step_time_s"]
+        fwd = 8 * (24 * 1024 ** 2 + 4 * 8 * 1024)  # see test_train_time_throughput_by_hand
+        per_gpu = 3 * fwd * p["tokens_per_s"] / p["devices"]
+        assert abs(p["model_tflops_per_gpu"] * 1e12 - per_gpu) < 1e-9 * per_gpu
+    text = run("min-devices", *STACK, *CLUSTER, *SMALL).stdout
+    base = points[0]
+    for p in points[1:]:
+        ratio, k = p["tokens_per_s"] / base["tokens_per_s"], p["nodes"] // base["nodes"]
+        assert (f"{p['nodes']} nodes: {ratio:.2f}x the tokens/s on {k}x the nodes "
+                f"(scaling efficiency {ratio / k:.0%})") in text
+    assert "(4 GPUs; 1 feasibility search)" in text
+    assert "note: 1 node count below the lower bound skipped without a search" in text
+
+
 def test_min_devices_infeasible_exit_3() -> None:
     res = run("min-devices", *STACK, *CLUSTER, *SMALL, "--max-nodes", "1")
     assert res.exit_code == 3
@@ -58,6 +78,22 @@ def test_train_time_days_are_tokens_over_throughput() -> None:
     assert abs(data["gpu_hours"] - data["days"] * 24 * 4) < 1e-9 * data["gpu_hours"]
     res = run("train-time", *STACK, *CLUSTER, "--nodes", "2", "--tokens", "3B", *SMALL)
     assert res.exit_code == 0 and "GPU-hours" in res.stdout and f"{data['days']:,.1f} days" in res.stdout
+
+
+def test_train_time_throughput_by_hand() -> None:
+    """The throughput behind the days, by hand: tokens/s = global batch x seq / step time, and
+    model FLOP/s per GPU = 3 x forward FLOPs per token x tokens/s / GPUs, where a bare block's
+    forward is 24 h^2 + 4 s h per token (Narayanan et al. 2021 eq. 3 without a vocabulary):
+    8 x (24 x 1024^2 + 4 x 8 x 1024) = 201,588,736 FLOPs per token; MFU = that / 312 TFLOP/s."""
+    data = run_json("train-time", *STACK, *CLUSTER, "--nodes", "2", "--tokens", "3B", *SMALL)
+    best = data["best"]
+    assert best["tokens_per_s"] == 1 * 8 / best["step_time_s"]
+    fwd = 8 * (24 * 1024 ** 2 + 4 * 8 * 1024)
+    per_gpu = 3 * fwd * best["tokens_per_s"] / 4
+    assert abs(best["model_tflops_per_gpu"] * 1e12 - per_gpu) < 1e-9 * per_gpu
+    assert abs(best["mfu"] - per_gpu / 312e12) < 1e-12
+    # 3e9 tokens at 8 per step
+    assert data["steps"] == 375_000_000
 
 
 def test_train_time_bad_tokens_exit_2() -> None:

@@ -17,6 +17,7 @@ Mappings (all from that arguments.py unless said otherwise):
   optim_grads_params (validate_args requires --ckpt-format fsdp_dtensor with it).
 - Recompute: selective = --recompute-granularity selective (default module core_attn, the
   attention core of Korthikanti et al. 2022); full = full + uniform method, 1 layer per unit.
+- sp: --sequence-parallel, only with tp > 1 (a tp group of one has nothing to split).
 - Rank order: tp-cp-dp-pp is Megatron's default (tp-cp-ep-dp-pp); tp-cp-pp-dp is
   --use-tp-pp-dp-mapping; other orders are refused.
 """
@@ -57,7 +58,9 @@ def _parallel_flags(inp: ExportInputs) -> Flags:
                 ("--expert-tensor-parallel-size", str(p.expert_tp))]
     elif p.ep > 1:
         raise refuse("Megatron-LM", f"ep={p.ep} needs an MoE model; '{inp.model.name}' is dense")
-    if p.sp:
+    if p.sp and p.tp > 1:
+        # sp splits activations over the tp group: with tp=1 there is nothing to split, and
+        # Megatron-Core rejects the flag there (Megatron-LM's validate_args turns it off)
         out.append(("--sequence-parallel", None))
     if p.order == _TP_PP_DP_ORDER:
         out.append(("--use-tp-pp-dp-mapping", None))

@@ -110,7 +110,14 @@ def megatron_virtual_stage_layers(flags: dict[str, str | None], num_layers: int)
 
 
 def torchtitan_virtual_stage_layers(keys: dict[str, Any], num_layers: int) -> tuple[int, ...]:
-    """Blocks on each (virtual) stage from the split points, in model order."""
-    points = [int(s.split(".")[1]) for s in keys.get("parallelism.pipeline_parallel_split_points", [])]
-    bounds = [0, *points, num_layers]
-    return tuple(bounds[i + 1] - bounds[i] for i in range(len(bounds) - 1))
+    """Blocks on each (virtual) stage from module_fqns_per_model_part, in model order (one
+    stage of all blocks when it is absent). Raises ValueError unless the parts name blocks 0 to
+    num_layers - 1 once each, in order, with the embedding first and norm and output last."""
+    parts = keys.get("parallelism.module_fqns_per_model_part")
+    if parts is None:
+        return (num_layers,)
+    flat = [name for part in parts for name in part]
+    expected = ["tok_embeddings", *(f"layers.{i}" for i in range(num_layers)), "norm", "output"]
+    if flat != expected:
+        raise ValueError(f"module_fqns_per_model_part does not list the model's modules in order: {parts}")
+    return tuple(sum(name.startswith("layers.") for name in part) for part in parts)

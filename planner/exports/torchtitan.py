@@ -1,20 +1,26 @@
 """torchtitan job config (TOML) for a training plan (`meshplan export --to torchtitan`).
 
 Decides the [parallelism], [training] and [activation_checkpoint] keys, with names from
-`options/torchtitan.toml` (torchtitan/config/job_config.py at the commit recorded there).
-Does not decide the model flavor, tokenizer, dataset or optimizer: the user's base config does.
+`options/torchtitan.toml` (torchtitan/config/job_config.py of torchtitan 0.2.2, the last PyPI
+release whose jobs are TOML files; 0.3.0 configures jobs in Python). The tests feed the TOML to
+that release's own ConfigManager, which rejects any key it does not define. Does not decide the
+model flavor, tokenizer, dataset or optimizer: the user's base config does.
 
 Mappings and refusals (from that job_config.py unless said otherwise):
 - DP: ZeRO-0 = data_parallel_replicate_degree dp (DDP); ZeRO-3 = data_parallel_shard_degree dp
   (FSDP2) with fsdp_reshard_after_forward "always" (the "default" policy keeps parameters
   unsharded after forward when PP is on). ZeRO-1 and ZeRO-2 have no key: FSDP shards
   parameters too, so they are refused.
-- Stages: pipeline_parallel_split_points "layers.N" at each stage boundary (uneven splits
-  included); vpp > 1 = pp * vpp stages on pipeline_parallel_schedule "Interleaved1F1B", stage i
-  on rank i mod pp, i.e. stage v*pp + p is chunk v of rank p's blocks.
+- Stages: module_fqns_per_model_part lists the modules of every (virtual) stage in model order:
+  tok_embeddings with the first, "layers.N" for each block, norm and output with the last
+  (uneven splits included; torchtitan's decoder models name their modules so); vpp > 1 = pp * vpp
+  stages on pipeline_parallel_schedule "Interleaved1F1B", stage i on rank i mod pp, i.e. stage
+  v*pp + p is chunk v of rank p's blocks.
 - Batch: local_batch_size is per data-parallel rank per step (gradient accumulation when the
   global batch is larger); with PP, local_batch_size = global / dp and
   pipeline_parallel_microbatch_size = mbs.
+- Experts: expert_parallel_degree ep and expert_tensor_parallel_degree etp, which torchtitan
+  takes as 1 or tp only; other etp values are refused.
 - TP always shards the norms' sequence dimension (SequenceParallel in torchtitan's TP plan), so
   tp > 1 without sp is refused. Selective recomputation here means the attention core
   (Korthikanti et al.); torchtitan's "selective" modes (every n-th layer, per-op policy) are not
@@ -81,10 +87,12 @@ def _data_parallel(inp: ExportInputs) -> dict[str, Any]:
 
 def _expert(inp: ExportInputs) -> dict[str, Any]:
     p = inp.plan
-    if p.ep > 1 and p.expert_tp > 1:
-        raise refuse("torchtitan", f"etp={p.etp}: torchtitan has an expert parallel degree but "
-                     "no separate expert tensor-parallel degree")
-    return {"expert_parallel_degree": p.ep}
+    if p.ep == 1:
+        return {"expert_parallel_degree": 1}
+    if p.expert_tp not in (1, p.tp):
+        raise refuse("torchtitan", f"etp={p.etp} with tp={p.tp}: expert_tensor_parallel_degree "
+                     "takes 1 or the tensor-parallel degree only")
+    return {"expert_parallel_degree": p.ep, "expert_tensor_parallel_degree": p.expert_tp}
 
 
 def _pipeline(inp: ExportInputs) -> dict[str, Any]:
@@ -94,18 +102,20 @@ def _pipeline(inp: ExportInputs) -> dict[str, Any]:
         return out
     out["pipeline_parallel_schedule"] = "Interleaved1F1B" if p.vpp > 1 else "1F1B"
     out["pipeline_parallel_microbatch_size"] = p.mbs
-    out["pipeline_parallel_split_points"] = [f"layers.{n}"
-                                              for n in split_points(inp.virtual_stage_layers)]
+    out["module_fqns_per_model_part"] = model_parts(inp.virtual_stage_layers)
     return out
 
 
-def split_points(chunks: tuple[int, ...]) -> list[int]:
-    """First block of every (virtual) stage after the first, in model order."""
-    starts, at = [], 0
-    for size in chunks[:-1]:
+def model_parts(chunks: tuple[int, ...]) -> list[list[str]]:
+    """The module names of every (virtual) stage, in model order: the embedding with the first
+    stage, the final norm and the output projection with the last."""
+    parts, at = [], 0
+    for size in chunks:
+        parts.append([f"layers.{i}" for i in range(at, at + size)])
         at += size
-        starts.append(at)
-    return starts
+    parts[0].insert(0, "tok_embeddings")
+    parts[-1] += ["norm", "output"]
+    return parts
 
 
 def _recompute(inp: ExportInputs) -> str:
@@ -124,8 +134,15 @@ def export_torchtitan(inp: ExportInputs) -> str:
                  "yours); torchrun --nnodes %d --nproc-per-node %d"
                  % (inp.nodes, inp.devices_per_node_used))
     for section, values in config.items():
-        lines += ["", f"[{section}]"] + [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+        lines += ["", f"[{section}]"] + [f"{k} = {_toml_entry(v)}" for k, v in values.items()]
     return "\n".join(lines) + "\n"
+
+
+def _toml_entry(v: Any) -> str:
+    """A value; a list of lists (the model parts) one inner list per line."""
+    if isinstance(v, list) and v and all(isinstance(x, list) for x in v):
+        return "[\n" + "".join(f"    {_toml_value(x)},\n" for x in v) + "]"
+    return _toml_value(v)
 
 
 def _toml_value(v: Any) -> str:

@@ -59,8 +59,12 @@ def write_report(result: dict[str, Any], path: Path, *, overwrite: bool) -> None
 
     Raises:
         OutputExistsError: `path` exists and `overwrite` is false.
-        SpecError: the folder of `path` does not exist, or `path` is a directory.
+        SpecError: the folder of `path` does not exist, `path` is a directory, or the file
+            cannot be written.
     """
     check_report_path(path, overwrite=overwrite)
     html = render_report(result)
-    Path(path).write_text(html, encoding="utf-8")
+    try:
+        Path(path).write_text(html, encoding="utf-8")
+    except OSError as e:
+        raise SpecError(f"cannot write --report {path}: {e.strerror or e}") from None

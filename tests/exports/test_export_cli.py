@@ -32,6 +32,7 @@ def _export(tmp_path: Path, data: dict, *args: str):
     ("interleaved-firstlast", None, "deepspeed", "pp=4"),
     ("interleaved-firstlast", None, "torchtitan", "zero=1"),
     ("dense", "tp=2,pp=1,dp=8,mbs=2,sp=off,zero=3", "torchtitan", "without sequence parallelism"),
+    ("moe", "tp=4,pp=1,dp=8,ep=8,etp=2,mbs=1,sp=on,zero=0", "torchtitan", "etp=2 with tp=4"),
     ("dense", "tp=1,pp=1,dp=16,mbs=4,zero=3,recompute=selective", "torchtitan", "selective"),
     ("dense", "tp=1,pp=1,dp=16,mbs=4,recompute=full", "deepspeed", "recompute=full"),
     ("dense", "tp=2,pp=1,dp=8,mbs=2,sp=on", "deepspeed", "sp=on"),
@@ -129,3 +130,80 @@ def test_search_export_leaves_the_console_following_stdout() -> None:
     second = RUNNER.invoke(app, ["--version"])
     assert second.exit_code == 0, second.stderr
     assert second.stdout.startswith("meshplan ")
+
+
+SEARCH_INF = ["search", "--mode", "inference", "--model", "llama3-8b", "--cluster", "dgx-h100",
+              "--gpus", "8", "--batch", "16", "--prompt-len", "512", "--output-len", "128"]
+
+
+@pytest.mark.parametrize(("args", "code", "message"), [
+    (["--export", "slurm"], 2, "error: --export 'slurm' is not one of megatron, torchtitan, deepspeed, vllm, sglang"),
+    (["--export", "vllm", "--json"], 2, "error: --json and --export both write to stdout"),
+    (["--export", "megatron"], 4, "error: Megatron-LM cannot express this plan: it is an inference plan"),
+    (["--report", "no-such-dir/plan.html"], 2, "error: --report no-such-dir/plan.html: the directory no-such-dir does not exist"),
+])
+def test_search_export_and_report_errors_are_one_line(args: list[str], code: int, message: str) -> None:
+    res = RUNNER.invoke(app, [*SEARCH_INF, *args])
+    assert res.exit_code == code, res.stderr
+    assert res.stdout == ""
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), res.stderr
+
+
+@pytest.mark.parametrize(("content", "args", "code"), [
+    ("not json", ["--to", "megatron"], 2),
+    (None, ["--to", "slurm"], 2),
+    (None, ["--to", "vllm"], 4),
+])
+def test_export_errors_are_one_line(tmp_path: Path, saved, content: str | None, args: list[str],
+                                    code: int) -> None:
+    path = tmp_path / "in.json"
+    path.write_text(content if content is not None else json.dumps(saved("dense")))
+    res = RUNNER.invoke(app, ["export", str(path), *args])
+    assert res.exit_code == code and res.stdout == ""
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in res.stderr
+
+
+def test_search_export_training_matches_export_of_saved_result(tmp_path: Path) -> None:
+    """`search --export megatron` prints what `export --to megatron` prints for the saved
+    --json of the same search; the table goes to stderr."""
+    args = ["search", "--model", "narayanan-7.5b", "--cluster", "dgx-a100", "--gpus", "16",
+            "--global-batch", "64", "--seq-len", "2048"]
+    direct = RUNNER.invoke(app, [*args, "--export", "megatron"])
+    assert direct.exit_code == 0, direct.stderr
+    assert direct.stdout.startswith("# meshplan export --to megatron") and "best plans" in direct.stderr
+    saved = RUNNER.invoke(app, [*args, "--json"])
+    path = tmp_path / "result.json"
+    path.write_text(saved.stdout)
+    exported = RUNNER.invoke(app, ["export", str(path), "--to", "megatron"])
+    assert exported.exit_code == 0 and exported.stdout == direct.stdout
+
+
+@pytest.mark.parametrize(("target", "message"), [
+    ("nodir/launch.sh", "the directory"),
+    (".", "is a directory"),
+])
+def test_output_path_errors_exit_2(tmp_path: Path, saved, target: str, message: str) -> None:
+    src = tmp_path / "result.json"
+    src.write_text(json.dumps(saved("inference")))
+    out = tmp_path / target
+    res = RUNNER.invoke(app, ["export", str(src), "--to", "vllm", "-o", str(out), "--overwrite"])
+    assert res.exit_code == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and res.stdout == ""
+
+
+def test_unwritable_output_exit_2(tmp_path: Path, saved, monkeypatch) -> None:
+    """A write that fails (permissions, a full disk) is one line and exit 2; the failure is
+    injected, since root (CI) writes through read-only modes."""
+    src = tmp_path / "result.json"
+    src.write_text(json.dumps(saved("inference")))
+
+    def refuse(self: Path, *args: object, **kwargs: object) -> int:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "write_text", refuse)
+    res = RUNNER.invoke(app, ["export", str(src), "--to", "vllm", "-o", str(tmp_path / "x.sh")])
+    assert res.exit_code == 2, res.stderr
+    assert res.stderr.strip() == f"error: cannot write --output {tmp_path / 'x.sh'}: Permission denied"

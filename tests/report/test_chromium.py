@@ -49,6 +49,21 @@ def test_report_loads_without_script_errors(tmp_path: Path, moe_interleaved: dic
     assert 'aria-selected="true"' in dom
 
 
+def test_inference_report_loads_without_script_errors(tmp_path: Path,
+                                                     inference_pp: dict[str, Any]) -> None:
+    """The serving report (MoE with pp=2, ep=2) in the browser: no script errors, its charts laid out."""
+    page = tmp_path / "serve.html"
+    write_report(inference_pp, page, overwrite=False)
+    run = _chromium(tmp_path, "--dump-dom", page.as_uri())
+    assert run.returncode == 0, run.stderr[-2000:]
+    dom = run.stdout
+    assert 'data-ready="1"' in dom, "the page script did not finish"
+    errors = re.search(r'<ol id="script-errors"[^>]*>(.*?)</ol>', dom, re.S)
+    assert errors is not None and errors.group(1).strip() == "", errors and errors.group(1)
+    charts = set(re.findall(r'data-chart="([a-z-]+)"', dom))
+    assert charts == {"ttft", "tpot", "memory", "device-map"}, charts
+
+
 def test_error_trap_records_script_errors(tmp_path: Path, moe_interleaved: dict[str, Any]) -> None:
     """A page whose script throws shows the error in the dumped DOM: the check above can fail."""
     page = tmp_path / "broken.html"

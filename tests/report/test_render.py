@@ -138,3 +138,13 @@ def test_cli_report_option(tmp_path: Path) -> None:
     again = runner.invoke(app, args)
     assert again.exit_code == 5 and "--overwrite" in again.stderr
     assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
+
+
+def test_write_report_failure_is_a_spec_error(tmp_path: Path, moe_interleaved: dict[str, Any],
+                                              monkeypatch) -> None:
+    def refuse(self: Path, *args: object, **kwargs: object) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", refuse)
+    with pytest.raises(SpecError, match="cannot write --report .*: No space left on device"):
+        write_report(moe_interleaved, tmp_path / "plan.html", overwrite=False)

@@ -1,0 +1,35 @@
+"""docs/check_sections.py: the README holds every docs/sections file as it is, and the checker's
+block parsing and '...' elision work (the command reruns themselves run in .ci/run)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("check_sections", ROOT / "docs" / "check_sections.py")
+check = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
+_spec.loader.exec_module(check)  # type: ignore[union-attr]
+
+
+def test_readme_holds_every_section() -> None:
+    assert check.check_readme()
+
+
+def test_commands_and_expected_lines() -> None:
+    block = ["$ meshplan a \\", "    --b", "out 1", "out 2", "$ echo $?", "0"]
+    assert check._commands(block) == [(["$ meshplan a \\", "    --b"], ["out 1", "out 2"]),
+                                      (["$ echo $?"], ["0"])]
+
+
+def test_ellipsis_matches_any_lines() -> None:
+    assert check._matches(["a", "... (table)", "z"], ["a", "b", "c", "z"])
+    assert check._matches(["a", "... (table)", "z"], ["a", "z"])
+    assert not check._matches(["a", "... (table)", "z"], ["a", "b", "y"])
+    assert not check._matches(["a"], ["a", "b"])
+
+
+def test_block_runs_in_one_shell(tmp_path: Path) -> None:
+    """`echo $?` sees the exit status of the command before it, across the marker lines."""
+    outputs = check._run_block([["$ (exit 5)"], ["$ echo $?"], ["$ echo hi >&2"]], tmp_path)
+    assert outputs == [[], ["5"], ["hi"]]
