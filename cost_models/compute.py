@@ -49,6 +49,15 @@ GEMMs take only the TN layout, so TE's fused cast-transpose writes the same two 
 The E8M0 scales add 1 byte per 32 elements per copy (OCP Microscaling spec v1.0), ~0.06:
 2 + 1 + 1 (+0.06) = 4 bytes per element, at memory bandwidth (the casts are elementwise)."""
 
+WGRAD_ACCUMULATOR_BYTES = 8.0
+"""Memory traffic per weight element of a weight-gradient GEMM: every micro-batch adds its
+gradient into an fp32 accumulator, read and written once (4 + 4 bytes), not a 2-byte write.
+Megatron-Core fuses the accumulation into the GEMM (`--gradient-accumulation-fusion`, on by
+default: TE Linear `fuse_wgrad_accumulation=True` writes the wgrad GEMM's fp32 output into
+`main_grad` with beta = 1); PyTorch autograd and FSDP accumulate into `.grad` with the same
+read and write, in a separate kernel. It matters where the GEMM's depth is short (an expert's
+few tokens): then the weight-gradient GEMM is bound by this traffic, not by its FLOPs."""
+
 SCORE_BYTES_PER_ELEMENT = 9.0
 """Unfused attention: scale-mask-softmax reads and writes each score (2+2 bytes), dropout
 reads it and writes output and a 1-byte mask (2+2+1): Korthikanti et al. 2022 Sec. 4.1."""
@@ -126,21 +135,24 @@ class Roofline:
             return self
         return Roofline(self.device, self.eff, DType.BF16)
 
-    def gemm(self, m: float, n: float, k: float, batch: float = 1.0) -> tuple[float, float]:
-        """(seconds, FLOPs) of `batch` GEMMs of m x k times k x n."""
+    def gemm(self, m: float, n: float, k: float, batch: float = 1.0,
+             out_bytes: float | None = None) -> tuple[float, float]:
+        """(seconds, FLOPs) of `batch` GEMMs of m x k times k x n; `out_bytes` is the memory
+        traffic per output element when it is not one write in the GEMM's dtype."""
         if m <= 0 or n <= 0 or k <= 0:
             return 0.0, 0.0
         flops = 2.0 * m * n * k * batch
         e = gemm_efficiency(self.eff, m * batch, n, k, self.dtype)
         t_math = flops / (self.peak * e)
-        t_mem = (m * k + k * n + m * n) * batch * self.elem_bytes / self.bw
+        ob = self.elem_bytes if out_bytes is None else out_bytes
+        t_mem = ((m * k + k * n) * self.elem_bytes + m * n * ob) * batch / self.bw
         return max(t_math, t_mem, self.eff.kernel_floor_s), flops
 
     def gemm_fwd_bwd(self, m: float, n: float, k: float) -> tuple[float, float, float, float]:
         """Forward and backward (data and weight gradient) of one linear layer."""
         tf, ff = self.gemm(m, n, k)
         t_dgrad, f_dgrad = self.gemm(m, k, n)
-        t_wgrad, f_wgrad = self.gemm(k, n, m)
+        t_wgrad, f_wgrad = self.gemm(k, n, m, out_bytes=WGRAD_ACCUMULATOR_BYTES)
         return tf, ff, t_dgrad + t_wgrad, f_dgrad + f_wgrad
 
     def stream(self, nbytes: float) -> float:

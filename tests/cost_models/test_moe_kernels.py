@@ -93,3 +93,20 @@ def test_expert_flops_are_conserved_under_parallel_folding(tp: int, etp: int) ->
     per_device = _add_experts(TINY, roof, sh, 0.0, 0.0, 0.0, 0.0)[1]
     h, f, k = 64, 32, 2
     assert per_device * tp == pytest.approx(4096 * k * 2 * 3 * h * f)
+
+
+def test_weight_gradient_reads_and_writes_an_fp32_accumulator() -> None:
+    # An expert's weight gradient with 256 tokens as depth: 2048 x 7168 weights.
+    roof = _roof(DType.BF16)
+    m, n, k = 256.0, 2048.0, 7168.0
+    flops = 2 * m * n * k
+    math_s = flops / (roof.peak * cc.gemm_efficiency(roof.eff, k, n, m, DType.BF16))
+    # operands in bf16 (m x k activations, m x n gradients), the k x n accumulator in fp32
+    mem_s = ((m * k + m * n) * 2 + k * n * (4 + 4)) / roof.bw
+    assert mem_s > math_s                      # bound by the accumulator, not the FLOPs
+    _, _, bwd_s, _ = roof.gemm_fwd_bwd(m, n, k)
+    dgrad_s, _ = roof.gemm(m, k, n)
+    assert bwd_s == pytest.approx(dgrad_s + mem_s, rel=1e-12)
+    # the same GEMM with a 2-byte output would be 3x less traffic on the weights
+    plain_s, _ = roof.gemm(k, n, m)
+    assert plain_s < mem_s
