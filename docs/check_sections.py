@@ -57,7 +57,7 @@ def _run_block(cmds: list[list[str]], cwd: Path) -> list[list[str]]:
     for i, cmd in enumerate(cmds):
         # the marker keeps the previous exit status for a following `echo $?`
         script += [f"__rc=$?; echo '{MARK.format(i)}'; (exit $__rc)", "\n".join(cmd)[2:]]
-    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
+    env = {**os.environ, "COLUMNS": "100", "NO_COLOR": "1", "TERM": "dumb"}
     res = subprocess.run(["bash", "-c", "\n".join(script)], cwd=cwd, capture_output=True,
                          text=True, env=env, check=False)
     outputs: list[list[str]] = []
