@@ -324,6 +324,23 @@ def head_dim_factor(roof: Roofline, head_dim: float) -> float:
     return (1.0 + c / head_dim) / (1.0 + c / FLASH_REFERENCE_HEAD_DIM)
 
 
+def kernel_head_dim(attn: Attention, d: int) -> int:
+    """The head dimension a fused attention kernel computes at for heads of `d`: its matrix
+    tiles span a fixed set of widths and a narrower head is masked, not skipped.
+    - FlashAttention-2 (and FA3 / cuDNN on Hopper and later, the FLASH class): the kernel is
+      instantiated for head dims 32, 64, 96, 128, then steps of 64 (Dao-AILab/flash-attention
+      csrc/flash_attn/flash_api.cpp: head_size_rounded = round_multiple(head_size,
+      head_size <= 128 ? 32 : 64)).
+    - FlashAttention-1's Triton port and its CUDA kernels (the FLASH1 class): a power of two,
+      at least 16 (flash_attn/flash_attn_triton.py: BLOCK_HEADDIM =
+      max(triton.next_power_of_2(d), 16); FlashAttention-1 CUDA supports 16, 32, 64, 128).
+    So a head of 112 (MPT-30B) runs as 128 in both; a head of 80 (MPT-3B) as 96 or 128."""
+    if attn == Attention.FLASH1:
+        return max(16, 1 << (max(1, d) - 1).bit_length())
+    step = 32 if d <= 128 else 64
+    return -(-d // step) * step
+
+
 def _attention_core(model: ModelSpec, roof: Roofline, sh: Shard) -> tuple[float, float, float, float]:
     """Q.K^T and scores.V: (fwd s, fwd FLOPs, bwd s, bwd FLOPs) on one device."""
     roof = roof.high_precision()
@@ -332,9 +349,11 @@ def _attention_core(model: ModelSpec, roof: Roofline, sh: Shard) -> tuple[float,
     s_q, s_k, b = sh.seq_len / sh.cp, sh.seq_len, sh.mbs
     if sh.attn.fused:
         flops = 2.0 * b * heads * s_q * s_k * (d_qk + d_v) * 0.5     # causal half
+        k_qk, k_v = kernel_head_dim(sh.attn, d_qk), kernel_head_dim(sh.attn, d_v)
+        executed = flops * (k_qk + k_v) / (d_qk + d_v)               # at the kernel's width
         frac = roof.eff.flash_attention if sh.attn == Attention.FLASH else roof.eff.flash1_attention
         rate = roof.peak * frac * roof.eff.sustained_clock
-        t = max(flops / rate * head_dim_factor(roof, (d_qk + d_v) / 2), roof.eff.kernel_floor_s)
+        t = max(executed / rate * head_dim_factor(roof, (k_qk + k_v) / 2), roof.eff.kernel_floor_s)
         return t, flops, 2.5 * t, 2.5 * flops
     batch = b * heads
     t_qk, f_qk = roof.gemm(s_q, s_k, d_qk, batch)

@@ -1,0 +1,37 @@
+"""Fused attention kernels compute at their instantiated head width (cost_models.compute)."""
+
+from __future__ import annotations
+
+import pytest
+
+from cost_models import compute as cc
+from cost_models.compute import Roofline, Shard, kernel_head_dim
+from cost_models.efficiency import device_efficiency
+from planner import ModelSpec, load_cluster
+from planner.model import DType
+from planner.plan import Attention
+
+
+@pytest.mark.parametrize(("attn", "d", "want"), [
+    (Attention.FLASH, 64, 64), (Attention.FLASH, 80, 96), (Attention.FLASH, 112, 128),
+    (Attention.FLASH, 128, 128), (Attention.FLASH, 160, 192), (Attention.FLASH, 192, 192),
+    (Attention.FLASH1, 64, 64), (Attention.FLASH1, 80, 128), (Attention.FLASH1, 112, 128),
+    (Attention.FLASH1, 8, 16), (Attention.FLASH1, 128, 128),
+])
+def test_kernel_head_dim(attn: Attention, d: int, want: int) -> None:
+    assert kernel_head_dim(attn, d) == want
+
+
+def _model(hidden: int, heads: int) -> ModelSpec:
+    return ModelSpec(name="m", num_layers=2, hidden_size=hidden, num_attention_heads=heads,
+                     ffn_hidden_size=4 * hidden, vocab_size=1000)
+
+
+def test_a_112_wide_head_costs_as_much_as_128_and_counts_its_own_flops() -> None:
+    dev = load_cluster("dgx-a100").device
+    roof = Roofline(dev, device_efficiency(dev)[0], DType.BF16)
+    sh = Shard(mbs=1, seq_len=8192, attn=Attention.FLASH1)
+    t112, f112, _, _ = cc._attention_core(_model(112 * 8, 8), roof, sh)
+    t128, f128, _, _ = cc._attention_core(_model(128 * 8, 8), roof, sh)
+    assert t112 == pytest.approx(t128)              # same kernel width, same heads and tokens
+    assert f112 == pytest.approx(f128 * 112 / 128)  # model FLOPs stay the head's own
