@@ -185,7 +185,8 @@ def problems(b: Baseline, model: ModelSpec | str) -> list[tuple[str, str]]:
     Keys: `device_count` (tp*pp*dp*cp differs from the stated GPUs), `plan` (the plan cannot be
     built), the keys of `planner.validate.plan_problems` (`batch_divisibility`, `tp_heads`,
     `pp_layers`, `vpp_layers`, `ep_fold`, ...), `gpus_nodes` (not a whole number of the
-    cluster's nodes), `gpus_max` (more than the cluster can have), `cluster` (unknown preset),
+    cluster's nodes or, on a cluster allocated in smaller units, not spread evenly over its fast
+    domains in whole units), `gpus_max` (more than the cluster can have), `cluster` (unknown preset),
     `metrics` (published numbers that contradict each other).
     """
     m = load_model(model) if isinstance(model, str) else model
@@ -215,10 +216,18 @@ def problems(b: Baseline, model: ModelSpec | str) -> list[tuple[str, str]]:
         return out
     per = cluster.devices_per_node
     if b.gpus > per and b.gpus % per:
-        lo = b.gpus // per * per
-        out.append(("gpus_nodes", f"{b.gpus} GPUs is not a whole number of {per}-device nodes of "
-                    f"'{cluster.name}' ({b.gpus / per:.2f} nodes); the nearest whole numbers "
-                    f"are {lo} and {lo + per}"))
+        if cluster.allocation_devices is None:
+            lo = b.gpus // per * per
+            out.append(("gpus_nodes", f"{b.gpus} GPUs is not a whole number of {per}-device "
+                        f"nodes of '{cluster.name}' ({b.gpus / per:.2f} nodes); the nearest "
+                        f"whole numbers are {lo} and {lo + per}"))
+        else:
+            # a cluster allocated in smaller units (NVL72 compute trays): the job is spread
+            # evenly over the fewest fast domains, as the cost model takes it (job_view)
+            try:
+                cluster.job_view(b.gpus)
+            except SpecError as err:
+                out.append(("gpus_nodes", str(err)))
     if cluster.max_nodes is not None and b.gpus > cluster.max_nodes * per:
         out.append(("gpus_max", f"{b.gpus} GPUs exceeds the {cluster.max_nodes * per} devices "
                     f"'{cluster.name}' can have"))

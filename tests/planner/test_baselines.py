@@ -23,23 +23,12 @@ from planner.presets import list_presets, load_model
 ALL = [(m, b) for m in list_baseline_models() for b in load_baselines(m)]
 NARAYANAN = [m for m in list_presets("model") if m.startswith("narayanan-")]
 
-# Published NVIDIA MoE layouts that meshplan flags (not errors of the source): GB200 runs of 256
-# GPUs, which are not whole 72-GPU NVL72 racks (the gb200-nvl72 preset's node). Their uneven
-# virtual pipeline stages are written out with layers= (the summary gives no layout), so
-# vpp_layers is not among them.
-_GB200_RACKS = {"gpus_nodes"}
+# NVIDIA's 256-GPU GB200 runs are spread evenly over 4 NVL72 racks of 64 GPUs (whole 4-GPU
+# trays: ClusterSpec.job_view) and flag nothing; their uneven virtual stages are written out
+# with layers= (the summary gives no layout).
 EXPECTED_PROBLEMS: dict[tuple[str, str], set[str]] = {
     ("mt-nlg-530b", "seed000"): {"device_count"},
     ("megatron-1t", "seed000"): {"device_count"},
-    ("deepseek-v3", "mbridge-26p08-dgx-gb200-deepseekv3-mxfp8-256gpu-tp1pp4cp1ep64"): _GB200_RACKS,
-    ("deepseek-v3", "mbridge-26p04p01-dgx-gb200-deepseekv3-mxfp8-256gpu-tp1pp4cp1ep64"): _GB200_RACKS,
-    ("deepseek-v3", "mbridge-25p11-dgx-gb200-deepseekv3-bf16-256gpu-tp1pp4cp1ep64"): _GB200_RACKS,
-    ("deepseek-v3", "mbridge-25p11-dgx-gb200-deepseekv3-fp8-mx-256gpu-tp1pp8cp1ep32"): _GB200_RACKS,
-    ("deepseek-v3", "mbridge-25p09-dgx-gb200-deepseekv3-fp8-256gpu-tp1pp4cp1ep64"): _GB200_RACKS,
-    ("qwen3-235b-a22b", "mbridge-26p08-dgx-gb200-qwen3-235b-a22b-mxfp8-256gpu-tp1pp8cp1ep32"): _GB200_RACKS,
-    ("qwen3-235b-a22b", "mbridge-26p04p01-dgx-gb200-qwen3-235b-a22b-mxfp8-256gpu-tp1pp8cp1ep32"): _GB200_RACKS,
-    ("qwen3-235b-a22b", "mbridge-26p02p01-dgx-gb200-qwen3-235b-a22b-mxfp8-256gpu-tp1pp8cp1ep32"): {"gpus_nodes"},
-    ("qwen3-235b-a22b", "mbridge-25p11-dgx-gb200-qwen3-235b-a22b-bf16-256gpu-tp1pp8cp1ep32"): _GB200_RACKS,
 }
 
 
@@ -166,6 +155,18 @@ def test_other_rules_are_reported() -> None:
     assert {"tp_heads", "batch_divisibility", "gpus_nodes"} <= keys
     msg = next(m for k, m in problems(b, "narayanan-145b") if k == "gpus_nodes")
     assert "1540" in msg and "8-device nodes" in msg and "1536" in msg and "1544" in msg
+
+
+def test_gpus_on_a_cluster_allocated_in_trays() -> None:
+    """gb200-nvl72 hands out 4-GPU trays: 256 GPUs spread as 4 racks of 64 pass; 260 GPUs
+    (65 trays) cannot spread evenly over the fewest 4 racks and are flagged with the numbers
+    to use instead."""
+    b = Baseline(id="x", label="x", source="x", cluster="gb200-nvl72", gpus=256, global_batch=256,
+                 seq_len=4096, plan="tp=1,pp=1,dp=256")
+    assert "gpus_nodes" not in {k for k, _ in problems(b, "llama3-8b")}
+    odd = b.model_copy(update={"gpus": 260, "plan": "tp=1,pp=1,dp=260", "global_batch": 260})
+    msg = next(m for k, m in problems(odd, "llama3-8b") if k == "gpus_nodes")
+    assert "260 devices do not spread evenly" in msg and "use 256 or 272" in msg
 
 
 def test_metric_checks() -> None:
