@@ -14,8 +14,11 @@ Layout and degrees (kept simple, stated here once):
   group (they are, right after the attention all-reduce), so every rank runs its local
   experts on all tokens and the block's second all-reduce combines the expert outputs too
   (vLLM's TP-style MoE): no extra all-to-all. Per device this holds E*P_expert/tp expert
-  weights and executes the same expert FLOPs for every ep dividing tp; expected expert
-  bytes read per decode step are also ep-independent (load imbalance is not modelled).
+  weights and executes the same expert FLOPs for every ep dividing tp. In decode the expert
+  weights read per step are those of the experts the batch hits; with ep > 1 they are not
+  spread evenly, and the busiest rank (which the block's all-reduce waits for) reads the
+  most (`busiest_rank_touched_experts`), so at small batch ep > 1 is slower than ep = 1.
+  Prefill's expert FLOPs are taken as balanced (many tokens hit every expert).
 - cp > 1 is rejected (context parallelism is not modelled for inference); etp is ignored.
 
 Time (Pope et al. 2022, "Efficiently Scaling Transformer Inference", Sec. 2-3):
@@ -165,6 +168,29 @@ def touched_experts(model: ModelSpec, tokens: int) -> float:
     return e * (1.0 - (1.0 - k / e) ** tokens)
 
 
+def busiest_rank_touched_experts(model: ModelSpec, tokens: int, ep: int) -> float:
+    """Expected routed experts hit on the busiest of `ep` ranks that each hold E/ep whole
+    experts, times ep: the expert count whose weights the slowest rank of the TP group reads,
+    in units where ep = 1 gives `touched_experts` (every rank reads 1/tp of every hit expert,
+    perfectly balanced). Each expert is hit with q = 1 - (1 - k/E)^tokens; a rank's hits are
+    taken as Binomial(E/ep, q) (independent experts: top-k picks are distinct, which makes
+    them slightly anti-correlated, so this is a mild upper bound), and the busiest of ep iid
+    ranks has E[max] = sum_{x < m} (1 - F(x)^ep). Decode waits for the slowest rank at the
+    block's all-reduce, so this, not the mean, sets the weight read."""
+    assert model.moe is not None
+    e, k = model.moe.num_experts, model.moe.top_k
+    if ep <= 1:
+        return touched_experts(model, tokens)
+    m = e // ep
+    q = 1.0 - (1.0 - k / e) ** tokens
+    cdf, pmf_sum, expect = 0.0, 0.0, 0.0
+    for x in range(m):
+        pmf_sum += math.comb(m, x) * q ** x * (1.0 - q) ** (m - x)
+        cdf = min(1.0, pmf_sum)
+        expect += 1.0 - cdf ** ep
+    return expect * ep
+
+
 def kv_split(model: ModelSpec, tp: int) -> int:
     """Ways the KV cache is split over tp: KV heads (replicated when tp > kv heads); MLA's
     latent is shared by all heads, so it is not split (DeepSeek-V2 Sec. 2.1.2)."""
@@ -280,7 +306,8 @@ def _decode_stage(model: ModelSpec, plan: Plan, workload: InferenceWorkload, roo
         common, routed = _layer_params(model, i)
         params += common
         if routed:
-            params += touched_experts(model, batch) * _routed_expert_params(model)
+            params += (busiest_rank_touched_experts(model, batch, plan.ep)
+                       * _routed_expert_params(model))
     if stage == plan.pp - 1 and model.vocab_size:
         params += model.vocab_size * h + model.norm_params           # final norm + LM head
     weight_bytes = params / t * dt.bytes

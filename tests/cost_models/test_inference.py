@@ -154,11 +154,25 @@ def test_moe_decode_reads_touched_experts() -> None:
     assert one.decode_weight_bytes == pytest.approx((model.active_params - model.embedding_params) * 2)
     many = estimate_inference(model, cluster, wl.model_copy(update={"batch_size": 256}), Plan())
     assert many.decode_weight_bytes == pytest.approx((model.params - model.embedding_params) * 2)
-    # ep inside the tp group: the expected bytes per device do not depend on ep
+    # ep = 1 inside tp: every rank reads half of each of the 2 hit experts
     a = estimate_inference(model, cluster, wl, Plan(tp=2))
-    b = estimate_inference(model, cluster, wl, Plan(tp=2, ep=2))
-    assert a.decode_weight_bytes == pytest.approx(b.decode_weight_bytes)
     assert a.decode_weight_bytes == pytest.approx(one.decode_weight_bytes / 2)
+    # ep = 2: each rank holds 4 whole experts; one token hits each expert with q = 1/4, so a
+    # rank's hits ~ Binomial(4, 1/4), F = 0.31640625, 0.73828125, 0.94921875, 0.99609375 at
+    # 0..3, and the busier of 2 ranks hits E[max] = sum (1 - F^2) = 1.4616089 experts (the
+    # exact value without replacement is 1.4286: 2 of 8 land on one rank with p = 12/28)
+    b = estimate_inference(model, cluster, wl, Plan(tp=2, ep=2))
+    expert_bytes = model.mlp_params(model.moe.expert_ffn_hidden_size) * 2 * model.num_layers
+    e_max = sum(1 - f * f for f in (0.31640625, 0.73828125, 0.94921875, 0.99609375))
+    assert e_max == pytest.approx(1.4616089, rel=1e-6)
+    assert b.decode_weight_bytes - a.decode_weight_bytes == pytest.approx(
+        (e_max - 1.0) * expert_bytes)   # 2 * e_max experts over tp=2, minus the 2 / 2 of ep=1
+    assert b.tpot_s > a.tpot_s
+    many_b = estimate_inference(model, cluster, wl.model_copy(update={"batch_size": 256}),
+                                Plan(tp=2, ep=2))
+    many_a = estimate_inference(model, cluster, wl.model_copy(update={"batch_size": 256}),
+                                Plan(tp=2))
+    assert many_b.decode_weight_bytes == pytest.approx(many_a.decode_weight_bytes)  # all hit
 
 
 # plan checks -----------------------------------------------------------------------------------
