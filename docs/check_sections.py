@@ -5,7 +5,8 @@ Run from the repository root with meshplan installed: `python docs/check_section
 its `\\` continuation lines) is run, in order, by one bash (so `echo $?` reads the command
 before it), stdout and stderr together, in a scratch folder that sees the repository's tests/
 (the sections read tests/data and tests/exports/data), and what it prints is compared with the
-lines the block shows under it. A shown line starting with `...` stands for any lines there. Exits 1 on any difference,
+lines the block shows under it. A shown line starting with `...` stands for any lines there;
+a search's statistics line (`... scored, pruned: ...; 0.37 s`) is compared without its wall time. Exits 1 on any difference,
 printing a unified diff; `--fix` rewrites the section files with the real outputs instead.
 
 It also checks that README.md holds every section verbatim between its sections markers;
@@ -15,6 +16,7 @@ It also checks that README.md holds every section verbatim between its sections 
 from __future__ import annotations
 
 import difflib
+import re
 import os
 import subprocess
 import sys
@@ -69,13 +71,27 @@ def _run_block(cmds: list[list[str]], cwd: Path) -> list[list[str]]:
     return outputs + [[] for _ in range(len(cmds) - len(outputs))]
 
 
+WALL_TIME = re.compile(r"(scored, pruned: .*; )\d+\.\d+ s$")
+"""A search's statistics line ends with its wall time, which no two runs share: compared
+without it (the counts before it still have to match)."""
+
+
+def _same(e: str, g: str) -> bool:
+    return e == g or (WALL_TIME.search(e) is not None
+                      and WALL_TIME.sub(r"\1", e) == WALL_TIME.sub(r"\1", g))
+
+
+def _equal(expected: list[str], got: list[str]) -> bool:
+    return len(expected) == len(got) and all(_same(e, g) for e, g in zip(expected, got))
+
+
 def _matches(expected: list[str], got: list[str]) -> bool:
     """Equal, where an expected line starting with '...' matches any run of lines."""
     if not any(e.startswith("...") for e in expected):
-        return expected == got
+        return _equal(expected, got)
     k = next(i for i, e in enumerate(expected) if e.startswith("..."))
     head, tail = expected[:k], expected[k + 1:]
-    return (len(got) >= len(head) + len(tail) and got[:len(head)] == head
+    return (len(got) >= len(head) + len(tail) and _equal(head, got[:len(head)])
             and _matches(tail, got[len(got) - len(tail):] if tail else []))
 
 

@@ -33,3 +33,12 @@ def test_block_runs_in_one_shell(tmp_path: Path) -> None:
     """`echo $?` sees the exit status of the command before it, across the marker lines."""
     outputs = check._run_block([["$ (exit 5)"], ["$ echo $?"], ["$ echo hi >&2"]], tmp_path)
     assert outputs == [[], ["5"], ["hi"]]
+
+
+def test_search_wall_time_is_not_compared() -> None:
+    stats = "144 separated plans scored, pruned: attn_tp 20, memory 3; {} s"
+    assert check._matches(["x", stats.format("0.37")], ["x", stats.format("1.85")])
+    assert check._matches(["... (table)", stats.format("0.37")], ["t", stats.format("12.00")])
+    # the counts before the time still have to match, and other timings are compared
+    assert not check._matches([stats.format("0.37")], [stats.format("0.37").replace("3;", "4;")])
+    assert not check._matches(["step 8.06 s"], ["step 8.46 s"])
