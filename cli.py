@@ -431,12 +431,14 @@ def regress_cmd(
 
 
 class _Progress:
-    """A rich progress bar that appears only once a search has run for a second."""
+    """A rich progress bar that appears only once a search has run for a second, and only on
+    a terminal (piped or redirected, stderr gets no bar and no blank line where it was)."""
 
     def __init__(self, *, enabled: bool) -> None:
         import time
 
-        self.enabled, self.start, self.bar, self.task = enabled, time.perf_counter(), None, None
+        self.enabled = enabled and err.is_terminal
+        self.start, self.bar, self.task = time.perf_counter(), None, None
 
     def __enter__(self) -> _Progress:
         return self

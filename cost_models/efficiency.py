@@ -31,6 +31,13 @@ class DeviceEfficiency:
     flash1_attention: float  # FlashAttention-1 / Triton fraction of dense peak
     kernel_floor_s: float    # shortest time any kernel takes (launch + ramp), seconds
     sustained_clock: float = 1.0  # sustained tensor-core clock under the power cap / boost clock
+    collective_sms: int = 16      # compute units a running NCCL collective occupies (0: none)
+
+    @property
+    def overlap_slowdown(self) -> float:
+        """Fraction of the compute units an overlapped collective takes from the kernels it
+        overlaps: compute that runs beside it goes at 1 - this."""
+        return min(1.0, self.collective_sms / self.compute_units)
 
 
 # Sources:
@@ -57,6 +64,15 @@ class DeviceEfficiency:
 #   comparable published figure for the other devices: 1.0 there.
 # - Kernel floor: CUDA kernel launch plus ramp-up is a few microseconds (ml-engineering
 #   measurement: "one operation issued from Python 4.2 us", 1.3 us inside a CUDA graph): 4e-6.
+# - Collective SMs: NCCL runs each channel of a collective as one CUDA block on one SM, so a
+#   collective overlapped with compute takes those SMs from it (NCCL docs, NCCL_MAX_NCHANNELS:
+#   "reducing the number of channels also reduces the number of CUDA blocks used for
+#   communication, hence the impact on GPU computing resources"; PyTorch's "low-contention
+#   collectives" note, pytorch/pytorch PR 130583: NCCL "reserve[s] SM resources based on the
+#   most demanding portion of the collective"). NCCL opens 2 channels per network peer by
+#   default (NCCL_NCHANNELS_PER_NET_PEER), 16 for the 8 NICs of a DGX node; 16 is taken for
+#   every GPU (an engineering estimate: NVLink-only groups may open more). TPUs move
+#   collectives with ICI DMA engines, not the matrix units: 0.
 _BY_NAME: dict[str, DeviceEfficiency] = {
     "v100": DeviceEfficiency(0.80, 0.80, 80, 128, 0.85, 0.45, 0.30, 4e-6),
     "a100": DeviceEfficiency(0.859, 0.859, 108, 128, 0.85, 0.55, 0.30, 4e-6, 1305 / 1410),
@@ -64,8 +80,8 @@ _BY_NAME: dict[str, DeviceEfficiency] = {
     "h200": DeviceEfficiency(0.803, 0.734, 132, 128, 0.85, 0.55, 0.30, 4e-6),
     "b200": DeviceEfficiency(0.776, 0.763, 148, 128, 0.85, 0.5, 0.30, 4e-6),
     "gb200": DeviceEfficiency(0.776, 0.763, 148, 128, 0.85, 0.5, 0.30, 4e-6),
-    "tpu-v3": DeviceEfficiency(0.85, 0.85, 4, 128, 0.85, 0.5, 0.5, 4e-6),
-    "tpu-v4": DeviceEfficiency(0.85, 0.85, 8, 128, 0.85, 0.5, 0.5, 4e-6),
+    "tpu-v3": DeviceEfficiency(0.85, 0.85, 4, 128, 0.85, 0.5, 0.5, 4e-6, collective_sms=0),
+    "tpu-v4": DeviceEfficiency(0.85, 0.85, 8, 128, 0.85, 0.5, 0.5, 4e-6, collective_sms=0),
 }
 _DEFAULT = DeviceEfficiency(0.75, 0.70, 100, 128, 0.8, 0.45, 0.30, 5e-6)
 """Used for a user device whose name matches none above (stated in the estimate's warnings)."""

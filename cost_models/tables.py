@@ -157,15 +157,24 @@ def _dp_exposed(ctx: Any, e: dict[str, Any], dense: Arr, expert: Arr, *, fwd: Ar
         return _coll(kind, ctx.dp_links, dense * per) + _coll(kind, e["exp_links"], expert * per)
 
     tail = 1.0 / layers
+    slow = ctx.roof.eff.overlap_slowdown
+
+    def hidden(comm_s: Arr, window: Arr, alone: Arr | float = 0.0) -> Arr:
+        """Exposed seconds of `comm_s` run beside `window` seconds of compute: the excess,
+        plus the compute the collective's SMs slow down while they overlap (efficiency.py);
+        `alone` of it (the last block's bucket, counted separately) overlaps nothing."""
+        return (np.maximum(0.0, comm_s - window)
+                + slow * np.minimum(np.maximum(0.0, comm_s - alone), window))
+
     if plan.zero >= 3:
         ag, rs = both("all_gather", w), both("reduce_scatter", g)
-        per_mb = np.maximum(0.0, ag - fwd) + np.maximum(0.0, ag + rs - bwd) + ag * tail
+        per_mb = hidden(ag, fwd) + hidden(ag + rs, bwd) + ag * tail
         return m * per_mb
     if plan.zero >= 1:
         reduce, gather = both("reduce_scatter", g), both("all_gather", w)
-        return (np.maximum(0.0, reduce - bwd) + reduce * tail + np.maximum(0.0, gather - fwd))
+        return hidden(reduce, bwd, reduce * tail) + reduce * tail + hidden(gather, fwd)
     reduce = both("all_reduce", g)
-    return np.maximum(0.0, reduce - bwd) + reduce * tail
+    return hidden(reduce, bwd, reduce * tail) + reduce * tail
 
 
 def build_tables(ctx: Any, num_microbatches: int) -> StageTables:

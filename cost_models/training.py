@@ -19,6 +19,9 @@ Overlap rules:
 - ZeRO-3 gathers each block's weights before its forward and backward and reduce-scatters
   its gradients, every micro-batch, prefetching one block ahead (FSDP): per micro-batch the
   exposed part is what exceeds the compute it hides behind, plus the first block's gather.
+- Overlap is not free: while a data-parallel collective runs beside compute, its NCCL blocks
+  hold `collective_sms` of the device's compute units, so the overlapped compute runs that
+  much slower; the lost time is counted in dp_comm (efficiency.py, `overlap_slowdown`).
 - The passes data-parallel traffic hides behind are their compute plus their exposed
   context-parallel exchange (the DP stream keeps running while compute waits on it), so a
   faster attention core never exposes more in total.
