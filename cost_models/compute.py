@@ -19,7 +19,9 @@ Dao 2023, FlashAttention-2 Sec. 3.1.2).
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 
 from dataclasses import dataclass
 
@@ -190,8 +192,40 @@ def attention_dims(model: ModelSpec) -> tuple[int, int]:
     return model.d_head, model.d_head
 
 
+_BLOCK_MEMO: dict[tuple, tuple[ModelSpec, DeviceSpec, BlockCompute]] | None = None
+"""block_compute results by (model, device, efficiency, dtype, shard, moe) while a
+`memoised_blocks()` context is open (a search scores the same shard for many degrees and
+layouts); None (off) otherwise, so a caller that changes a module constant sees it."""
+
+
+@contextlib.contextmanager
+def memoised_blocks() -> Iterator[None]:
+    """Within the context, block_compute reuses its result for an identical block."""
+    global _BLOCK_MEMO
+    outer = _BLOCK_MEMO
+    _BLOCK_MEMO = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _BLOCK_MEMO = outer
+
+
 def block_compute(model: ModelSpec, roof: Roofline, sh: Shard, *, moe: bool) -> BlockCompute:
     """Forward/backward time and FLOPs of one block for one micro-batch on one device."""
+    if _BLOCK_MEMO is None:
+        return _block_compute(model, roof, sh, moe=moe)
+    # the model and device objects are kept with the result, so an id is never matched by a
+    # new object that happens to reuse it
+    key = (id(model), id(roof.device), roof.eff, roof.dtype, sh, moe)
+    hit = _BLOCK_MEMO.get(key)
+    if hit is not None and hit[0] is model and hit[1] is roof.device:
+        return hit[2]
+    bc = _block_compute(model, roof, sh, moe=moe)
+    _BLOCK_MEMO[key] = (model, roof.device, bc)
+    return bc
+
+
+def _block_compute(model: ModelSpec, roof: Roofline, sh: Shard, *, moe: bool) -> BlockCompute:
     T, h, t = sh.tokens, model.hidden_size, sh.tp
     fwd = bwd = f_fwd = f_bwd = 0.0
     shapes = _linear_shapes(model, sh)

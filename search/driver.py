@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from cost_models.compute import memoised_blocks
 from cost_models.memory import in_flight_microbatches
 from cost_models.tables import StageTables, build_tables
 from cost_models.training import make_context, step_time_of
@@ -332,6 +333,14 @@ def run_search(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload, dev
                top_k: int, limits: Limits, time_limit_s: float | None,
                progress: Callable[[int, int], None] | None = None) -> SearchState:
     """Search the whole space (or until the time limit) and return the k best plans."""
+    with memoised_blocks():
+        return _run_search(model, cluster, wl, devices, top_k=top_k, limits=limits,
+                           time_limit_s=time_limit_s, progress=progress)
+
+
+def _run_search(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload, devices: int, *,
+                top_k: int, limits: Limits, time_limit_s: float | None,
+                progress: Callable[[int, int], None] | None) -> SearchState:
     start = time.perf_counter()
     state = SearchState(top_k=top_k)
     groups = _groups(model, cluster, wl, devices, limits, state)

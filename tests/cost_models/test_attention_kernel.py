@@ -35,3 +35,20 @@ def test_a_112_wide_head_costs_as_much_as_128_and_counts_its_own_flops() -> None
     t128, f128, _, _ = cc._attention_core(_model(128 * 8, 8), roof, sh)
     assert t112 == pytest.approx(t128)              # same kernel width, same heads and tokens
     assert f112 == pytest.approx(f128 * 112 / 128)  # model FLOPs stay the head's own
+
+
+def test_block_memo_only_inside_a_search_context(monkeypatch) -> None:
+    model = _model(1024, 8)
+    dev = load_cluster("dgx-a100").device
+    roof = Roofline(dev, device_efficiency(dev)[0], DType.BF16)
+    sh = Shard(mbs=2, seq_len=2048)
+    plain = cc.block_compute(model, roof, sh, moe=False)
+    with cc.memoised_blocks():
+        first = cc.block_compute(model, roof, sh, moe=False)
+        assert cc.block_compute(model, roof, sh, moe=False) is first     # reused
+        assert first == plain
+        other = _model(1024, 8)                  # an equal but distinct object: computed anew
+        assert cc.block_compute(other, roof, sh, moe=False) is not first
+    # outside the context a changed constant is seen at once
+    monkeypatch.setattr(cc, "ELEMENTWISE_H_TENSORS", 2 * cc.ELEMENTWISE_H_TENSORS)
+    assert cc.block_compute(model, roof, sh, moe=False).fwd_s > plain.fwd_s
