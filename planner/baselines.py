@@ -215,19 +215,10 @@ def problems(b: Baseline, model: ModelSpec | str) -> list[tuple[str, str]]:
         out.append(("cluster", str(err)))
         return out
     per = cluster.devices_per_node
-    if b.gpus > per and b.gpus % per:
-        if cluster.allocation_devices is None:
-            lo = b.gpus // per * per
-            out.append(("gpus_nodes", f"{b.gpus} GPUs is not a whole number of {per}-device "
-                        f"nodes of '{cluster.name}' ({b.gpus / per:.2f} nodes); the nearest "
-                        f"whole numbers are {lo} and {lo + per}"))
-        else:
-            # a cluster allocated in smaller units (NVL72 compute trays): the job is spread
-            # evenly over the fewest fast domains, as the cost model takes it (job_view)
-            try:
-                cluster.job_view(b.gpus)
-            except SpecError as err:
-                out.append(("gpus_nodes", str(err)))
+    try:        # the rule `evaluate` and `search` apply to a device count (hardware.py)
+        cluster.check_devices(b.gpus)
+    except SpecError as err:
+        out.append(("gpus_nodes", str(err)))
     if cluster.max_nodes is not None and b.gpus > cluster.max_nodes * per:
         out.append(("gpus_max", f"{b.gpus} GPUs exceeds the {cluster.max_nodes * per} devices "
                     f"'{cluster.name}' can have"))

@@ -156,6 +156,20 @@ class ClusterSpec(Spec):
         share, rest = divmod(devices, domains)
         return None if rest or share % self.allocation_unit else share
 
+    def check_devices(self, n: int, *, label: str | None = None) -> None:
+        """Raise SpecError when a job of `n` devices cannot be allocated: more than one unit
+        but not a whole number of allocation units, or not spread evenly over the fewest fast
+        domains (`job_view`). `label` names the count in the message (default "N GPUs")."""
+        unit = self.allocation_unit
+        if n > unit and n % unit:
+            lo = n // unit * unit
+            what = "nodes" if unit == self.devices_per_node else "allocation units"
+            raise SpecError(
+                f"{label or f'{n} GPUs'} is not a whole number of {unit}-device {what} "
+                f"of '{self.name}'; use {lo} or {lo + unit}"
+            )
+        self.job_view(n)
+
     def devices_for(self, *, gpus: int | None = None, nodes: int | None = None) -> int:
         """Device count for a command's `--gpus N` or `--nodes N` (exactly one of them)."""
         if (gpus is None) == (nodes is None):
@@ -169,15 +183,7 @@ class ClusterSpec(Spec):
             if gpus < 1:
                 raise SpecError(f"--gpus must be at least 1, got {gpus}")
             n = gpus
-            unit = self.allocation_unit
-            if n > unit and n % unit:
-                lo = n // unit * unit
-                what = "nodes" if unit == self.devices_per_node else "allocation units"
-                raise SpecError(
-                    f"--gpus {n} is not a whole number of {unit}-device {what} "
-                    f"of '{self.name}'; use {lo} or {lo + unit}"
-                )
-            self.job_view(n)
+            self.check_devices(n, label=f"--gpus {n}")
         if self.max_nodes is not None and n > self.max_nodes * self.devices_per_node:
             raise SpecError(
                 f"'{self.name}' has at most {self.max_nodes * self.devices_per_node} devices; "
