@@ -23,7 +23,6 @@ and benchmarks/seeds_tables.py checks them.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -31,11 +30,13 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from planner.api import evaluate  # noqa: E402
 from planner.baselines import Baseline, list_baseline_models, load_baselines  # noqa: E402
 from planner.errors import PlannerError  # noqa: E402
 from planner.presets import load_cluster, load_model  # noqa: E402
+from validate_published import error_summary  # noqa: E402
 
 
 def published_step_s(b: Baseline) -> float | None:
@@ -94,15 +95,12 @@ def render(rows: list[dict[str, Any]]) -> str:
     by: dict[str, list[float]] = defaultdict(list)
     for r in timed:
         by[r["key"].split(":")[0]].append(abs(r["error"]))
-    lines += ["", "| model | baselines with a published speed | mean abs error | max abs error |",
-              "|---|--:|--:|--:|"]
-    for model, errs in sorted(by.items()):
-        lines.append(f"| {model} | {len(errs)} | {statistics.mean(errs):.1%} | {max(errs):.1%} |")
+    by = dict(sorted(by.items()))
     for label, group in (("all dense", [r for r in timed if not r["moe"]]),
                          ("all MoE", [r for r in timed if r["moe"]]), ("all", timed)):
         if group:
-            errs = [abs(r["error"]) for r in group]
-            lines.append(f"| {label} | {len(errs)} | {statistics.mean(errs):.1%} | {max(errs):.1%} |")
+            by[label] = [abs(r["error"]) for r in group]
+    lines += error_summary(by, group="model", count="baselines with a published speed")
     skipped = [r for r in rows if "skipped" in r]
     if skipped:
         lines += ["", f"Not evaluated as stated ({len(skipped)}):", ""]

@@ -189,6 +189,15 @@ def skipped_row(record: dict[str, Any], why: Exception) -> dict[str, Any]:
             else "?", "skipped": f"{type(why).__name__}: {why}".replace("|", "/")}
 
 
+def error_summary(by: dict[str, list[float]], *, group: str, count: str) -> list[str]:
+    """Markdown rows of the mean and max absolute error of each group, in the given order
+    (after a blank line and the header)."""
+    lines = ["", f"| {group} | {count} | mean abs error | max abs error |", "|---|--:|--:|--:|"]
+    for name, errs in by.items():
+        lines.append(f"| {name} | {len(errs)} | {statistics.mean(errs):.1%} | {max(errs):.1%} |")
+    return lines
+
+
 def render(rows: list[dict[str, Any]]) -> str:
     skipped = [r for r in rows if "skipped" in r]
     rows = [r for r in rows if "skipped" not in r]
@@ -201,9 +210,7 @@ def render(rows: list[dict[str, Any]]) -> str:
     by: dict[str, list[float]] = defaultdict(list)
     for r in rows:
         by[r["source"]].append(abs(r["error"]))
-    lines += ["", "| source | runs | mean abs error | max abs error |", "|---|--:|--:|--:|"]
-    for src, errs in sorted(by.items()):
-        lines.append(f"| {src} | {len(errs)} | {statistics.mean(errs):.1%} | {max(errs):.1%} |")
+    lines += error_summary(dict(sorted(by.items())), group="source", count="runs")
     if skipped:
         lines += ["", f"Not evaluated ({len(skipped)}; not in the means):", ""]
         lines += [f"- {r['id']} ({r['source']}): {r['skipped']}" for r in skipped]
