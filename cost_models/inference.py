@@ -183,11 +183,10 @@ def busiest_rank_touched_experts(model: ModelSpec, tokens: int, ep: int) -> floa
         return touched_experts(model, tokens)
     m = e // ep
     q = 1.0 - (1.0 - k / e) ** tokens
-    cdf, pmf_sum, expect = 0.0, 0.0, 0.0
+    cdf = expect = 0.0
     for x in range(m):
-        pmf_sum += math.comb(m, x) * q ** x * (1.0 - q) ** (m - x)
-        cdf = min(1.0, pmf_sum)
-        expect += 1.0 - cdf ** ep
+        cdf += math.comb(m, x) * q ** x * (1.0 - q) ** (m - x)
+        expect += 1.0 - min(1.0, cdf) ** ep
     return expect * ep
 
 
