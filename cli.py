@@ -136,7 +136,12 @@ def _render_model(d: dict[str, Any]) -> None:
     s = d["seq_len"]
     t.add_row(f"forward FLOPs/token (s={s})", f"{d['forward_flops_per_token']:.4g}")
     t.add_row("  without attention scores", f"{d['forward_flops_per_token_no_attention']:.4g}")
-    t.add_row("training FLOPs/token (3x fwd)", f"{d['training_flops_per_token']:.4g}")
+    if d.get("mtp_layers"):
+        t.add_row("MTP modules (training only)",
+                  f"{d['mtp_layers']} ({_fmt_count(d['mtp_params'])} params, not counted above)")
+        t.add_row("training FLOPs/token (3x fwd, with MTP)", f"{d['training_flops_per_token']:.4g}")
+    else:
+        t.add_row("training FLOPs/token (3x fwd)", f"{d['training_flops_per_token']:.4g}")
     t.add_row("KV cache/token (bf16)", f"{d['kv_cache_bytes_per_token']:,} B")
     for dtype, mem in d["memory"].items():
         t.add_row(f"weights {dtype}", f"{mem['weights_gib']:.1f} GiB")

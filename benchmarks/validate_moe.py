@@ -19,10 +19,14 @@ B200 and GB200. The mapping uses only facts stated in each record or its source:
   recomputation, FlashAttention (cuDNN fused attention in the NeMo containers).
 - Routing: the benchmarks force-balance routing and are dropless (record notes), so the
   expert load is the mean load: no imbalance and no capacity factor.
-- Uneven virtual pipelines (61 DeepSeek-V3 blocks on pp x vpp chunks): the records do not give
-  the layout, so the blocks are spread as evenly as possible over the pp*vpp virtual stages,
-  earlier chunks taking the remainder (`layers=` with pp*vpp counts); the bubble then follows
-  the largest chunk.
+- DeepSeek-V3 trains its multi-token-prediction module (Megatron-Bridge's DeepSeek-V3 recipe
+  sets `mtp_num_layers = 1`; the preset's mtp_layers = 1), except in rows the source labels
+  'w/o MTP'. Its 61 blocks sit on the pipeline as that recipe lays them out for the record's
+  (pp, vpp) (`layout_map`: the last virtual stage holds fewer blocks, beside the MTP module and
+  the loss; DEEPSEEK_V3_RECIPE_LAYOUTS below).
+- Other uneven virtual pipelines (the records give no layout): the blocks are spread as evenly
+  as possible over the pp*vpp virtual stages, earlier chunks taking the remainder (`layers=`
+  with pp*vpp counts); the bubble then follows the largest chunk.
 - GB200 jobs of 256 GPUs run on four NVL72 racks of 64 GPUs (the cluster's allocation unit is
   a 4-GPU compute tray; see ClusterSpec.job_view).
 - Published step time: the record's derived iteration_s, else global tokens / measured tokens/s.
@@ -72,6 +76,28 @@ def model_for(record: dict[str, Any]) -> ModelSpec:
     return spec
 
 
+DEEPSEEK_V3_RECIPE_LAYOUTS: dict[tuple[int, int], tuple[int, ...]] = {
+    (4, 1): (16, 16, 16, 13),
+    (8, 1): (8,) * 7 + (5,),
+    (4, 2): (8,) * 7 + (5,),
+    (16, 1): (4,) * 15 + (1,),
+    (8, 2): (4,) * 15 + (1,),
+    (4, 4): (4,) * 15 + (1,),
+}
+"""Decoder blocks per virtual stage of Megatron-Bridge's DeepSeek-V3 recipe for (pp, vpp)
+(src/megatron/bridge/recipes/deepseek/deepseek_v3.py, `layout_map`, which the performance
+scripts use by passing layout=None): the embedding rides with the first chunk, the MTP module
+and the loss with the last, which therefore holds fewer blocks."""
+
+
+def mtp_layers_for(record: dict[str, Any], model: ModelSpec) -> int:
+    """DeepSeek-V3 trains its MTP module in Megatron-Bridge's recipe (`mtp_num_layers = 1`,
+    same file); a row the source labels 'w/o MTP' ran without it."""
+    if "w/o MTP" in record.get("notes", ""):
+        return 0
+    return model.mtp_layers
+
+
 def even_chunks(num_layers: int, pp: int, vpp: int) -> tuple[int, ...]:
     """Blocks per virtual stage, as even as possible, earlier chunks taking the remainder."""
     base, extra = divmod(num_layers, pp * vpp)
@@ -83,7 +109,10 @@ def plan_for(record: dict[str, Any], model: ModelSpec) -> Plan:
     pp, vpp = p.get("pp") or 1, p.get("vpp") or 1
     layers = None
     per_stage = Plan(pp=pp).layers_per_stage(model.num_layers)
-    if vpp > 1 and any(n % vpp for n in per_stage):
+    recipe = DEEPSEEK_V3_RECIPE_LAYOUTS.get((pp, vpp)) if model.name == "deepseek-v3" else None
+    if recipe is not None and sum(recipe) == model.num_layers:
+        layers = recipe
+    elif vpp > 1 and any(n % vpp for n in per_stage):
         layers = even_chunks(model.num_layers, pp, vpp)
     return Plan(tp=p.get("tp") or 1, pp=pp, dp=p.get("dp") or 1, cp=p.get("cp") or 1,
                 ep=p.get("ep") or 1, vpp=vpp, mbs=record["batch"]["micro"], zero=1,
@@ -92,6 +121,7 @@ def plan_for(record: dict[str, Any], model: ModelSpec) -> Plan:
 
 def predict(record: dict[str, Any]) -> Estimate:
     model = model_for(record)
+    model = model.model_copy(update={"mtp_layers": mtp_layers_for(record, model)})
     cluster = cluster_spec(record)
     wl = TrainingWorkload(global_batch_size=record["batch"]["global"],
                           seq_len=record["model"]["seq_len"], dtype=dtype_for(record))

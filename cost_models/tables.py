@@ -75,6 +75,8 @@ class StageTables:
         if k == pp - 1:
             for kind in ("compute", "fwd", "bwd"):
                 out[kind] = out[kind] + e[f"head_{kind}"]
+            for kind in (*KINDS, "fwd", "bwd"):
+                out[kind] = out[kind] + e[f"mtp_{kind}"]
         out["pp_comm"] = e["p2p"] + 0 * out["compute"]
         return out
 
@@ -94,7 +96,10 @@ class StageTables:
             dense = dense + e["head_params"]
         elif k == pp - 1:
             dense = dense + e["final_norm_params"]
-        return dense, sp["expert_params"]
+        expert = sp["expert_params"]
+        if k == pp - 1:
+            dense, expert = dense + e["mtp_dense_params"], expert + e["mtp_expert_params"]
+        return dense, expert
 
     def memory(self, k: int, i: Arr, j: Arr, span: dict[str, Arr] | None = None, *,
                in_flight: float | None = None) -> dict[str, Arr]:
@@ -109,9 +114,11 @@ class StageTables:
                                             plan, dtype, ctx.workload.optimizer)
         w = weight_bytes_per_param(dtype)
         m = self.num_microbatches
-        act = sp["act"] * (in_flight_microbatches(plan, k, m) if in_flight is None else in_flight)
+        flight = in_flight_microbatches(plan, k, m) if in_flight is None else in_flight
+        act = sp["act"] * flight
         if k == plan.pp - 1:
-            act = act + self.extras["head_act"]
+            act = (act + self.extras["head_act"] + self.extras["mtp_head_act"]
+                   + self.extras["mtp_act"] * flight)
         gathered = 2 * (dense + expert) / sp["layers"] * w if plan.zero >= 3 else 0.0
         buffers = (gathered + self.extras["static_buffers"]
                    + FRAGMENTATION * (weights + grads + optim + act))
@@ -190,8 +197,56 @@ def build_tables(ctx: Any, num_microbatches: int) -> StageTables:
     assert dense_row is not None and moe_row is not None
     prefix = {key: np.concatenate(([0.0], np.cumsum(np.where(mask, moe_row[key], dense_row[key]))))
               for key in dense_row}
-    return StageTables(prefix=prefix, extras=_extras(ctx, model, p2p_s(ctx)), ctx=ctx,
-                       num_microbatches=num_microbatches)
+    extras = _extras(ctx, model, p2p_s(ctx)) | _mtp_extras(ctx, model, block_comm)
+    return StageTables(prefix=prefix, extras=extras, ctx=ctx, num_microbatches=num_microbatches)
+
+
+def _mtp_extras(ctx: Any, model: ModelSpec, block_comm: Any) -> dict[str, float]:
+    """What the model's MTP modules add to the last stage, per micro-batch (DeepSeek-V3 Sec.
+    2.2, as Megatron-Core builds them: MultiTokenPredictionLayer): each module looks up the
+    next token's embedding, normalises it and the last hidden state, projects their
+    concatenation 2h -> h (a column-parallel linear), runs one block of the last layer's
+    type, and applies the shared output head and loss again. The block costs what any block
+    of its type costs (times, comm, recomputation, activations); the head and embedding what
+    the model's own cost. Parameters: the block, the projection and three norms, plus, with
+    pp > 1 and untied embeddings, the last stage's copy of the input embedding (the first
+    stage holds the original; Megatron keeps the two in sync like tied embeddings)."""
+    keys = (*KINDS, "fwd", "bwd")
+    n = model.mtp_layers
+    if not n:
+        return {f"mtp_{k}": 0.0 for k in (*keys, "dense_params", "expert_params", "act",
+                                          "head_act")}
+    plan, sh, roof = ctx.plan, ctx.shard, ctx.roof
+    moe = model.mtp_moe
+    row = _layer_row(ctx, moe, block_compute(model, roof, sh, moe=moe), block_comm)
+    h = model.hidden_size
+    pf, _, pb, _ = roof.gemm_fwd_bwd(sh.tokens, h / plan.tp, 2 * h)     # eh_proj
+    # enorm and hnorm read and write an h-wide tensor each, the concatenation writes 2h
+    e = roof_bytes(sh.dtype)
+    norms = roof.stream(6 * sh.tokens * h * e / (plan.tp if plan.sp else 1))
+    ef, eb = embedding_compute(model, roof, sh)
+    hf, hb, _ = head_compute(model, roof, sh)
+    fwd = row["fwd"] + pf + norms + ef + hf
+    bwd = row["bwd"] + pb + 2 * norms + eb + hb
+    emb_tp = 0.0
+    if plan.tp > 1 and model.vocab_size:
+        emb_tp = comm.all_reduce_s(ctx.tp_links, sh.tokens * h * roof_bytes(sh.dtype))
+    routed = (model.moe.num_experts * model.mlp_params(model.moe.expert_ffn_hidden_size)
+              if moe and model.moe is not None else 0)
+    embedding_copy = (model.embedding_params / plan.tp
+                      if plan.pp > 1 and not model.tied_embeddings else 0.0)
+    out = {"mtp_compute": n * (fwd + bwd), "mtp_fwd": n * fwd, "mtp_bwd": n * bwd,
+           "mtp_recompute": n * row["recompute"], "mtp_tp_comm": n * (row["tp_comm"] + emb_tp),
+           "mtp_cp_comm": n * row["cp_comm"], "mtp_ep_comm": n * row["ep_comm"],
+           "mtp_expert_params": n * row["expert_params"],
+           # split by tp like every block's dense part (_layer_row), the experts by ep x etp
+           "mtp_dense_params": (n * (model.mtp_module_params - routed) / plan.tp
+                                + embedding_copy),
+           # the block's activations are held like any block's (x micro-batches in flight);
+           # its logits, like the model's, only for the micro-batch whose loss is computed
+           "mtp_act": n * row["act"],
+           "mtp_head_act": n * head_activation_bytes(model, plan, seq_len=ctx.workload.seq_len)}
+    return out
 
 
 def _layer_row(ctx: Any, moe: bool, bc: Any, block_comm: Any) -> dict[str, float]:

@@ -184,12 +184,15 @@ def _finish(ctx: Context, *, plan: Plan, m: int, step: float, breakdown: dict[st
     model, wl, dev = ctx.model, ctx.workload, ctx.cluster.device
     n = plan.devices
     tokens = wl.global_batch_size * wl.seq_len
-    fwd_per_token = model.forward_flops_per_token(wl.seq_len)
+    fwd_per_token = model.training_forward_flops_per_token(wl.seq_len)
     model_flops = 3 * fwd_per_token * tokens
     extra = 0.0
     if plan.recompute == Recompute.FULL:
-        head = 2.0 * model.vocab_size * model.hidden_size
-        extra = (fwd_per_token - head) * tokens
+        # every block is recomputed (the MTP modules' too), not the output heads or the MTP
+        # projections
+        h = model.hidden_size
+        head = 2.0 * model.vocab_size * h * (1 + model.mtp_layers)
+        extra = (fwd_per_token - head - 2.0 * 2 * h * h * model.mtp_layers) * tokens
     elif plan.recompute == Recompute.SELECTIVE and not plan.attn.fused:
         extra = model.attention_score_flops_per_token(wl.seq_len) * tokens
     peak = dev.peak_flops(wl.dtype)
@@ -207,7 +210,9 @@ def _finish(ctx: Context, *, plan: Plan, m: int, step: float, breakdown: dict[st
         breakdown=breakdown,
         memory_gib={k: v / GIB for k, v in mems[worst].items()},
         stages=[StageEstimate(first_layer=a, last_layer=b, has_embedding=k == 0,
-                              has_head=k == plan.pp - 1, time_per_microbatch_s=times[k],
+                              has_head=k == plan.pp - 1,
+                              mtp_modules=model.mtp_layers if k == plan.pp - 1 else 0,
+                              time_per_microbatch_s=times[k],
                               memory_gib=totals[k] / GIB)
                 for k, (a, b) in enumerate(ranges)],
         warnings=_warnings(ctx, generic),

@@ -84,7 +84,7 @@ def lower_bound_step_s(model: ModelSpec, cluster: ClusterSpec, workload: Trainin
 
     eff, _ = device_efficiency(cluster.device)
     rate = cluster.device.peak_flops(workload.dtype) * max(eff.matmul, eff.matmul_fp8) * eff.sustained_clock
-    flops = 3 * model.forward_flops_per_token(workload.seq_len) * workload.tokens_per_step
+    flops = 3 * model.training_forward_flops_per_token(workload.seq_len) * workload.tokens_per_step
     return flops / (devices * rate)
 
 

@@ -587,8 +587,9 @@ def _deepseek_v3(cfg: _Config, build: _Build) -> None:
     # freq, the same for freq 1): router gate (n_routed_experts x h), n_routed_experts experts of
     # moe_intermediate_size, and a shared MLP of n_shared_experts * moe_intermediate_size, which
     # counts the same as n_shared_experts experts. Dense layers use intermediate_size.
-    # The multi-token-prediction module (num_nextn_predict_layers; 14B of the 685B checkpoint)
-    # is not built by the modeling code for inference and is not counted: 671B, as published.
+    # The multi-token-prediction modules (num_nextn_predict_layers; 14B of the 685B checkpoint)
+    # are not built by the modeling code for inference and are not in `params` (671B, as
+    # published); training runs them (ModelSpec.mtp_layers, on the last pipeline stage).
     layers = cfg.integer("num_hidden_layers")
     h = cfg.integer("hidden_size")
     heads = cfg.integer("num_attention_heads")
@@ -597,6 +598,8 @@ def _deepseek_v3(cfg: _Config, build: _Build) -> None:
     build.set("num_attention_heads", heads, "num_attention_heads")
     build.set("ffn_hidden_size", cfg.integer("intermediate_size"), "intermediate_size")
     build.set("vocab_size", cfg.integer("vocab_size"), "vocab_size")
+    build.set("mtp_layers", cfg.integer("num_nextn_predict_layers", default=0),
+              "num_nextn_predict_layers")
     build.set("activation", _activation(cfg, "hidden_act", "silu", gated=True))
     build.set("positional", Positional.ROPE)
     build.set("max_position_embeddings", cfg.integer("max_position_embeddings", default=2048),

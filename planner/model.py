@@ -157,6 +157,12 @@ class ModelSpec(Spec):
         "false for models pre-trained without it (Llama, Mixtral, Qwen, DeepSeek, MPT, PaLM)")
     mla: MLASpec | None = Field(None, description="multi-head latent attention; None = MHA/GQA/MQA")
     moe: MoESpec | None = Field(None, description="mixture of experts; None = dense")
+    mtp_layers: int = Field(
+        0, ge=0, description="multi-token-prediction modules trained with the model (DeepSeek-V3 "
+        "Sec. 2.2; Megatron-Core --mtp-num-layers): each normalises the last hidden state and the "
+        "next token's embedding, projects their concatenation (2h -> h), runs one more block of "
+        "the last layer's type and the shared output head; on the last pipeline stage. Training "
+        "only: serving ignores them, and `params` does not count them (DeepSeek-V3's 671B)")
 
     def model_copy(self, *, update: dict[str, object] | None = None, deep: bool = False) -> ModelSpec:
         """A validated copy: derived (cached) numbers are recomputed, never carried over."""
@@ -316,11 +322,25 @@ class ModelSpec(Spec):
                   + n_moe * self.moe_layer_active_params)
         return blocks + self.embedding_params + self.lm_head_params
 
-    # ----- FLOPs -----------------------------------------------------------------------
+    # ----- multi-token prediction ------------------------------------------------------
+    @property
+    def mtp_moe(self) -> bool:
+        """Whether an MTP module's block has an MoE MLP: the type of the model's last block
+        (DeepSeek-V3's MTP block is an MoE block, as its checkpoint's layer 61 shows)."""
+        return self.is_moe_layer(self.num_layers - 1)
+
     @cached_property
-    def matmul_active_params(self) -> int:
-        """Weights in matrix multiplies one token goes through (no embedding lookup, no norms,
-        no biases; the LM head counts even when tied). Twice this is the forward FLOPs/token."""
+    def mtp_module_params(self) -> int:
+        """Parameters of one MTP module beyond what it shares with the model (embedding and
+        output head, DeepSeek-V3 Sec. 2.2): its block, the 2h x h projection and three norms
+        (the embedding's, the hidden state's and the output norm, Megatron-Core's
+        MultiTokenPredictionLayer enorm/hnorm/final_layernorm)."""
+        block = self.moe_layer_params if self.mtp_moe else self.dense_layer_params
+        return block + 2 * self.hidden_size * self.hidden_size + 3 * self.norm_params
+
+    # ----- FLOPs -----------------------------------------------------------------------
+    def _block_matmul_params(self, moe: bool) -> int:
+        """Weights in the matrix multiplies a token goes through in one block."""
         h, a = self.hidden_size, self.num_attention_heads
         if self.mla is not None:
             attn = self.attention_params - (self.mla.q_lora_rank_dim or 0) - self.mla.kv_lora_rank_dim
@@ -328,14 +348,28 @@ class ModelSpec(Spec):
             attn = (2 * h * a * self.d_head + 2 * h * self.kv_heads * self.d_head
                     + h * a * self.d_head * (self.positional == Positional.RELATIVE))
         mats = 3 if self.activation.gated else 2
-        dense_mlp = mats * h * self.ffn_hidden_size
-        total = self.num_layers * attn + (self.num_layers - self.num_moe_layers) * dense_mlp
-        if self.moe is not None:
+        if moe and self.moe is not None:
             m = self.moe
-            moe_mlp = (h * m.num_experts + m.top_k * mats * h * m.expert_ffn_hidden_size
-                       + m.num_shared_experts * mats * h * m.shared_ffn)
-            total += self.num_moe_layers * moe_mlp
-        return total + self.vocab_size * h
+            return attn + (h * m.num_experts + m.top_k * mats * h * m.expert_ffn_hidden_size
+                           + m.num_shared_experts * mats * h * m.shared_ffn)
+        return attn + mats * h * self.ffn_hidden_size
+
+    @cached_property
+    def matmul_active_params(self) -> int:
+        """Weights in matrix multiplies one token goes through (no embedding lookup, no norms,
+        no biases; the LM head counts even when tied). Twice this is the forward FLOPs/token."""
+        n_moe = self.num_moe_layers
+        total = ((self.num_layers - n_moe) * self._block_matmul_params(False)
+                 + n_moe * self._block_matmul_params(True))
+        return total + self.vocab_size * self.hidden_size
+
+    @cached_property
+    def mtp_matmul_params(self) -> int:
+        """Matmul weights a token goes through in the MTP modules: per module its block, the
+        2h -> h projection and another pass through the output head (0 without MTP)."""
+        h = self.hidden_size
+        per = self._block_matmul_params(self.mtp_moe) + 2 * h * h + self.vocab_size * h
+        return self.mtp_layers * per
 
     def attention_score_flops_per_token(self, seq_len: int) -> float:
         """Forward FLOPs of Q.K^T and scores.V per token over all layers, full (non-causal)
@@ -352,6 +386,20 @@ class ModelSpec(Spec):
         """Forward FLOPs per token: 2 per matmul weight, plus the attention-score term."""
         flops = 2.0 * self.matmul_active_params
         return flops + (self.attention_score_flops_per_token(seq_len) if attention_scores else 0.0)
+
+    def mtp_forward_flops_per_token(self, seq_len: int) -> float:
+        """Forward FLOPs per token of the MTP modules, by the same convention (each module's
+        block adds one layer's attention-score term); 0 without MTP. Training counts them as
+        model FLOPs (Megatron-LM's num_floating_point_operations adds mtp_num_layers blocks
+        and output heads); serving does not run them."""
+        if not self.mtp_layers:
+            return 0.0
+        score = self.attention_score_flops_per_token(seq_len) / self.num_layers
+        return 2.0 * self.mtp_matmul_params + self.mtp_layers * score
+
+    def training_forward_flops_per_token(self, seq_len: int) -> float:
+        """Forward FLOPs per token of a training step: the model's plus its MTP modules'."""
+        return self.forward_flops_per_token(seq_len) + self.mtp_forward_flops_per_token(seq_len)
 
     # ----- bytes -----------------------------------------------------------------------
     def kv_cache_bytes_per_token(self, dtype: DType = DType.BF16) -> int:

@@ -20,6 +20,7 @@ class StageEstimate(BaseModel):
     last_layer: int = Field(description="last block (inclusive)")
     has_embedding: bool
     has_head: bool
+    mtp_modules: int = Field(0, description="multi-token-prediction modules on this stage (the last)")
     time_per_microbatch_s: float = Field(description="forward + backward (+ recompute, p2p) of one micro-batch")
     memory_gib: float = Field(description="peak memory of one device of this stage")
 

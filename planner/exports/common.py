@@ -70,9 +70,14 @@ class ExportInputs:
                 if isinstance(wl, TrainingWorkload) else
                 f"batch {wl.batch_size}, prompt {wl.prompt_len} + output {wl.output_len} tokens, "
                 f"{wl.dtype.value}")
-        return [f"meshplan export --to {engine}: {self.model.name} on {self.devices}x "
-                f"{self.cluster.device.name} ({self.cluster.name}), {what}",
-                f"plan (rank {self.rank}): {self.plan_string}"]
+        lines = [f"meshplan export --to {engine}: {self.model.name} on {self.devices}x "
+                 f"{self.cluster.device.name} ({self.cluster.name}), {what}",
+                 f"plan (rank {self.rank}): {self.plan_string}"]
+        if self.training and self.model.mtp_layers and engine != "megatron":
+            lines.append(f"the estimate trains {self.model.mtp_layers} multi-token-prediction "
+                         f"module(s) on the last stage (ModelSpec.mtp_layers); this config has no "
+                         "MTP setting: build them into your model, or search with mtp_layers = 0")
+        return lines
 
     @property
     def plan_string(self) -> str:

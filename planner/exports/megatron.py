@@ -78,7 +78,8 @@ def _pipeline_flags(inp: ExportInputs) -> Flags:
     middle = counts[1:-1]
     if not even_chunks or len(set(middle)) > 1:
         # any split: the layout names every virtual stage (and so carries vpp itself)
-        return [("--pipeline-model-parallel-layout", pipeline_layout(chunks))]
+        return [("--pipeline-model-parallel-layout",
+                 pipeline_layout(chunks, mtp=inp.model.mtp_layers))]
     out: Flags = []
     if len(set(counts)) > 1:
         # equal middle stages; Megatron gives each middle stage (L - first - last) / (pp - 2)
@@ -91,12 +92,13 @@ def _pipeline_flags(inp: ExportInputs) -> Flags:
     return out
 
 
-def pipeline_layout(chunks: tuple[int, ...]) -> str:
+def pipeline_layout(chunks: tuple[int, ...], *, mtp: int = 0) -> str:
     """Megatron's layout string from the blocks of each virtual stage (pipeline order, stage
-    index vpp_rank * pp + pp_rank): 't' per block, E before the first, L after the last."""
+    index vpp_rank * pp + pp_rank): 't' per block, E before the first, the MTP modules ('m'
+    each) and L after the last."""
     stages = ["t" * n for n in chunks]
     stages[0] = "E" + stages[0]
-    stages[-1] = stages[-1] + "L"
+    stages[-1] = stages[-1] + "m" * mtp + "L"
     return "|".join(stages)
 
 
@@ -144,6 +146,9 @@ def _model_flags(m: ModelSpec, inp: ExportInputs) -> Flags:
     if m.embedding_norm:
         raise refuse("Megatron-LM", f"'{m.name}' has a norm after the embedding (BLOOM-style); "
                                     "Megatron-LM's GPT model has no flag for it")
+    if m.mtp_layers:
+        # MTP modules on the last pipeline stage (Megatron-Core MultiTokenPredictionBlock)
+        out.append(("--mtp-num-layers", str(m.mtp_layers)))
     return out + _mla_flags(m) + _moe_flags(m)
 
 

@@ -1,0 +1,50 @@
+"""A model with multi-token-prediction modules (ModelSpec.mtp_layers) exports them: Megatron-LM
+gets --mtp-num-layers and, with a layout, 'm' before the loss on the last virtual stage; the
+engines without an MTP setting say in their header that the estimate trains them."""
+
+from __future__ import annotations
+
+import pytest
+
+from planner.exports import export_result
+from planner.exports.parse import command_flags
+
+from .conftest import with_plan
+
+
+def _mtp(plan_text: str, mtp: int = 1) -> dict:
+    data = with_plan("moe", plan_text)
+    data["inputs"]["model"]["mtp_layers"] = mtp
+    return data
+
+
+def test_megatron_layout_puts_the_mtp_module_before_the_loss() -> None:
+    data = _mtp("tp=1,pp=2,dp=8,cp=2,ep=8,vpp=2,mbs=1,zero=1,layers=9/8/8/7")
+    _, flags = command_flags(export_result(data, "megatron"))
+    assert flags["--mtp-num-layers"] == "1"
+    layout = flags["--pipeline-model-parallel-layout"]
+    assert layout == "Et" + "t" * 8 + "|" + "t" * 8 + "|" + "t" * 8 + "|" + "t" * 7 + "mL"
+    ppl = pytest.importorskip("megatron.core.transformer.pipeline_parallel_layer_layout")
+    from megatron.core.transformer.enums import LayerType
+
+    # layout[pp_rank][vpp_rank]: the MTP module is built on the last rank's last chunk only
+    built = ppl.PipelineParallelLayerLayout(layout, pipeline_model_parallel_size=2).layout
+    assert [[chunk.count(LayerType.mtp) for chunk in rank] for rank in built] == [[0, 0], [0, 1]]
+    assert [[chunk.count(LayerType.decoder) for chunk in rank] for rank in built] == [[9, 8], [8, 7]]
+
+
+def test_megatron_without_a_layout_still_states_the_mtp_depth() -> None:
+    _, flags = command_flags(export_result(_mtp("tp=1,pp=2,dp=8,cp=2,ep=8,mbs=1,zero=1", 2),
+                                           "megatron"))
+    assert flags["--mtp-num-layers"] == "2"
+    assert "--pipeline-model-parallel-layout" not in flags
+    _, plain = command_flags(export_result(_mtp("tp=1,pp=2,dp=8,cp=2,ep=8,mbs=1,zero=1", 0),
+                                           "megatron"))
+    assert "--mtp-num-layers" not in plain
+
+
+def test_torchtitan_header_says_the_estimate_trains_mtp() -> None:
+    text = export_result(_mtp("tp=1,pp=2,dp=8,cp=2,ep=8,mbs=1,zero=3"), "torchtitan")
+    assert "1 multi-token-prediction module(s)" in text.splitlines()[2]
+    plain = export_result(_mtp("tp=1,pp=2,dp=8,cp=2,ep=8,mbs=1,zero=3", 0), "torchtitan")
+    assert "multi-token-prediction" not in plain
