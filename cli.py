@@ -517,6 +517,8 @@ def _baselines_table(baselines: list[Any]) -> None:
 def _short_plan(plan: dict[str, Any]) -> str:
     keys = ("tp", "pp", "dp", "cp", "ep", "vpp", "mbs", "sp", "recompute", "zero")
     text = ",".join(f"{k}={plan[k]}" for k in keys)
+    if plan.get("ep_overlap") == "on":
+        text += ",ep_overlap=on"
     if plan.get("order") != "tp-cp-dp-pp":
         text += f",order={plan['order']}"
     return text

@@ -24,6 +24,11 @@ B200 and GB200. The mapping uses only facts stated in each record or its source:
   'w/o MTP'. Its 61 blocks sit on the pipeline as that recipe lays them out for the record's
   (pp, vpp) (`layout_map`: the last virtual stage holds fewer blocks, beside the MTP module and
   the loss; DEEPSEEK_V3_RECIPE_LAYOUTS below).
+- EP all-to-all overlap (plan key ep_overlap, Megatron-Core's combined 1F1B) where the
+  Megatron-Bridge performance preset of the record's exact configuration sets
+  `moe_a2a_overlap=True` (EP_OVERLAP_RECIPES below: DeepSeek-V3 MXFP8 on GB200 pp4 x vpp4
+  ep64 and on B200 pp8 x vpp2 ep32, GPT-OSS-120B on GB200 ep64 at global batch 1280); off
+  elsewhere (the presets' default).
 - Other uneven virtual pipelines (the records give no layout): the blocks are spread as evenly
   as possible over the pp*vpp virtual stages, earlier chunks taking the remainder (`layers=`
   with pp*vpp counts); the bubble then follows the largest chunk.
@@ -90,6 +95,30 @@ scripts use by passing layout=None): the embedding rides with the first chunk, t
 and the loss with the last, which therefore holds fewer blocks."""
 
 
+EP_OVERLAP_RECIPES: tuple[tuple[str, str, frozenset[str], int, int, int, int, int], ...] = (
+    # (record-id fragment, GPU, precisions, pp, vpp, ep, global batch, micro-batch)
+    ("DeepSeekV3", "GB200", frozenset({"MXFP8"}), 4, 4, 64, 4096, 1),   # GB200_FP8_MX_V2
+    ("DeepSeekV3", "B200", frozenset({"MXFP8"}), 8, 2, 32, 4096, 1),    # B200_FP8_MX_V2
+    ("GPTOSS120B", "GB200", frozenset({"BF16", "MXFP8"}), 1, 1, 64, 1280, 4),  # GB200_*_V2
+)
+"""The Megatron-Bridge performance presets that set `moe_a2a_overlap=True` (Megatron-Core's
+combined 1F1B, plan key ep_overlap): scripts/performance/configs/deepseek/
+deepseek_workload_base_configs.py and configs/gpt_oss/gpt_oss_workload_base_configs.py; every
+other preset of these models, and every Qwen3 preset on B200/GB200, leaves it at the
+WorkloadBaseConfig default, False. A record runs with it when its GPU, precision and parallel
+configuration are exactly such a preset's."""
+
+
+def ep_overlap_for(record: dict[str, Any]) -> bool:
+    """Whether the record's configuration is one of EP_OVERLAP_RECIPES."""
+    rid, p, b = record["id"], record["parallel"], record["batch"]
+    gpu = "GB200" if "GB200" in rid else "B200" if "B200" in rid else ""
+    key = (p.get("pp") or 1, p.get("vpp") or 1, p.get("ep") or 1, b["global"], b["micro"])
+    return any(frag in rid and gpu == g and record["precision"] in prec and key == cfg
+               for frag, g, prec, *cfg_list in EP_OVERLAP_RECIPES
+               for cfg in [tuple(cfg_list)])
+
+
 def mtp_layers_for(record: dict[str, Any], model: ModelSpec) -> int:
     """DeepSeek-V3 trains its MTP module in Megatron-Bridge's recipe (`mtp_num_layers = 1`,
     same file); a row the source labels 'w/o MTP' ran without it."""
@@ -116,7 +145,8 @@ def plan_for(record: dict[str, Any], model: ModelSpec) -> Plan:
         layers = even_chunks(model.num_layers, pp, vpp)
     return Plan(tp=p.get("tp") or 1, pp=pp, dp=p.get("dp") or 1, cp=p.get("cp") or 1,
                 ep=p.get("ep") or 1, vpp=vpp, mbs=record["batch"]["micro"], zero=1,
-                recompute=Recompute.NONE, attn=Attention.FLASH, stage_layers=layers)
+                recompute=Recompute.NONE, attn=Attention.FLASH, stage_layers=layers,
+                ep_overlap=ep_overlap_for(record))
 
 
 def predict(record: dict[str, Any]) -> Estimate:

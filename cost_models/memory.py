@@ -109,10 +109,14 @@ def block_activation_bytes(model: ModelSpec, plan: Plan, *, seq_len: int, moe: b
 
 
 def in_flight_microbatches(plan: Plan, stage: int, num_microbatches: int) -> float:
-    """Micro-batches whose activations stage `stage` holds at its peak (1F1B/interleaved)."""
+    """Micro-batches whose activations stage `stage` holds at its peak (1F1B/interleaved).
+    With ep_overlap (combined 1F1B) each step runs the next micro-batch's forward while the
+    previous one's backward still holds its activations: one micro-batch more."""
     base = plan.pp - stage
     if plan.vpp > 1:
         base = base * (1 + (plan.pp - 1) / (plan.pp * plan.vpp))
+    if plan.ep_overlap:
+        base += 1
     return min(float(num_microbatches), base)
 
 

@@ -264,6 +264,10 @@ def _layer_row(ctx: Any, moe: bool, bc: Any, block_comm: Any) -> dict[str, float
         row["ep_comm"] += epf
     elif plan.recompute == Recompute.SELECTIVE:
         row["recompute"] = bc.attn_core_fwd_s
+    if plan.ep_overlap and moe:     # never with full recomputation (planner.validate)
+        row["ep_comm"] = ep_overlap_exposed(ctx.roof.eff.overlap_slowdown, fwd_comm=epf,
+                                            bwd_comm=epb, fwd_window=bc.fwd_s,
+                                            bwd_window=bc.bwd_s)
     row["act"] = block_activation_bytes(model, plan, seq_len=ctx.workload.seq_len, moe=moe,
                                         fused_attention=plan.attn.fused)
     if moe and model.moe is not None:
@@ -274,6 +278,21 @@ def _layer_row(ctx: Any, moe: bool, bc: Any, block_comm: Any) -> dict[str, float
         row["dense_params"] = model.dense_layer_params / plan.tp
         row["expert_params"] = 0.0
     return row
+
+
+def ep_overlap_exposed(slowdown: float, *, fwd_comm: float, bwd_comm: float,
+                       fwd_window: float, bwd_window: float) -> float:
+    """Exposed seconds of one MoE block's dispatch and combine per micro-batch under
+    Megatron-Core's combined 1F1B (`--overlap-moe-expert-parallel-comm`, Megatron-Core MoE
+    docs "Combined 1F1B: Expert-Parallel All-to-All Overlap"): the steady state runs the
+    forward of one micro-batch with the backward of the adjacent one, so the forward's
+    all-to-alls hide behind the other's backward compute and the backward's behind the
+    other's forward compute. What exceeds its window is exposed; while they overlap, the
+    all-to-all kernels hold `collective_sms` of the compute units and the overlapped compute
+    runs that much slower (the rule of `_dp_exposed`). The warm-up and cool-down passes, which
+    have no partner, are charged like the steady state (a lower bound on their EP time)."""
+    exposed = max(0.0, fwd_comm - bwd_window) + max(0.0, bwd_comm - fwd_window)
+    return exposed + slowdown * (min(fwd_comm, bwd_window) + min(bwd_comm, fwd_window))
 
 
 def _extras(ctx: Any, model: ModelSpec, p2p: float) -> dict[str, Any]:

@@ -11,7 +11,9 @@ inter-operator DP objective, Zheng et al. 2022 Eq. 2). Interleaved 1F1B with v c
 device takes m*max C + (p-1)*max C / v (bubble (p-1)/(v*m), Narayanan Sec. 2.2.2).
 
 Overlap rules:
-- TP and EP communication are on the critical path (no overlap is modelled).
+- TP communication is on the critical path (no overlap is modelled); so is EP communication
+  unless the plan sets ep_overlap (Megatron-Core's combined 1F1B: each MoE block's
+  all-to-alls hide behind the adjacent micro-batch's compute, tables.ep_overlap_exposed).
 - Context-parallel K/V exchange overlaps the attention core; only the excess is exposed.
 - Data-parallel gradient reduction overlaps the backward pass of the last micro-batch
   (Megatron-Core --overlap-grad-reduce, PyTorch DDP buckets); the last block's bucket

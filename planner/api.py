@@ -68,6 +68,8 @@ def plan_dict(plan: Plan, num_layers: int) -> dict[str, object]:
                             "zero": plan.zero, "attn": plan.attn.value, "order": "-".join(plan.order)}
     if plan.etp is not None:
         d["etp"] = plan.etp
+    if plan.ep_overlap:
+        d["ep_overlap"] = "on"
     d["layers"] = "/".join(str(n) for n in plan.layers_per_stage(num_layers))
     if plan.chunk_layers is not None:
         d["chunk_layers"] = "/".join(str(n) for n in plan.chunk_layers)

@@ -63,6 +63,9 @@ class Plan(Spec):
     ep: PositiveInt = Field(1, description="expert-parallel degree, folded into dp*cp (MoE only)")
     etp: PositiveInt | None = Field(None, description="expert tensor-parallel degree; None = 1")
     sp: bool = Field(False, description="sequence parallelism over the tp group (Korthikanti)")
+    ep_overlap: bool = Field(
+        False, description="hide each micro-batch's MoE dispatch/combine behind an adjacent "
+        "micro-batch's compute (Megatron-Core's combined 1F1B, --overlap-moe-expert-parallel-comm)")
     zero: int = Field(0, ge=0, le=3, description="ZeRO stage over dp: 1 optimizer, 2 +grads, 3 +weights")
     recompute: Recompute = Field(Recompute.NONE, description="activation recomputation")
     mbs: PositiveInt = Field(1, description="micro-batch size in sequences")
@@ -149,6 +152,8 @@ class Plan(Spec):
             parts.append(f"loss={self.loss.value}")
         if self.etp is not None:
             parts.append(f"etp={self.etp}")
+        if self.ep_overlap:
+            parts.append("ep_overlap=on")
         if self.order != DEFAULT_ORDER:
             parts.append("order=" + "-".join(self.order))
         if self.chunk_layers is not None:
@@ -161,7 +166,7 @@ class Plan(Spec):
 _INT_KEYS = ("tp", "pp", "dp", "cp", "ep", "etp", "vpp", "mbs", "zero")
 _ON = {"on", "true", "1", "yes"}
 _OFF = {"off", "false", "0", "no"}
-_BOOL_KEYS = ("sp",)
+_BOOL_KEYS = ("sp", "ep_overlap")
 _ENUM_KEYS: dict[str, type[StrEnum]] = {"recompute": Recompute, "attn": Attention,
                                          "loss": LossKernel}
 PLAN_KEYS = (*_INT_KEYS, *_BOOL_KEYS, *_ENUM_KEYS, "order", "layers")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from planner.errors import PlanError
 from planner.model import ModelSpec
-from planner.plan import Plan
+from planner.plan import Plan, Recompute
 from planner.workload import TrainingWorkload
 
 
@@ -120,6 +120,9 @@ def _other_problems(model: ModelSpec, workload: TrainingWorkload, p: Plan) -> li
     if model.moe is None:
         if p.ep > 1:
             out.append(("ep_dense", f"ep={p.ep} needs a mixture-of-experts model; use ep=1"))
+        if p.ep_overlap:
+            out.append(("ep_overlap_dense", "ep_overlap=on needs a mixture-of-experts model; "
+                        "use ep_overlap=off"))
     else:
         e = model.moe.num_experts
         if e % p.ep:
@@ -131,6 +134,24 @@ def _other_problems(model: ModelSpec, workload: TrainingWorkload, p: Plan) -> li
             out.append(("ep_fold", f"ep*etp = {p.ep * p.expert_tp} must divide dp*cp*tp = "
                         f"{group} (expert parallelism is folded into those ranks); nearest "
                         f"valid ep: {nearest(p.ep, valid)}"))
+        if p.ep_overlap and p.ep == 1:
+            out.append(("ep_overlap_ep", "ep_overlap=on overlaps the expert-parallel all-to-all, "
+                        "which ep=1 does not have; use ep>1 or ep_overlap=off"))
+        # Megatron-Core's own checks (TransformerConfig.__post_init__, megatron-core 0.16)
+        if p.ep_overlap and p.pp > 1 and p.vpp == 1:
+            out.append(("ep_overlap_vpp", f"ep_overlap=on with pp={p.pp} needs the interleaved "
+                        "schedule (Megatron-Core's combined 1F1B pairs micro-batches across "
+                        "virtual stages); use vpp>1, pp=1, or ep_overlap=off"))
+        if p.ep_overlap and p.recompute == Recompute.FULL:
+            out.append(("ep_overlap_recompute", "ep_overlap=on cannot run with full "
+                        "recomputation (Megatron-Core refuses it); use recompute=selective or "
+                        "none, or ep_overlap=off"))
+        if p.ep_overlap and model.mtp_layers > 1:
+            out.append(("ep_overlap_mtp", f"ep_overlap=on supports at most 1 MTP module, the "
+                        f"model has {model.mtp_layers}; use ep_overlap=off"))
+        elif p.ep_overlap and model.mtp_layers == 1 and p.pp == 1:
+            out.append(("ep_overlap_mtp", "ep_overlap=on with an MTP module needs pipeline "
+                        "parallelism (Megatron-Core); use pp>1 with vpp>1, or ep_overlap=off"))
         if model.moe.expert_ffn_hidden_size % p.expert_tp:
             out.append(("etp_ffn", f"etp={p.expert_tp} must divide the expert FFN size "
                         f"{model.moe.expert_ffn_hidden_size}"))

@@ -61,9 +61,11 @@ def _plans(model: ModelSpec, d: space.Degrees, mbs: int, m: int, limits: Limits,
             for zero in space.zero_options(d.pp, limits):
                 for vpp in space.vpp_options(model, d.pp, m, limits):
                     layouts = [None] if vpp > 1 or d.pp == 1 else splits(model.num_layers, d.pp)
-                    for order in orders:
-                        for layers in layouts:
-                            yield Plan(tp=d.tp, cp=d.cp, pp=d.pp, dp=d.dp, ep=ep, mbs=mbs, recompute=rc,
-                                       sp=sp, zero=zero, vpp=vpp, order=order, stage_layers=layers,
-                                       **{k: v for k, v in limits.fixed.items()
-                                          if k in ("etp", "attn")})  # type: ignore[arg-type]
+                    overlaps = space.ep_overlap_options(model, d.pp, vpp, ep, rc, limits)
+                    for order, layers, overlap in ((o, la, ov) for o in orders for la in layouts
+                                                   for ov in overlaps):
+                        yield Plan(tp=d.tp, cp=d.cp, pp=d.pp, dp=d.dp, ep=ep, mbs=mbs, recompute=rc,
+                                   sp=sp, zero=zero, vpp=vpp, order=order, stage_layers=layers,
+                                   ep_overlap=overlap,
+                                   **{k: v for k, v in limits.fixed.items()
+                                      if k in ("etp", "attn")})  # type: ignore[arg-type]

@@ -305,10 +305,13 @@ def _expand(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload, g: Gro
     if d not in state.orders:      # groups of the same degrees share their layout classes
         state.orders[d] = space.order_classes(d, cluster, limits)
     for order in state.orders[d]:
-        for vpp in space.vpp_options(model, d.pp, m, limits):
+        for vpp, overlap in ((v, o) for v in space.vpp_options(model, d.pp, m, limits)
+                             for o in space.ep_overlap_options(model, d.pp, v, g.ep, g.recompute,
+                                                                   limits)):
             shared: StageTables | None = None      # one build serves every ZeRO stage
             for zero in zeros:
-                plan = base.model_copy(update={"order": order, "zero": zero, "vpp": vpp})
+                plan = base.model_copy(update={"order": order, "zero": zero, "vpp": vpp,
+                                               "ep_overlap": overlap})
                 # Held-fixed values (--fix ep/etp/zero/vpp) can break a rule for some degrees;
                 # such plans are not in the space (evaluate() would reject them).
                 problems = plan_problems(model, wl, plan, plan.devices)

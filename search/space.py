@@ -135,6 +135,20 @@ def sp_options(tp: int, limits: Limits, pruned: Counter[str]) -> list[bool]:
     return [False]
 
 
+def ep_overlap_options(model: ModelSpec, pp: int, vpp: int, ep: int, recompute: Recompute,
+                       limits: Limits) -> list[bool]:
+    """Combined 1F1B (ep_overlap) where Megatron-Core allows it (the rules of
+    planner.validate): an MoE model with ep > 1, the interleaved schedule when pp > 1, no full
+    recomputation, at most one MTP module and then pp > 1. Both values are searched: hiding
+    the all-to-alls costs one more micro-batch of activations in flight."""
+    if "ep_overlap" in limits.fixed:
+        return [bool(limits.fixed["ep_overlap"])]
+    if (model.moe is None or ep == 1 or (pp > 1 and vpp == 1) or recompute == Recompute.FULL
+            or model.mtp_layers > 1 or (model.mtp_layers == 1 and pp == 1)):
+        return [False]
+    return [False, True]
+
+
 def zero_options(pp: int, limits: Limits) -> list[int]:
     if "zero" in limits.fixed:
         return [int(limits.fixed["zero"])]  # type: ignore[call-overload]

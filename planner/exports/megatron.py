@@ -56,6 +56,11 @@ def _parallel_flags(inp: ExportInputs) -> Flags:
         # Megatron defaults the expert TP size to the dense TP size; meshplan's etp None means 1.
         out += [("--expert-model-parallel-size", str(p.ep)),
                 ("--expert-tensor-parallel-size", str(p.expert_tp))]
+        if p.ep_overlap:
+            # combined 1F1B; Megatron-Core asserts an alltoall or flex dispatcher for it, and
+            # Megatron-LM's default dispatcher is allgather
+            out += [("--overlap-moe-expert-parallel-comm", None),
+                    ("--moe-token-dispatcher-type", "alltoall")]
     elif p.ep > 1:
         raise refuse("Megatron-LM", f"ep={p.ep} needs an MoE model; '{inp.model.name}' is dense")
     if p.sp and p.tp > 1:

@@ -87,6 +87,9 @@ def _data_parallel(inp: ExportInputs) -> dict[str, Any]:
 
 def _expert(inp: ExportInputs) -> dict[str, Any]:
     p = inp.plan
+    if p.ep_overlap:
+        raise refuse("torchtitan", "ep_overlap=on: torchtitan's pipeline schedules have no "
+                     "combined 1F1B that hides the expert all-to-alls (export --to megatron)")
     if p.ep == 1:
         return {"expert_parallel_degree": 1}
     if p.expert_tp not in (1, p.tp):

@@ -87,6 +87,25 @@ CASES = [
      "nearest valid ep: 1"),
     ("etp_ffn", MIXTRAL, wl(12), Plan(etp=3, dp=3), 3,
      "etp=3 must divide the expert FFN size 14336"),
+    ("ep_overlap_dense", GPT, wl(), Plan(dp=2, ep_overlap=True), 2,
+     "ep_overlap=on needs a mixture-of-experts model; use ep_overlap=off"),
+    ("ep_overlap_ep", MIXTRAL, wl(), Plan(dp=2, ep_overlap=True), 2,
+     "ep_overlap=on overlaps the expert-parallel all-to-all, which ep=1 does not have; use "
+     "ep>1 or ep_overlap=off"),
+    ("ep_overlap_vpp", MIXTRAL, wl(), Plan(pp=2, dp=2, ep=2, ep_overlap=True), 4,
+     "ep_overlap=on with pp=2 needs the interleaved schedule (Megatron-Core's combined 1F1B "
+     "pairs micro-batches across virtual stages); use vpp>1, pp=1, or ep_overlap=off"),
+    ("ep_overlap_recompute", MIXTRAL, wl(), Plan(dp=2, ep=2, ep_overlap=True,
+                                                 recompute="full"), 2,
+     "ep_overlap=on cannot run with full recomputation (Megatron-Core refuses it); use "
+     "recompute=selective or none, or ep_overlap=off"),
+    ("ep_overlap_mtp", TINY_MOE.model_copy(update={"mtp_layers": 2}), wl(),
+     Plan(pp=2, vpp=2, dp=2, ep=2, ep_overlap=True), 4,
+     "ep_overlap=on supports at most 1 MTP module, the model has 2; use ep_overlap=off"),
+    ("ep_overlap_mtp", TINY_MOE.model_copy(update={"mtp_layers": 1}), wl(),
+     Plan(dp=2, ep=2, ep_overlap=True), 2,
+     "ep_overlap=on with an MTP module needs pipeline parallelism (Megatron-Core); use pp>1 "
+     "with vpp>1, or ep_overlap=off"),
 ]
 IDS = [f"{c[0]}-{i}" for i, c in enumerate(CASES)]
 
@@ -103,7 +122,9 @@ def test_rule_message(key: str, model: ModelSpec, workload: TrainingWorkload, pl
 def test_every_rule_is_covered() -> None:
     rules = {"device_count", "tp_heads", "tp_kv_heads", "tp_ffn", "pp_layers",
              "batch_divisibility", "interleave_microbatches", "stage_layers", "vpp_needs_pp",
-             "vpp_layers", "cp_seq", "zero_pp", "ep_dense", "ep_experts", "ep_fold", "etp_ffn"}
+             "vpp_layers", "cp_seq", "zero_pp", "ep_dense", "ep_experts", "ep_fold", "etp_ffn",
+             "ep_overlap_dense", "ep_overlap_ep", "ep_overlap_vpp", "ep_overlap_recompute",
+             "ep_overlap_mtp"}
     assert {c[0] for c in CASES} == rules
 
 
@@ -178,6 +199,10 @@ def evaluate_cli(*, model: str = "narayanan-1.7b", gpus: int = 8, gb: int = 16,
     # vpp does not divide the layers per stage
     ({"plan": "pp=2,vpp=5"}, "vpp=5 must divide the layers per stage (12/12); nearest valid "
                              "vpp: 4 or 6 (or give all 10 virtual-stage counts with layers=)"),
+    # ep_overlap on a pipeline without interleaving
+    ({"model": "mixtral-8x7b", "plan": "pp=2,ep=4,ep_overlap=on"},
+     "ep_overlap=on with pp=2 needs the interleaved schedule (Megatron-Core's combined 1F1B "
+     "pairs micro-batches across virtual stages); use vpp>1, pp=1, or ep_overlap=off"),
 ])
 def test_cli_exit_2_with_one_line(args: dict[str, object], message: str) -> None:
     code, stdout, stderr = evaluate_cli(**args)  # type: ignore[arg-type]

@@ -48,3 +48,34 @@ def test_torchtitan_header_says_the_estimate_trains_mtp() -> None:
     assert "1 multi-token-prediction module(s)" in text.splitlines()[2]
     plain = export_result(_mtp("tp=1,pp=2,dp=8,cp=2,ep=8,mbs=1,zero=3", 0), "torchtitan")
     assert "multi-token-prediction" not in plain
+
+
+# ----- ep_overlap (combined 1F1B) ---------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning:megatron.core.transformer.transformer_config")
+def test_megatron_export_turns_on_the_combined_1f1b() -> None:
+    data = with_plan("moe", "tp=1,pp=2,dp=8,cp=2,ep=8,vpp=2,mbs=1,zero=1,ep_overlap=on")
+    _, flags = command_flags(export_result(data, "megatron"))
+    assert "--overlap-moe-expert-parallel-comm" in flags
+    assert flags["--moe-token-dispatcher-type"] == "alltoall"
+    tc = pytest.importorskip("megatron.core.transformer.transformer_config")
+    from .test_engines import _MEGATRON_ELSEWHERE, _MEGATRON_RENAMES, _megatron_args, _megatron_dtypes
+
+    args = _megatron_args(flags)
+    kwargs = {_MEGATRON_RENAMES.get(k, k): v for k, v in args.items() if k not in _MEGATRON_ELSEWHERE}
+    kwargs["add_bias_linear"] = "disable_bias_linear" not in args
+    kwargs.update(_megatron_dtypes(args))
+    config = tc.TransformerConfig(**kwargs)        # __post_init__ runs Megatron-Core's checks
+    assert config.overlap_moe_expert_parallel_comm
+    _, plain = command_flags(export_result(
+        with_plan("moe", "tp=1,pp=2,dp=8,cp=2,ep=8,vpp=2,mbs=1,zero=1"), "megatron"))
+    assert "--overlap-moe-expert-parallel-comm" not in plain
+
+
+def test_torchtitan_refuses_ep_overlap() -> None:
+    from planner.errors import UnsupportedPlanError
+
+    data = with_plan("moe", "tp=1,pp=2,dp=8,cp=2,ep=8,vpp=2,mbs=1,zero=3,ep_overlap=on")
+    with pytest.raises(UnsupportedPlanError, match="ep_overlap=on"):
+        export_result(data, "torchtitan")

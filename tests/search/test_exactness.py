@@ -175,9 +175,13 @@ def space(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload, n: int, 
                     zeros = range(4) if pp == 1 else range(2)
                     for zero in ([fixed["zero"]] if "zero" in fixed else zeros):
                         for vpp in ([fixed["vpp"]] if "vpp" in fixed else vpps):
-                            for order in orders:
+                            # ep_overlap both ways; plan_problems drops it where it cannot run
+                            overlaps = ([fixed["ep_overlap"]] if "ep_overlap" in fixed
+                                        else (False, True) if model.moe is not None else (False,))
+                            for order, overlap in ((o, ov) for o in orders for ov in overlaps):
                                 plan = Plan(tp=tp, cp=cp, pp=pp, dp=dp, mbs=mbs, recompute=rc,
-                                            sp=sp, zero=zero, vpp=vpp, order=order, **extra)
+                                            sp=sp, zero=zero, vpp=vpp, order=order,
+                                            ep_overlap=overlap, **extra)
                                 yield plan, (splits(L, pp) if vpp == 1 else [None])
 
 

@@ -1,0 +1,85 @@
+"""ep_overlap (Megatron-Core's combined 1F1B): each MoE block's dispatch and combine hide
+behind the adjacent micro-batch's compute (cost_models/tables.py `ep_overlap_exposed`), at the
+price of one more micro-batch of activations in flight (memory.in_flight_microbatches)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cost_models.compute import block_compute
+from cost_models.memory import in_flight_microbatches
+from cost_models.tables import build_tables, ep_overlap_exposed
+from cost_models.training import block_comm, make_context
+from planner import ModelSpec, MoESpec, Plan, TrainingWorkload, load_cluster, parse_plan
+from planner.api import evaluate, search
+
+WL = TrainingWorkload(global_batch_size=64, seq_len=2048)
+MOE = ModelSpec(name="ov-moe", num_layers=4, hidden_size=2048, num_attention_heads=16,
+                ffn_hidden_size=8192, activation="swiglu", vocab_size=32000, dropout=False,
+                moe=MoESpec(num_experts=16, top_k=2, expert_ffn_hidden_size=1024))
+CLUSTER = "dgx-h100"
+
+
+def test_hand_calculation() -> None:
+    # forward a2a 3 ms behind 2 ms of backward compute: 1 ms exposed, 2 ms overlapped;
+    # backward a2a 1 ms behind 4 ms of forward compute: hidden, 1 ms overlapped
+    got = ep_overlap_exposed(0.1, fwd_comm=3e-3, bwd_comm=1e-3, fwd_window=4e-3, bwd_window=2e-3)
+    assert got == pytest.approx(1e-3 + 0.1 * (2e-3 + 1e-3), rel=1e-12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(0, 1), *[st.floats(0, 1) for _ in range(4)])
+def test_overlap_is_never_worse_than_exposing_everything(slow: float, f: float, b: float,
+                                                         wf: float, wb: float) -> None:
+    got = ep_overlap_exposed(slow, fwd_comm=f, bwd_comm=b, fwd_window=wf, bwd_window=wb)
+    assert max(0.0, f - wb) + max(0.0, b - wf) - 1e-15 <= got <= f + b + 1e-15
+
+
+def test_the_breakdown_uses_the_overlap_rule_per_moe_block() -> None:
+    devices, plan_text = 8, "tp=1,dp=8,ep=8,mbs=2"
+    off = evaluate(MOE, CLUSTER, WL, plan_text, devices=devices)
+    on = evaluate(MOE, CLUSTER, WL, plan_text + ",ep_overlap=on", devices=devices)
+    plan = parse_plan(plan_text + ",ep_overlap=on", devices=devices)
+    ctx, _ = make_context(MOE, load_cluster(CLUSTER).job_view(devices), WL, plan)
+    bc = block_compute(MOE, ctx.roof, ctx.shard, moe=True)
+    _, _, _, _, epf, epb = block_comm(ctx, True, bc)
+    m = WL.global_batch_size // (plan.dp * plan.mbs)
+    per_block = ep_overlap_exposed(ctx.roof.eff.overlap_slowdown, fwd_comm=epf, bwd_comm=epb,
+                                   fwd_window=bc.fwd_s, bwd_window=bc.bwd_s)
+    assert on.breakdown["ep_comm"] == pytest.approx(m * MOE.num_layers * per_block, rel=1e-12)
+    assert off.breakdown["ep_comm"] == pytest.approx(m * MOE.num_layers * (epf + epb), rel=1e-12)
+    assert on.breakdown["ep_comm"] < off.breakdown["ep_comm"]
+    assert on.breakdown["compute"] == off.breakdown["compute"]
+    assert on.plan.endswith("ep_overlap=on") and "ep_overlap" not in off.plan
+
+
+def test_one_more_microbatch_in_flight() -> None:
+    for pp, vpp in ((1, 1), (4, 2)):
+        base = Plan(pp=pp, vpp=vpp, ep=2, dp=2)
+        over = base.model_copy(update={"ep_overlap": True})
+        for stage in range(pp):
+            assert (in_flight_microbatches(over, stage, 64)
+                    == pytest.approx(in_flight_microbatches(base, stage, 64) + 1))
+        assert in_flight_microbatches(over, 0, 1) == 1          # never above m
+    plan = parse_plan("tp=1,dp=8,ep=8,mbs=2,ep_overlap=on", devices=8)
+    ctx, _ = make_context(MOE, load_cluster(CLUSTER).job_view(8), WL, plan)
+    t_on = build_tables(ctx, 4)
+    ctx0, _ = make_context(MOE, load_cluster(CLUSTER).job_view(8), WL,
+                           plan.model_copy(update={"ep_overlap": False}))
+    t_off = build_tables(ctx0, 4)
+    act_on = t_on.memory(0, 0, 3)["activations"]
+    act_off = t_off.memory(0, 0, 3)["activations"]
+    head = t_on.extras["head_act"]
+    assert act_on - head == pytest.approx(2 * (act_off - head), rel=1e-12)
+
+
+def test_search_tries_both_and_keeps_fixed_values() -> None:
+    res = search(MOE, CLUSTER, WL, devices=8, top_k=5, fixed={"ep": 8, "ep_overlap": True})
+    assert all(sp.plan.get("ep_overlap") == "on" for sp in res.top)
+    res_off = search(MOE, CLUSTER, WL, devices=8, top_k=5, fixed={"ep": 8, "ep_overlap": False})
+    assert all("ep_overlap" not in sp.plan for sp in res_off.top)
+    free = search(MOE, CLUSTER, WL, devices=8, top_k=1, fixed={"ep": 8})
+    assert free.best.estimate.step_time_s <= min(res.best.estimate.step_time_s,
+                                                 res_off.best.estimate.step_time_s) * (1 + 1e-12)
