@@ -149,7 +149,8 @@ def step_time_of(tables: StageTables, ranges: list[tuple[int, int]]) -> float:
     plan, m = tables.ctx.plan, tables.num_microbatches
     times = [float(tables.time(k, a, b)) for k, (a, b) in enumerate(ranges)]
     tails = [sum(float(x) for x in tables.tail(k, a, b)) for k, (a, b) in enumerate(ranges)]
-    return pipeline_time(plan, m, times) + max(tails)
+    frac = plan.max_chunk_fraction(tables.num_layers)
+    return pipeline_time(plan, m, times, frac) + max(tails)
 
 
 def estimate_training(model: ModelSpec, cluster: ClusterSpec, workload: TrainingWorkload,

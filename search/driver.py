@@ -253,6 +253,17 @@ def _with_zero(tables: StageTables, plan: Plan) -> StageTables:
     return replace(tables, ctx=replace(tables.ctx, plan=plan))
 
 
+def _with_vpp(tables: StageTables, plan: Plan) -> StageTables:
+    """The same tables for a plan that differs only in its virtual stages (and ZeRO stage):
+    the per-layer rows do not depend on vpp; of the extras only the point-to-point time does
+    (one exchange per chunk boundary, training.p2p_s), and memory reads the plan's in-flight
+    count when it is evaluated."""
+    from cost_models.training import p2p_s
+
+    ctx = replace(tables.ctx, plan=plan)
+    return replace(tables, ctx=ctx, extras={**tables.extras, "p2p": p2p_s(ctx)})
+
+
 def _group_can_fit(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload, base: Plan,
                    m: int, zeros: list[int]) -> bool:
     """Whether any plan of the group can fit. Memory does not depend on the layout order;
@@ -305,21 +316,29 @@ def _expand(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload, g: Gro
     if d not in state.orders:      # groups of the same degrees share their layout classes
         state.orders[d] = space.order_classes(d, cluster, limits)
     for order in state.orders[d]:
+        by_overlap: dict[bool, StageTables] = {}    # one build per order and overlap setting
         for vpp, overlap in ((v, o) for v in space.vpp_options(model, d.pp, m, limits)
                              for o in space.ep_overlap_options(model, d.pp, v, g.ep, g.recompute,
                                                                    limits)):
             shared: StageTables | None = None      # one build serves every ZeRO stage
+            chunks = space.interleaved_layout(model.num_layers, d.pp, vpp)
             for zero in zeros:
                 plan = base.model_copy(update={"order": order, "zero": zero, "vpp": vpp,
                                                "ep_overlap": overlap})
+                if chunks is not None:        # Plan's validator turns the counts into chunks
+                    plan = Plan(**{**plan.model_dump(exclude={"chunk_layers"}),
+                                   "stage_layers": chunks})
                 # Held-fixed values (--fix ep/etp/zero/vpp) can break a rule for some degrees;
                 # such plans are not in the space (evaluate() would reject them).
                 problems = plan_problems(model, wl, plan, plan.devices)
                 if problems:
                     state.pruned[problems[0][0]] += 1
                     continue
+                if shared is None and overlap in by_overlap:
+                    shared = _with_vpp(by_overlap[overlap], plan)
                 if shared is None:
                     shared = build_tables(make_context(model, cluster, wl, plan)[0], m)
+                    by_overlap[overlap] = shared
                 result = score_plan(model, cluster, wl, plan, cutoff=state.kth(), tables=shared)
                 state.candidates += 1
                 if isinstance(result, str):

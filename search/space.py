@@ -13,8 +13,13 @@ Exact reductions (they never drop a plan that could be strictly better):
   same node crossing for pp) score identically; one order per class is kept.
 - Expert parallelism (MoE models) is enumerated over the divisors of the expert count that
   fold into dp x cp x tp.
-- vpp > 1 requires equal chunks (Megatron-LM's interleaved schedule), so it uses the even
-  split; uneven splits are searched with vpp = 1.
+- vpp > 1 uses the even split when the stages divide the blocks. When pp does not divide
+  the blocks (DeepSeek-V3's 61), vpp > 1 is offered with Megatron-Core's per-virtual-stage
+  layout (`--pipeline-model-parallel-layout`): the pp*vpp chunks as even as possible,
+  earlier chunks taking the remainder (`interleaved_layout`), for vpp dividing ceil(blocks /
+  pp), the even case's options for the blocks padded to a multiple of pp (61 blocks: pp=4
+  takes vpp 2, 4 or 8, pp=8 vpp 2 or 4, Megatron-Bridge's DeepSeek-V3 recipes use 4 x 4 and
+  8 x 2). Other uneven splits are searched with vpp = 1.
 """
 
 from __future__ import annotations
@@ -161,9 +166,22 @@ def vpp_options(model: ModelSpec, pp: int, m: int, limits: Limits) -> list[int]:
     if pp == 1:
         return [1]
     out = [1]
-    if model.num_layers % pp == 0 and m % pp == 0:
-        out += [v for v in divisors(model.num_layers // pp) if v > 1]
-    return out
+    L = model.num_layers
+    if m % pp:
+        return out
+    if L % pp == 0:
+        return out + [v for v in divisors(L // pp) if v > 1]
+    # as if the blocks were padded to the next multiple of pp: the even case's divisors
+    return out + [v for v in divisors(-(-L // pp)) if v > 1 and pp * v <= L]
+
+
+def interleaved_layout(num_layers: int, pp: int, vpp: int) -> tuple[int, ...] | None:
+    """Blocks per virtual stage for vpp > 1 when pp does not divide the blocks: as even as
+    possible, earlier chunks taking the remainder; None when the even split serves."""
+    if vpp == 1 or num_layers % pp == 0 or pp * vpp > num_layers:
+        return None       # (more chunks than blocks: planner.validate names the rule)
+    base, extra = divmod(num_layers, pp * vpp)
+    return tuple(base + (1 if c < extra else 0) for c in range(pp * vpp))
 
 
 def order_classes(d: Degrees, cluster: ClusterSpec, limits: Limits) -> list[tuple[str, ...]]:

@@ -170,6 +170,10 @@ def space(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload, n: int, 
             vpps = [1]
             if pp > 1 and L % pp == 0 and m % pp == 0:
                 vpps += [v for v in divisors(L // pp) if v > 1]
+            elif pp > 1 and m % pp == 0:
+                # pp does not divide the blocks: per-virtual-stage layouts, vpp dividing
+                # ceil(L / pp) (search/space.py)
+                vpps += [v for v in divisors(-(-L // pp)) if v > 1 and pp * v <= L]
             for rc in ([Recompute(fixed["recompute"])] if "recompute" in fixed else Recompute):
                 for sp in ([fixed["sp"]] if "sp" in fixed else (False, True)):
                     zeros = range(4) if pp == 1 else range(2)
@@ -179,9 +183,13 @@ def space(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload, n: int, 
                             overlaps = ([fixed["ep_overlap"]] if "ep_overlap" in fixed
                                         else (False, True) if model.moe is not None else (False,))
                             for order, overlap in ((o, ov) for o in orders for ov in overlaps):
+                                chunks = None
+                                if vpp > 1 and L % pp and pp * vpp <= L:
+                                    q, r = divmod(L, pp * vpp)
+                                    chunks = tuple(q + (c < r) for c in range(pp * vpp))
                                 plan = Plan(tp=tp, cp=cp, pp=pp, dp=dp, mbs=mbs, recompute=rc,
                                             sp=sp, zero=zero, vpp=vpp, order=order,
-                                            ep_overlap=overlap, **extra)
+                                            ep_overlap=overlap, stage_layers=chunks, **extra)
                                 yield plan, (splits(L, pp) if vpp == 1 else [None])
 
 
@@ -239,7 +247,8 @@ def _score(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload, plan: P
         fits &= tables.memory_total(k, a, b, span) <= cap
     for s, c in enumerate(counts):
         # cost_models.training.step_time_of, element by element of the arrays
-        step = (pipeline_time(plan, m, [float(t[s]) for t in times])
+        step = (pipeline_time(plan, m, [float(t[s]) for t in times],
+                              plan.max_chunk_fraction(L))
                 + max(float(g[s]) for g in tails))
         out.scored += 1
         out.best_any = min(out.best_any, step)
