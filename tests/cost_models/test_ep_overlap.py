@@ -14,6 +14,10 @@ from cost_models.tables import build_tables, ep_overlap_exposed
 from cost_models.training import block_comm, make_context
 from planner import ModelSpec, MoESpec, Plan, TrainingWorkload, load_cluster, parse_plan
 from planner.api import evaluate, search
+from planner.validate import plan_problems
+from cost_models.training import estimate_training
+
+from .test_properties import scaled
 
 WL = TrainingWorkload(global_batch_size=64, seq_len=2048)
 MOE = ModelSpec(name="ov-moe", num_layers=4, hidden_size=2048, num_attention_heads=16,
@@ -83,3 +87,26 @@ def test_search_tries_both_and_keeps_fixed_values() -> None:
     free = search(MOE, CLUSTER, WL, devices=8, top_k=1, fixed={"ep": 8})
     assert free.best.estimate.step_time_s <= min(res.best.estimate.step_time_s,
                                                  res_off.best.estimate.step_time_s) * (1 + 1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(what=st.sampled_from(["intra_node", "inter_node", "memory", "flops"]),
+       factor=st.sampled_from([1.01, 1.5, 2.0, 10.0]),
+       plan_text=st.sampled_from(["tp=1,dp=16,ep=8,mbs=1", "tp=2,dp=8,ep=16,mbs=2,sp=on",
+                                  "tp=1,pp=2,vpp=2,dp=8,ep=8,mbs=1",
+                                  "tp=1,pp=4,vpp=1,dp=4,ep=4,mbs=2"]),
+       overlap=st.booleans(), mtp=st.sampled_from([0, 1]))
+def test_faster_hardware_is_never_slower_for_moe(what: str, factor: float, plan_text: str,
+                                                 overlap: bool, mtp: int) -> None:
+    """The hardware-monotonicity property of test_properties.py on MoE plans, with and
+    without ep_overlap and an MTP module (an overlapped all-to-all's exposed time grows by at
+    most what its shrinking compute window saves)."""
+    plan = parse_plan(plan_text + (",ep_overlap=on" if overlap else ""), devices=16)
+    model = MOE.model_copy(update={"mtp_layers": mtp})
+    if plan_problems(model, WL, plan, 16):
+        return
+    cluster = load_cluster(CLUSTER).job_view(16)
+    base = estimate_training(model, cluster, WL, plan)
+    fast = estimate_training(model, scaled(cluster, what, factor), WL, plan)
+    assert fast.step_time_s <= base.step_time_s * (1 + 1e-12), (what, factor, base.breakdown,
+                                                                fast.breakdown)
