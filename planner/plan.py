@@ -11,7 +11,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from pydantic import Field, PositiveInt, field_validator, model_validator
+from pydantic import Field, NonNegativeInt, PositiveInt, field_validator, model_validator
 
 from planner.errors import PlanError
 from planner.model import Spec
@@ -76,10 +76,13 @@ class Plan(Spec):
     stage_layers: tuple[PositiveInt, ...] | None = Field(
         None, description="blocks on each pipeline stage (length pp); None = as even as possible"
     )
-    chunk_layers: tuple[PositiveInt, ...] | None = Field(
+    chunk_layers: tuple[NonNegativeInt, ...] | None = Field(
         None, description=("blocks on each virtual stage (length pp*vpp, in pipeline order: "
                            "chunk c runs on stage c mod pp, as Megatron-Core's interleaved "
-                           "schedule places them); given as layers= with pp*vpp counts")
+                           "schedule places them); given as layers= with pp*vpp counts. A "
+                           "virtual stage may hold no block (Megatron-Core layouts such as "
+                           "DeepSeek-V3's 'Et|(tt|)*30mL' end with an MTP-only chunk); every "
+                           "pipeline stage holds at least one")
     )
 
     @model_validator(mode="before")
@@ -96,6 +99,11 @@ class Plan(Spec):
             data["chunk_layers"] = tuple(counts)
             data["stage_layers"] = tuple(sum(counts[c] for c in range(r, pp * vpp, pp))
                                          for r in range(pp))
+        layers = data.get("stage_layers")
+        if layers is not None and any(isinstance(n, int) and n == 0 for n in layers):
+            raise PlanError("layers= leaves a pipeline stage without blocks; every stage needs "
+                            "at least one (only a virtual stage may be empty, with vpp > 1 and "
+                            "pp*vpp counts)")
         return data
 
     def max_chunk_fraction(self, num_layers: int) -> float:
@@ -207,7 +215,7 @@ def _parse_value(key: str, value: str) -> dict[str, object]:
     if key == "order":
         return {"order": tuple(value.split("-"))}
     counts = value.split("/")
-    if not all(c.isdigit() and int(c) > 0 for c in counts):
+    if not all(c.isdigit() for c in counts) or not any(int(c) for c in counts):
         raise PlanError(f"plan key 'layers' takes block counts per stage like 10/12/12/10, got '{value}'")
     return {"stage_layers": tuple(int(c) for c in counts)}
 

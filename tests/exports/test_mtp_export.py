@@ -79,3 +79,18 @@ def test_torchtitan_refuses_ep_overlap() -> None:
     data = with_plan("moe", "tp=1,pp=2,dp=8,cp=2,ep=8,vpp=2,mbs=1,zero=3,ep_overlap=on")
     with pytest.raises(UnsupportedPlanError, match="ep_overlap=on"):
         export_result(data, "torchtitan")
+
+
+def test_an_mtp_only_last_chunk_exports_as_megatron_lays_it_out() -> None:
+    """Megatron-Bridge's H100 DeepSeek-V3 layout 'Et|(tt|)*30mL' ends with a virtual stage
+    that holds the MTP module and the loss but no block: layers= may give a chunk 0 blocks."""
+    data = _mtp("tp=1,pp=2,dp=8,cp=2,ep=8,vpp=2,mbs=1,zero=1,layers=16/10/6/0")
+    _, flags = command_flags(export_result(data, "megatron"))
+    layout = flags["--pipeline-model-parallel-layout"]
+    assert layout == "E" + "t" * 16 + "|" + "t" * 10 + "|" + "t" * 6 + "|mL"
+    ppl = pytest.importorskip("megatron.core.transformer.pipeline_parallel_layer_layout")
+    from megatron.core.transformer.enums import LayerType
+
+    built = ppl.PipelineParallelLayerLayout(layout, pipeline_model_parallel_size=2).layout
+    assert [[chunk.count(LayerType.decoder) for chunk in rank] for rank in built] == [[16, 6], [10, 0]]
+    assert built[1][1].count(LayerType.mtp) == 1

@@ -52,6 +52,10 @@ def test_round_trip(tp: int, pp: int, dp: int, cp: int, zero: int, rc: Recompute
         ("tp=0", "plan key 'tp'"),
         ("order=tp-dp-pp", "must be a permutation of tp, cp, dp, pp"),
         ("layers=3/x", "plan key 'layers' takes block counts"),
+        ("layers=0/0", "plan key 'layers' takes block counts"),
+        ("pp=2,dp=4,layers=3/0", "layers= leaves a pipeline stage without blocks"),
+        ("pp=2,vpp=2,dp=4,layers=3/0/2/0", "layers= leaves a pipeline stage without blocks"),
+        ("ep_overlap=perhaps", "plan key 'ep_overlap' takes on or off"),
     ],
 )
 def test_bad_plan_strings(text: str, message: str) -> None:
@@ -74,6 +78,23 @@ def test_layers_with_pp_times_vpp_counts_is_a_virtual_stage_layout() -> None:
     assert parse_plan(p.to_string(), devices=256) == p
     even = parse_plan("tp=1,pp=4,vpp=4", devices=256)
     assert even.chunk_layers is None and even.max_chunk_fraction(64) == 1 / 4
+
+
+def test_a_virtual_stage_may_be_empty() -> None:
+    # Megatron-Bridge's H100 DeepSeek-V3 layout Et|(tt|)*30mL: 1 block, 30 chunks of 2, and an
+    # MTP-only last chunk, on pp=8 x vpp=4
+    layout = "/".join(["1"] + ["2"] * 30 + ["0"])
+    p = parse_plan(f"tp=2,pp=8,vpp=4,layers={layout}", devices=1024)
+    assert p.layers_per_stage(61) == (7, 8, 8, 8, 8, 8, 8, 6)
+    assert p.max_chunk_fraction(61) == 2 / 6
+    assert parse_plan(p.to_string(), devices=1024) == p
+
+
+def test_ep_overlap_round_trips() -> None:
+    p = parse_plan("tp=1,dp=8,ep=8,ep_overlap=on", devices=8)
+    assert p.ep_overlap and p.to_string().endswith(",ep_overlap=on")
+    assert parse_plan(p.to_string(), devices=8) == p
+    assert "ep_overlap" not in parse_plan("tp=1,dp=8,ep=8", devices=8).to_string()
 
 
 def test_virtual_stage_layout_lifts_the_vpp_divides_rule() -> None:
