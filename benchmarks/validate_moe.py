@@ -15,8 +15,8 @@ B200 and GB200. The mapping uses only facts stated in each record or its source:
 - Precision: MXFP8/FP8 records run the matmuls in FP8 (dtype fp8), BF16 records in bf16.
 - Plan: tp, pp, dp, cp, ep and vpp as recorded; expert tensor parallelism 1 (the tables' ETP
   column is 1 or absent); Megatron's distributed optimizer (zero=1), which these recipes enable
-  (Megatron-Bridge performance recipes, `use_distributed_optimizer=True`); no activation
-  recomputation, FlashAttention (cuDNN fused attention in the NeMo containers).
+  (Megatron-Bridge performance recipes, `use_distributed_optimizer=True`); recomputation as
+  below, FlashAttention (cuDNN fused attention in the NeMo containers).
 - Routing: the benchmarks force-balance routing and are dropless (record notes), so the
   expert load is the mean load: no imbalance and no capacity factor.
 - DeepSeek-V3 trains its multi-token-prediction module (Megatron-Bridge's DeepSeek-V3 recipe
@@ -24,11 +24,13 @@ B200 and GB200. The mapping uses only facts stated in each record or its source:
   'w/o MTP'. Its 61 blocks sit on the pipeline as that recipe lays them out for the record's
   (pp, vpp) (`layout_map`: the last virtual stage holds fewer blocks, beside the MTP module and
   the loss; DEEPSEEK_V3_RECIPE_LAYOUTS below).
-- EP all-to-all overlap (plan key ep_overlap, Megatron-Core's combined 1F1B) where the
-  Megatron-Bridge performance preset of the record's exact configuration sets
-  `moe_a2a_overlap=True` (EP_OVERLAP_RECIPES below: DeepSeek-V3 MXFP8 on GB200 pp4 x vpp4
-  ep64 and on B200 pp8 x vpp2 ep32, GPT-OSS-120B on GB200 ep64 at global batch 1280); off
-  elsewhere (the presets' default).
+- EP all-to-all overlap (plan key ep_overlap, Megatron-Core's combined 1F1B) and selective
+  recomputation of modules (recompute_modules) as the Megatron-Bridge performance preset of
+  the record's exact configuration sets them (MEGATRON_BRIDGE_PRESETS below: the overlap for
+  DeepSeek-V3 MXFP8 on GB200 pp4 x vpp4 ep64 and on B200 pp8 x vpp2 ep32 and GPT-OSS-120B on
+  GB200 ep64 at global batch 1280; mla_up_proj, mlp, layernorm or moe_act per preset);
+  DeepSeek-V3 rows without a matching preset recompute mla_up_proj (the earlier script);
+  otherwise no overlap and no recomputation.
 - Other uneven virtual pipelines (the records give no layout): the blocks are spread as evenly
   as possible over the pp*vpp virtual stages, earlier chunks taking the remainder (`layers=`
   with pp*vpp counts); the bubble then follows the largest chunk.
@@ -95,28 +97,47 @@ scripts use by passing layout=None): the embedding rides with the first chunk, t
 and the loss with the last, which therefore holds fewer blocks."""
 
 
-EP_OVERLAP_RECIPES: tuple[tuple[str, str, frozenset[str], int, int, int, int, int], ...] = (
-    # (record-id fragment, GPU, precisions, pp, vpp, ep, global batch, micro-batch)
-    ("DeepSeekV3", "GB200", frozenset({"MXFP8"}), 4, 4, 64, 4096, 1),   # GB200_FP8_MX_V2
-    ("DeepSeekV3", "B200", frozenset({"MXFP8"}), 8, 2, 32, 4096, 1),    # B200_FP8_MX_V2
-    ("GPTOSS120B", "GB200", frozenset({"BF16", "MXFP8"}), 1, 1, 64, 1280, 4),  # GB200_*_V2
+RecipeKey = tuple[str, str, frozenset[str], int, int, int, int, int]
+MEGATRON_BRIDGE_PRESETS: tuple[tuple[RecipeKey, bool, tuple[str, ...]], ...] = (
+    # ((record-id fragment, GPU, precisions, pp, vpp, ep, global batch, micro-batch),
+    #  moe_a2a_overlap, recompute_modules)
+    # scripts/performance/configs/deepseek/deepseek_workload_base_configs.py
+    (("DeepSeekV3", "GB200", frozenset({"MXFP8"}), 4, 4, 64, 4096, 1), True, ("mla_up_proj",)),
+    (("DeepSeekV3", "GB200", frozenset({"BF16"}), 4, 4, 64, 4096, 1), False, ("mla_up_proj",)),
+    (("DeepSeekV3", "GB200", frozenset({"FP8"}), 4, 4, 64, 2048, 1), False, ("mlp",)),
+    (("DeepSeekV3", "B200", frozenset({"FP8", "FP8-MX"}), 16, 1, 8, 2048, 1), False,
+     ("mla_up_proj",)),
+    (("DeepSeekV3", "B200", frozenset({"MXFP8"}), 8, 2, 32, 4096, 1), True,
+     ("mla_up_proj", "mlp")),
+    # scripts/performance/configs/gpt_oss/gpt_oss_workload_base_configs.py
+    (("GPTOSS120B", "GB200", frozenset({"MXFP8"}), 1, 1, 64, 1280, 4), True, ()),
+    (("GPTOSS120B", "GB200", frozenset({"BF16"}), 1, 1, 64, 1280, 4), True,
+     ("layernorm", "moe_act")),
+    (("GPTOSS120B", "B200", frozenset({"BF16"}), 1, 1, 8, 1280, 4), False,
+     ("layernorm", "moe_act")),
 )
-"""The Megatron-Bridge performance presets that set `moe_a2a_overlap=True` (Megatron-Core's
-combined 1F1B, plan key ep_overlap): scripts/performance/configs/deepseek/
-deepseek_workload_base_configs.py and configs/gpt_oss/gpt_oss_workload_base_configs.py; every
-other preset of these models, and every Qwen3 preset on B200/GB200, leaves it at the
-WorkloadBaseConfig default, False. A record runs with it when its GPU, precision and parallel
-configuration are exactly such a preset's."""
+"""Megatron-Bridge performance presets whose GPU, precision, parallel sizes, global batch and
+micro-batch equal a record's, with what they set beyond the published table: `moe_a2a_overlap`
+(Megatron-Core's combined 1F1B, plan key ep_overlap; the WorkloadBaseConfig default is False)
+and `recompute_modules` (selective recomputation of those modules; an empty list recomputes
+nothing). Qwen3's presets turn recomputation off (configs/qwen/qwen3_llm_pretrain.py,
+`recompute_granularity = None`) and leave the overlap off."""
+
+DEEPSEEK_V3_DEFAULT_RECOMPUTE = ("mla_up_proj",)
+"""DeepSeek-V3 rows that match no preset above (older containers' configurations): the earlier
+performance script, configs/deepseek/deepseek_llm_pretrain.py, sets selective recomputation of
+`mla_up_proj` for every B200 and GB200 configuration."""
 
 
-def ep_overlap_for(record: dict[str, Any]) -> bool:
-    """Whether the record's configuration is one of EP_OVERLAP_RECIPES."""
+def preset_for(record: dict[str, Any]) -> tuple[bool, tuple[str, ...] | None]:
+    """(ep_overlap, recompute_modules or None for no recomputation) of the record's run."""
     rid, p, b = record["id"], record["parallel"], record["batch"]
     gpu = "GB200" if "GB200" in rid else "B200" if "B200" in rid else ""
     key = (p.get("pp") or 1, p.get("vpp") or 1, p.get("ep") or 1, b["global"], b["micro"])
-    return any(frag in rid and gpu == g and record["precision"] in prec and key == cfg
-               for frag, g, prec, *cfg_list in EP_OVERLAP_RECIPES
-               for cfg in [tuple(cfg_list)])
+    for (frag, g, prec, *cfg), overlap, modules in MEGATRON_BRIDGE_PRESETS:
+        if frag in rid and gpu == g and record["precision"] in prec and key == tuple(cfg):
+            return overlap, (modules or None)
+    return False, DEEPSEEK_V3_DEFAULT_RECOMPUTE if "DeepSeekV3" in rid else None
 
 
 def mtp_layers_for(record: dict[str, Any], model: ModelSpec) -> int:
@@ -143,10 +164,12 @@ def plan_for(record: dict[str, Any], model: ModelSpec) -> Plan:
         layers = recipe
     elif vpp > 1 and any(n % vpp for n in per_stage):
         layers = even_chunks(model.num_layers, pp, vpp)
+    overlap, modules = preset_for(record)
     return Plan(tp=p.get("tp") or 1, pp=pp, dp=p.get("dp") or 1, cp=p.get("cp") or 1,
                 ep=p.get("ep") or 1, vpp=vpp, mbs=record["batch"]["micro"], zero=1,
-                recompute=Recompute.NONE, attn=Attention.FLASH, stage_layers=layers,
-                ep_overlap=ep_overlap_for(record))
+                recompute=Recompute.SELECTIVE if modules else Recompute.NONE,
+                recompute_modules=modules, attn=Attention.FLASH, stage_layers=layers,
+                ep_overlap=overlap)
 
 
 def predict(record: dict[str, Any]) -> Estimate:

@@ -267,6 +267,43 @@ def _block_compute(model: ModelSpec, roof: Roofline, sh: Shard, *, moe: bool) ->
     )
 
 
+def module_recompute(model: ModelSpec, roof: Roofline, sh: Shard, modules: tuple[str, ...], *,
+                     moe: bool) -> tuple[float, float]:
+    """(seconds, FLOPs) selective recomputation repeats in one block's backward for one
+    micro-batch: the forward of each named module (planner.plan.RECOMPUTE_MODULES, as
+    Megatron-Core's --recompute-modules re-runs them):
+    - core_attn: the unfused attention core (FlashAttention stores no scores: nothing);
+    - layernorm: the two norms (read and write an h-wide tensor each);
+    - mla_up_proj: MLA's query and key/value up-projection GEMMs;
+    - mlp: a dense block's MLP (its GEMMs and activation); nothing in an MoE block;
+    - moe_act: the routed and shared experts' activation function; nothing in a dense block."""
+    t_total = f_total = 0.0
+    if "core_attn" in modules and not sh.attn.fused:
+        t, f, _, _ = _attention_core(model, roof, sh)
+        t_total, f_total = t_total + t, f_total + f
+    e = roof_bytes(sh.dtype)
+    if "layernorm" in modules:
+        t_total += roof.stream(2 * 2 * sh.tokens * model.hidden_size * e / (sh.tp if sh.sp else 1))
+    if "mla_up_proj" in modules and model.mla is not None:
+        shapes = _linear_shapes(model, sh)
+        ups = [shapes[1]] + ([shapes[3]] if model.mla.q_lora_rank_dim else [])
+        for n, k in ups:
+            t, f = roof.gemm(sh.tokens, n, k)
+            t_total, f_total = t_total + t, f_total + f
+    if "mlp" in modules and not (moe and model.moe is not None):
+        for n, k in _mlp_shapes(model, model.ffn_hidden_size, sh.tp):
+            t, f = roof.gemm(sh.tokens, n, k)
+            t_total, f_total = t_total + t, f_total + f
+        width = model.ffn_hidden_size / sh.tp
+        t_total += roof.stream((3 if model.activation.gated else 2) * sh.tokens * width * e)
+    if "moe_act" in modules and moe and model.moe is not None:
+        m = model.moe
+        rows = (sh.moe_tokens * m.top_k * m.expert_ffn_hidden_size / sh.etp
+                + sh.tokens * m.num_shared_experts * m.shared_ffn / sh.tp)
+        t_total += roof.stream((3 if model.activation.gated else 2) * rows * e)
+    return t_total, f_total
+
+
 def moe_permute_bytes(model: ModelSpec, sh: Shard) -> float:
     """Bytes the token permutations of one MoE layer move on one device in the forward pass.
 

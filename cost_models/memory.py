@@ -87,8 +87,13 @@ def block_activation_bytes(model: ModelSpec, plan: Plan, *, seq_len: int, moe: b
     # Softmax output, dropout mask and dropout output: 5 bytes per score (2 without dropout:
     # scores.V then reads the softmax output itself); with cp each device holds its s/cp
     # queries against all seq_len keys (the shape compute.py times).
-    scores = (0.0 if fused_attention or plan.recompute == Recompute.SELECTIVE
+    modules = plan.selective_modules
+    scores = (0.0 if fused_attention or "core_attn" in modules
               else (5 if model.dropout else 2) * a * s * seq_len * b)
+    if "mla_up_proj" in modules and model.mla is not None:
+        # Q, K and V are recomputed from the latents the up-projections keep for their own
+        # backward anyway: only the output projection's input stays
+        attn_split = 2 * s * b * a * d_v
     if moe and model.moe is not None:
         m = model.moe
         # Each device routes tokens x etp / tp tokens (compute.Shard.moe_tokens) through
@@ -99,24 +104,28 @@ def block_activation_bytes(model: ModelSpec, plan: Plan, *, seq_len: int, moe: b
     else:
         mlp_width = model.ffn_hidden_size
     # Up-projection output(s) and activation output: 16sbh for a 4h GELU MLP.
-    mlp_split = 2 * s * b * mlp_width * (3 if model.activation.gated else 2)
+    mats = 3 if model.activation.gated else 2
+    mlp_split = 2 * s * b * mlp_width * mats
+    is_moe = moe and model.moe is not None
+    if "mlp" in modules and not is_moe:
+        mlp_split = 0.0          # the whole MLP is recomputed from its (stored) input
+    elif "moe_act" in modules and is_moe:
+        mlp_split = 2 * s * b * mlp_width * (mats - 1)    # the activation output is not kept
     # Two norm inputs (4sbh), the QKV and MLP inputs (4sbh) and, with dropout, the 1-byte
     # masks after attention and after the MLP (2sbh): Korthikanti's replicated 10sbh.
     replicated = (10 if model.dropout else 8) * sbh
+    if "layernorm" in modules:
+        replicated -= 4 * sbh    # the norms' outputs (the QKV and MLP inputs) are recomputed
     if plan.sp:
         return (replicated + attn_split + mlp_split + scores) / t
     return replicated + (attn_split + mlp_split + scores) / t
 
 
 def in_flight_microbatches(plan: Plan, stage: int, num_microbatches: int) -> float:
-    """Micro-batches whose activations stage `stage` holds at its peak (1F1B/interleaved).
-    With ep_overlap (combined 1F1B) each step runs the next micro-batch's forward while the
-    previous one's backward still holds its activations: one micro-batch more."""
+    """Micro-batches whose activations stage `stage` holds at its peak (1F1B/interleaved)."""
     base = plan.pp - stage
     if plan.vpp > 1:
         base = base * (1 + (plan.pp - 1) / (plan.pp * plan.vpp))
-    if plan.ep_overlap:
-        base += 1
     return min(float(num_microbatches), base)
 
 

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from cost_models import comm
-from cost_models.compute import block_compute, embedding_compute, head_compute, roof_bytes
+from cost_models.compute import (block_compute, embedding_compute, head_compute,
+                                  module_recompute, roof_bytes)
 from cost_models.memory import (
     FRAGMENTATION,
     FRAMEWORK_OVERHEAD_BYTES,
@@ -116,6 +117,11 @@ class StageTables:
         m = self.num_microbatches
         flight = in_flight_microbatches(plan, k, m) if in_flight is None else in_flight
         act = sp["act"] * flight
+        if plan.ep_overlap and m > 1:
+            # combined 1F1B builds the next micro-batch's activations block by block while the
+            # previous one's backward frees its own in reverse: beyond 1F1B's peak it holds
+            # about one more block of one micro-batch
+            act = act + sp["act"] / sp["layers"]
         if k == plan.pp - 1:
             act = (act + self.extras["head_act"] + self.extras["mtp_head_act"]
                    + self.extras["mtp_act"] * flight)
@@ -262,8 +268,11 @@ def _layer_row(ctx: Any, moe: bool, bc: Any, block_comm: Any) -> dict[str, float
         row["tp_comm"] += tpf
         row["cp_comm"] += cpf
         row["ep_comm"] += epf
-    elif plan.recompute == Recompute.SELECTIVE:
+    elif plan.recompute == Recompute.SELECTIVE and plan.recompute_modules is None:
         row["recompute"] = bc.attn_core_fwd_s
+    elif plan.recompute == Recompute.SELECTIVE:
+        row["recompute"] = module_recompute(model, ctx.roof, ctx.shard, plan.selective_modules,
+                                            moe=moe)[0]
     if plan.ep_overlap and moe:     # never with full recomputation (planner.validate)
         row["ep_comm"] = ep_overlap_exposed(ctx.roof.eff.overlap_slowdown, fwd_comm=epf,
                                             bwd_comm=epb, fwd_window=bc.fwd_s,

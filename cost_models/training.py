@@ -196,8 +196,8 @@ def _finish(ctx: Context, *, plan: Plan, m: int, step: float, breakdown: dict[st
         h = model.hidden_size
         head = 2.0 * model.vocab_size * h * (1 + model.mtp_layers)
         extra = (fwd_per_token - head - 2.0 * 2 * h * h * model.mtp_layers) * tokens
-    elif plan.recompute == Recompute.SELECTIVE and not plan.attn.fused:
-        extra = model.attention_score_flops_per_token(wl.seq_len) * tokens
+    elif plan.recompute == Recompute.SELECTIVE:
+        extra = selective_recompute_flops_per_token(model, plan, wl.seq_len) * tokens
     peak = dev.peak_flops(wl.dtype)
     totals = [sum(mm.values()) for mm in mems]
     worst = max(range(len(mems)), key=lambda k: (totals[k], -k))
@@ -220,6 +220,27 @@ def _finish(ctx: Context, *, plan: Plan, m: int, step: float, breakdown: dict[st
                 for k, (a, b) in enumerate(ranges)],
         warnings=_warnings(ctx, generic),
     )
+
+
+def selective_recompute_flops_per_token(model: ModelSpec, plan: Plan, seq_len: int) -> float:
+    """Hardware FLOPs per token that selective recomputation repeats (compute.module_recompute,
+    counted over the whole model): the unfused attention core's score FLOPs (Korthikanti et
+    al. 2022), MLA's up-projections, the dense blocks' MLPs; norms and activations are not
+    matmuls and count none."""
+    modules, L = plan.selective_modules, model.num_layers
+    out = 0.0
+    if "core_attn" in modules and not plan.attn.fused:
+        out += model.attention_score_flops_per_token(seq_len)
+    if "mla_up_proj" in modules and model.mla is not None:
+        m, a = model.mla, model.num_attention_heads
+        up = m.kv_lora_rank_dim * a * (m.qk_nope_head_dim + m.v_head_dim)
+        if m.q_lora_rank_dim:
+            up += m.q_lora_rank_dim * a * (m.qk_nope_head_dim + m.qk_rope_head_dim)
+        out += 2.0 * up * L
+    if "mlp" in modules:
+        mats = 3 if model.activation.gated else 2
+        out += 2.0 * mats * model.hidden_size * model.ffn_hidden_size * (L - model.num_moe_layers)
+    return out
 
 
 def _warnings(ctx: Context, generic: bool) -> list[str]:

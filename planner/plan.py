@@ -48,6 +48,11 @@ class Recompute(StrEnum):
     FULL = "full"
 
 
+RECOMPUTE_MODULES = ("core_attn", "layernorm", "mla_up_proj", "mlp", "moe_act")
+"""Modules selective recomputation can repeat (Megatron-Core --recompute-modules, a subset):
+the attention core (Korthikanti et al. 2022's selective recomputation), the two norms, MLA's
+query and key/value up-projections, the dense MLP, the routed and shared experts' activation."""
+
 DEFAULT_ORDER = ("tp", "cp", "dp", "pp")
 """Rank layout, innermost first: TP on adjacent ranks (inside a node), then CP, DP, PP
 (Megatron-Core's default 'tp-cp-ep-dp-pp', with EP folded into DP)."""
@@ -68,6 +73,9 @@ class Plan(Spec):
         "micro-batch's compute (Megatron-Core's combined 1F1B, --overlap-moe-expert-parallel-comm)")
     zero: int = Field(0, ge=0, le=3, description="ZeRO stage over dp: 1 optimizer, 2 +grads, 3 +weights")
     recompute: Recompute = Field(Recompute.NONE, description="activation recomputation")
+    recompute_modules: tuple[str, ...] | None = Field(
+        None, description="with recompute=selective, the modules recomputed (Megatron-Core "
+        "--recompute-modules): any of RECOMPUTE_MODULES; None = core_attn, Megatron's default")
     mbs: PositiveInt = Field(1, description="micro-batch size in sequences")
     vpp: PositiveInt = Field(1, description="virtual pipeline stages per device (interleaved 1F1B)")
     attn: Attention = Field(Attention.FLASH, description="attention kernel (see Attention)")
@@ -113,6 +121,24 @@ class Plan(Spec):
             return 1.0 / self.vpp
         per_stage = self.layers_per_stage(num_layers)
         return max(n / per_stage[c % self.pp] for c, n in enumerate(self.chunk_layers))
+
+    @field_validator("recompute_modules")
+    @classmethod
+    def _modules(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if v is None:
+            return None
+        unknown = [m for m in v if m not in RECOMPUTE_MODULES]
+        if unknown or not v or len(set(v)) != len(v):
+            raise PlanError(f"plan key 'recompute_modules' takes distinct modules joined by '+' "
+                            f"from {', '.join(RECOMPUTE_MODULES)}; got '{'+'.join(v)}'")
+        return tuple(m for m in RECOMPUTE_MODULES if m in v)     # one canonical order
+
+    @property
+    def selective_modules(self) -> tuple[str, ...]:
+        """The modules selective recomputation repeats (none unless recompute=selective)."""
+        if self.recompute != Recompute.SELECTIVE:
+            return ()
+        return self.recompute_modules or ("core_attn",)
 
     @field_validator("order")
     @classmethod
@@ -162,6 +188,8 @@ class Plan(Spec):
             parts.append(f"etp={self.etp}")
         if self.ep_overlap:
             parts.append("ep_overlap=on")
+        if self.recompute_modules is not None:
+            parts.append("recompute_modules=" + "+".join(self.recompute_modules))
         if self.order != DEFAULT_ORDER:
             parts.append("order=" + "-".join(self.order))
         if self.chunk_layers is not None:
@@ -177,7 +205,7 @@ _OFF = {"off", "false", "0", "no"}
 _BOOL_KEYS = ("sp", "ep_overlap")
 _ENUM_KEYS: dict[str, type[StrEnum]] = {"recompute": Recompute, "attn": Attention,
                                          "loss": LossKernel}
-PLAN_KEYS = (*_INT_KEYS, *_BOOL_KEYS, *_ENUM_KEYS, "order", "layers")
+PLAN_KEYS = (*_INT_KEYS, *_BOOL_KEYS, *_ENUM_KEYS, "order", "layers", "recompute_modules")
 
 
 def parse_plan_fields(text: str) -> dict[str, object]:
@@ -214,6 +242,8 @@ def _parse_value(key: str, value: str) -> dict[str, object]:
         return {key: enum(value)}
     if key == "order":
         return {"order": tuple(value.split("-"))}
+    if key == "recompute_modules":
+        return {"recompute_modules": tuple(value.split("+"))}
     counts = value.split("/")
     if not all(c.isdigit() for c in counts) or not any(int(c) for c in counts):
         raise PlanError(f"plan key 'layers' takes block counts per stage like 10/12/12/10, got '{value}'")

@@ -117,6 +117,17 @@ def _other_problems(model: ModelSpec, workload: TrainingWorkload, p: Plan) -> li
         out.append(("zero_pp", f"ZeRO stage {p.zero} shards gradients, which pipeline "
                     "parallelism accumulates over micro-batches (DeepSpeed and Megatron-LM "
                     "refuse it); use zero=1 with pp>1, or pp=1"))
+    if p.recompute_modules is not None:
+        if p.recompute != Recompute.SELECTIVE:
+            out.append(("recompute_modules", f"recompute_modules= picks what selective "
+                        f"recomputation repeats, but recompute={p.recompute.value}; use "
+                        "recompute=selective or drop recompute_modules"))
+        if "mla_up_proj" in p.recompute_modules and model.mla is None:
+            out.append(("recompute_modules", "recompute_modules=mla_up_proj needs a model with "
+                        "multi-head latent attention"))
+        if "moe_act" in p.recompute_modules and model.moe is None:
+            out.append(("recompute_modules", "recompute_modules=moe_act needs a "
+                        "mixture-of-experts model"))
     if model.moe is None:
         if p.ep > 1:
             out.append(("ep_dense", f"ep={p.ep} needs a mixture-of-experts model; use ep=1"))

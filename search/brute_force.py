@@ -69,4 +69,4 @@ def _plans(model: ModelSpec, d: space.Degrees, mbs: int, m: int, limits: Limits,
                                    sp=sp, zero=zero, vpp=vpp, order=order, stage_layers=layers,
                                    ep_overlap=overlap,
                                    **{k: v for k, v in limits.fixed.items()
-                                      if k in ("etp", "attn")})  # type: ignore[arg-type]
+                                      if k in ("etp", "attn", "recompute_modules")})  # type: ignore[arg-type]

@@ -89,21 +89,23 @@ class Group:
 
 
 def _base_plan(d: Degrees, g_mbs: int, rc: Recompute, sp: bool, limits: Limits, ep: int) -> Plan:
-    extra = {k: v for k, v in limits.fixed.items() if k in ("etp", "attn", "loss")}
+    extra = {k: v for k, v in limits.fixed.items()
+             if k in ("etp", "attn", "loss", "recompute_modules")}
     return Plan(tp=d.tp, cp=d.cp, pp=d.pp, dp=d.dp, ep=ep, mbs=g_mbs, recompute=rc, sp=sp,
                 **extra)  # type: ignore[arg-type]
 
 
 def _work_per_microbatch(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload,
                          tp: int, cp: int, sp: bool, mbs: int, attn: object, ep: int = 1,
-                         etp: int = 1, loss: object = None) -> dict[Recompute, float]:
+                         etp: int = 1, loss: object = None,
+                         modules: tuple[str, ...] = ("core_attn",)) -> dict[Recompute, float]:
     """Per recomputation mode, a lower bound on sum_k C_k for one micro-batch: compute and
     recompute of every block, embedding and head (with the plan's own shard, ep and etp
     included: they change the expert GEMMs), plus TP all-reduces on the best links a tp
     group can have. Communication of other kinds is >= 0 and left out."""
     from cost_models.comm import GroupLinks, all_reduce_s, group_links
     from cost_models.compute import (Roofline, Shard, block_compute, embedding_compute,
-                                     head_compute, roof_bytes)
+                                     head_compute, module_recompute, roof_bytes)
     from cost_models.efficiency import device_efficiency
 
     eff, _ = device_efficiency(cluster.device)
@@ -117,7 +119,7 @@ def _work_per_microbatch(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWor
             bc = block_compute(model, roof, sh, moe=moe)
             comp += count * (bc.fwd_s + bc.bwd_s)
             rec_full += count * bc.fwd_s
-            rec_sel += count * bc.attn_core_fwd_s
+            rec_sel += count * module_recompute(model, roof, sh, modules, moe=moe)[0]
     ef, eb = embedding_compute(model, roof, sh)
     hf, hb, _ = head_compute(model, roof, sh)
     comp += ef + eb + hf + hb
@@ -142,6 +144,7 @@ def _groups(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload, device
     attn = limits.fixed.get("attn", Plan().attn)
     etp = int(limits.fixed.get("etp") or 1)  # type: ignore[call-overload]
     loss = limits.fixed.get("loss", Plan().loss)
+    modules = tuple(limits.fixed.get("recompute_modules") or ("core_attn",))  # type: ignore[arg-type]
     cache: dict[tuple[int, int, bool, int, int], dict[Recompute, float]] = {}
     for d in space.enumerate_degrees(model, wl, devices, cluster, limits, state.pruned):
         for mbs in space.micro_batches(wl, d, limits):
@@ -152,7 +155,7 @@ def _groups(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload, device
                     key = (d.tp, d.cp, sp, mbs, ep)
                     if key not in cache:
                         cache[key] = _work_per_microbatch(model, cluster, wl, d.tp, d.cp, sp,
-                                                          mbs, attn, ep, etp, loss)
+                                                          mbs, attn, ep, etp, loss, modules)
                     for rc in space.recompute_options(limits):
                         bound = (m + (d.pp - 1) / vmax) * cache[key][rc] / d.pp
                         out.append(Group(d, mbs, rc, sp, bound, ep))

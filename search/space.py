@@ -126,8 +126,12 @@ def ep_options(model: ModelSpec, d: Degrees, limits: Limits) -> list[int]:
 
 
 def recompute_options(limits: Limits) -> list[Recompute]:
+    """none/selective/full, or the fixed one; a fixed recompute_modules means selective (the
+    modules are searched only when held fixed: --fix recompute_modules=...)."""
     if "recompute" in limits.fixed:
         return [Recompute(str(limits.fixed["recompute"]))]
+    if limits.fixed.get("recompute_modules"):
+        return [Recompute.SELECTIVE]
     return [Recompute.NONE, Recompute.SELECTIVE, Recompute.FULL]
 
 
@@ -145,7 +149,7 @@ def ep_overlap_options(model: ModelSpec, pp: int, vpp: int, ep: int, recompute: 
     """Combined 1F1B (ep_overlap) where Megatron-Core allows it (the rules of
     planner.validate): an MoE model with ep > 1, the interleaved schedule when pp > 1, no full
     recomputation, at most one MTP module and then pp > 1. Both values are searched: hiding
-    the all-to-alls costs one more micro-batch of activations in flight."""
+    the all-to-alls holds about one more block of activations (tables.StageTables.memory)."""
     if "ep_overlap" in limits.fixed:
         return [bool(limits.fixed["ep_overlap"])]
     if (model.moe is None or ep == 1 or (pp > 1 and vpp == 1) or recompute == Recompute.FULL

@@ -118,6 +118,11 @@ def _memory_flags(inp: ExportInputs) -> Flags:
                 ("--ckpt-format", "fsdp_dtensor")]
     if p.recompute == Recompute.SELECTIVE:
         out.append(("--recompute-granularity", "selective"))
+        if p.recompute_modules is not None:
+            out.append(("--recompute-modules", " ".join(p.recompute_modules)))
+            if "moe_act" in p.recompute_modules:
+                # Megatron-Core recomputes the expert activation only in the grouped-GEMM MLP
+                out.append(("--moe-grouped-gemm", None))
     elif p.recompute == Recompute.FULL:
         out += [("--recompute-granularity", "full"), ("--recompute-method", "uniform"),
                 ("--recompute-num-layers", "1")]

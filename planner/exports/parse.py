@@ -14,7 +14,8 @@ from typing import Any
 
 
 def command_flags(text: str) -> tuple[list[str], dict[str, str | None]]:
-    """(the words before the first flag, {flag: value or None}) of a printed shell command.
+    """(the words before the first flag, {flag: value or None}) of a printed shell command;
+    a flag followed by several words (a list-valued flag) maps to them joined by spaces.
 
     Comment lines are skipped, continuation backslashes joined. A flag given twice raises
     ValueError (an export never repeats one).
@@ -32,9 +33,11 @@ def command_flags(text: str) -> tuple[list[str], dict[str, str | None]]:
             raise ValueError(f"expected a flag, got {flag!r}")
         if flag in flags:
             raise ValueError(f"flag {flag} given twice")
-        has_value = i + 1 < len(words) and not words[i + 1].startswith("--")
-        flags[flag] = words[i + 1] if has_value else None
-        i += 2 if has_value else 1
+        j = i + 1
+        while j < len(words) and not words[j].startswith("--"):
+            j += 1      # a list-valued flag (argparse nargs='*', e.g. --recompute-modules)
+        flags[flag] = " ".join(words[i + 1:j]) if j > i + 1 else None
+        i = j
     return words[:first], flags
 
 

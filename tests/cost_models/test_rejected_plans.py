@@ -102,6 +102,15 @@ CASES = [
     ("ep_overlap_mtp", TINY_MOE.model_copy(update={"mtp_layers": 2}), wl(),
      Plan(pp=2, vpp=2, dp=2, ep=2, ep_overlap=True), 4,
      "ep_overlap=on supports at most 1 MTP module, the model has 2; use ep_overlap=off"),
+    ("recompute_modules", GPT, wl(), Plan(dp=2, recompute_modules=("layernorm",)), 2,
+     "recompute_modules= picks what selective recomputation repeats, but recompute=none; use "
+     "recompute=selective or drop recompute_modules"),
+    ("recompute_modules", GPT, wl(), Plan(dp=2, recompute="selective",
+                                          recompute_modules=("mla_up_proj",)), 2,
+     "recompute_modules=mla_up_proj needs a model with multi-head latent attention"),
+    ("recompute_modules", GPT, wl(), Plan(dp=2, recompute="selective",
+                                          recompute_modules=("moe_act",)), 2,
+     "recompute_modules=moe_act needs a mixture-of-experts model"),
     ("ep_overlap_mtp", TINY_MOE.model_copy(update={"mtp_layers": 1}), wl(),
      Plan(dp=2, ep=2, ep_overlap=True), 2,
      "ep_overlap=on with an MTP module needs pipeline parallelism (Megatron-Core); use pp>1 "
@@ -124,7 +133,7 @@ def test_every_rule_is_covered() -> None:
              "batch_divisibility", "interleave_microbatches", "stage_layers", "vpp_needs_pp",
              "vpp_layers", "cp_seq", "zero_pp", "ep_dense", "ep_experts", "ep_fold", "etp_ffn",
              "ep_overlap_dense", "ep_overlap_ep", "ep_overlap_vpp", "ep_overlap_recompute",
-             "ep_overlap_mtp"}
+             "ep_overlap_mtp", "recompute_modules"}
     assert {c[0] for c in CASES} == rules
 
 

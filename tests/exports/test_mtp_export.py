@@ -94,3 +94,24 @@ def test_an_mtp_only_last_chunk_exports_as_megatron_lays_it_out() -> None:
     built = ppl.PipelineParallelLayerLayout(layout, pipeline_model_parallel_size=2).layout
     assert [[chunk.count(LayerType.decoder) for chunk in rank] for rank in built] == [[16, 6], [10, 0]]
     assert built[1][1].count(LayerType.mtp) == 1
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning:megatron.core.transformer.transformer_config")
+def test_megatron_export_lists_the_recomputed_modules() -> None:
+    data = with_plan("moe", "tp=1,pp=1,dp=16,cp=2,ep=8,mbs=1,zero=1,recompute=selective,"
+                            "recompute_modules=moe_act+layernorm")
+    text = export_result(data, "megatron")
+    assert "--recompute-modules layernorm moe_act \\" in text
+    _, flags = command_flags(text)
+    assert flags["--recompute-granularity"] == "selective"
+    assert flags["--recompute-modules"] == "layernorm moe_act"
+    tc = pytest.importorskip("megatron.core.transformer.transformer_config")
+    from .test_engines import _MEGATRON_ELSEWHERE, _MEGATRON_RENAMES, _megatron_args, _megatron_dtypes
+
+    args = _megatron_args(flags)
+    args["recompute_modules"] = flags["--recompute-modules"].split()   # argparse nargs='*'
+    kwargs = {_MEGATRON_RENAMES.get(k, k): v for k, v in args.items() if k not in _MEGATRON_ELSEWHERE}
+    kwargs["add_bias_linear"] = "disable_bias_linear" not in args
+    kwargs.update(_megatron_dtypes(args))
+    config = tc.TransformerConfig(**kwargs)
+    assert config.recompute_modules == ["layernorm", "moe_act"]
