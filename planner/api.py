@@ -9,7 +9,7 @@ from planner.hardware import ClusterSpec
 from planner.model import ModelSpec
 from planner.plan import Plan, parse_plan
 from planner.presets import load_cluster, load_model
-from planner.errors import InfeasibleError, PlannerError
+from planner.errors import InfeasibleError, PlanError, PlannerError
 from planner.result import (
     BaselineResult,
     Estimate,
@@ -80,6 +80,41 @@ def plan_dict(plan: Plan, num_layers: int) -> dict[str, object]:
     return d
 
 
+_FIXED_VALUE_RULES = ("ep_dense", "ep_overlap_dense", "ep_experts", "etp_ffn",
+                      "recompute_modules", "ep_overlap_recompute", "ep_overlap_mtp")
+"""Plan rules that held-fixed values break whatever the searched degrees are."""
+
+
+def _check_fixed(model: ModelSpec, workload: TrainingWorkload, fixed: dict[str, object]) -> None:
+    """Raise PlanError when a held-fixed value breaks a rule for every plan (ep on a dense
+    model, recompute_modules=mla_up_proj without MLA, ...): a bad --fix, not a full cluster."""
+    from planner.plan import Plan, Recompute
+    from planner.validate import plan_problems
+
+    fields = {k: v for k, v in fixed.items() if k in Plan.model_fields and k != "order"}
+    if "recompute" not in fields:
+        fields["recompute"] = (Recompute.SELECTIVE if fields.get("recompute_modules")
+                               else Recompute.NONE)
+    try:
+        probe = Plan(**fields)  # type: ignore[arg-type]
+    except (PlanError, ValueError):
+        return            # a value that cannot even form a plan is reported by the search
+    for key, message in plan_problems(model, workload, probe, probe.devices):
+        if key in _FIXED_VALUE_RULES and not (key == "ep_overlap_mtp" and "pp" not in fields):
+            raise PlanError(f"--fix {_fixed_text(fixed)}: {message}")
+
+
+def _fixed_text(fixed: dict[str, object]) -> str:
+    """Held-fixed plan values as --plan syntax (tuples joined by '+', booleans on/off)."""
+    def text(v: object) -> str:
+        if isinstance(v, bool):
+            return "on" if v else "off"
+        if isinstance(v, tuple):
+            return ("-" if all(x in ("tp", "cp", "dp", "pp") for x in v) else "+").join(map(str, v))
+        return str(getattr(v, "value", v))
+    return ",".join(f"{k}={text(v)}" for k, v in fixed.items())
+
+
 def lower_bound_step_s(model: ModelSpec, cluster: ClusterSpec, workload: TrainingWorkload,
                        devices: int) -> float:
     """Model FLOPs of one step spread over every device at the best matmul rate the cost
@@ -125,6 +160,7 @@ def search(model: ModelSpec | str, cluster: ClusterSpec | str, workload: Trainin
     n = devices if devices is not None else c.devices_per_node
     c.devices_for(gpus=n)
     c = c.job_view(n)
+    _check_fixed(m, workload, dict(fixed or {}))
     lim = Limits(fixed=dict(fixed or {}), **(limits or {}))
     state = run_search(m, c, workload, n, top_k=top_k, limits=lim, time_limit_s=time_limit_s,
                        progress=progress)  # type: ignore[arg-type]

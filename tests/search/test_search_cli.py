@@ -229,3 +229,19 @@ def test_infeasible_search_still_scores_the_seed002_baselines() -> None:
     scored = info.value.baselines
     assert len(scored) == 4 and all(b.estimate is not None and not b.estimate.fits for b in scored)
     assert all(b.slower_than_best_pct is None for b in scored)
+
+
+@pytest.mark.parametrize(("fix", "message"), [
+    ("ep_overlap=on", "ep_overlap=on needs a mixture-of-experts model; use ep_overlap=off"),
+    ("ep=2", "ep=2 needs a mixture-of-experts model; use ep=1"),
+    ("recompute_modules=mla_up_proj",
+     "recompute_modules=mla_up_proj needs a model with multi-head latent attention"),
+])
+def test_a_fixed_value_no_plan_can_have_is_a_plan_error(fix: str, message: str) -> None:
+    """A --fix value that breaks a rule for every plan exits 2 naming it (not 3, 'add
+    devices')."""
+    result = RUNNER.invoke(app, ["search", "--model", "llama3-8b", "--cluster", "dgx-h100",
+                                 "--gpus", "8", "--global-batch", "64", "--seq-len", "4096",
+                                 "--fix", fix])
+    assert result.exit_code == 2
+    assert result.stderr == f"error: --fix {fix}: {message}\n"
