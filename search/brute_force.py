@@ -60,7 +60,7 @@ def _plans(model: ModelSpec, d: space.Degrees, mbs: int, m: int, limits: Limits,
         for sp in sps:
             for zero in space.zero_options(d.pp, limits):
                 for vpp in space.vpp_options(model, d.pp, m, limits):
-                    layouts = ([space.interleaved_layout(model.num_layers, d.pp, vpp)]
+                    layouts = (space.interleaved_layouts(model.num_layers, d.pp, vpp)
                                if vpp > 1 or d.pp == 1 else splits(model.num_layers, d.pp))
                     overlaps = space.ep_overlap_options(model, d.pp, vpp, ep, rc, limits)
                     for order, layers, overlap in ((o, la, ov) for o in orders for la in layouts

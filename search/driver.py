@@ -324,8 +324,9 @@ def _expand(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload, g: Gro
                              for o in space.ep_overlap_options(model, d.pp, v, g.ep, g.recompute,
                                                                    limits)):
             shared: StageTables | None = None      # one build serves every ZeRO stage
-            chunks = space.interleaved_layout(model.num_layers, d.pp, vpp)
-            for zero in zeros:
+            for chunks, zero in ((c, z) for c in space.interleaved_layouts(model.num_layers,
+                                                                            d.pp, vpp)
+                                 for z in zeros):
                 plan = base.model_copy(update={"order": order, "zero": zero, "vpp": vpp,
                                                "ep_overlap": overlap})
                 if chunks is not None:        # Plan's validator turns the counts into chunks

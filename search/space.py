@@ -16,7 +16,8 @@ Exact reductions (they never drop a plan that could be strictly better):
 - vpp > 1 uses the even split when the stages divide the blocks. When pp does not divide
   the blocks (DeepSeek-V3's 61), vpp > 1 is offered with Megatron-Core's per-virtual-stage
   layout (`--pipeline-model-parallel-layout`): the pp*vpp chunks as even as possible,
-  earlier chunks taking the remainder (`interleaved_layout`), for vpp dividing ceil(blocks /
+  earlier chunks taking the remainder, or full chunks with the remainder last, beside the
+  head (Megatron-Bridge's recipe layout; `interleaved_layouts`), for vpp dividing ceil(blocks /
   pp), the even case's options for the blocks padded to a multiple of pp (61 blocks: pp=4
   takes vpp 2, 4 or 8, pp=8 vpp 2 or 4, Megatron-Bridge's DeepSeek-V3 recipes use 4 x 4 and
   8 x 2). Other uneven splits are searched with vpp = 1.
@@ -179,13 +180,26 @@ def vpp_options(model: ModelSpec, pp: int, m: int, limits: Limits) -> list[int]:
     return out + [v for v in divisors(-(-L // pp)) if v > 1 and pp * v <= L]
 
 
-def interleaved_layout(num_layers: int, pp: int, vpp: int) -> tuple[int, ...] | None:
-    """Blocks per virtual stage for vpp > 1 when pp does not divide the blocks: as even as
-    possible, earlier chunks taking the remainder; None when the even split serves."""
-    if vpp == 1 or num_layers % pp == 0 or pp * vpp > num_layers:
-        return None       # (more chunks than blocks: planner.validate names the rule)
-    base, extra = divmod(num_layers, pp * vpp)
-    return tuple(base + (1 if c < extra else 0) for c in range(pp * vpp))
+def interleaved_layouts(num_layers: int, pp: int, vpp: int) -> list[tuple[int, ...] | None]:
+    """Blocks per virtual stage for vpp > 1 when pp does not divide the blocks ([None]: the
+    even split serves). Two layouts: as even as possible, earlier chunks taking the
+    remainder; and Megatron-Bridge's recipe layout, every chunk full (ceil(L / chunks)) but
+    the last, which takes what is left and sits beside the output head, the loss and any MTP
+    module (recipes/deepseek/deepseek_v3.py `layout_map`: 61 blocks on 16 chunks as 15 x 4 + 1)."""
+    chunks = pp * vpp
+    if vpp == 1 or num_layers % pp == 0 or chunks > num_layers:
+        return [None]       # (more chunks than blocks: planner.validate names the rule)
+    base, extra = divmod(num_layers, chunks)
+    even = tuple(base + (1 if c < extra else 0) for c in range(chunks))
+    full = -(-num_layers // chunks)
+    last = num_layers - full * (chunks - 1)
+    out: list[tuple[int, ...] | None] = [even]
+    if last >= 0:
+        fill = (full,) * (chunks - 1) + (last,)
+        stages = [sum(fill[c] for c in range(r, chunks, pp)) for r in range(pp)]
+        if fill != even and min(stages) > 0:
+            out.append(fill)
+    return out
 
 
 def order_classes(d: Degrees, cluster: ClusterSpec, limits: Limits) -> list[tuple[str, ...]]:

@@ -182,11 +182,18 @@ def space(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload, n: int, 
                             # ep_overlap both ways; plan_problems drops it where it cannot run
                             overlaps = ([fixed["ep_overlap"]] if "ep_overlap" in fixed
                                         else (False, True) if model.moe is not None else (False,))
-                            for order, overlap in ((o, ov) for o in orders for ov in overlaps):
-                                chunks = None
-                                if vpp > 1 and L % pp and pp * vpp <= L:
-                                    q, r = divmod(L, pp * vpp)
-                                    chunks = tuple(q + (c < r) for c in range(pp * vpp))
+                            layouts: list = [None]
+                            if vpp > 1 and L % pp and pp * vpp <= L:
+                                n = pp * vpp
+                                q, r = divmod(L, n)
+                                layouts = [tuple(q + (c < r) for c in range(n))]
+                                full = -(-L // n)       # full chunks, the remainder last
+                                fill = (full,) * (n - 1) + (L - full * (n - 1),)
+                                if (fill[-1] >= 0 and fill != layouts[0]
+                                        and all(sum(fill[r::pp]) for r in range(pp))):
+                                    layouts.append(fill)
+                            for order, overlap, chunks in ((o, ov, c) for o in orders
+                                                           for ov in overlaps for c in layouts):
                                 plan = Plan(tp=tp, cp=cp, pp=pp, dp=dp, mbs=mbs, recompute=rc,
                                             sp=sp, zero=zero, vpp=vpp, order=order,
                                             ep_overlap=overlap, stage_layers=chunks, **extra)
