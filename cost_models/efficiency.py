@@ -55,7 +55,14 @@ class DeviceEfficiency:
 # - Flash attention: Dao 2023 (FlashAttention-2, Sec. 4.1, Fig. 4-6, A100, causal, fwd+bwd)
 #   measures FlashAttention-2 at ~165-190 TFLOP/s (0.55 of 312) and FlashAttention-1 and its
 #   Triton port at ~90-110 TFLOP/s (0.30); Shah et al. 2024 (FlashAttention-3) reaches ~75%
-#   of H100 peak forward, less backward: 0.55 (FA2/FA3 mix) and 0.30 (FA1) on Hopper too.
+#   of H100 peak forward, less backward: 0.55 (FA2/FA3 mix) on Hopper too.
+# - FlashAttention-1 class on Hopper: those kernels (FlashAttention-1 CUDA, the 2022-23 Triton
+#   port) are built from Ampere's mma.sync tiles and use neither Hopper's warpgroup MMA nor
+#   TMA, so on Hopper they reach what Ampere-style kernels reach there, not their Ampere
+#   fraction. Shah et al. 2024 (FlashAttention-3, Sec. 1): FlashAttention-2 "achieves only
+#   35% utilization" of H100; FlashAttention-1 runs at 0.30/0.55 of FlashAttention-2's rate
+#   (the two A100 fractions above, Dao 2023 Fig. 4-6). So 0.35 x 0.30 / 0.55 = 0.19 on H100
+#   and H200 (same SMs). `HOPPER_FLASH1_ATTENTION` below.
 #   V100 has no FlashAttention-2 (sm70); its fused kernels (xformers) are taken at 0.45/0.30.
 # - Sustained clock: peak FLOP/s are quoted at the boost clock (A100: 1410 MHz), but under
 #   sustained tensor-core load at the 400 W cap the A100 holds ~1305 MHz, the clock NVIDIA
@@ -73,11 +80,17 @@ class DeviceEfficiency:
 #   default (NCCL_NCHANNELS_PER_NET_PEER), 16 for the 8 NICs of a DGX node; 16 is taken for
 #   every GPU (an engineering estimate: NVLink-only groups may open more). TPUs move
 #   collectives with ICI DMA engines, not the matrix units: 0.
+FA2_HOPPER_UTILISATION = 0.35
+"""FlashAttention-2's fraction of H100 dense peak (Shah et al. 2024, FlashAttention-3, Sec. 1)."""
+HOPPER_FLASH1_ATTENTION = FA2_HOPPER_UTILISATION * 0.30 / 0.55
+"""FlashAttention-1 class on Hopper: FA2's Hopper utilisation x FA1's rate relative to FA2 on
+A100 (0.30 / 0.55, the A100 fractions of Dao 2023): 0.19 (source note above)."""
+
 _BY_NAME: dict[str, DeviceEfficiency] = {
     "v100": DeviceEfficiency(0.80, 0.80, 80, 128, 0.85, 0.45, 0.30, 4e-6),
     "a100": DeviceEfficiency(0.859, 0.859, 108, 128, 0.85, 0.55, 0.30, 4e-6, 1305 / 1410),
-    "h100": DeviceEfficiency(0.801, 0.734, 132, 128, 0.85, 0.55, 0.30, 4e-6),
-    "h200": DeviceEfficiency(0.803, 0.734, 132, 128, 0.85, 0.55, 0.30, 4e-6),
+    "h100": DeviceEfficiency(0.801, 0.734, 132, 128, 0.85, 0.55, HOPPER_FLASH1_ATTENTION, 4e-6),
+    "h200": DeviceEfficiency(0.803, 0.734, 132, 128, 0.85, 0.55, HOPPER_FLASH1_ATTENTION, 4e-6),
     "b200": DeviceEfficiency(0.776, 0.763, 148, 128, 0.85, 0.5, 0.30, 4e-6),
     "gb200": DeviceEfficiency(0.776, 0.763, 148, 128, 0.85, 0.5, 0.30, 4e-6),
     "tpu-v3": DeviceEfficiency(0.85, 0.85, 4, 128, 0.85, 0.5, 0.5, 4e-6, collective_sms=0),

@@ -52,3 +52,25 @@ def test_block_memo_only_inside_a_search_context(monkeypatch) -> None:
     # outside the context a changed constant is seen at once
     monkeypatch.setattr(cc, "ELEMENTWISE_H_TENSORS", 2 * cc.ELEMENTWISE_H_TENSORS)
     assert cc.block_compute(model, roof, sh, moe=False).fwd_s > plain.fwd_s
+
+
+@pytest.mark.parametrize("cluster", ["dgx-h100", "dgx-h200"])
+def test_flash1_on_hopper_runs_at_fa2_hopper_utilisation_times_fa1_over_fa2(cluster: str) -> None:
+    """FlashAttention-1-class kernels use Ampere's mma.sync tiles, not Hopper's warpgroup MMA:
+    on H100/H200 they get FA2's 35% utilisation (Shah et al. 2024) x FA1's rate relative to
+    FA2 on A100 (0.30 / 0.55), not their A100 fraction. By hand: a causal head-128 attention
+    core of 8 heads x 8192 tokens, forward, at 0.35 x 0.30 / 0.55 of the bf16 peak."""
+    dev = load_cluster(cluster).device
+    eff = device_efficiency(dev)[0]
+    assert eff.flash1_attention == pytest.approx(0.35 * 0.30 / 0.55)
+    a100 = device_efficiency(load_cluster("dgx-a100").device)[0]
+    assert eff.flash1_attention < a100.flash1_attention       # no longer the Ampere fraction
+    roof = Roofline(dev, eff, DType.BF16)
+    model = _model(128 * 8, 8)
+    t, flops, _, _ = cc._attention_core(model, roof, Shard(mbs=1, seq_len=8192,
+                                                           attn=Attention.FLASH1))
+    assert flops == pytest.approx(2 * 8 * 8192 * 8192 * 256 * 0.5)
+    by_hand = flops / (dev.peak_flops(DType.BF16) * 0.35 * 0.30 / 0.55)
+    assert t == pytest.approx(by_hand * cc.head_dim_factor(roof, 128))   # factor 1 at d = 128
+    t2, _, _, _ = cc._attention_core(model, roof, Shard(mbs=1, seq_len=8192, attn=Attention.FLASH))
+    assert t / t2 == pytest.approx(0.55 / (0.35 * 0.30 / 0.55))
