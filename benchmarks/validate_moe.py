@@ -56,7 +56,14 @@ from planner.api import evaluate  # noqa: E402
 from planner.result import Estimate  # noqa: E402
 from planner.errors import PlannerError  # noqa: E402
 from records import UnmappedRecord, cluster_spec, generic_moe_model  # noqa: E402
-from validate_published import dtype_for, published_step_s, render, skipped_row, source_family  # noqa: E402
+from validate_published import (  # noqa: E402
+    device_label,
+    dtype_for,
+    published_step_s,
+    render,
+    skipped_row,
+    source_family,
+)
 
 PRESETS = (("DeepSeekV3", "deepseek-v3"), ("Qwen3_235B", "qwen3-235b-a22b"),
            ("Qwen3_30B", "qwen3-30b-a3b"), ("GPTOSS120B", "gpt-oss-120b"),
@@ -193,7 +200,8 @@ def run(data: Path, only: str | None) -> list[dict[str, Any]]:
             rows.append(skipped_row(r, e))
             continue
         pub = published_step_s(r)
-        rows.append({"id": r["id"], "source": source_family(r), "published_s": pub,
+        rows.append({"id": r["id"], "source": source_family(r), "device": device_label(r),
+                     "published_s": pub,
                      "predicted_s": est.step_time_s, "error": est.step_time_s / pub - 1,
                      "mbs": r["batch"]["micro"], "mfu": est.mfu, "fits": est.fits,
                      "peak_gib": est.peak_memory_gib})

@@ -176,11 +176,19 @@ def run(data: Path, only: str | None) -> list[dict[str, Any]]:
             rows.append(skipped_row(r, e))
             continue
         pub = published_step_s(r)
-        rows.append({"id": r["id"], "source": source_family(r), "published_s": pub,
+        rows.append({"id": r["id"], "source": source_family(r), "device": device_label(r),
+                     "published_s": pub,
                      "predicted_s": est.step_time_s, "error": est.step_time_s / pub - 1,
                      "mbs": mbs, "mfu": est.mfu, "fits": est.fits,
                      "peak_gib": est.peak_memory_gib})
     return rows
+
+
+def device_label(record: dict[str, Any]) -> str:
+    """The device preset the record is evaluated on and its number format, e.g.
+    'h100-sxm5-80gb, fp8' (the per-device summary groups by it: one source can span several
+    devices, as MosaicML's tables do)."""
+    return f"{cluster_spec(record).device.name}, {dtype_for(record).value}"
 
 
 def skipped_row(record: dict[str, Any], why: Exception) -> dict[str, Any]:
@@ -211,6 +219,14 @@ def render(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         by[r["source"]].append(abs(r["error"]))
     lines += error_summary(dict(sorted(by.items())), group="source", count="runs")
+    devices: dict[str, list[float]] = defaultdict(list)
+    for r in rows:
+        devices[r["device"]].append(abs(r["error"]))
+    if len(devices) > 1:
+        lines += error_summary(dict(sorted(devices.items())), group="device", count="runs")
+    if rows:
+        fast = sum(r["error"] < 0 for r in rows)
+        lines += ["", f"{fast} of {len(rows)} predictions are faster than the published step time."]
     if skipped:
         lines += ["", f"Not evaluated ({len(skipped)}; not in the means):", ""]
         lines += [f"- {r['id']} ({r['source']}): {r['skipped']}" for r in skipped]

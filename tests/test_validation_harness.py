@@ -144,6 +144,28 @@ def test_harness_runs_records_of_unknown_sources(tmp_path: Path) -> None:
     table = vp.render(rows)
     assert "Not evaluated (1; not in the means)" in table and "MI250X" in table
     assert "| Some paper 2024 | 2 |" in table
+    # one source over two devices: a per-device summary too, and the count of fast predictions
+    assert "| device | runs | mean abs error | max abs error |" in table
+    assert "| h100-sxm5-80gb, bf16 | 1 |" in table and "| tpu-v4, bf16 | 1 |" in table
+    fast = sum(r["error"] < 0 for r in done)
+    assert f"{fast} of 2 predictions are faster than the published step time." in table
+
+
+def test_out_of_sample_mpt_rows_are_new_and_all_evaluate() -> None:
+    """benchmarks/data/mpt_more_runs.json: the rows of MosaicML's benchmark tables that are not
+    among the calibration records (H100 BF16 and FP8, the rest of A100 40/80 GB), all mapped."""
+    ROOT_DATA = ROOT / "benchmarks" / "data"
+    more = json.loads((ROOT_DATA / "mpt_more_runs.json").read_text())
+    seen = {r["id"] for r in json.loads((ROOT_DATA / "published_runs.json").read_text())}
+    ids = [r["id"] for r in more]
+    assert len(ids) == len(set(ids)) == 138 and not set(ids) & seen
+    for r in more:   # the table's own invariant: micro x accumulation x GPUs >= global batch
+        b = r["batch"]
+        assert b["micro"] * b["grad_accum"] * r["hardware"]["gpus"] >= b["global"]
+    rows = vp.run(ROOT_DATA / "mpt_more_runs.json", None)
+    assert not [r for r in rows if "skipped" in r]
+    assert {r["device"] for r in rows} == {"a100-sxm4-40gb, bf16", "a100-sxm4-80gb, bf16",
+                                            "h100-sxm5-80gb, bf16", "h100-sxm5-80gb, fp8"}
 
 
 def test_moe_harness_builds_models_without_a_preset(tmp_path: Path) -> None:
