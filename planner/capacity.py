@@ -222,7 +222,7 @@ class MinDevicesResult(_Result):
     model: ModelShape
     cluster: str
     workload: dict[str, object]
-    states_bytes: float = Field(description="params x (weight + grad + optimizer) bytes")
+    states_bytes: float = Field(description="trained params (with MTP modules) x (weight + grad + optimizer) bytes")
     lower_bound_nodes: int = Field(description=(
         "ceil(states x (1 + fragmentation) / (devices_per_node x (device memory - framework "
         "overhead))): fewer nodes cannot fit"))
@@ -253,9 +253,16 @@ def state_bytes_per_param(workload: TrainingWorkload) -> int:
     return weight_bytes_per_param(dt) + grad_bytes_per_param(dt) + optimizer_bytes_per_param(opt, dt)
 
 
+def trained_params(model: ModelSpec) -> int:
+    """Parameters training updates: the model's and its multi-token-prediction modules' (each
+    MTP module's block, projection and norms; ModelSpec.params leaves them out, as DeepSeek-V3's
+    published 671B does, but training holds their weights, gradients and optimizer states)."""
+    return model.params + model.mtp_layers * model.mtp_module_params
+
+
 def states_bytes(model: ModelSpec, workload: TrainingWorkload) -> float:
-    """Weights + gradients + optimizer states of the whole model."""
-    return float(model.params * state_bytes_per_param(workload))
+    """Weights + gradients + optimizer states of everything training updates."""
+    return float(trained_params(model) * state_bytes_per_param(workload))
 
 
 def _usable_bytes(cluster: ClusterSpec) -> tuple[float, float]:

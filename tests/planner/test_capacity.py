@@ -45,6 +45,19 @@ def test_params_and_states_by_hand() -> None:
     assert cap.states_bytes(STACK, WL) == 16 * 100_769_792
 
 
+def test_states_count_the_mtp_modules_training_updates() -> None:
+    """An MTP module (one more block of the last layer's type, the 2h x h projection and three
+    norms) is trained, so its weights, gradients and optimizer states count; ModelSpec.params
+    (the published size) leaves it out. By hand on the bare stack: one module adds a block,
+    2h^2 and three LayerNorms (2h each)."""
+    mtp = STACK.model_copy(update={"mtp_layers": 1})
+    assert mtp.params == STACK.params                          # the published size
+    assert cap.trained_params(mtp) == STACK.params + BLOCK + 2 * H * H + 3 * 2 * H
+    assert cap.states_bytes(mtp, WL) == 16 * (100_769_792 + BLOCK + 2 * H * H + 6 * H)
+    dsv3 = load_model("deepseek-v3")
+    assert cap.states_bytes(dsv3, WL) == 16 * (dsv3.params + dsv3.mtp_module_params)
+
+
 def test_lower_bound_by_hand() -> None:
     # 1.05 * 16 * 100,769,792 = 1,692,932,506 bytes over 536,870,912 per device -> 3.15 -> 4
     assert cap.lower_bound_devices(STACK, CLUSTER, WL) == 4
