@@ -24,6 +24,13 @@ the same rules for all records:
   the record's `source` names.
 - ZeRO: "ZeRO-3"/"FULL_SHARD"/FSDP -> 3, "ZeRO-2"/"SHARD_GRAD_OP" -> 2, "ZeRO-1"/"distributed
   optimizer" -> 1, an integer as given.
+- Interleaved pipelines whose virtual stages do not split the blocks evenly: Megatron-Core
+  refuses such a split unless told how to lay it out, and the layout NVIDIA's recipes use is
+  `account_for_embedding_in_pipeline_split` and `account_for_loss_in_pipeline_split` (Llama 3.1
+  405B's 126 blocks over pp=8 x vpp=8: the embedding and the loss count as one block each, so
+  every virtual stage holds 2 and the first and last hold 1 beside them). Where L + 2 does not
+  split evenly either, the blocks are spread as evenly as possible, earlier chunks taking the
+  remainder (`interleaved_layout`).
 """
 
 from __future__ import annotations
@@ -156,6 +163,20 @@ def zero_stage(value: Any) -> int:
         return 1
     m = re.search(r"\d", text)
     return int(m.group(0)) if m and int(m.group(0)) <= 3 else 0
+
+
+def interleaved_layout(num_layers: int, pp: int, vpp: int) -> tuple[int, ...] | None:
+    """Blocks per virtual stage (pp*vpp counts, pipeline order) for an interleaved pipeline
+    whose chunks the blocks do not fill evenly; None when they do, or without interleaving
+    (module docstring: Megatron-Core's embedding/loss accounting, else as even as possible)."""
+    chunks = pp * vpp
+    if vpp <= 1 or num_layers % chunks == 0:
+        return None
+    if (num_layers + 2) % chunks == 0 and (num_layers + 2) // chunks >= 2:
+        per = (num_layers + 2) // chunks
+        return (per - 1,) + (per,) * (chunks - 2) + (per - 1,)
+    base, extra = divmod(num_layers, chunks)
+    return tuple(base + (1 if c < extra else 0) for c in range(chunks))
 
 
 def _stated_params(record: dict[str, Any]) -> float | None:

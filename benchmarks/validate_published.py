@@ -19,7 +19,9 @@ The mapping uses only facts about each run, stated in the record or its source:
   recomputation as recorded.
 - Any other source: benchmarks/records.py maps the record from what it states (device and
   node size, the inter-node bandwidth its link text gives, a gated or GELU MLP by the stated
-  parameter count, the attention kernel by the source's year, the ZeRO stage from its text).
+  parameter count, the attention kernel by the source's year, the ZeRO stage from its text, and
+  an interleaved pipeline whose chunks the blocks do not fill evenly laid out as Megatron-Core's
+  embedding/loss accounting lays it out).
   A record that cannot be evaluated as stated (a device without a preset, an impossible plan)
   is listed under the table with the reason and left out of the means.
 - Published step times: measured iteration_s where given; otherwise the record's derived
@@ -54,6 +56,7 @@ from records import (  # noqa: E402
     cluster_name,
     cluster_spec,
     generic_model,
+    interleaved_layout,
     zero_stage,
 )
 
@@ -114,9 +117,14 @@ def plan_fields(record: dict[str, Any]) -> dict[str, Any]:
     # llm-foundry's ComposerMPTCausalLM defaults loss_fn to 'fused_crossentropy' (flash-attn's
     # CrossEntropyLoss, gradient in place over the bf16 logits); Megatron keeps fp32 softmax.
     loss = LossKernel.FUSED if rid.startswith("mpt_") else LossKernel.UNFUSED
-    return dict(loss=loss, tp=p.get("tp") or 1, pp=p.get("pp") or 1, dp=p.get("dp") or 1,
-                cp=p.get("cp") or 1, vpp=p.get("vpp") or 1, sp=bool(p.get("sp")),
-                recompute=recompute, zero=stage, attn=attn)
+    pp, vpp = p.get("pp") or 1, p.get("vpp") or 1
+    fields = dict(loss=loss, tp=p.get("tp") or 1, pp=pp, dp=p.get("dp") or 1,
+                  cp=p.get("cp") or 1, vpp=vpp, sp=bool(p.get("sp")),
+                  recompute=recompute, zero=stage, attn=attn)
+    layout = interleaved_layout(record["model"]["layers"], pp, vpp)
+    if layout is not None:
+        fields["stage_layers"] = layout
+    return fields
 
 
 def published_step_s(record: dict[str, Any]) -> float:

@@ -213,3 +213,34 @@ def test_baselines_published_step_from_tokens_per_s() -> None:
     assert vb.published_step_s(b) == pytest.approx(want)
     # seeds' claims are not measurements: left to seeds_tables.py
     assert not any(r["key"].startswith("seed") or ":seed" in r["key"] for r in vb.run("seed"))
+
+
+@pytest.mark.parametrize(("layers", "pp", "vpp", "want"), [
+    (126, 8, 8, (1,) + (2,) * 62 + (1,)),     # Llama 3.1 405B: (126 + 2) / 64 = 2 per chunk
+    (126, 16, 4, (1,) + (2,) * 62 + (1,)),
+    (94, 8, 3, (3,) + (4,) * 22 + (3,)),      # Qwen3-235B: (94 + 2) / 24 = 4
+    (61, 4, 2, (8,) * 5 + (7,) * 3),          # neither splits: as even as possible
+    (128, 8, 8, None), (126, 7, 1, None),     # even, or not interleaved
+])
+def test_interleaved_layout(layers: int, pp: int, vpp: int, want: tuple[int, ...] | None) -> None:
+    got = records.interleaved_layout(layers, pp, vpp)
+    assert got == want
+    if got is not None:
+        assert sum(got) == layers and len(got) == pp * vpp
+
+
+def test_uneven_interleaved_record_is_evaluated_with_megatron_layout(tmp_path: Path) -> None:
+    """A Llama-3.1-405B run at pp=8, vpp=8 (NVIDIA's recipes) would be an invalid even plan
+    (126 blocks over 64 chunks); the harness lays it out as Megatron-Core does and scores it."""
+    rec = record(id="other_llama31_405b", model={
+        "layers": 126, "hidden": 16384, "heads": 128, "kv_heads": 8, "ffn_hidden": 53248,
+        "vocab": 128256, "seq_len": 8192, "params_B": 405.9},
+        hardware={"gpus": 1024}, batch={"micro": 1, "global": 512, "global_seqs": 512},
+        parallel={"tp": 8, "pp": 8, "dp": 8, "cp": 2, "vpp": 8, "zero": "ZeRO-1",
+                  "recompute": "none", "sp": True})
+    fields = vp.plan_fields(rec)
+    assert fields["stage_layers"] == (1,) + (2,) * 62 + (1,)
+    path = tmp_path / "runs.json"
+    path.write_text(json.dumps([rec]))
+    (row,) = vp.run(path, None)
+    assert "skipped" not in row and row["predicted_s"] > 0
