@@ -13,7 +13,10 @@ The mapping uses only facts about each run, stated in the record or its source:
 - Megatron-LM (Narayanan 2021 Table 1, the 2020 README): GPT architecture (LayerNorm, biases,
   learned positions, tied embeddings, GELU), fp16, full activation recomputation (their
   TFLOP/s accounting counts 4 passes), unfused attention (FlashAttention appeared in 2022).
-- MosaicML MPT: ALiBi, no biases, tied embeddings, GELU, no dropout (MPTConfig defaults),
+- MosaicML MPT: learned positions and linear biases (MPTConfig defaults alibi=False and
+  no_bias=False, which the pretrain yamls keep: with them the model's parameter count equals
+  the table's NumParams column exactly, for every MPT row), tied embeddings, GELU, no dropout
+  (MPTConfig defaults),
   fused cross entropy (llm-foundry's default loss_fn), bf16, FSDP FULL_SHARD = ZeRO-3,
   llm-foundry's Triton FlashAttention (attn_impl: triton, a FlashAttention-1 port: attn=flash1),
   recomputation as recorded.
@@ -86,8 +89,9 @@ def model_for(record: dict[str, Any]) -> ModelSpec:
     if rid.startswith("mpt_"):
         # llm-foundry MPTConfig defaults: resid_pdrop = emb_pdrop = attn_config.attn_pdrop =
         # 0.0, which the pretrain yamls keep: no dropout.
-        return ModelSpec(**common, positional="alibi", linear_bias=False, tied_embeddings=True,
-                         norm="layernorm", activation="gelu", dropout=False)
+        return ModelSpec(**common, positional="learned", max_position_embeddings=m["seq_len"],
+                         linear_bias=True, tied_embeddings=True, norm="layernorm",
+                         activation="gelu", dropout=False)
     if rid.startswith(("narayanan2021", "megatron_readme2020")):
         return ModelSpec(**common, positional="learned", max_position_embeddings=m["seq_len"],
                          linear_bias=True, tied_embeddings=True, norm="layernorm",

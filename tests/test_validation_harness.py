@@ -244,3 +244,15 @@ def test_uneven_interleaved_record_is_evaluated_with_megatron_layout(tmp_path: P
     path.write_text(json.dumps([rec]))
     (row,) = vp.run(path, None)
     assert "skipped" not in row and row["predicted_s"] > 0
+
+
+def test_mpt_models_have_the_tables_parameter_counts() -> None:
+    """MosaicML's tables give each run's NumParams; the architecture the harness builds for MPT
+    (learned positions sized to the sequence, linear biases, tied embeddings: MPTConfig's
+    defaults) must count exactly that many parameters, for every MPT row in both data files."""
+    data = ROOT / "benchmarks" / "data"
+    runs = [r for f in ("published_runs.json", "mpt_more_runs.json")
+            for r in json.loads((data / f).read_text()) if r["id"].startswith("mpt_")]
+    assert len(runs) == 201
+    for r in runs:
+        assert vp.model_for(r).params == r["model"]["params"], r["id"]
