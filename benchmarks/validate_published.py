@@ -100,7 +100,12 @@ def model_for(record: dict[str, Any]) -> ModelSpec:
 
 
 def dtype_for(record: dict[str, Any]) -> DType:
+    """The number format of the record's GEMMs; a format meshplan does not model (NVFP4,
+    MXFP4, int8: 4- and 8-bit integer or FP4 training) is reported, not read as bf16."""
     p = record["precision"].lower()
+    if any(k in p for k in ("fp4", "int8", "int4")):
+        raise UnmappedRecord(f"precision '{record['precision']}' is not modelled (meshplan "
+                             "trains in fp32, tf32, bf16, fp16 or fp8)")
     if "fp8" in p:
         return DType.FP8
     return DType.FP16 if "fp16" in p else DType.BF16
