@@ -64,6 +64,14 @@ class DeviceEfficiency:
 #   (the two A100 fractions above, Dao 2023 Fig. 4-6). So 0.35 x 0.30 / 0.55 = 0.19 on H100
 #   and H200 (same SMs). `HOPPER_FLASH1_ATTENTION` below.
 #   V100 has no FlashAttention-2 (sm70); its fused kernels (xformers) are taken at 0.45/0.30.
+# - Blackwell (B200/GB200), FlashAttention-2/3 class = cuDNN's fused attention, which
+#   Megatron-Core/Transformer Engine run there: Zadouri et al. 2026 (FlashAttention-4, arXiv
+#   2603.05451) measure their forward at 1613 TFLOP/s (71% of the B200 bf16 peak), 1.3x
+#   cuDNN 9.13, so cuDNN's forward reaches about 1613 / 1.3 / 2250 = 0.55; the same paper finds
+#   the backward bound by shared-memory traffic, so the forward + backward fraction is taken a
+#   little lower, 0.5 (an engineering estimate below the measured forward). The FlashAttention-1
+#   class has no Blackwell measurement; no run in the validation data uses it there (0.30 as
+#   on A100, unverified).
 # - Sustained clock: peak FLOP/s are quoted at the boost clock (A100: 1410 MHz), but under
 #   sustained tensor-core load at the 400 W cap the A100 holds ~1305 MHz, the clock NVIDIA
 #   uses for A100 HPL Rpeak (G. Lockwood, "Peak FLOPS" notes): 1305/1410 = 0.926. MAMF
