@@ -165,6 +165,12 @@ def zero_stage(value: Any) -> int:
     return int(m.group(0)) if m and int(m.group(0)) <= 3 else 0
 
 
+def even_chunks(num_layers: int, pp: int, vpp: int) -> tuple[int, ...]:
+    """Blocks per virtual stage, as even as possible, earlier chunks taking the remainder."""
+    base, extra = divmod(num_layers, pp * vpp)
+    return tuple(base + (1 if c < extra else 0) for c in range(pp * vpp))
+
+
 def interleaved_layout(num_layers: int, pp: int, vpp: int) -> tuple[int, ...] | None:
     """Blocks per virtual stage (pp*vpp counts, pipeline order) for an interleaved pipeline
     whose chunks the blocks do not fill evenly; None when they do, or without interleaving
@@ -175,8 +181,7 @@ def interleaved_layout(num_layers: int, pp: int, vpp: int) -> tuple[int, ...] | 
     if (num_layers + 2) % chunks == 0 and (num_layers + 2) // chunks >= 2:
         per = (num_layers + 2) // chunks
         return (per - 1,) + (per,) * (chunks - 2) + (per - 1,)
-    base, extra = divmod(num_layers, chunks)
-    return tuple(base + (1 if c < extra else 0) for c in range(chunks))
+    return even_chunks(num_layers, pp, vpp)
 
 
 def _stated_params(record: dict[str, Any]) -> float | None:

@@ -55,7 +55,7 @@ from planner import Attention, ModelSpec, Plan, Recompute, TrainingWorkload, loa
 from planner.api import evaluate  # noqa: E402
 from planner.result import Estimate  # noqa: E402
 from planner.errors import PlannerError  # noqa: E402
-from records import UnmappedRecord, cluster_spec, generic_moe_model  # noqa: E402
+from records import UnmappedRecord, cluster_spec, even_chunks, generic_moe_model  # noqa: E402
 from validate_published import (  # noqa: E402
     device_label,
     dtype_for,
@@ -153,12 +153,6 @@ def mtp_layers_for(record: dict[str, Any], model: ModelSpec) -> int:
     if "w/o MTP" in record.get("notes", ""):
         return 0
     return model.mtp_layers
-
-
-def even_chunks(num_layers: int, pp: int, vpp: int) -> tuple[int, ...]:
-    """Blocks per virtual stage, as even as possible, earlier chunks taking the remainder."""
-    base, extra = divmod(num_layers, pp * vpp)
-    return tuple(base + (1 if c < extra else 0) for c in range(pp * vpp))
 
 
 def plan_for(record: dict[str, Any], model: ModelSpec) -> Plan:

@@ -222,7 +222,8 @@ class MinDevicesResult(_Result):
     model: ModelShape
     cluster: str
     workload: dict[str, object]
-    states_bytes: float = Field(description="trained params (with MTP modules) x (weight + grad + optimizer) bytes")
+    states_bytes: float = Field(description=("trained params (with the MTP modules) x (weight + "
+                                             "grad + optimizer) bytes"))
     lower_bound_nodes: int = Field(description=(
         "ceil(states x (1 + fragmentation) / (devices_per_node x (device memory - framework "
         "overhead))): fewer nodes cannot fit"))
