@@ -57,6 +57,7 @@ from planner.result import Estimate  # noqa: E402
 from planner.errors import PlannerError  # noqa: E402
 from records import UnmappedRecord, cluster_spec, even_chunks, generic_moe_model  # noqa: E402
 from validate_published import (  # noqa: E402
+    config_key,
     device_label,
     dtype_for,
     published_step_s,
@@ -173,9 +174,13 @@ def plan_for(record: dict[str, Any], model: ModelSpec) -> Plan:
                 ep_overlap=overlap)
 
 
-def predict(record: dict[str, Any]) -> Estimate:
+def mapped_model(record: dict[str, Any]) -> ModelSpec:
     model = model_for(record)
-    model = model.model_copy(update={"mtp_layers": mtp_layers_for(record, model)})
+    return model.model_copy(update={"mtp_layers": mtp_layers_for(record, model)})
+
+
+def predict(record: dict[str, Any]) -> Estimate:
+    model = mapped_model(record)
     cluster = cluster_spec(record)
     wl = TrainingWorkload(global_batch_size=record["batch"]["global"],
                           seq_len=record["model"]["seq_len"], dtype=dtype_for(record))
@@ -198,7 +203,9 @@ def run(data: Path, only: str | None) -> list[dict[str, Any]]:
                      "published_s": pub,
                      "predicted_s": est.step_time_s, "error": est.step_time_s / pub - 1,
                      "mbs": r["batch"]["micro"], "mfu": est.mfu, "fits": est.fits,
-                     "peak_gib": est.peak_memory_gib})
+                     "peak_gib": est.peak_memory_gib,
+                     "config": config_key(mapped_model(r), r, plan_for(r, mapped_model(r))
+                                          .model_dump(mode="json"))})
     return rows
 
 

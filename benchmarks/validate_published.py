@@ -181,6 +181,19 @@ def predict(record: dict[str, Any]) -> tuple[Estimate, int]:
     return best
 
 
+def config_key(model: ModelSpec, record: dict[str, Any], plan: dict[str, Any]) -> str:
+    """Everything the harness gives `evaluate` for a record, the record's id aside, plus the
+    record's own precision recipe: records with equal keys get the same prediction whatever
+    their published times (`noise_floor`). The recipe is kept apart (MXFP8 and 'FP8-MX' are one
+    recipe, per-tensor 'FP8' another) although both run as fp8 here, so that the floor is one
+    that even a model telling the scaling recipes apart could not beat."""
+    recipe = record["precision"].lower().replace("-", "").replace("fp8mx", "mxfp8")
+    return json.dumps([model.model_dump(mode="json", exclude={"name"}),
+                       cluster_spec(record).model_dump(mode="json"), record["batch"]["global"],
+                       record["model"]["seq_len"], dtype_for(record).value, recipe, plan,
+                       record["hardware"]["gpus"]], sort_keys=True, default=str)
+
+
 def run(data: Path, only: str | None) -> list[dict[str, Any]]:
     records = json.loads(data.read_text())
     rows = []
@@ -197,7 +210,8 @@ def run(data: Path, only: str | None) -> list[dict[str, Any]]:
                      "published_s": pub,
                      "predicted_s": est.step_time_s, "error": est.step_time_s / pub - 1,
                      "mbs": mbs, "mfu": est.mfu, "fits": est.fits,
-                     "peak_gib": est.peak_memory_gib})
+                     "peak_gib": est.peak_memory_gib,
+                     "config": config_key(model_for(r), r, {**plan_fields(r), "mbs": mbs})})
     return rows
 
 
@@ -223,6 +237,31 @@ def error_summary(by: dict[str, list[float]], *, group: str, count: str) -> list
     return lines
 
 
+def best_single_error(published: list[float]) -> float:
+    """The least mean absolute error one prediction p can score against several published
+    times t of the same configuration: min over p of mean |p/t - 1|. The sum is convex and
+    piecewise linear in p with its kinks at the t, so the minimum lies at one of them."""
+    return min(sum(abs(p / t - 1) for t in published) for p in published) / len(published)
+
+
+def noise_floor(rows: list[dict[str, Any]]) -> dict[str, tuple[float, list[list[float]]]]:
+    """Per source: the least mean absolute error any model could score on its rows, given that
+    rows of equal `config` (the same inputs, hence the same prediction) were published with
+    different times, and those repeated configurations' published times. Sources with no
+    repeated configuration are left out."""
+    groups: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for r in rows:
+        groups[(r["source"], r.get("config") or r["id"])].append(r["published_s"])
+    out: dict[str, tuple[float, list[list[float]]]] = {}
+    for source in sorted({s for s, _ in groups}):
+        mine = [ts for (s, _), ts in groups.items() if s == source]
+        repeated = [sorted(ts) for ts in mine if len(ts) > 1]
+        if repeated:
+            total = sum(best_single_error(ts) * len(ts) for ts in mine)
+            out[source] = (total / sum(len(ts) for ts in mine), repeated)
+    return out
+
+
 def render(rows: list[dict[str, Any]]) -> str:
     skipped = [r for r in rows if "skipped" in r]
     rows = [r for r in rows if "skipped" not in r]
@@ -241,6 +280,17 @@ def render(rows: list[dict[str, Any]]) -> str:
         devices[r["device"]].append(abs(r["error"]))
     if len(devices) > 1:
         lines += error_summary(dict(sorted(devices.items())), group="device", count="runs")
+    floors = noise_floor(rows)
+    if floors:
+        lines += ["", "Repeated configurations: runs with the same inputs (so the same "
+                  "prediction) published with different step times. No model can score a "
+                  "source's mean below its floor:", "",
+                  "| source | repeated configurations | runs in them | widest spread | floor |",
+                  "|---|--:|--:|--:|--:|"]
+        for source, (floor, repeated) in floors.items():
+            spread = max(ts[-1] / ts[0] for ts in repeated)
+            lines.append(f"| {source} | {len(repeated)} | {sum(map(len, repeated))} | "
+                         f"{spread:.2f}x | {floor:.1%} |")
     if rows:
         fast = sum(r["error"] < 0 for r in rows)
         lines += ["", f"{fast} of {len(rows)} predictions are faster than the published step time."]
