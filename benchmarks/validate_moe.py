@@ -204,8 +204,11 @@ def run(data: Path, only: str | None) -> list[dict[str, Any]]:
                      "predicted_s": est.step_time_s, "error": est.step_time_s / pub - 1,
                      "mbs": r["batch"]["micro"], "mfu": est.mfu, "fits": est.fits,
                      "peak_gib": est.peak_memory_gib,
+                     "gpus": r["hardware"]["gpus"],
                      "config": config_key(mapped_model(r), r, plan_for(r, mapped_model(r))
-                                          .model_dump(mode="json"))})
+                                          .model_dump(mode="json")),
+                     "work": config_key(mapped_model(r), r, plan_for(r, mapped_model(r))
+                                        .model_dump(mode="json"), per_gpu=True)})
     return rows
 
 

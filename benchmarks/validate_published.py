@@ -181,17 +181,28 @@ def predict(record: dict[str, Any]) -> tuple[Estimate, int]:
     return best
 
 
-def config_key(model: ModelSpec, record: dict[str, Any], plan: dict[str, Any]) -> str:
+def config_key(model: ModelSpec, record: dict[str, Any], plan: dict[str, Any], *,
+               per_gpu: bool = False) -> str:
     """Everything the harness gives `evaluate` for a record, the record's id aside, plus the
     record's own precision recipe: records with equal keys get the same prediction whatever
     their published times (`noise_floor`). The recipe is kept apart (MXFP8 and 'FP8-MX' are one
     recipe, per-tensor 'FP8' another) although both run as fp8 here, so that the floor is one
-    that even a model telling the scaling recipes apart could not beat."""
+    that even a model telling the scaling recipes apart could not beat.
+
+    per_gpu: leave out the GPU count, the data-parallel degree and the global batch, and put
+    in the micro-batches per step instead: records with equal keys then do the same work on
+    each GPU and differ only in how many GPUs share it (`scaling_inversions`)."""
     recipe = record["precision"].lower().replace("-", "").replace("fp8mx", "mxfp8")
+    dp = plan.get("dp") or 1
+    if per_gpu:
+        steps = record["batch"]["global"] / (dp * (plan.get("mbs") or 1))
+        scale: list[Any] = [round(steps, 6), {k: v for k, v in plan.items() if k != "dp"}]
+    else:
+        scale = [record["batch"]["global"], plan, record["hardware"]["gpus"]]
     return json.dumps([model.model_dump(mode="json", exclude={"name"}),
-                       cluster_spec(record).model_dump(mode="json"), record["batch"]["global"],
-                       record["model"]["seq_len"], dtype_for(record).value, recipe, plan,
-                       record["hardware"]["gpus"]], sort_keys=True, default=str)
+                       cluster_spec(record).model_dump(mode="json"),
+                       record["model"]["seq_len"], dtype_for(record).value, recipe, *scale],
+                      sort_keys=True, default=str)
 
 
 def run(data: Path, only: str | None) -> list[dict[str, Any]]:
@@ -211,7 +222,10 @@ def run(data: Path, only: str | None) -> list[dict[str, Any]]:
                      "predicted_s": est.step_time_s, "error": est.step_time_s / pub - 1,
                      "mbs": mbs, "mfu": est.mfu, "fits": est.fits,
                      "peak_gib": est.peak_memory_gib,
-                     "config": config_key(model_for(r), r, {**plan_fields(r), "mbs": mbs})})
+                     "gpus": r["hardware"]["gpus"],
+                     "config": config_key(model_for(r), r, {**plan_fields(r), "mbs": mbs}),
+                     "work": config_key(model_for(r), r, {**plan_fields(r), "mbs": mbs},
+                                        per_gpu=True)})
     return rows
 
 
@@ -262,6 +276,32 @@ def noise_floor(rows: list[dict[str, Any]]) -> dict[str, tuple[float, list[list[
     return out
 
 
+INVERSION_MARGIN = 0.05
+"""How much faster a run on more GPUs must be published, for the same work per GPU, before
+`scaling_inversions` lists it (5%: well above the run-to-run noise of a step time)."""
+
+
+def scaling_inversions(rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Pairs (fewer GPUs, more GPUs) of one source with the same work per GPU (`work`) whose
+    run on more GPUs was published faster by over INVERSION_MARGIN. Spreading the same
+    per-GPU work over more GPUs only adds communication (longer rings, more hops), so no
+    physical model predicts such a pair: the source is inconsistent with itself there, and
+    one of the two runs carries an error the model cannot follow."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        if r.get("work") and r.get("gpus"):
+            groups[(r["source"], r["work"])].append(r)
+    out = []
+    for _, rs in sorted(groups.items()):
+        rs = sorted(rs, key=lambda r: (r["gpus"], r["id"]))
+        for i, small in enumerate(rs):
+            for big in rs[i + 1:]:
+                if (big["gpus"] > small["gpus"]
+                        and big["published_s"] < small["published_s"] * (1 - INVERSION_MARGIN)):
+                    out.append((small, big))
+    return out
+
+
 def render(rows: list[dict[str, Any]]) -> str:
     skipped = [r for r in rows if "skipped" in r]
     rows = [r for r in rows if "skipped" not in r]
@@ -291,6 +331,15 @@ def render(rows: list[dict[str, Any]]) -> str:
             spread = max(ts[-1] / ts[0] for ts in repeated)
             lines.append(f"| {source} | {len(repeated)} | {sum(map(len, repeated))} | "
                          f"{spread:.2f}x | {floor:.1%} |")
+    inversions = scaling_inversions(rows)
+    if inversions:
+        lines += ["", "Scaling inversions: the same work per GPU published faster on more GPUs "
+                  "(physically, more GPUs only add communication):", ""]
+        lines += [f"- {a['id']} ({a['gpus']} GPUs, {a['published_s']:.3f} s) vs {b['id']} "
+                  f"({b['gpus']} GPUs, {b['published_s']:.3f} s, "
+                  f"{b['published_s'] / a['published_s'] - 1:+.0%}); predicted "
+                  f"{a['predicted_s']:.3f} s and {b['predicted_s']:.3f} s"
+                  for a, b in inversions]
     if rows:
         fast = sum(r["error"] < 0 for r in rows)
         lines += ["", f"{fast} of {len(rows)} predictions are faster than the published step time."]

@@ -287,3 +287,73 @@ def test_nvidia_out_of_sample_runs_are_new_and_evaluate() -> None:
     assert skipped and all("NVFP4" in r["skipped"] for r in skipped)
     assert len(rows) - len(skipped) == sum("NVFP4" not in r["precision"] for r in dense)
     assert not [r for r in vm.run(data / "nemo_moe_more_runs.json", None) if "skipped" in r]
+
+
+# --- repeated configurations and scaling inversions (what a source says against itself) ----
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(0.01, 100.0), min_size=1, max_size=6), st.floats(0.01, 100.0))
+def test_best_single_error_is_a_floor(published: list[float], p: float) -> None:
+    """No single prediction p scores a lower mean error than best_single_error, and a
+    configuration published once (or with equal times) has floor 0."""
+    floor = vp.best_single_error(published)
+    assert floor <= sum(abs(p / t - 1) for t in published) / len(published) + 1e-12
+    assert vp.best_single_error(published[:1] * 3) == 0.0
+
+
+def _row(i: str, pub: float, *, config: str, work: str = "", gpus: int = 8,
+         pred: float = 1.0, source: str = "S") -> dict[str, Any]:
+    return {"id": i, "source": source, "published_s": pub, "predicted_s": pred,
+            "config": config, "work": work or config, "gpus": gpus, "error": pred / pub - 1,
+            "mbs": 1, "mfu": 0.5, "fits": True, "device": "d"}
+
+
+def test_noise_floor_counts_repeated_configurations_only() -> None:
+    rows = [_row("a", 1.0, config="x"), _row("b", 2.0, config="x"), _row("c", 5.0, config="y"),
+            _row("d", 3.0, config="z", source="T")]
+    floors = vp.noise_floor(rows)
+    # x: p = 1 scores (0 + 0.5) / 2, p = 2 scores (1 + 0) / 2; y alone scores 0
+    assert floors["S"] == (pytest.approx(0.5 / 3), [[1.0, 2.0]])
+    assert "T" not in floors                   # no repeated configuration: no line
+    table = vp.render(rows)
+    assert "| S | 1 | 2 | 2.00x | 16.7% |" in table
+
+
+def test_scaling_inversions_flag_faster_runs_on_more_gpus() -> None:
+    rows = [_row("small", 1.30, config="c1", work="w", gpus=32),
+            _row("big", 1.08, config="c2", work="w", gpus=64),
+            _row("bigger", 1.27, config="c3", work="w", gpus=128),   # within the 5% margin
+            _row("other", 0.50, config="c4", work="v", gpus=128)]
+    pairs = vp.scaling_inversions(rows)
+    assert [(a["id"], b["id"]) for a, b in pairs] == [("small", "big")]
+    assert "- small (32 GPUs, 1.300 s) vs big (64 GPUs, 1.080 s, -17%)" in vp.render(rows)
+
+
+def test_config_keys_of_real_records() -> None:
+    """Records that differ only in id (or in how the source spells MXFP8) share a key; the
+    per-GPU key also ignores the GPU count when the work per GPU is the same."""
+    a = record()
+    assert vp.config_key(vp.model_for(a), a, vp.plan_fields(a)) == vp.config_key(
+        vp.model_for(record(id="x")), record(id="x"), vp.plan_fields(record(id="x")))
+    mx, fpmx, fp8 = (record(precision=p) for p in ("MXFP8", "FP8-MX", "FP8"))
+    keys = [vp.config_key(vp.model_for(r), r, vp.plan_fields(r)) for r in (mx, fpmx, fp8)]
+    assert keys[0] == keys[1] != keys[2]
+    big = record(hardware={"gpus": 128}, parallel={"dp": 8}, batch={"global": 512})
+    per = [vp.config_key(vp.model_for(r), r, {**vp.plan_fields(r), "mbs": 1}, per_gpu=True)
+           for r in (a, big)]
+    assert per[0] == per[1]
+    assert vp.config_key(vp.model_for(a), a, vp.plan_fields(a)) != vp.config_key(
+        vp.model_for(big), big, vp.plan_fields(big))
+
+
+def test_published_runs_have_one_scaling_inversion() -> None:
+    """MosaicML's MPT-1B on A100 40 GB: 32 GPUs published slower than 64 and 128 GPUs for the
+    same per-GPU work (micro-batch 10, one micro-batch per step): the harness lists both pairs."""
+    rows = [r for r in vp.run(ROOT / "benchmarks/data/published_runs.json", "mpt_a10040gb_bf16_1b")
+            if "skipped" not in r]
+    pairs = [(a["gpus"], b["gpus"]) for a, b in vp.scaling_inversions(rows)]
+    assert pairs == [(32, 64), (32, 128)]
