@@ -221,3 +221,20 @@ def test_fused_attention_head_dim_factor() -> None:
     assert head_dim_factor(roof, 64) > 1 > head_dim_factor(roof, 192)
     tpu = load_device("tpu-v4")       # lists no separate fp32 rate: not scaled
     assert head_dim_factor(Roofline(tpu, device_efficiency(tpu)[0], DType.BF16), 64) == 1.0
+
+
+def test_near_capacity_warning(tiny_model: ModelSpec, tiny_cluster: ClusterSpec) -> None:
+    """An estimate that fits but fills NEAR_CAPACITY or more of the most loaded device says
+    so; one with room to spare, or one that does not fit (it reports the overflow), does not."""
+    from cost_models.training import NEAR_CAPACITY
+
+    wl = TrainingWorkload(global_batch_size=4, seq_len=128)
+    peak = evaluate(tiny_model, tiny_cluster, wl, Plan()).peak_memory_gib * GIB
+
+    def warned(capacity: float) -> bool:
+        dev = tiny_cluster.device.model_copy(update={"memory_bytes": int(capacity)})
+        est = evaluate(tiny_model, tiny_cluster.model_copy(update={"device": dev}), wl, Plan())
+        return any("of its memory: near capacity" in w for w in est.warnings)
+
+    assert warned(peak / 0.95) and warned(peak / NEAR_CAPACITY * 0.999)
+    assert not warned(peak / 0.80) and not warned(peak * 0.9)
