@@ -519,6 +519,8 @@ def _short_plan(plan: dict[str, Any]) -> str:
     text = ",".join(f"{k}={plan[k]}" for k in keys)
     if plan.get("ep_overlap") == "on":
         text += ",ep_overlap=on"
+    if plan.get("dispatcher", "flex") != "flex":
+        text += f",dispatcher={plan['dispatcher']}"
     if plan.get("recompute_modules"):
         text += f",recompute_modules={plan['recompute_modules']}"
     if plan.get("order") != "tp-cp-dp-pp":

@@ -34,6 +34,10 @@ B200 and GB200. The mapping uses only facts stated in each record or its source:
 - Other uneven virtual pipelines (the records give no layout): the blocks are spread as evenly
   as possible over the pp*vpp virtual stages, earlier chunks taking the remainder (`layers=`
   with pp*vpp counts); the bubble then follows the largest chunk.
+- Token dispatcher: the flex dispatcher (a token crosses the network once per destination
+  node), except Qwen3-235B-A22B on H100 and B200, which Megatron-Bridge's performance script
+  runs with the NCCL all-to-all dispatcher (plan key dispatcher=alltoall; ALLTOALL_DISPATCHER
+  below). The two differ only where the EP group spans nodes.
 - GB200 jobs of 256 GPUs run on four NVL72 racks of 64 GPUs (the cluster's allocation unit is
   a 4-GPU compute tray; see ClusterSpec.job_view).
 - Published step time: the record's derived iteration_s, else global tokens / measured tokens/s.
@@ -51,7 +55,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from planner import Attention, ModelSpec, Plan, Recompute, TrainingWorkload, load_model  # noqa: E402
+from planner import (  # noqa: E402
+    Attention, Dispatcher, ModelSpec, Plan, Recompute, TrainingWorkload, load_model)
 from planner.api import evaluate  # noqa: E402
 from planner.result import Estimate  # noqa: E402
 from planner.errors import PlannerError  # noqa: E402
@@ -131,6 +136,15 @@ and `recompute_modules` (selective recomputation of those modules; an empty list
 nothing). Qwen3's presets turn recomputation off (configs/qwen/qwen3_llm_pretrain.py,
 `recompute_granularity = None`) and leave the overlap off."""
 
+ALLTOALL_DISPATCHER: tuple[tuple[str, str], ...] = (("Qwen3_235B", "H100"), ("Qwen3_235B", "B200"))
+"""(record-id fragment, GPU) whose Megatron-Bridge performance script sets Megatron-Core's
+NCCL all-to-all dispatcher: scripts/performance/configs/qwen/qwen3_llm_pretrain.py,
+`qwen3_235b_a22b_pretrain_config_h100` and `..._b200` set `moe_token_dispatcher_type =
+"alltoall"` (the GB200 functions and every Qwen3-30B-A3B function set "flex"). Read at
+Megatron-Bridge 05c0c90f; the records do not say which script version ran, so all containers
+take it. Every other record keeps the plan default, the flex dispatcher (plan key dispatcher;
+the two differ only where the EP group spans nodes)."""
+
 DEEPSEEK_V3_DEFAULT_RECOMPUTE = ("mla_up_proj",)
 """DeepSeek-V3 rows that match no preset above (older containers' configurations): the earlier
 performance script, configs/deepseek/deepseek_llm_pretrain.py, sets selective recomputation of
@@ -167,11 +181,14 @@ def plan_for(record: dict[str, Any], model: ModelSpec) -> Plan:
     elif vpp > 1 and any(n % vpp for n in per_stage):
         layers = even_chunks(model.num_layers, pp, vpp)
     overlap, modules = preset_for(record)
+    rid = record["id"]
+    alltoall = any(frag in rid and f"DGX-{gpu}_" in rid for frag, gpu in ALLTOALL_DISPATCHER)
     return Plan(tp=p.get("tp") or 1, pp=pp, dp=p.get("dp") or 1, cp=p.get("cp") or 1,
                 ep=p.get("ep") or 1, vpp=vpp, mbs=record["batch"]["micro"], zero=1,
                 recompute=Recompute.SELECTIVE if modules else Recompute.NONE,
                 recompute_modules=modules, attn=Attention.FLASH, stage_layers=layers,
-                ep_overlap=overlap)
+                ep_overlap=overlap,
+                dispatcher=Dispatcher.ALLTOALL if alltoall else Dispatcher.FLEX)
 
 
 def mapped_model(record: dict[str, Any]) -> ModelSpec:

@@ -148,7 +148,7 @@ def remote_nodes_per_token(experts: int, top_k: int, nodes: int) -> float:
 
 
 def moe_dispatch_s(links: GroupLinks, cluster: ClusterSpec, *, tokens: float, top_k: int,
-                   experts: int, row_bytes: float) -> float:
+                   experts: int, row_bytes: float, per_node: bool = True) -> float:
     """One MoE dispatch (or combine) over an expert-parallel group: each of the rank's
     `tokens` goes to its top_k experts as a `row_bytes` row.
 
@@ -162,11 +162,15 @@ def moe_dispatch_s(links: GroupLinks, cluster: ClusterSpec, *, tokens: float, to
     kernels and used by Megatron-Core's flex dispatcher (DeepEP / HybridEP backends) for
     cross-node expert parallelism. The network carries tokens x the expected number of other
     nodes a token's experts fall on (`remote_nodes_per_token`) through the rank's own NIC; in
-    parallel NVLink carries the copies that end on another GPU of a node."""
+    parallel NVLink carries the copies that end on another GPU of a node.
+
+    per_node=False is Megatron-Core's `alltoall` dispatcher (plan key dispatcher=alltoall):
+    one NCCL all-to-all of the tokens*top_k rows across nodes too, (n - local)/n of them
+    through the network (`all_to_all_s`)."""
     n = links.size
     if n <= 1 or tokens <= 0:
         return 0.0
-    if not links.spans_nodes:
+    if not links.spans_nodes or not per_node:
         return all_to_all_s(links, cluster, tokens * top_k * row_bytes)
     local = links.members_per_node
     nodes = max(1, n // local)

@@ -43,7 +43,7 @@ from cost_models.memory import GIB
 from cost_models.tables import StageTables, build_tables
 from planner.hardware import ClusterSpec
 from planner.model import ModelSpec
-from planner.plan import Plan, Recompute
+from planner.plan import Dispatcher, Plan, Recompute
 from planner.result import Estimate, StageEstimate
 from planner.workload import TrainingWorkload
 
@@ -113,10 +113,12 @@ def block_comm(ctx: Context, moe: bool, bc: BlockCompute) -> tuple[float, ...]:
     ep = 0.0
     if moe and m.moe is not None and ctx.plan.ep > 1:
         # Token dispatch and combine: each token's hidden state to its top-k experts and back
-        # (comm.moe_dispatch_s: per expert inside a node, once per node across nodes).
+        # (comm.moe_dispatch_s: per expert inside a node; across nodes once per node with the
+        # flex dispatcher, per expert with the alltoall one).
         ep = 2 * comm.moe_dispatch_s(ctx.ep_links, ctx.cluster, tokens=sh.moe_tokens,
                                      top_k=m.moe.top_k, experts=m.moe.num_experts,
-                                     row_bytes=m.hidden_size * roof_bytes(sh.dtype))
+                                     row_bytes=m.hidden_size * roof_bytes(sh.dtype),
+                                     per_node=ctx.plan.dispatcher == Dispatcher.FLEX)
     return tp, tp, cp_f, cp_b, ep, ep
 
 

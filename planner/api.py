@@ -70,6 +70,7 @@ def plan_dict(plan: Plan, num_layers: int) -> dict[str, object]:
         d["etp"] = plan.etp
     if plan.ep_overlap:
         d["ep_overlap"] = "on"
+    d["dispatcher"] = plan.dispatcher.value
     if plan.recompute_modules is not None:
         d["recompute_modules"] = "+".join(plan.recompute_modules)
     d["layers"] = "/".join(str(n) for n in plan.layers_per_stage(num_layers))

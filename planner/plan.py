@@ -40,6 +40,21 @@ class LossKernel(StrEnum):
     FUSED = "fused"
 
 
+class Dispatcher(StrEnum):
+    """How an MoE layer moves tokens to experts on other nodes (inside a node both send one
+    row per (token, expert) pair over NVLink).
+
+    flex: each token crosses the network once per destination node and is forwarded to that
+    node's experts over NVLink: DeepSeek-V3's dispatch (arXiv:2412.19437, Sec. 3.2.2), DeepEP's
+    internode kernels and HybridEP, Megatron-Core `--moe-token-dispatcher-type flex`.
+    alltoall: one NCCL all-to-all of every (token, expert) row, so a token whose experts sit
+    on k GPUs of another node crosses the network k times: Megatron-Core's `alltoall`
+    dispatcher (token_dispatcher.py, MoEAlltoAllTokenDispatcher)."""
+
+    FLEX = "flex"
+    ALLTOALL = "alltoall"
+
+
 class Recompute(StrEnum):
     """Activation recomputation (Korthikanti et al. 2022, Sec. 4 and 5)."""
 
@@ -71,6 +86,8 @@ class Plan(Spec):
     ep_overlap: bool = Field(
         False, description="hide each micro-batch's MoE dispatch/combine behind an adjacent "
         "micro-batch's compute (Megatron-Core's combined 1F1B, --overlap-moe-expert-parallel-comm)")
+    dispatcher: Dispatcher = Field(
+        Dispatcher.FLEX, description="MoE token dispatcher across nodes (see Dispatcher)")
     zero: int = Field(0, ge=0, le=3, description="ZeRO stage over dp: 1 optimizer, 2 +grads, 3 +weights")
     recompute: Recompute = Field(Recompute.NONE, description="activation recomputation")
     recompute_modules: tuple[str, ...] | None = Field(
@@ -188,6 +205,8 @@ class Plan(Spec):
             parts.append(f"etp={self.etp}")
         if self.ep_overlap:
             parts.append("ep_overlap=on")
+        if self.dispatcher != Dispatcher.FLEX:
+            parts.append(f"dispatcher={self.dispatcher.value}")
         if self.recompute_modules is not None:
             parts.append("recompute_modules=" + "+".join(self.recompute_modules))
         if self.order != DEFAULT_ORDER:
@@ -204,7 +223,7 @@ _ON = {"on", "true", "1", "yes"}
 _OFF = {"off", "false", "0", "no"}
 _BOOL_KEYS = ("sp", "ep_overlap")
 _ENUM_KEYS: dict[str, type[StrEnum]] = {"recompute": Recompute, "attn": Attention,
-                                         "loss": LossKernel}
+                                         "loss": LossKernel, "dispatcher": Dispatcher}
 PLAN_KEYS = (*_INT_KEYS, *_BOOL_KEYS, *_ENUM_KEYS, "order", "layers", "recompute_modules")
 
 

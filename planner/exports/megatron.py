@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from planner.exports.common import ExportInputs, refuse, require_training
 from planner.model import Activation, DType, ModelSpec, Norm, Positional
-from planner.plan import DEFAULT_ORDER, Recompute
+from planner.plan import DEFAULT_ORDER, Dispatcher, Recompute
 
 ENGINE = "megatron"
 Flags = list[tuple[str, str | None]]
@@ -59,8 +59,9 @@ def _parallel_flags(inp: ExportInputs) -> Flags:
         if p.ep_overlap:
             # combined 1F1B; Megatron-Core asserts an alltoall or flex dispatcher for it, and
             # Megatron-LM's default dispatcher is allgather
-            out += [("--overlap-moe-expert-parallel-comm", None),
-                    ("--moe-token-dispatcher-type", "alltoall")]
+            out.append(("--overlap-moe-expert-parallel-comm", None))
+        if p.ep_overlap or p.dispatcher == Dispatcher.ALLTOALL:
+            out.append(("--moe-token-dispatcher-type", "alltoall"))
     elif p.ep > 1:
         raise refuse("Megatron-LM", f"ep={p.ep} needs an MoE model; '{inp.model.name}' is dense")
     if p.sp and p.tp > 1:

@@ -115,3 +115,12 @@ def test_megatron_export_lists_the_recomputed_modules() -> None:
     kwargs.update(_megatron_dtypes(args))
     config = tc.TransformerConfig(**kwargs)
     assert config.recompute_modules == ["layernorm", "moe_act"]
+
+
+def test_megatron_export_names_the_alltoall_dispatcher_once() -> None:
+    _, flags = command_flags(export_result(
+        with_plan("moe", "tp=1,pp=1,dp=16,cp=2,ep=8,mbs=1,zero=1,dispatcher=alltoall"), "megatron"))
+    assert flags["--moe-token-dispatcher-type"] == "alltoall"
+    text = export_result(with_plan("moe", "tp=1,pp=2,dp=8,cp=2,ep=8,vpp=2,mbs=1,zero=1,"
+                                   "ep_overlap=on,dispatcher=alltoall"), "megatron")
+    assert text.count("--moe-token-dispatcher-type") == 1

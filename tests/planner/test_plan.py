@@ -56,6 +56,7 @@ def test_round_trip(tp: int, pp: int, dp: int, cp: int, zero: int, rc: Recompute
         ("pp=2,dp=4,layers=3/0", "layers= leaves a pipeline stage without blocks"),
         ("pp=2,vpp=2,dp=4,layers=3/0/2/0", "layers= leaves a pipeline stage without blocks"),
         ("ep_overlap=perhaps", "plan key 'ep_overlap' takes on or off"),
+        ("dispatcher=deepep", "plan key 'dispatcher' takes flex/alltoall"),
     ],
 )
 def test_bad_plan_strings(text: str, message: str) -> None:
