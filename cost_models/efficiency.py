@@ -45,6 +45,12 @@ class DeviceEfficiency:
 #   FLOPS comparison table" (bf16, no sparsity): A100 SXM 267.9/312 = 85.9%, H100 SXM
 #   792.1/989 = 80.1%, H100/H200 SXM 794.5/989 = 80.3%, B200 1745/2250 = 77.6%; fp8: H200
 #   1453.4/1979 = 73.4%, B200 3432.5/4500 = 76.3% (training/hardware-upgrade guide, same repo).
+#   The same table's later revision adds GB200 SXM, measured: bf16 1822.0/2500 = 72.9%, fp8
+#   3615.6/5000 = 72.3% (torch 2.10.0.dev20250916+cu130), and H100 SXM fp8 1402.6/1979 = 70.9%
+#   (torch 2.7.0+cu126). GB200 used B200's fractions before that (an extrapolation: the same
+#   dies at a higher power limit do not reach the same fraction of the higher quoted peak), and
+#   H100 fp8 used H200's. The revision also lists A100 SXM bf16 at 271.2/312 = 86.9% with torch
+#   2.6; 85.9% (CUDA 12.1) is kept, the software of the validation runs' time.
 # - V100 has no MAMF entry; 0.80 of 125 TFLOP/s (~100 TFLOP/s for large fp16 GEMMs) is the
 #   engineering estimate used, in line with cuBLAS fp16 GEMM results of the Volta era.
 # - TPU: no public MAMF; 0.85 is an engineering estimate for large XLA matmuls on the MXUs.
@@ -97,10 +103,10 @@ A100 (0.30 / 0.55, the A100 fractions of Dao 2023): 0.19 (source note above)."""
 _BY_NAME: dict[str, DeviceEfficiency] = {
     "v100": DeviceEfficiency(0.80, 0.80, 80, 128, 0.85, 0.45, 0.30, 4e-6),
     "a100": DeviceEfficiency(0.859, 0.859, 108, 128, 0.85, 0.55, 0.30, 4e-6, 1305 / 1410),
-    "h100": DeviceEfficiency(0.801, 0.734, 132, 128, 0.85, 0.55, HOPPER_FLASH1_ATTENTION, 4e-6),
+    "h100": DeviceEfficiency(0.801, 0.709, 132, 128, 0.85, 0.55, HOPPER_FLASH1_ATTENTION, 4e-6),
     "h200": DeviceEfficiency(0.803, 0.734, 132, 128, 0.85, 0.55, HOPPER_FLASH1_ATTENTION, 4e-6),
     "b200": DeviceEfficiency(0.776, 0.763, 148, 128, 0.85, 0.5, 0.30, 4e-6),
-    "gb200": DeviceEfficiency(0.776, 0.763, 148, 128, 0.85, 0.5, 0.30, 4e-6),
+    "gb200": DeviceEfficiency(0.729, 0.723, 148, 128, 0.85, 0.5, 0.30, 4e-6),
     "tpu-v3": DeviceEfficiency(0.85, 0.85, 4, 128, 0.85, 0.5, 0.5, 4e-6, collective_sms=0),
     "tpu-v4": DeviceEfficiency(0.85, 0.85, 8, 128, 0.85, 0.5, 0.5, 4e-6, collective_sms=0),
 }
