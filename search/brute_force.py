@@ -68,5 +68,4 @@ def _plans(model: ModelSpec, d: space.Degrees, mbs: int, m: int, limits: Limits,
                         yield Plan(tp=d.tp, cp=d.cp, pp=d.pp, dp=d.dp, ep=ep, mbs=mbs, recompute=rc,
                                    sp=sp, zero=zero, vpp=vpp, order=order, stage_layers=layers,
                                    ep_overlap=overlap,
-                                   **{k: v for k, v in limits.fixed.items()
-                                      if k in ("etp", "attn", "recompute_modules")})  # type: ignore[arg-type]
+                                   **space.held(limits))  # type: ignore[arg-type]

@@ -30,7 +30,7 @@ from planner.validate import plan_problems
 from planner.workload import TrainingWorkload
 from search import space
 from search.layer_partition import partition_layers
-from search.space import Degrees, Limits
+from search.space import Degrees, Limits, held
 
 
 @dataclass(order=True, frozen=True)
@@ -89,10 +89,8 @@ class Group:
 
 
 def _base_plan(d: Degrees, g_mbs: int, rc: Recompute, sp: bool, limits: Limits, ep: int) -> Plan:
-    extra = {k: v for k, v in limits.fixed.items()
-             if k in ("etp", "attn", "loss", "recompute_modules")}
     return Plan(tp=d.tp, cp=d.cp, pp=d.pp, dp=d.dp, ep=ep, mbs=g_mbs, recompute=rc, sp=sp,
-                **extra)  # type: ignore[arg-type]
+                **held(limits))  # type: ignore[arg-type]
 
 
 def _work_per_microbatch(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload,

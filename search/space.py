@@ -59,6 +59,17 @@ class Limits:
     fixed: dict[str, object] = field(default_factory=dict)
 
 
+HELD_KEYS = ("etp", "attn", "loss", "recompute_modules", "dispatcher")
+"""Plan keys the search does not vary: a --fix value is carried into every candidate as given,
+otherwise the Plan default (etp 1, FlashAttention, unfused loss, the attention core as the
+selective module, the flex MoE dispatcher, which is never slower)."""
+
+
+def held(limits: Limits) -> dict[str, object]:
+    """The HELD_KEYS values fixed in `limits`, as Plan fields."""
+    return {k: v for k, v in limits.fixed.items() if k in HELD_KEYS}
+
+
 def _allowed(value: int, key: str, limits: Limits) -> bool:
     return key not in limits.fixed or limits.fixed[key] == value
 

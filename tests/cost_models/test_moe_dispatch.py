@@ -75,3 +75,15 @@ def test_dispatcher_plan_key_changes_only_cross_node_ep() -> None:
     p = parse_plan("tp=1,pp=1,dp=16,ep=16,dispatcher=alltoall", devices=16)
     assert p.dispatcher == Dispatcher.ALLTOALL and "dispatcher=alltoall" in p.to_string()
     assert "dispatcher" not in Plan(dp=16, ep=16).to_string()      # flex is the default
+
+
+def test_search_holds_a_fixed_dispatcher() -> None:
+    """--fix dispatcher=alltoall reaches every plan the search returns (it is held, not
+    searched: flex is never slower)."""
+    from planner import Dispatcher, TrainingWorkload
+    from planner.api import search
+
+    r = search("qwen3-30b-a3b", "dgx-h100", TrainingWorkload(global_batch_size=64, seq_len=4096),
+               devices=16, top_k=3, fixed={"dispatcher": Dispatcher.ALLTOALL})
+    assert all("dispatcher=alltoall" in t.plan["plan"] for t in r.top)
+    assert all(t.plan["dispatcher"] == "alltoall" for t in r.top)

@@ -44,7 +44,7 @@ from planner import ClusterSpec, DeviceSpec, LinkSpec, ModelSpec
 from planner.api import evaluate, search
 from planner.errors import InfeasibleError, PlanError
 from planner.model import Activation, DType, MoESpec, Optimizer
-from planner.plan import DEFAULT_ORDER, Attention, Plan, Recompute, parse_plan
+from planner.plan import DEFAULT_ORDER, Attention, Dispatcher, Plan, Recompute, parse_plan
 from planner.validate import divisors, plan_problems
 from planner.workload import TrainingWorkload
 
@@ -394,6 +394,8 @@ def test_moe_search_with_fixed_ep_matches_brute_force(
         fixed: Fixed = {"ep": rng.choice([d for d in divisors(model.moe.num_experts) if d <= 4])}
         if rng.random() < 0.3:
             fixed["etp"] = rng.choice([1, 2])
+        if rng.random() < 0.3:
+            fixed["dispatcher"] = Dispatcher.ALLTOALL
         feasible += _check_against_brute_force(seed, model, cluster, wl, n, fixed, NONE)
     assert feasible >= 5
 
