@@ -266,6 +266,10 @@ def _warnings(ctx: Context, generic: bool, fill: float = 0.0) -> list[str]:
                    "achievable fractions were used (see cost_models/efficiency.py)")
     if ctx.plan.sp and ctx.plan.tp == 1:
         out.append("sp=on has no effect with tp=1")
+    if ctx.plan.dispatcher != Dispatcher.FLEX and (
+            ctx.model.moe is None or ctx.plan.ep == 1 or not ctx.ep_links.spans_nodes):
+        out.append(f"dispatcher={ctx.plan.dispatcher.value} has no effect here: the two "
+                   "dispatchers differ only when an expert-parallel group spans nodes")
     if ctx.tp_links.spans_nodes:
         out.append(f"the tp={ctx.plan.tp} group spans nodes: tensor-parallel traffic crosses "
                    "the inter-node network")

@@ -72,6 +72,13 @@ def test_dispatcher_plan_key_changes_only_cross_node_ep() -> None:
 
     assert ep_s(16, Dispatcher.ALLTOALL) > 1.5 * ep_s(16, Dispatcher.FLEX)
     assert ep_s(8, Dispatcher.ALLTOALL) == pytest.approx(ep_s(8, Dispatcher.FLEX))
+
+    def warned(ep: int) -> bool:
+        est = evaluate(m, cl, wl, Plan(dp=16, ep=ep, zero=1, dispatcher=Dispatcher.ALLTOALL),
+                       devices=16)
+        return any(w.startswith("dispatcher=alltoall has no effect") for w in est.warnings)
+
+    assert warned(8) and not warned(16)          # inside one 8-GPU node it changes nothing
     p = parse_plan("tp=1,pp=1,dp=16,ep=16,dispatcher=alltoall", devices=16)
     assert p.dispatcher == Dispatcher.ALLTOALL and "dispatcher=alltoall" in p.to_string()
     assert "dispatcher" not in Plan(dp=16, ep=16).to_string()      # flex is the default
