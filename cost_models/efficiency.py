@@ -50,7 +50,7 @@ class DeviceEfficiency:
 #   (torch 2.7.0+cu126). GB200 used B200's fractions before that (an extrapolation: the same
 #   dies at a higher power limit do not reach the same fraction of the higher quoted peak), and
 #   H100 fp8 used H200's. The revision also lists A100 SXM bf16 at 271.2/312 = 86.9% with torch
-#   2.6; 85.9% (CUDA 12.1) is kept, the software of the validation runs' time.
+#   2.6; 85.9% (CUDA 12.1) is kept, nearer the 2020-23 software of the A100 validation runs.
 # - V100 has no MAMF entry; 0.80 of 125 TFLOP/s (~100 TFLOP/s for large fp16 GEMMs) is the
 #   engineering estimate used, in line with cuBLAS fp16 GEMM results of the Volta era.
 # - TPU: no public MAMF; 0.85 is an engineering estimate for large XLA matmuls on the MXUs.
