@@ -151,10 +151,15 @@ performance script, configs/deepseek/deepseek_llm_pretrain.py, sets selective re
 `mla_up_proj` for every B200 and GB200 configuration."""
 
 
+def gpu_of(record: dict[str, Any]) -> str:
+    """The DGX system the record's id names ('GB200', 'B200', 'H100'), or ''."""
+    return next((g for g in ("GB200", "B200", "H100") if f"DGX-{g}_" in record["id"]), "")
+
+
 def preset_for(record: dict[str, Any]) -> tuple[bool, tuple[str, ...] | None]:
     """(ep_overlap, recompute_modules or None for no recomputation) of the record's run."""
     rid, p, b = record["id"], record["parallel"], record["batch"]
-    gpu = "GB200" if "GB200" in rid else "B200" if "B200" in rid else ""
+    gpu = gpu_of(record)
     key = (p.get("pp") or 1, p.get("vpp") or 1, p.get("ep") or 1, b["global"], b["micro"])
     for (frag, g, prec, *cfg), overlap, modules in MEGATRON_BRIDGE_PRESETS:
         if frag in rid and gpu == g and record["precision"] in prec and key == tuple(cfg):
@@ -181,8 +186,8 @@ def plan_for(record: dict[str, Any], model: ModelSpec) -> Plan:
     elif vpp > 1 and any(n % vpp for n in per_stage):
         layers = even_chunks(model.num_layers, pp, vpp)
     overlap, modules = preset_for(record)
-    rid = record["id"]
-    alltoall = any(frag in rid and f"DGX-{gpu}_" in rid for frag, gpu in ALLTOALL_DISPATCHER)
+    alltoall = any(frag in record["id"] and gpu == gpu_of(record)
+                   for frag, gpu in ALLTOALL_DISPATCHER)
     return Plan(tp=p.get("tp") or 1, pp=pp, dp=p.get("dp") or 1, cp=p.get("cp") or 1,
                 ep=p.get("ep") or 1, vpp=vpp, mbs=record["batch"]["micro"], zero=1,
                 recompute=Recompute.SELECTIVE if modules else Recompute.NONE,
@@ -198,11 +203,13 @@ def mapped_model(record: dict[str, Any]) -> ModelSpec:
 
 def predict(record: dict[str, Any]) -> Estimate:
     model = mapped_model(record)
-    cluster = cluster_spec(record)
+    return _estimate(record, model, plan_for(record, model))
+
+
+def _estimate(record: dict[str, Any], model: ModelSpec, plan: Plan) -> Estimate:
     wl = TrainingWorkload(global_batch_size=record["batch"]["global"],
                           seq_len=record["model"]["seq_len"], dtype=dtype_for(record))
-    return evaluate(model, cluster, wl, plan_for(record, model),
-                    devices=record["hardware"]["gpus"])
+    return evaluate(model, cluster_spec(record), wl, plan, devices=record["hardware"]["gpus"])
 
 
 def run(data: Path, only: str | None) -> list[dict[str, Any]]:
@@ -211,7 +218,9 @@ def run(data: Path, only: str | None) -> list[dict[str, Any]]:
         if only and only not in r["id"]:
             continue
         try:
-            est = predict(r)
+            model = mapped_model(r)
+            plan = plan_for(r, model)
+            est = _estimate(r, model, plan)
         except (UnmappedRecord, PlannerError, KeyError, ValueError) as e:
             rows.append(skipped_row(r, e))
             continue
@@ -222,10 +231,8 @@ def run(data: Path, only: str | None) -> list[dict[str, Any]]:
                      "mbs": r["batch"]["micro"], "mfu": est.mfu, "fits": est.fits,
                      "peak_gib": est.peak_memory_gib,
                      "gpus": r["hardware"]["gpus"],
-                     "config": config_key(mapped_model(r), r, plan_for(r, mapped_model(r))
-                                          .model_dump(mode="json")),
-                     "work": config_key(mapped_model(r), r, plan_for(r, mapped_model(r))
-                                        .model_dump(mode="json"), per_gpu=True)})
+                     "config": config_key(model, r, plan.model_dump(mode="json")),
+                     "work": config_key(model, r, plan.model_dump(mode="json"), per_gpu=True)})
     return rows
 
 

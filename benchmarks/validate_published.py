@@ -217,15 +217,15 @@ def run(data: Path, only: str | None) -> list[dict[str, Any]]:
             rows.append(skipped_row(r, e))
             continue
         pub = published_step_s(r)
+        model, plan = model_for(r), {**plan_fields(r), "mbs": mbs}
         rows.append({"id": r["id"], "source": source_family(r), "device": device_label(r),
                      "published_s": pub,
                      "predicted_s": est.step_time_s, "error": est.step_time_s / pub - 1,
                      "mbs": mbs, "mfu": est.mfu, "fits": est.fits,
                      "peak_gib": est.peak_memory_gib,
                      "gpus": r["hardware"]["gpus"],
-                     "config": config_key(model_for(r), r, {**plan_fields(r), "mbs": mbs}),
-                     "work": config_key(model_for(r), r, {**plan_fields(r), "mbs": mbs},
-                                        per_gpu=True)})
+                     "config": config_key(model, r, plan),
+                     "work": config_key(model, r, plan, per_gpu=True)})
     return rows
 
 
