@@ -17,6 +17,8 @@ Mappings (all from that arguments.py unless said otherwise):
   optim_grads_params (validate_args requires --ckpt-format fsdp_dtensor with it).
 - Recompute: selective = --recompute-granularity selective (default module core_attn, the
   attention core of Korthikanti et al. 2022); full = full + uniform method, 1 layer per unit.
+- MoE token dispatcher: named whenever ep > 1 (Megatron-LM's default is allgather): alltoall,
+  or flex on DeepEP when the plan's flex dispatcher crosses nodes (`_dispatcher_flags`).
 - sp: --sequence-parallel, only with tp > 1 (a tp group of one has nothing to split).
 - Rank order: tp-cp-dp-pp is Megatron's default (tp-cp-ep-dp-pp); tp-cp-pp-dp is
   --use-tp-pp-dp-mapping; other orders are refused.
@@ -57,11 +59,9 @@ def _parallel_flags(inp: ExportInputs) -> Flags:
         out += [("--expert-model-parallel-size", str(p.ep)),
                 ("--expert-tensor-parallel-size", str(p.expert_tp))]
         if p.ep_overlap:
-            # combined 1F1B; Megatron-Core asserts an alltoall or flex dispatcher for it, and
-            # Megatron-LM's default dispatcher is allgather
+            # combined 1F1B; Megatron-Core asserts an alltoall or flex dispatcher for it
             out.append(("--overlap-moe-expert-parallel-comm", None))
-        if p.ep_overlap or p.dispatcher == Dispatcher.ALLTOALL:
-            out.append(("--moe-token-dispatcher-type", "alltoall"))
+        out += _dispatcher_flags(inp)
     elif p.ep > 1:
         raise refuse("Megatron-LM", f"ep={p.ep} needs an MoE model; '{inp.model.name}' is dense")
     if p.sp and p.tp > 1:
@@ -74,6 +74,29 @@ def _parallel_flags(inp: ExportInputs) -> Flags:
         raise refuse("Megatron-LM", f"rank order {'-'.join(p.order)} is neither the default "
                      "tp-cp-(ep-)dp-pp nor tp-cp-(ep-)pp-dp (--use-tp-pp-dp-mapping)")
     return out
+
+
+def _dispatcher_flags(inp: ExportInputs) -> Flags:
+    """The token dispatcher that moves tokens the way the estimate moved them
+    (cost_models/comm.py `moe_dispatch_s`):
+    - dispatcher=alltoall, or an expert-parallel group inside one node (where both dispatchers
+      send one row per (token, expert) pair): Megatron-Core's NCCL all-to-all,
+      `--moe-token-dispatcher-type alltoall`, which needs no extra library;
+    - dispatcher=flex with an EP group across nodes (a token crosses the network once per
+      destination node): the flex dispatcher on DeepEP, `--moe-token-dispatcher-type flex
+      --moe-enable-deepep` (arguments.py: DeepEP "only works with flex token dispatcher");
+    - ep=1 without ep_overlap: no flag, no token leaves its device.
+    Megatron-LM's default, allgather, sends every token to every EP rank, which no estimate
+    assumes, so a plan with ep > 1 always names its dispatcher."""
+    from cost_models.comm import group_links
+
+    p = inp.plan
+    if p.ep == 1 and not p.ep_overlap:
+        return []
+    links = group_links(inp.cluster.job_view(inp.devices), size=p.ep, stride=p.expert_tp)
+    if p.dispatcher == Dispatcher.FLEX and links.spans_nodes:
+        return [("--moe-token-dispatcher-type", "flex"), ("--moe-enable-deepep", None)]
+    return [("--moe-token-dispatcher-type", "alltoall")]
 
 
 def _pipeline_flags(inp: ExportInputs) -> Flags:

@@ -124,3 +124,56 @@ def test_megatron_export_names_the_alltoall_dispatcher_once() -> None:
     text = export_result(with_plan("moe", "tp=1,pp=2,dp=8,cp=2,ep=8,vpp=2,mbs=1,zero=1,"
                                    "ep_overlap=on,dispatcher=alltoall"), "megatron")
     assert text.count("--moe-token-dispatcher-type") == 1
+
+
+# ----- the token dispatcher ---------------------------------------------------------------
+
+
+def _on_nodes_of(data: dict, per_node: int) -> dict:
+    """The saved result on nodes of `per_node` GPUs (an EP group of 8 then spans nodes)."""
+    data["inputs"]["cluster"]["devices_per_node"] = per_node
+    return data
+
+
+def _dispatcher(data: dict) -> tuple[str | None, bool]:
+    text = export_result(data, "megatron")
+    _, flags = command_flags(text)
+    assert text.count("--moe-token-dispatcher-type") <= 1
+    return flags.get("--moe-token-dispatcher-type"), "--moe-enable-deepep" in flags
+
+
+def test_megatron_export_never_leaves_an_ep_plan_on_the_allgather_default() -> None:
+    """Megatron-LM defaults to the allgather dispatcher (every token to every EP rank), which
+    no estimate assumes: with ep > 1 the export names the dispatcher the estimate costed."""
+    inside = "tp=1,pp=1,dp=16,cp=2,ep=8,mbs=1,zero=1"     # EP group = ranks 0-7 of a node
+    # flex inside a node sends one row per (token, expert) pair, as alltoall does: no DeepEP
+    assert _dispatcher(with_plan("moe", inside)) == ("alltoall", False)
+    assert _dispatcher(with_plan("moe", inside + ",dispatcher=alltoall")) == ("alltoall", False)
+    # across nodes flex sends a token once per destination node: DeepEP's flex dispatcher
+    assert _dispatcher(_on_nodes_of(with_plan("moe", inside), 4)) == ("flex", True)
+    assert _dispatcher(_on_nodes_of(with_plan("moe", inside + ",dispatcher=alltoall"), 4)) == (
+        "alltoall", False)
+    # expert TP spreads the EP group: stride 2 x 8 members = 16 ranks, two 8-GPU nodes
+    assert _dispatcher(with_plan("moe", "tp=1,pp=1,dp=16,cp=2,ep=8,etp=2,mbs=1,zero=1")) == (
+        "flex", True)
+    # the combined 1F1B keeps the plan's dispatcher
+    overlap = "tp=1,pp=2,dp=8,cp=2,ep=8,vpp=2,mbs=1,zero=1,ep_overlap=on"
+    assert _dispatcher(_on_nodes_of(with_plan("moe", overlap), 4)) == ("flex", True)
+    # no expert parallelism: no token leaves its device, no flag
+    assert _dispatcher(with_plan("moe", "tp=1,pp=1,dp=32,cp=1,ep=1,mbs=1,zero=1")) == (
+        None, False)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning:megatron.core.transformer.transformer_config")
+def test_megatron_core_accepts_the_deepep_flags() -> None:
+    tc = pytest.importorskip("megatron.core.transformer.transformer_config")
+    from .test_engines import _MEGATRON_ELSEWHERE, _MEGATRON_RENAMES, _megatron_args, _megatron_dtypes
+
+    _, flags = command_flags(export_result(_on_nodes_of(
+        with_plan("moe", "tp=1,pp=1,dp=16,cp=2,ep=8,mbs=1,zero=1"), 4), "megatron"))
+    args = _megatron_args(flags)
+    kwargs = {_MEGATRON_RENAMES.get(k, k): v for k, v in args.items() if k not in _MEGATRON_ELSEWHERE}
+    kwargs["add_bias_linear"] = "disable_bias_linear" not in args
+    kwargs.update(_megatron_dtypes(args))
+    config = tc.TransformerConfig(**kwargs)        # __post_init__: DeepEP needs flex
+    assert config.moe_token_dispatcher_type == "flex"
