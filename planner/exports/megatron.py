@@ -17,6 +17,8 @@ Mappings (all from that arguments.py unless said otherwise):
   optim_grads_params (validate_args requires --ckpt-format fsdp_dtensor with it).
 - Recompute: selective = --recompute-granularity selective (default module core_attn, the
   attention core of Korthikanti et al. 2022); full = full + uniform method, 1 layer per unit.
+- fp8: --bf16 with Transformer Engine's FP8 (`fp8_recipe`: mxfp8/e4m3 on Blackwell, delayed
+  scaling/hybrid before it).
 - MoE token dispatcher: named whenever ep > 1 (Megatron-LM's default is allgather): alltoall,
   or flex on DeepEP when the plan's flex dispatcher crosses nodes (`_dispatcher_flags`).
 - sp: --sequence-parallel, only with tp > 1 (a tp group of one has nothing to split).
@@ -253,6 +255,26 @@ def moe_layer_pattern(mask: tuple[bool, ...]) -> str:
     return "(" + "+".join(f"[{b}]*{n}" for b, n in runs) + ")"
 
 
+BLACKWELL_DEVICES = ("b200", "gb200", "b300", "gb300")
+"""Device names (prefixes) that run MXFP8: Transformer Engine's MXFP8BlockScaling needs
+Blackwell tensor cores (TE docs, "Using FP8 with Transformer Engine": MXFP8 on Blackwell)."""
+
+
+def fp8_recipe(device_name: str) -> tuple[str, str]:
+    """(--fp8-format, --fp8-recipe) whose casts match the estimate's: each GEMM operand is
+    quantised in one pass that reads it once and writes two fp8 copies
+    (cost_models/compute.py FP8_CAST_BYTES_PER_ELEMENT). MXFP8 computes its block scales in
+    that pass, with E4M3 for every tensor (Megatron's DeepSeek-V3 GB200 guide: `--fp8-recipe
+    mxfp8 --fp8-format e4m3`); before Blackwell, delayed scaling takes the scale from the amax
+    history, also in one pass, with E4M3 forward and E5M2 gradients (`hybrid`, Transformer
+    Engine's recommended format). Current (tensorwise) scaling would need an extra amax pass
+    the estimate does not count."""
+    name = device_name.lower()
+    if name.startswith(BLACKWELL_DEVICES):
+        return "e4m3", "mxfp8"
+    return "hybrid", "delayed"
+
+
 def _dtype_flags(inp: ExportInputs) -> Flags:
     dtype = inp.workload.dtype
     if dtype == DType.BF16:
@@ -261,8 +283,13 @@ def _dtype_flags(inp: ExportInputs) -> Flags:
         return [("--fp16", None)]
     if dtype == DType.FP32:
         return []
-    raise refuse("Megatron-LM", f"dtype {dtype.value}: meshplan prints Megatron's bf16, fp16 and "
-                 "fp32 modes only (FP8 recipes are Transformer Engine options it does not choose)")
+    if dtype == DType.FP8:
+        # Transformer Engine's FP8 autocast around bf16 parameters, as the estimate assumes
+        # (attention core, LM head and router stay bf16: Roofline.high_precision)
+        fmt, recipe = fp8_recipe(inp.cluster.device.name)
+        return [("--bf16", None), ("--fp8-format", fmt), ("--fp8-recipe", recipe)]
+    raise refuse("Megatron-LM", f"dtype {dtype.value}: meshplan prints Megatron's bf16, fp16, fp8 "
+                 "and fp32 modes only (tf32 is not a Megatron-LM training mode)")
 
 
 def export_megatron(inp: ExportInputs) -> str:

@@ -282,6 +282,7 @@ _MEGATRON_RENAMES = {
     "decoder_last_pipeline_num_layers": "num_layers_in_last_pipeline_stage",
     "num_virtual_stages_per_pipeline_rank": "virtual_pipeline_model_parallel_size",
     "swiglu": "gated_linear_unit",
+    "fp8_format": "fp8",  # --fp8-format's dest
 }
 # Megatron-LM arguments that are not TransformerConfig fields, with where the test checks them.
 _MEGATRON_ELSEWHERE = {
