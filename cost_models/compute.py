@@ -257,9 +257,10 @@ def _block_compute(model: ModelSpec, roof: Roofline, sh: Shard, *, moe: bool) ->
         cast_b = roof.stream(FP8_CAST_BYTES_PER_ELEMENT * cast_grad)
     attn_t, attn_f, attn_bt, attn_bf = _attention_core(model, roof, sh)
     elem = _elementwise_bytes(model, sh, moe=moe)
+    ring_f, ring_b = ring_merge_bytes(model, sh)
     return BlockCompute(
-        fwd_s=fwd + attn_t + roof.stream(elem) + moe_f + cast_f,
-        bwd_s=bwd + attn_bt + roof.stream(2 * elem) + moe_b + cast_b,
+        fwd_s=fwd + attn_t + roof.stream(elem) + moe_f + cast_f + roof.stream(ring_f),
+        bwd_s=bwd + attn_bt + roof.stream(2 * elem) + moe_b + cast_b + roof.stream(ring_b),
         attn_core_fwd_s=0.0 if sh.attn.fused else attn_t,
         attention_fwd_s=attn_t, attention_bwd_s=attn_bt,
         fwd_flops=f_fwd + attn_f, bwd_flops=f_bwd + attn_bf,
@@ -454,6 +455,32 @@ def _elementwise_bytes(model: ModelSpec, sh: Shard, *, moe: bool) -> float:
     split = 2 * T * (q + 2 * kv) * e / t
     rope = 2 * T * (q + kv) * e / t if model.positional == "rope" else 0.0
     return h_part + act + split + rope
+
+
+RING_MERGE_TENSORS = 3.0
+"""Context parallelism runs attention as cp ring steps, each an attention kernel over one K/V
+chunk, and merges every step after the first into the running result in a fused elementwise
+kernel that reads the step's partial result and the running one and writes the running one
+(three tensors in the activation dtype): the output, rescaled by its log-sum-exp, in the
+forward, and the dQ and dK/dV partial gradients in the backward (Transformer Engine,
+attention/dot_product_attention/context_parallel.py: `flash_attn_fwd_out_correction`,
+`out.add_(out_per_step * exp(lse_per_step - lse))`; the backward's `dq.add_` and `dkv.add_`
+per step). Without context parallelism the single kernel writes its result once, which the
+attention kernel's own time covers."""
+
+
+def ring_merge_bytes(model: ModelSpec, sh: Shard) -> tuple[float, float]:
+    """(forward, backward) bytes of the cp - 1 ring-step merges of one block's attention on one
+    device (RING_MERGE_TENSORS); none without context parallelism."""
+    if sh.cp <= 1:
+        return 0.0, 0.0
+    d_qk, d_v = attention_dims(model)
+    heads = model.num_attention_heads / sh.tp
+    kv_heads = (model.kv_heads if model.mla is None else model.num_attention_heads) / sh.tp
+    rows = sh.tokens * (sh.cp - 1) * RING_MERGE_TENSORS * roof_bytes(sh.dtype)
+    fwd = rows * heads * d_v
+    bwd = rows * (heads * d_qk + kv_heads * (d_qk + d_v))
+    return fwd, bwd
 
 
 def roof_bytes(dtype: DType) -> int:
