@@ -71,7 +71,7 @@ def _table(ranked: list[dict[str, Any]]) -> str:
     rows = []
     for i, s in enumerate(ranked):
         e = s["estimate"]
-        rows.append([t.cell(f"#{i + 1}"), f"<code>{t.cell(_short(s['plan']))}</code>",
+        rows.append([t.cell(f"#{i + 1}"), t.plan_code(_short(s["plan"])),
                      t.cell(f"{e['tokens_per_s']:,.0f}"), t.cell(fmt(1e3 * e["ttft_s"], 2)),
                      t.cell(fmt(1e3 * e["tpot_s"], 3)), t.cell(fmt(e["e2e_s"])),
                      t.cell(f"{e['prefill_bound']} / {e['decode_bound']}"),

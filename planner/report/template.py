@@ -79,6 +79,12 @@ def cell(text: object) -> str:
     return escape(str(text))
 
 
+def plan_code(plan: str) -> str:
+    """A plan string as table-cell code that wraps only between its keys and between the stage
+    counts of `layers=` (a 27-stage split would otherwise push the table off the page)."""
+    return "<code>" + cell(plan).replace(",", ",<wbr>").replace("/", "/<wbr>") + "</code>"
+
+
 def cards(items: Sequence[tuple[str, str]]) -> str:
     """Headline numbers as (value, label) cards."""
     return '<div class="cards">' + "".join(

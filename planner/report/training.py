@@ -97,7 +97,7 @@ def _ranked_table(ranked: list[dict[str, Any]]) -> str:
     rows = []
     for i, s in enumerate(ranked):
         e = s["estimate"]
-        rows.append([t.cell(f"#{i + 1}"), f"<code>{t.cell(e['plan'])}</code>",
+        rows.append([t.cell(f"#{i + 1}"), t.plan_code(e["plan"]),
                      t.cell(fmt(e["step_time_s"])), t.cell(f"+{pct(e['step_time_s'] / best - 1)}"),
                      t.cell(f"{e['tokens_per_s']:,.0f}"), t.cell(pct(e["mfu"])),
                      t.cell(e["num_microbatches"]),
@@ -118,7 +118,7 @@ def _baselines_table(baselines: list[dict[str, Any]]) -> str:
         slower = (t.cell(f"{b['slower_than_best_pct']:+.1f}%")
                   if b["slower_than_best_pct"] is not None else "")
         issues = [*b["inconsistencies"], *([b["notes"]] if b["notes"] else [])]
-        rows.append([t.cell(b["label"]), t.cell(b["source"]), f"<code>{t.cell(b['plan'])}</code>",
+        rows.append([t.cell(b["label"]), t.cell(b["source"]), t.plan_code(b["plan"]),
                      step, slower, t.notes(issues)])
     return t.table(["label", "source", "plan", "step s", "slower than best", "inconsistencies "
                     "and notes"], rows, numeric=[False, False, False, True, True, False])

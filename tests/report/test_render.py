@@ -81,6 +81,17 @@ def test_text_from_the_input_is_escaped(moe_interleaved: dict[str, Any]) -> None
     assert html.count("<script>") == 2  # the error trap and the tabs, nothing else
 
 
+def test_plan_cells_wrap_only_between_keys_and_stage_counts(moe_interleaved: dict[str, Any]) -> None:
+    from planner.report.template import plan_code
+
+    cell = plan_code("tp=2,pp=3,layers=3/3/2,order=<x>")
+    assert cell == ("<code>tp=2,<wbr>pp=3,<wbr>layers=3/<wbr>3/<wbr>2,<wbr>order=&lt;x&gt;</code>")
+    assert re.sub(r"<[^>]+>", "", cell) == "tp=2,pp=3,layers=3/3/2,order=&lt;x&gt;"
+    html = render_report(copy.deepcopy(moe_interleaved))
+    ranked_plan = moe_interleaved["top"][0]["estimate"]["plan"]
+    assert plan_code(ranked_plan) in html
+
+
 def test_same_input_gives_identical_bytes(moe_interleaved: dict[str, Any]) -> None:
     first = render_report(copy.deepcopy(moe_interleaved))
     assert render_report(copy.deepcopy(moe_interleaved)) == first
