@@ -122,6 +122,22 @@ INTRA_NODE_LINK_EFFICIENCY = 0.78
 INTER_NODE_LINK_EFFICIENCY = 0.9
 
 
+def precision_warning(device: DeviceSpec, dtype: DType) -> str | None:
+    """A warning when the device has no units of the requested precision and the estimate
+    runs its math at a fallback rate (DeviceSpec.peak_flops), else None."""
+    fallback = device.fallback_dtype(dtype)
+    if fallback is None:
+        return None
+    text = (f"device '{device.name}' has no {dtype.value} tensor-core rate: {dtype.value} math "
+            f"is scored at its {fallback.value} rate")
+    if dtype == DType.FP8:
+        # the casts and fp8 copies are then pure overhead, and the software refuses it:
+        # Transformer Engine's FP8 needs compute capability 8.9 (Ada) or 9.0+ (Hopper)
+        text += (", with the fp8 casts on top, and Transformer Engine's FP8 needs Ada, Hopper or "
+                 "later: use --dtype bf16 on this device")
+    return text
+
+
 def device_efficiency(device: DeviceSpec) -> tuple[DeviceEfficiency, bool]:
     """The efficiency data for a device, and whether it is the generic default."""
     name = device.name.lower()

@@ -57,6 +57,13 @@ class DeviceSpec(Spec):
             f"add peak_flops_per_s.{dtype.value} to its file"
         )
 
+    def fallback_dtype(self, dtype: DType) -> DType | None:
+        """The dtype whose peak `peak_flops(dtype)` takes when the device lists none for
+        `dtype` (fp8 on an A100: bf16), or None when it has its own."""
+        if dtype in self.peak_flops_per_s:
+            return None
+        return next((d for d in _FALLBACK.get(dtype, ()) if d in self.peak_flops_per_s), None)
+
 
 _FALLBACK: dict[DType, tuple[DType, ...]] = {
     DType.FP8: (DType.BF16, DType.FP16),

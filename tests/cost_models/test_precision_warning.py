@@ -1,0 +1,41 @@
+"""A precision the device has no units for is scored at the fallback rate, and says so."""
+
+from __future__ import annotations
+
+from cost_models.efficiency import precision_warning
+from planner import InferenceWorkload, TrainingWorkload, load_cluster, load_device, load_model
+from planner.api import evaluate
+from planner.model import DType
+
+
+def test_fallback_dtype_names_the_rate_used() -> None:
+    a100, h100, v100 = load_device("a100-sxm4-80gb"), load_device("h100-sxm5-80gb"), load_device("v100-sxm2-32gb")
+    assert a100.fallback_dtype(DType.FP8) == DType.BF16
+    assert a100.peak_flops(DType.FP8) == a100.peak_flops(DType.BF16)
+    assert a100.fallback_dtype(DType.BF16) is None
+    assert h100.fallback_dtype(DType.FP8) is None
+    assert v100.fallback_dtype(DType.BF16) == DType.FP16
+
+
+def test_fp8_on_an_a100_warns_and_says_what_to_use() -> None:
+    text = precision_warning(load_device("a100-sxm4-80gb"), DType.FP8)
+    assert text is not None and "bf16 rate" in text and "use --dtype bf16" in text
+    assert precision_warning(load_device("h100-sxm5-80gb"), DType.FP8) is None
+    v100 = precision_warning(load_device("v100-sxm2-32gb"), DType.BF16)
+    assert v100 is not None and "fp16 rate" in v100 and "--dtype" not in v100
+
+
+def test_training_and_inference_estimates_carry_the_warning() -> None:
+    model = load_model("llama3-8b")
+    for cluster, expected in (("dgx-a100", 1), ("dgx-h100", 0)):
+        c = load_cluster(cluster)
+        train = evaluate(model, c, TrainingWorkload(global_batch_size=64, seq_len=2048,
+                                                    dtype=DType.FP8), "tp=1", devices=8)
+        assert sum("no fp8 tensor-core rate" in w for w in train.warnings) == expected
+    from cost_models.inference import estimate_inference
+    from planner.plan import Plan
+
+    serve = estimate_inference(model, load_cluster("dgx-a100"),
+                               InferenceWorkload(batch_size=8, prompt_len=512, output_len=64,
+                                                 dtype=DType.FP8), Plan(tp=8))
+    assert any("no fp8 tensor-core rate" in w for w in serve.warnings)
