@@ -38,7 +38,7 @@ import numpy as np
 
 from cost_models import comm
 from cost_models.compute import BlockCompute, Roofline, Shard, roof_bytes
-from cost_models.efficiency import device_efficiency, precision_warning
+from cost_models.efficiency import device_efficiency, position_warning, precision_warning
 from cost_models.memory import GIB
 from cost_models.tables import StageTables, build_tables
 from planner.hardware import ClusterSpec
@@ -264,9 +264,10 @@ def _warnings(ctx: Context, generic: bool, fill: float = 0.0) -> list[str]:
     if generic:
         out.append(f"no efficiency data for device '{ctx.cluster.device.name}'; generic "
                    "achievable fractions were used (see cost_models/efficiency.py)")
-    precision = precision_warning(ctx.cluster.device, ctx.workload.dtype)
-    if precision:
-        out.append(precision)
+    for text in (precision_warning(ctx.cluster.device, ctx.workload.dtype),
+                 position_warning(ctx.model, ctx.workload.seq_len)):
+        if text:
+            out.append(text)
     if ctx.plan.sp and ctx.plan.tp == 1:
         out.append("sp=on has no effect with tp=1")
     if ctx.plan.dispatcher != Dispatcher.FLEX and (
