@@ -241,6 +241,7 @@ def search_cmd(
     max_pp: Annotated[int | None, typer.Option("--max-pp", min=1, help="largest pipeline degree")] = None,
     max_mbs: Annotated[int | None, typer.Option("--max-mbs", min=1, help="largest micro-batch")] = None,
     time_limit: Annotated[float | None, typer.Option("--time-limit", min=0, help="seconds; returns the best plan found so far")] = None,
+    memory_fraction: Annotated[float | None, typer.Option("--memory-fraction", help="plan within this share of each device's memory, e.g. 0.9 (training; default 1)")] = None,
     mode: Annotated[str, typer.Option("--mode", help="training or inference")] = "training",
     batch: Annotated[int | None, typer.Option("--batch", min=1, help="concurrent sequences (inference)")] = None,
     prompt_len: Annotated[int | None, typer.Option("--prompt-len", min=1, help="prompt tokens per sequence (inference)")] = None,
@@ -262,7 +263,7 @@ def search_cmd(
     given = {"--max-tp": max_tp, "--max-cp": max_cp, "--max-pp": max_pp, "--max-mbs": max_mbs,
              "--time-limit": time_limit, "--global-batch": global_batch, "--seq-len": seq_len,
              "--batch": batch, "--prompt-len": prompt_len, "--output-len": output_len,
-             "--max-tpot-ms": max_tpot_ms}
+             "--max-tpot-ms": max_tpot_ms, "--memory-fraction": memory_fraction}
     if mode == "inference":
         _check_mode_options(mode, given, required=("--batch", "--prompt-len", "--output-len"),
                             allowed=("--max-tpot-ms",))
@@ -270,7 +271,8 @@ def search_cmd(
                               output_len, max_tpot_ms, outputs)
         return
     _check_mode_options(mode, given, required=("--global-batch", "--seq-len"),
-                        allowed=("--max-tp", "--max-cp", "--max-pp", "--max-mbs", "--time-limit"))
+                        allowed=("--max-tp", "--max-cp", "--max-pp", "--max-mbs", "--time-limit",
+                                 "--memory-fraction"))
     assert global_batch is not None and seq_len is not None
     spec, clus = presets.load_model(model), presets.load_cluster(cluster)
     n = clus.devices_for(gpus=gpus, nodes=nodes)
@@ -280,7 +282,8 @@ def search_cmd(
     try:
         with _Progress(enabled=not as_json and export is None) as progress:
             result = search(spec, clus, wl, devices=n, top_k=top, fixed=parse_fix(fix),
-                            limits=limits, time_limit_s=time_limit, progress=progress)
+                            limits=limits, time_limit_s=time_limit, progress=progress,
+                            memory_fraction=1.0 if memory_fraction is None else memory_fraction)
     except planner.InfeasibleError as e:
         if e.baselines and not as_json and export is None:
             # nothing fits: still show the published configurations, scored the same way

@@ -9,7 +9,7 @@ from planner.hardware import ClusterSpec
 from planner.model import ModelSpec
 from planner.plan import Plan, parse_plan
 from planner.presets import load_cluster, load_model
-from planner.errors import InfeasibleError, PlanError, PlannerError
+from planner.errors import InfeasibleError, PlanError, PlannerError, SpecError
 from planner.result import (
     BaselineResult,
     Estimate,
@@ -131,7 +131,7 @@ def lower_bound_step_s(model: ModelSpec, cluster: ClusterSpec, workload: Trainin
 def search(model: ModelSpec | str, cluster: ClusterSpec | str, workload: TrainingWorkload, *,
            devices: int | None = None, top_k: int = 5, fixed: dict[str, object] | None = None,
            limits: dict[str, int] | None = None, time_limit_s: float | None = None,
-           progress: object = None) -> SearchResult:
+           progress: object = None, memory_fraction: float = 1.0) -> SearchResult:
     """Find the best training plans for a model on a cluster.
 
     Args:
@@ -143,6 +143,11 @@ def search(model: ModelSpec | str, cluster: ClusterSpec | str, workload: Trainin
         limits: upper bounds: max_tp, max_cp, max_pp, max_mbs.
         time_limit_s: stop after this many seconds and return the best found so far.
         progress: optional callable(done, total) for a progress bar.
+        memory_fraction: plan within this share of each device's memory (0 < f <= 1): the
+            search sees devices with that much memory, leaving the rest as headroom for the
+            allocator retries near capacity that the step time does not include
+            (cost_models/training.py NEAR_CAPACITY); the estimates, baselines and saved
+            inputs keep the real devices.
 
     Returns:
         SearchResult: best and top plans with estimates, the published baselines that match
@@ -161,15 +166,19 @@ def search(model: ModelSpec | str, cluster: ClusterSpec | str, workload: Trainin
     n = devices if devices is not None else c.devices_per_node
     c.devices_for(gpus=n)
     c = c.job_view(n)
+    # the search sees devices with the asked share of their memory; the estimates, baselines
+    # and saved inputs keep the real devices, so capacity and fill are reported as they are
+    searched = with_memory_fraction(c, memory_fraction)
     _check_fixed(m, workload, dict(fixed or {}))
     lim = Limits(fixed=dict(fixed or {}), **(limits or {}))
-    state = run_search(m, c, workload, n, top_k=top_k, limits=lim, time_limit_s=time_limit_s,
-                       progress=progress)  # type: ignore[arg-type]
+    state = run_search(m, searched, workload, n, top_k=top_k, limits=lim,
+                       time_limit_s=time_limit_s, progress=progress)  # type: ignore[arg-type]
     if not state.best:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(state.pruned.items()))
         baselines = score_baselines(m, c, workload, n, None)
+        within = f" within {memory_fraction:.0%} of its memory" if memory_fraction < 1.0 else ""
         raise InfeasibleError(
-            f"no plan for {m.name} fits on {n}x {c.device.name} with global batch "
+            f"no plan for {m.name} fits on {n}x {c.device.name}{within} with global batch "
             f"{workload.global_batch_size} (pruned: {reasons}); add devices, allow "
             "recomputation/ZeRO, or lower the micro-batch" + _baselines_summary(baselines),
             baselines)
@@ -178,6 +187,10 @@ def search(model: ModelSpec | str, cluster: ClusterSpec | str, workload: Trainin
     best = top[0]
     bound = lower_bound_step_s(m, c, workload, n)
     notes = ["the time limit cut the search: these are the best plans found so far"] if state.cut else []
+    if memory_fraction < 1.0:
+        notes.append(f"planned within {memory_fraction:.0%} of each device's memory: "
+                     f"{searched.device.memory_bytes / 2**30:.1f} GiB of {c.device.name}'s "
+                     f"{c.device.memory_bytes / 2**30:.1f} GiB")
     return SearchResult(
         best=best, top=top,
         baselines=score_baselines(m, c, workload, n, best.estimate.step_time_s),
@@ -189,6 +202,21 @@ def search(model: ModelSpec | str, cluster: ClusterSpec | str, workload: Trainin
         notes=notes,
         inputs=search_inputs(m, c, workload, n),
     )
+
+
+def with_memory_fraction(cluster: ClusterSpec, fraction: float) -> ClusterSpec:
+    """The cluster with each device's memory cut to `fraction` of it (1.0: unchanged).
+
+    Raises:
+        SpecError: fraction outside (0, 1]."""
+    if not 0.0 < fraction <= 1.0:
+        raise SpecError(f"--memory-fraction {fraction:g} is not in (0, 1]; give e.g. 0.9 to "
+                        "keep a tenth of each device's memory free")
+    if fraction == 1.0:
+        return cluster
+    device = cluster.device.model_copy(
+        update={"memory_bytes": int(cluster.device.memory_bytes * fraction)})
+    return cluster.model_copy(update={"device": device})
 
 
 def search_inputs(model: ModelSpec, cluster: ClusterSpec, workload: object,
