@@ -260,7 +260,8 @@ def _warnings(ctx: Context, generic: bool, fill: float = 0.0) -> list[str]:
     if NEAR_CAPACITY <= fill <= 1.0:
         out.append(f"the most loaded device is at {fill:.0%} of its memory: near capacity the "
                    "framework's allocator retries and defragments, which the step time does not "
-                   "include (published runs this full were slower than predicted)")
+                   "include (published runs this full were slower than predicted); "
+                   "search --memory-fraction 0.85 keeps headroom")
     if generic:
         out.append(f"no efficiency data for device '{ctx.cluster.device.name}'; generic "
                    "achievable fractions were used (see cost_models/efficiency.py)")
