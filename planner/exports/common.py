@@ -19,6 +19,21 @@ from planner.model import DType, ModelSpec
 from planner.plan import Plan, parse_plan_fields
 from planner.workload import InferenceWorkload, TrainingWorkload
 
+def flex_crosses_nodes(inp: "ExportInputs") -> bool:
+    """Whether the plan's tokens take the flex dispatcher's path across nodes: dispatcher=flex
+    with an expert-parallel group that spans nodes, where the estimate sends a token through
+    the network once per destination node (cost_models/comm.py `moe_dispatch_s`), as DeepEP
+    does. Everywhere else (alltoall, or a group inside one node) one row per (token, expert)
+    pair moves, which a plain all-to-all does."""
+    from cost_models.comm import group_links
+    from planner.plan import Dispatcher
+
+    p = inp.plan
+    if p.ep == 1 or p.dispatcher != Dispatcher.FLEX:
+        return False
+    return group_links(inp.cluster.job_view(inp.devices), size=p.ep, stride=p.expert_tp).spans_nodes
+
+
 SAVE_HINT = "save the output of `meshplan search ... --json` to a file and export that"
 
 

@@ -28,9 +28,9 @@ Mappings (all from that arguments.py unless said otherwise):
 
 from __future__ import annotations
 
-from planner.exports.common import ExportInputs, refuse, require_training
+from planner.exports.common import ExportInputs, flex_crosses_nodes, refuse, require_training
 from planner.model import Activation, DType, ModelSpec, Norm, Positional
-from planner.plan import DEFAULT_ORDER, Dispatcher, Recompute
+from planner.plan import DEFAULT_ORDER, Recompute
 
 ENGINE = "megatron"
 Flags = list[tuple[str, str | None]]
@@ -80,7 +80,7 @@ def _parallel_flags(inp: ExportInputs) -> Flags:
 
 def _dispatcher_flags(inp: ExportInputs) -> Flags:
     """The token dispatcher that moves tokens the way the estimate moved them
-    (cost_models/comm.py `moe_dispatch_s`):
+    (`common.flex_crosses_nodes`):
     - dispatcher=alltoall, or an expert-parallel group inside one node (where both dispatchers
       send one row per (token, expert) pair): Megatron-Core's NCCL all-to-all,
       `--moe-token-dispatcher-type alltoall`, which needs no extra library;
@@ -90,13 +90,10 @@ def _dispatcher_flags(inp: ExportInputs) -> Flags:
     - ep=1 without ep_overlap: no flag, no token leaves its device.
     Megatron-LM's default, allgather, sends every token to every EP rank, which no estimate
     assumes, so a plan with ep > 1 always names its dispatcher."""
-    from cost_models.comm import group_links
-
     p = inp.plan
     if p.ep == 1 and not p.ep_overlap:
         return []
-    links = group_links(inp.cluster.job_view(inp.devices), size=p.ep, stride=p.expert_tp)
-    if p.dispatcher == Dispatcher.FLEX and links.spans_nodes:
+    if flex_crosses_nodes(inp):
         return [("--moe-token-dispatcher-type", "flex"), ("--moe-enable-deepep", None)]
     return [("--moe-token-dispatcher-type", "alltoall")]
 

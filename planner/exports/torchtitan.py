@@ -20,7 +20,9 @@ Mappings and refusals (from that job_config.py unless said otherwise):
   global batch is larger); with PP, local_batch_size = global / dp and
   pipeline_parallel_microbatch_size = mbs.
 - Experts: expert_parallel_degree ep and expert_tensor_parallel_degree etp, which torchtitan
-  takes as 1 or tp only; other etp values are refused.
+  takes as 1 or tp only; other etp values are refused. expert_parallel_comm_backend "deepep"
+  where the plan's flex dispatcher crosses nodes (a token through the network once per node,
+  as the estimate sends it), else "standard" (all-to-all, one row per token and expert).
 - TP always shards the norms' sequence dimension (SequenceParallel in torchtitan's TP plan), so
   tp > 1 without sp is refused. Selective recomputation here means the attention core
   (Korthikanti et al.); torchtitan's "selective" modes (every n-th layer, per-op policy) are not
@@ -31,7 +33,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from planner.exports.common import ExportInputs, refuse, require_training
+from planner.exports.common import ExportInputs, flex_crosses_nodes, refuse, require_training
 from planner.model import DType
 from planner.plan import Recompute
 
@@ -95,7 +97,11 @@ def _expert(inp: ExportInputs) -> dict[str, Any]:
     if p.expert_tp not in (1, p.tp):
         raise refuse("torchtitan", f"etp={p.etp} with tp={p.tp}: expert_tensor_parallel_degree "
                      "takes 1 or the tensor-parallel degree only")
-    return {"expert_parallel_degree": p.ep, "expert_tensor_parallel_degree": p.expert_tp}
+    # the estimate's token path: DeepEP where the flex dispatcher crosses nodes, else
+    # torchtitan's all-to-all (common.flex_crosses_nodes)
+    backend = "deepep" if flex_crosses_nodes(inp) else "standard"
+    return {"expert_parallel_degree": p.ep, "expert_tensor_parallel_degree": p.expert_tp,
+            "expert_parallel_comm_backend": backend}
 
 
 def _pipeline(inp: ExportInputs) -> dict[str, Any]:

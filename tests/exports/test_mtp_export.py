@@ -177,3 +177,17 @@ def test_megatron_core_accepts_the_deepep_flags() -> None:
     kwargs.update(_megatron_dtypes(args))
     config = tc.TransformerConfig(**kwargs)        # __post_init__: DeepEP needs flex
     assert config.moe_token_dispatcher_type == "flex"
+
+
+def test_torchtitan_picks_the_comm_backend_the_estimate_costed() -> None:
+    import tomllib
+
+    def backend(data: dict) -> str | None:
+        return tomllib.loads(export_result(data, "torchtitan"))["parallelism"].get(
+            "expert_parallel_comm_backend")
+
+    inside = "tp=1,pp=1,dp=16,cp=2,ep=8,mbs=1,zero=3"
+    assert backend(with_plan("moe", inside)) == "standard"
+    assert backend(_on_nodes_of(with_plan("moe", inside), 4)) == "deepep"
+    assert backend(_on_nodes_of(with_plan("moe", inside + ",dispatcher=alltoall"), 4)) == "standard"
+    assert backend(with_plan("moe", "tp=1,pp=1,dp=32,cp=1,ep=1,mbs=1,zero=3")) is None
