@@ -122,15 +122,19 @@ INTRA_NODE_LINK_EFFICIENCY = 0.78
 INTER_NODE_LINK_EFFICIENCY = 0.9
 
 
-def precision_warning(device: DeviceSpec, dtype: DType) -> str | None:
+def precision_warning(device: DeviceSpec, dtype: DType, *, training: bool = True) -> str | None:
     """A warning when the device has no units of the requested precision and the estimate
-    runs its math at a fallback rate (DeviceSpec.peak_flops), else None."""
+    runs its math at a fallback rate (DeviceSpec.peak_flops), else None. Serving fp8 there is
+    weight-only FP8 (fp8 weights, bf16 math), which is what the estimate then scores; training
+    fp8 is not."""
     fallback = device.fallback_dtype(dtype)
     if fallback is None:
         return None
     text = (f"device '{device.name}' has no {dtype.value} tensor-core rate: {dtype.value} math "
             f"is scored at its {fallback.value} rate")
-    if dtype == DType.FP8:
+    if dtype == DType.FP8 and not training:
+        text += " with fp8 weights (weight-only FP8)"
+    elif dtype == DType.FP8:
         # the casts and fp8 copies are then pure overhead, and the software refuses it:
         # Transformer Engine's FP8 needs compute capability 8.9 (Ada) or 9.0+ (Hopper)
         text += (", with the fp8 casts on top, and Transformer Engine's FP8 needs Ada, Hopper or "

@@ -429,7 +429,7 @@ def _warnings(model: ModelSpec, cluster: ClusterSpec, workload: InferenceWorkloa
     if generic:
         out.append(f"no efficiency data for device '{cluster.device.name}'; generic "
                    "achievable fractions were used (see cost_models/efficiency.py)")
-    for text in (precision_warning(cluster.device, workload.dtype),
+    for text in (precision_warning(cluster.device, workload.dtype, training=False),
                  position_warning(model, workload.prompt_len + workload.output_len)):
         if text:
             out.append(text)

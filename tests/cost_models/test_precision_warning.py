@@ -38,7 +38,8 @@ def test_training_and_inference_estimates_carry_the_warning() -> None:
     serve = estimate_inference(model, load_cluster("dgx-a100"),
                                InferenceWorkload(batch_size=8, prompt_len=512, output_len=64,
                                                  dtype=DType.FP8), Plan(tp=8))
-    assert any("no fp8 tensor-core rate" in w for w in serve.warnings)
+    served = [w for w in serve.warnings if "no fp8 tensor-core rate" in w]
+    assert len(served) == 1 and "weight-only FP8" in served[0] and "--dtype bf16" not in served[0]
 
 
 def test_a_sequence_past_a_learned_position_table_warns() -> None:
