@@ -236,13 +236,46 @@ def run(data: Path, only: str | None) -> list[dict[str, Any]]:
     return rows
 
 
+CUDA_GRAPHS = ROOT / "benchmarks/data/moe_cuda_graphs.json"
+"""The CUDA-graph setting of the Megatron-Bridge preset matching each record (its own
+description says how it was read)."""
+
+
+def cuda_graph_groups(rows: list[dict[str, Any]], graphs: dict[str, dict[str, Any]],
+                      ) -> dict[tuple[str, str], list[float]]:
+    """Signed errors of the scored rows whose preset matches exactly, by (GPU system, the
+    preset's cuda_graph_impl or 'none'); GPT-OSS is left out (its gap is the attention sinks'
+    question, README "Mixture-of-experts runs")."""
+    out: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        g = graphs.get(r["id"])
+        if "skipped" in r or g is None or g["match"] != "exact" or "GPTOSS" in r["id"]:
+            continue
+        key = (gpu_of({"id": r["id"]}), g.get("cuda_graph_impl") or "none")
+        out.setdefault(key, []).append(r["error"])
+    return dict(sorted(out.items()))
+
+
+def render_cuda_graphs(groups: dict[tuple[str, str], list[float]]) -> str:
+    if not groups:
+        return ""
+    lines = ["", "By the CUDA-graph setting of the Megatron-Bridge preset that matches the run "
+             f"exactly ({CUDA_GRAPHS.relative_to(ROOT)}; GPT-OSS left out):", "",
+             "| GPU | cuda_graph_impl | runs | mean signed error |", "|---|---|--:|--:|"]
+    for (gpu, impl), errs in groups.items():
+        lines.append(f"| {gpu} | {impl} | {len(errs)} | {sum(errs) / len(errs):+.1%} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=ROOT / "benchmarks/data/moe_runs.json")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/validation_moe.md")
     ap.add_argument("--only", default=None, help="only records whose id contains this")
     args = ap.parse_args()
-    table = render(run(args.data, args.only))
+    rows = run(args.data, args.only)
+    graphs = {g["id"]: g for g in json.loads(CUDA_GRAPHS.read_text())["records"]}
+    table = render(rows) + render_cuda_graphs(cuda_graph_groups(rows, graphs))
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(f"# Cost model vs published MoE runs ({args.data.name})\n\n{table}")

@@ -357,3 +357,35 @@ def test_published_runs_have_one_scaling_inversion() -> None:
             if "skipped" not in r]
     pairs = [(a["gpus"], b["gpus"]) for a, b in vp.scaling_inversions(rows)]
     assert pairs == [(32, 64), (32, 128)]
+
+
+def test_cuda_graph_groups_take_exact_matches_by_gpu_and_setting() -> None:
+    rows = [{"id": "mbridge_x_DGX-B200_Qwen3_30B", "error": -0.4},
+            {"id": "mbridge_y_DGX-B200_Qwen3_30B", "error": -0.2},
+            {"id": "mbridge_z_DGX-GB200_Qwen3_30B", "error": -0.1},
+            {"id": "mbridge_w_DGX-GB200_GPTOSS120B", "error": -0.5},     # left out
+            {"id": "mbridge_v_DGX-GB200_Qwen3_235B", "error": -0.3},     # partial match
+            {"id": "mbridge_u_DGX-B200_Qwen3_235B", "skipped": "why"}]
+    graphs = {"mbridge_x_DGX-B200_Qwen3_30B": {"match": "exact", "cuda_graph_impl": None},
+              "mbridge_y_DGX-B200_Qwen3_30B": {"match": "exact", "cuda_graph_impl": None},
+              "mbridge_z_DGX-GB200_Qwen3_30B": {"match": "exact",
+                                                "cuda_graph_impl": "transformer_engine"},
+              "mbridge_w_DGX-GB200_GPTOSS120B": {"match": "exact", "cuda_graph_impl": None},
+              "mbridge_v_DGX-GB200_Qwen3_235B": {"match": "partial", "cuda_graph_impl": None},
+              "mbridge_u_DGX-B200_Qwen3_235B": {"match": "exact", "cuda_graph_impl": None}}
+    groups = vm.cuda_graph_groups(rows, graphs)
+    assert groups == {("B200", "none"): [-0.4, -0.2], ("GB200", "transformer_engine"): [-0.1]}
+    table = vm.render_cuda_graphs(groups)
+    assert "| B200 | none | 2 | -30.0% |" in table
+
+
+def test_every_moe_record_has_a_cuda_graph_reading_with_its_source() -> None:
+    graphs = json.loads((ROOT / "benchmarks/data/moe_cuda_graphs.json").read_text())["records"]
+    ids = {g["id"] for g in graphs}
+    for name in ("moe_runs.json", "nemo_moe_more_runs.json"):
+        for r in json.loads((ROOT / "benchmarks/data" / name).read_text()):
+            assert r["id"] in ids, r["id"]
+    for g in graphs:
+        assert g["match"] in ("exact", "partial", "none")
+        if g["match"] != "none":
+            assert "@" in g["source"] and g["preset"]
