@@ -1,12 +1,14 @@
 """Check the README's generated sections against the commands they quote.
 
 Run from the repository root with meshplan installed: `python docs/check_sections.py
-[docs/sections/NAME.md ...]` (default: every section). For each ``` block, every `$ ` line (with
+[docs/sections/NAME.md ... | README.md]` (default: every section; README.md checks the README's
+own blocks, outside its sections markers). For each ``` block, every `$ ` line (with
 its `\\` continuation lines) is run, in order, by one bash (so `echo $?` reads the command
 before it), stdout and stderr together, in a scratch folder that sees the repository's tests/
 (the sections read tests/data and tests/exports/data), and what it prints is compared with the
-lines the block shows under it. A shown line starting with `...` stands for any lines there;
-a search's statistics line (`... scored, pruned: ...; 0.37 s`) is compared without its wall time. Exits 1 on any difference,
+lines the block shows under it. A shown line starting with `...` stands for any lines there
+(as many such lines as the block needs); trailing spaces (rich pads to the terminal width) and
+a search's statistics line's wall time (`... scored, pruned: ...; 0.37 s`) are not compared. Exits 1 on any difference,
 printing a unified diff; `--fix` rewrites the section files with the real outputs instead.
 
 It also checks that README.md holds every section verbatim between its sections markers;
@@ -77,6 +79,8 @@ without it (the counts before it still have to match)."""
 
 
 def _same(e: str, g: str) -> bool:
+    # rich pads some lines to the terminal width: trailing spaces are not compared
+    e, g = e.rstrip(), g.rstrip()
     return e == g or (WALL_TIME.search(e) is not None
                       and WALL_TIME.sub(r"\1", e) == WALL_TIME.sub(r"\1", g))
 
@@ -86,23 +90,30 @@ def _equal(expected: list[str], got: list[str]) -> bool:
 
 
 def _matches(expected: list[str], got: list[str]) -> bool:
-    """Equal, where an expected line starting with '...' matches any run of lines."""
+    """Equal, where each expected line starting with '...' matches any run of lines (none
+    included), wherever it stands and however many there are."""
     if not any(e.startswith("...") for e in expected):
         return _equal(expected, got)
     k = next(i for i, e in enumerate(expected) if e.startswith("..."))
     head, tail = expected[:k], expected[k + 1:]
-    return (len(got) >= len(head) + len(tail) and _equal(head, got[:len(head)])
-            and _matches(tail, got[len(got) - len(tail):] if tail else []))
+    if len(got) < len(head) or not _equal(head, got[:len(head)]):
+        return False
+    rest = got[len(head):]
+    return any(_matches(tail, rest[skip:]) for skip in range(len(rest) + 1))
 
 
 def check_file(path: Path, *, fix: bool) -> bool:
     lines = path.read_text().split("\n")
     ok, new_lines, i = True, [], 0
+    # the README's copy of the sections is checked through the section files themselves
+    in_sections = False
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "tests").symlink_to(ROOT / "tests")
         while i < len(lines):
             new_lines.append(lines[i])
-            if not lines[i].startswith("```"):
+            if lines[i] in (START, END):
+                in_sections = lines[i] == START
+            if in_sections or not lines[i].startswith("```"):
                 i += 1
                 continue
             j = i + 1
@@ -120,7 +131,8 @@ def check_file(path: Path, *, fix: bool) -> bool:
                         got = expected
                     else:
                         ok = False
-                        print(f"{path.relative_to(ROOT)}: {cmd[0][:100]}")
+                        shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+                        print(f"{shown}: {cmd[0][:100]}")
                         sys.stdout.writelines(difflib.unified_diff(
                             [e + "\n" for e in expected], [g + "\n" for g in got],
                             "README", "now", n=1))

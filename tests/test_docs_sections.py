@@ -29,6 +29,26 @@ def test_ellipsis_matches_any_lines() -> None:
     assert not check._matches(["a"], ["a", "b"])
 
 
+def test_several_ellipses_and_trailing_spaces() -> None:
+    expected = ["title", "...", "middle", "... (trimmed)", "end"]
+    assert check._matches(expected, ["title", "x", "middle", "y", "z", "end"])
+    assert check._matches(expected, ["title", "middle", "end"])
+    assert not check._matches(expected, ["title", "x", "end"])           # no "middle"
+    assert not check._matches(expected, ["title", "middle", "end", "more"])
+    assert check._matches(["a table row"], ["a table row      "])        # rich's padding
+    assert not check._matches(["a table row"], ["  a table row"])
+
+
+def test_readme_blocks_inside_the_sections_are_left_to_the_section_files(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("\n".join([
+        "```", "$ echo outside", "outside", "```",
+        check.START, "```", "$ echo inside", "not what it prints", "```", check.END, ""]))
+    assert check.check_file(readme, fix=False)
+    readme.write_text(readme.read_text().replace("$ echo outside\noutside", "$ echo outside\nwrong"))
+    assert not check.check_file(readme, fix=False)
+
+
 def test_block_runs_in_one_shell(tmp_path: Path) -> None:
     """`echo $?` sees the exit status of the command before it, across the marker lines."""
     outputs = check._run_block([["$ (exit 5)"], ["$ echo $?"], ["$ echo hi >&2"]], tmp_path)
