@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from cost_models.efficiency import INTER_NODE_LINK_EFFICIENCY, INTRA_NODE_LINK_EFFICIENCY
 from planner.hardware import ClusterSpec
+from planner.plan import Plan
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,13 @@ def group_links(cluster: ClusterSpec, *, size: int, stride: int) -> GroupLinks:
     inter_bw = cluster.inter_node.bandwidth_bytes_per_s * INTER_NODE_LINK_EFFICIENCY
     bw = min(intra_bw, members_per_node * inter_bw)
     return GroupLinks(size, bw, cluster.inter_node.latency_s, True, members_per_node)
+
+
+def ep_links(cluster: ClusterSpec, plan: Plan) -> GroupLinks:
+    """Links of the plan's expert-parallel group: ep ranks spaced etp apart (Megatron-Core's
+    parallel folding puts expert TP innermost). The one place the cost model and the exports
+    decide whether that group spans nodes."""
+    return group_links(cluster, size=plan.ep, stride=plan.expert_tp)
 
 
 def composite_links(cluster: ClusterSpec, dims: list[tuple[int, int]]) -> GroupLinks:

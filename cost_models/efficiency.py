@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 
 from planner.hardware import DeviceSpec
-from planner.model import DType, ModelSpec, Positional
+from planner.model import DType
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,17 +140,6 @@ def precision_warning(device: DeviceSpec, dtype: DType, *, training: bool = True
         text += (", with the fp8 casts on top, and Transformer Engine's FP8 needs Ada, Hopper or "
                  "later: use --dtype bf16 on this device")
     return text
-
-
-def position_warning(model: ModelSpec, tokens: int) -> str | None:
-    """A warning when a sequence of `tokens` is longer than a learned position table: such a
-    model has no embedding row for the later positions (RoPE, ALiBi and relative positions have
-    no table, so any length is scored as asked)."""
-    if model.positional != Positional.LEARNED or tokens <= model.max_position_embeddings:
-        return None
-    return (f"a sequence of {tokens} tokens is longer than the {model.max_position_embeddings} "
-            f"rows of {model.name}'s learned position table: the model as specified cannot run "
-            "it (the estimate is for the same blocks at that length)")
 
 
 def device_efficiency(device: DeviceSpec) -> tuple[DeviceEfficiency, bool]:

@@ -72,8 +72,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cost_models import comm
 from cost_models.compute import Roofline, Shard, block_compute, roof_bytes
-from cost_models.efficiency import (DeviceEfficiency, device_efficiency, position_warning,
-                                     precision_warning)
+from cost_models.efficiency import DeviceEfficiency, device_efficiency, precision_warning
 from cost_models.memory import FRAMEWORK_OVERHEAD_BYTES, GIB
 from cost_models.training import strides
 from planner.errors import PlanError
@@ -430,7 +429,7 @@ def _warnings(model: ModelSpec, cluster: ClusterSpec, workload: InferenceWorkloa
         out.append(f"no efficiency data for device '{cluster.device.name}'; generic "
                    "achievable fractions were used (see cost_models/efficiency.py)")
     for text in (precision_warning(cluster.device, workload.dtype, training=False),
-                 position_warning(model, workload.prompt_len + workload.output_len)):
+                 model.position_warning(workload.prompt_len + workload.output_len)):
         if text:
             out.append(text)
     if workload.batch_size % plan.dp:

@@ -38,7 +38,7 @@ import numpy as np
 
 from cost_models import comm
 from cost_models.compute import BlockCompute, Roofline, Shard, roof_bytes
-from cost_models.efficiency import device_efficiency, position_warning, precision_warning
+from cost_models.efficiency import device_efficiency, precision_warning
 from cost_models.memory import GIB
 from cost_models.tables import StageTables, build_tables
 from planner.hardware import ClusterSpec
@@ -89,7 +89,7 @@ def make_context(model: ModelSpec, cluster: ClusterSpec, workload: TrainingWorkl
         tp_links=comm.group_links(cluster, size=plan.tp, stride=st["tp"]),
         cp_links=comm.group_links(cluster, size=plan.cp, stride=st["cp"]),
         dp_links=comm.composite_links(cluster, [(plan.cp, st["cp"]), (plan.dp, st["dp"])]),
-        ep_links=comm.group_links(cluster, size=plan.ep, stride=plan.expert_tp),
+        ep_links=comm.ep_links(cluster, plan),
         pp_crosses_nodes=plan.pp > 1 and st["pp"] * plan.pp > cluster.devices_per_node,
     )
     return ctx, generic
@@ -266,7 +266,7 @@ def _warnings(ctx: Context, generic: bool, fill: float = 0.0) -> list[str]:
         out.append(f"no efficiency data for device '{ctx.cluster.device.name}'; generic "
                    "achievable fractions were used (see cost_models/efficiency.py)")
     for text in (precision_warning(ctx.cluster.device, ctx.workload.dtype),
-                 position_warning(ctx.model, ctx.workload.seq_len)):
+                 ctx.model.position_warning(ctx.workload.seq_len)):
         if text:
             out.append(text)
     if ctx.plan.sp and ctx.plan.tp == 1:

@@ -338,6 +338,17 @@ class ModelSpec(Spec):
         block = self.moe_layer_params if self.mtp_moe else self.dense_layer_params
         return block + 2 * self.hidden_size * self.hidden_size + 3 * self.norm_params
 
+    def position_warning(self, tokens: int) -> str | None:
+        """A warning when a sequence of `tokens` is longer than a learned position table: the
+        model has no embedding row for the later positions (RoPE, ALiBi and relative positions
+        have no table, so any length is scored as asked)."""
+        if self.positional != Positional.LEARNED or tokens <= self.max_position_embeddings:
+            return None
+        return (f"a sequence of {tokens} tokens is longer than the "
+                f"{self.max_position_embeddings} rows of {self.name}'s learned position table: "
+                "the model as specified cannot run it (the estimate is for the same blocks at "
+                "that length)")
+
     # ----- FLOPs -----------------------------------------------------------------------
     def _block_matmul_params(self, moe: bool) -> int:
         """Weights in the matrix multiplies a token goes through in one block."""

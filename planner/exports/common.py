@@ -16,23 +16,8 @@ from typing import Any
 from planner.errors import SpecError, UnsupportedPlanError
 from planner.hardware import ClusterSpec
 from planner.model import DType, ModelSpec
-from planner.plan import Plan, parse_plan_fields
+from planner.plan import Dispatcher, Plan, parse_plan_fields
 from planner.workload import InferenceWorkload, TrainingWorkload
-
-def flex_crosses_nodes(inp: "ExportInputs") -> bool:
-    """Whether the plan's tokens take the flex dispatcher's path across nodes: dispatcher=flex
-    with an expert-parallel group that spans nodes, where the estimate sends a token through
-    the network once per destination node (cost_models/comm.py `moe_dispatch_s`), as DeepEP
-    does. Everywhere else (alltoall, or a group inside one node) one row per (token, expert)
-    pair moves, which a plain all-to-all does."""
-    from cost_models.comm import group_links
-    from planner.plan import Dispatcher
-
-    p = inp.plan
-    if p.ep == 1 or p.dispatcher != Dispatcher.FLEX:
-        return False
-    return group_links(inp.cluster.job_view(inp.devices), size=p.ep, stride=p.expert_tp).spans_nodes
-
 
 SAVE_HINT = "save the output of `meshplan search ... --json` to a file and export that"
 
@@ -101,6 +86,20 @@ class ExportInputs:
         if self.training:
             return p.to_string()
         return f"tp={p.tp},pp={p.pp},dp={p.dp},ep={p.ep}"
+
+
+def flex_crosses_nodes(inp: ExportInputs) -> bool:
+    """Whether the plan's tokens take the flex dispatcher's path across nodes: dispatcher=flex
+    with an expert-parallel group that spans nodes (cost_models/comm.py `ep_links`, as the
+    estimate decides it), where a token crosses the network once per destination node
+    (`moe_dispatch_s`), as DeepEP does. Everywhere else (alltoall, or a group inside one node)
+    one row per (token, expert) pair moves, which a plain all-to-all does."""
+    from cost_models.comm import ep_links
+
+    p = inp.plan
+    if p.ep == 1 or p.dispatcher != Dispatcher.FLEX:
+        return False
+    return ep_links(inp.cluster.job_view(inp.devices), p).spans_nodes
 
 
 def read_result(result: dict[str, Any], *, rank: int) -> ExportInputs:

@@ -43,13 +43,11 @@ def test_training_and_inference_estimates_carry_the_warning() -> None:
 
 
 def test_a_sequence_past_a_learned_position_table_warns() -> None:
-    from cost_models.efficiency import position_warning
-
     gpt3, llama = load_model("gpt3-175b"), load_model("llama3-8b")
-    assert position_warning(gpt3, 2048) is None
-    text = position_warning(gpt3, 4096)
+    assert gpt3.position_warning(2048) is None
+    text = gpt3.position_warning(4096)
     assert text is not None and "2048 rows" in text and "4096 tokens" in text
-    assert position_warning(llama, 10 * llama.max_position_embeddings) is None   # RoPE: no table
+    assert llama.position_warning(10 * llama.max_position_embeddings) is None   # RoPE: no table
     est = evaluate(gpt3, load_cluster("dgx-a100"),
                    TrainingWorkload(global_batch_size=64, seq_len=4096), "tp=8,pp=8", devices=64)
     assert any("learned position table" in w for w in est.warnings)
