@@ -7,7 +7,7 @@ architecture facts of their code base; every other record is mapped from what it
 the same rules for all records:
 
 - Device: the GPU/TPU named in `hardware.gpu` (A100 40/80 GB, V100, H100, H200, B200, GB200,
-  TPU v3/v4). A device meshplan has no preset for is reported, not guessed.
+  B300, GB300, TPU v3/v4). A device meshplan has no preset for is reported, not guessed.
 - Node size: `hardware.gpus_per_node` when stated, else the preset's. Network: the inter-node
   bandwidth stated in `hardware.inter_node_link` ("8x 200 Gb/s ... per node", "1600 Gbps
   node-node", "400 Gbps EFA", "3.2 Tbps", "50 GB/s per GPU") when it can be read, divided over
@@ -51,7 +51,9 @@ class UnmappedRecord(ValueError):
 # (substring of hardware.gpu, lower case) -> cluster preset; first match wins, so the more
 # specific names come first.
 _DEVICE_CLUSTERS = (
+    ("gb300", "gb300-nvl72"),
     ("gb200", "gb200-nvl72"),
+    ("b300", "dgx-b300"),
     ("b200", "dgx-b200"),
     ("h200", "dgx-h200"),
     ("h100", "dgx-h100"),

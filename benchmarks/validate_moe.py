@@ -152,8 +152,9 @@ performance script, configs/deepseek/deepseek_llm_pretrain.py, sets selective re
 
 
 def gpu_of(record: dict[str, Any]) -> str:
-    """The DGX system the record's id names ('GB200', 'B200', 'H100'), or ''."""
-    return next((g for g in ("GB200", "B200", "H100") if f"DGX-{g}_" in record["id"]), "")
+    """The DGX system the record's id names ('GB300', 'GB200', 'B300', 'B200', 'H100'), or ''."""
+    return next((g for g in ("GB300", "GB200", "B300", "B200", "H100")
+                 if f"DGX-{g}_" in record["id"]), "")
 
 
 def preset_for(record: dict[str, Any]) -> tuple[bool, tuple[str, ...] | None]:

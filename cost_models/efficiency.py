@@ -83,6 +83,14 @@ class DeviceEfficiency:
 #   uses for A100 HPL Rpeak (G. Lockwood, "Peak FLOPS" notes): 1305/1410 = 0.926. MAMF
 #   shapes run for milliseconds and are measured before that throttling settles in. No
 #   comparable published figure for the other devices: 1.0 there.
+# - Blackwell Ultra: the same table measures B300 SXM at bf16 1769.0/2250 = 78.6% and fp8
+#   3353.3/4500 = 74.5% (torch 2.9.1+cu130). GB300 has no MAMF entry; it quotes the same peaks
+#   as GB200 (2.5/5 PF) at a higher power limit, so GB200's measured fractions are taken (an
+#   extrapolation, as GB200 once took B200's). SMs: "160 Streaming Multiprocessors across two
+#   dies" (NVIDIA technical blog, "Inside NVIDIA Blackwell Ultra", 2025; the count of the full
+#   implementation: NVIDIA publishes no separate enabled count). Blackwell Ultra doubles the SFU
+#   exponential rate for attention (same blog); no fused-attention measurement on it was found,
+#   so B200's 0.5 is kept (likely low for the softmax-bound forward).
 # - Kernel floor: CUDA kernel launch plus ramp-up is a few microseconds (ml-engineering
 #   measurement: "one operation issued from Python 4.2 us", 1.3 us inside a CUDA graph): 4e-6.
 # - Collective SMs: NCCL runs each channel of a collective as one CUDA block on one SM, so a
@@ -107,6 +115,8 @@ _BY_NAME: dict[str, DeviceEfficiency] = {
     "h200": DeviceEfficiency(0.803, 0.734, 132, 128, 0.85, 0.55, HOPPER_FLASH1_ATTENTION, 4e-6),
     "b200": DeviceEfficiency(0.776, 0.763, 148, 128, 0.85, 0.5, 0.30, 4e-6),
     "gb200": DeviceEfficiency(0.729, 0.723, 148, 128, 0.85, 0.5, 0.30, 4e-6),
+    "b300": DeviceEfficiency(0.786, 0.745, 160, 128, 0.85, 0.5, 0.30, 4e-6),
+    "gb300": DeviceEfficiency(0.729, 0.723, 160, 128, 0.85, 0.5, 0.30, 4e-6),
     "tpu-v3": DeviceEfficiency(0.85, 0.85, 4, 128, 0.85, 0.5, 0.5, 4e-6, collective_sms=0),
     "tpu-v4": DeviceEfficiency(0.85, 0.85, 8, 128, 0.85, 0.5, 0.5, 4e-6, collective_sms=0),
 }

@@ -67,6 +67,9 @@ def record(**over: Any) -> dict[str, Any]:
     ("Google TPU v4", 4, "tpu-v4-pod"),
     ("TPU v3", 4, "tpu-v3-pod"),
     ("NVIDIA GB200 (NVL72 rack)", 4, "gb200-nvl72"),
+    ("NVIDIA GB300 (NVL72 rack)", 4, "gb300-nvl72"),
+    ("NVIDIA B300 (DGX-B300)", 8, "dgx-b300"),
+    ("NVIDIA B200 (DGX-B200)", 8, "dgx-b200"),
 ])
 def test_device_names_map_to_presets(gpu: str, per_node: int, want: str) -> None:
     rec = record(hardware={"gpu": gpu, "gpus_per_node": per_node})

@@ -18,13 +18,14 @@ GiB = 2**30
 
 REQUIRED_DEVICES = {
     "v100-sxm2-32gb", "a100-sxm4-40gb", "a100-sxm4-80gb", "h100-sxm5-80gb", "h200", "b200",
-    "gb200", "tpu-v3", "tpu-v4",
+    "gb200", "b300", "gb300", "tpu-v3", "tpu-v4",
 }
 REQUIRED_CLUSTERS = {
-    "dgx-a100", "dgx-h100", "dgx-h200", "dgx-b200", "gb200-nvl72", "dgx2-v100", "v100x4",
+    "dgx-a100", "dgx-h100", "dgx-h200", "dgx-b200", "gb200-nvl72", "dgx-b300", "gb300-nvl72",
+    "dgx2-v100", "v100x4",
     "tpu-v3-pod", "tpu-v4-pod",
 }
-FP8_DEVICES = {"h100-sxm5-80gb", "h200", "b200", "gb200"}
+FP8_DEVICES = {"h100-sxm5-80gb", "h200", "b200", "gb200", "b300", "gb300"}
 
 DEVICES = list_presets("device")
 CLUSTERS = list_presets("cluster")
@@ -197,3 +198,23 @@ def test_256_gpu_gb200_plan_evaluates() -> None:
     est = evaluate("llama3-70b", "gb200-nvl72", wl, "tp=4,pp=1,mbs=1,recompute=full,zero=1",
                    devices=256)
     assert est.devices == 256 and est.step_time_s > 0
+
+
+@pytest.mark.parametrize(("old", "new"), [("gb200-nvl72", "gb300-nvl72"), ("dgx-b200", "dgx-b300")])
+def test_blackwell_ultra_is_never_slower_than_blackwell(old: str, new: str) -> None:
+    """B300/GB300 keep Blackwell's FP8/BF16 peaks and raise memory, HBM and NIC bandwidth (and
+    B300's measured MAMF), so the same plan is never slower and has more memory left; each has
+    its own efficiency entry, not the generic default."""
+    import planner
+    from cost_models.efficiency import device_efficiency
+    from planner.api import evaluate
+
+    assert not device_efficiency(load_cluster(new).device)[1]
+    wl = planner.TrainingWorkload(global_batch_size=256, seq_len=4096, dtype="fp8")
+    plan = "tp=4,pp=2,mbs=1,recompute=selective,zero=1"
+    a = evaluate("llama3-70b", old, wl, plan, devices=64)
+    b = evaluate("llama3-70b", new, wl, plan, devices=64)
+    assert b.step_time_s <= a.step_time_s * (1 + 1e-9)
+    assert b.peak_memory_gib == pytest.approx(a.peak_memory_gib)
+    assert load_cluster(new).device.memory_bytes > load_cluster(old).device.memory_bytes
+    assert not any("generic" in w or "default" in w for w in b.warnings)
