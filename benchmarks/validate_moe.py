@@ -103,6 +103,7 @@ DEEPSEEK_V3_RECIPE_LAYOUTS: dict[tuple[int, int], tuple[int, ...]] = {
     (16, 1): (4,) * 15 + (1,),
     (8, 2): (4,) * 15 + (1,),
     (4, 4): (4,) * 15 + (1,),
+    (2, 8): (4,) * 15 + (1,),      # GB300 preset pp_layout 'Et*4|(t*4|)*14tmL'
 }
 """Decoder blocks per virtual stage of Megatron-Bridge's DeepSeek-V3 recipe for (pp, vpp)
 (src/megatron/bridge/recipes/deepseek/deepseek_v3.py, `layout_map`, which the performance
@@ -128,6 +129,13 @@ MEGATRON_BRIDGE_PRESETS: tuple[tuple[RecipeKey, bool, tuple[str, ...]], ...] = (
      ("layernorm", "moe_act")),
     (("GPTOSS120B", "B200", frozenset({"BF16"}), 1, 1, 8, 1280, 4), False,
      ("layernorm", "moe_act")),
+    # Blackwell Ultra: the same two files @042641823051 (deepseek) and @07eea52d4523 (gpt_oss)
+    (("DeepSeekV3", "GB300", frozenset({"MXFP8"}), 2, 8, 32, 4096, 1), True, ()),
+    (("DeepSeekV3", "GB300", frozenset({"MXFP8"}), 2, 8, 32, 15360, 1), True, ()),
+    (("GPTOSS120B", "GB300", frozenset({"MXFP8"}), 1, 1, 16, 1280, 4), True, ()),
+    (("GPTOSS120B", "GB300", frozenset({"BF16"}), 1, 1, 64, 1280, 4), False, ()),
+    (("GPTOSS120B", "B300", frozenset({"MXFP8"}), 1, 1, 8, 1280, 4), True, ()),
+    (("GPTOSS120B", "B300", frozenset({"BF16"}), 1, 1, 8, 1280, 4), False, ()),
 )
 """Megatron-Bridge performance presets whose GPU, precision, parallel sizes, global batch and
 micro-batch equal a record's, with what they set beyond the published table: `moe_a2a_overlap`

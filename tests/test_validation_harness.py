@@ -292,6 +292,36 @@ def test_nvidia_out_of_sample_runs_are_new_and_evaluate() -> None:
     assert not [r for r in vm.run(data / "nemo_moe_more_runs.json", None) if "skipped" in r]
 
 
+def test_blackwell_ultra_runs_map_to_their_presets_and_evaluate() -> None:
+    """benchmarks/data/nemo_blackwell_ultra_*_runs.json: the GB300 and B300 rows of the same
+    summaries, scored on the gb300/b300 presets (not B200/GB200's), NVFP4 rows listed; a GB300
+    DeepSeek-V3 preset row takes the preset's EP overlap and its (pp 2, vpp 8) layout."""
+    data = ROOT / "benchmarks" / "data"
+    dense = json.loads((data / "nemo_blackwell_ultra_dense_runs.json").read_text())
+    moe = json.loads((data / "nemo_blackwell_ultra_moe_runs.json").read_text())
+    others = [json.loads((data / f).read_text()) for f in
+              ("moe_runs.json", "nemo_moe_more_runs.json", "nemo_dense_runs.json")]
+    known = {r["id"] for rs in others for r in rs}
+    ids = [r["id"] for r in dense + moe]
+    assert len(ids) == len(set(ids)) and not set(ids) & known
+    for r in dense + moe:
+        p, b = r["parallel"], r["batch"]
+        assert p["tp"] * p["pp"] * p["dp"] * (p.get("cp") or 1) == r["hardware"]["gpus"], r["id"]
+        assert b["global"] == b["grad_accum"] * p["dp"] * b["micro"], r["id"]
+        assert records.cluster_name(r) in ("gb300-nvl72", "dgx-b300"), r["id"]
+    rows = vp.run(data / "nemo_blackwell_ultra_dense_runs.json", None)
+    skipped = [r for r in rows if "skipped" in r]
+    assert all("NVFP4" in r["skipped"] for r in skipped)
+    assert len(rows) - len(skipped) == sum("NVFP4" not in r["precision"] for r in dense)
+    mrows = vm.run(data / "nemo_blackwell_ultra_moe_runs.json", None)
+    assert not [r for r in mrows if "skipped" in r]
+    assert {r["device"].split(",")[0] for r in mrows} == {"gb300", "b300"}
+    ds = next(r for r in moe if r["id"] == "mbridge_26p08_DGX-GB300_DeepSeekV3_MXFP8_256gpu_tp1pp2cp1ep32")
+    assert vm.preset_for(ds) == (True, None)
+    plan = vm.plan_for(ds, vm.mapped_model(ds))
+    assert plan.ep_overlap and plan.chunk_layers == (4,) * 15 + (1,)
+
+
 # --- repeated configurations and scaling inversions (what a source says against itself) ----
 
 from hypothesis import given, settings  # noqa: E402
