@@ -48,10 +48,9 @@ class DeviceSpec(Spec):
     def peak_flops(self, dtype: DType) -> float:
         """Peak FLOP/s for `dtype`; fp8 falls back to bf16 and tf32 to fp32 where the device
         has no such unit (e.g. V100 has no bf16/tf32: fp16 tensor cores serve bf16 requests)."""
-        table = self.peak_flops_per_s
-        for d in (dtype, *_FALLBACK.get(dtype, ())):
-            if d in table:
-                return table[d]
+        rate = dtype if dtype in self.peak_flops_per_s else self.fallback_dtype(dtype)
+        if rate is not None:
+            return self.peak_flops_per_s[rate]
         raise SpecError(
             f"device '{self.name}' lists no peak FLOP/s for {dtype.value} or a fallback; "
             f"add peak_flops_per_s.{dtype.value} to its file"

@@ -281,15 +281,28 @@ def test_nvidia_out_of_sample_runs_are_new_and_evaluate() -> None:
     known = {r["id"] for r in json.loads((data / "moe_runs.json").read_text())}
     ids = [r["id"] for r in dense + moe]
     assert len(ids) == len(set(ids)) and not set(ids) & known
-    for r in dense + moe:      # the tables' own invariant: GA = GBS / (DP x MBS)
-        p, b = r["parallel"], r["batch"]
-        assert p["tp"] * p["pp"] * p["dp"] * p.get("cp", 1) == r["hardware"]["gpus"], r["id"]
-        assert b["global"] == b["grad_accum"] * p["dp"] * b["micro"], r["id"]
-    rows = vp.run(data / "nemo_dense_runs.json", None)
-    skipped = [r for r in rows if "skipped" in r]
-    assert skipped and all("NVFP4" in r["skipped"] for r in skipped)
-    assert len(rows) - len(skipped) == sum("NVFP4" not in r["precision"] for r in dense)
+    _assert_table_invariants(dense + moe)
+    skipped = _assert_only_nvfp4_skipped(data / "nemo_dense_runs.json", dense)
+    assert skipped
     assert not [r for r in vm.run(data / "nemo_moe_more_runs.json", None) if "skipped" in r]
+
+
+def _assert_table_invariants(recs: list[dict]) -> None:
+    """The tables' own invariants: the parallel sizes multiply to the GPUs, and GA = GBS /
+    (DP x MBS)."""
+    for r in recs:
+        p, b = r["parallel"], r["batch"]
+        assert p["tp"] * p["pp"] * p["dp"] * (p.get("cp") or 1) == r["hardware"]["gpus"], r["id"]
+        assert b["global"] == b["grad_accum"] * p["dp"] * b["micro"], r["id"]
+
+
+def _assert_only_nvfp4_skipped(path: Path, recs: list[dict]) -> list[dict]:
+    """Every dense record of `path` is scored except the NVFP4 ones; returns the skipped rows."""
+    rows = vp.run(path, None)
+    skipped = [r for r in rows if "skipped" in r]
+    assert all("NVFP4" in r["skipped"] for r in skipped)
+    assert len(rows) - len(skipped) == sum("NVFP4" not in r["precision"] for r in recs)
+    return skipped
 
 
 def test_blackwell_ultra_runs_map_to_their_presets_and_evaluate() -> None:
@@ -304,15 +317,9 @@ def test_blackwell_ultra_runs_map_to_their_presets_and_evaluate() -> None:
     known = {r["id"] for rs in others for r in rs}
     ids = [r["id"] for r in dense + moe]
     assert len(ids) == len(set(ids)) and not set(ids) & known
-    for r in dense + moe:
-        p, b = r["parallel"], r["batch"]
-        assert p["tp"] * p["pp"] * p["dp"] * (p.get("cp") or 1) == r["hardware"]["gpus"], r["id"]
-        assert b["global"] == b["grad_accum"] * p["dp"] * b["micro"], r["id"]
-        assert records.cluster_name(r) in ("gb300-nvl72", "dgx-b300"), r["id"]
-    rows = vp.run(data / "nemo_blackwell_ultra_dense_runs.json", None)
-    skipped = [r for r in rows if "skipped" in r]
-    assert all("NVFP4" in r["skipped"] for r in skipped)
-    assert len(rows) - len(skipped) == sum("NVFP4" not in r["precision"] for r in dense)
+    _assert_table_invariants(dense + moe)
+    assert {records.cluster_name(r) for r in dense + moe} == {"gb300-nvl72", "dgx-b300"}
+    _assert_only_nvfp4_skipped(data / "nemo_blackwell_ultra_dense_runs.json", dense)
     mrows = vm.run(data / "nemo_blackwell_ultra_moe_runs.json", None)
     assert not [r for r in mrows if "skipped" in r]
     assert {r["device"].split(",")[0] for r in mrows} == {"gb300", "b300"}
