@@ -97,7 +97,8 @@ def _preset_row(kind: str, name: str) -> dict[str, Any]:
     c = presets.load_cluster(name)
     return {"kind": kind, "name": name, "device": c.device.name,
             "per_node": c.devices_per_node,
-            "intra_gb_s": f"{c.intra_node.bandwidth_bytes_per_s / 1e9:.0f}",
+            # per GPU toward the rest of its node (a full mesh: all of its links together)
+            "intra_gb_s": f"{c.intra_node.group_bandwidth(c.devices_per_node) / 1e9:.0f}",
             "inter_gb_s": f"{c.inter_node.bandwidth_bytes_per_s / 1e9:.1f}",
             "description": c.description}
 

@@ -14,6 +14,10 @@ Formulas (per rank, message of `nbytes` = the full buffer each rank holds):
 - hierarchical: a group that spans nodes with k members per node crosses the network
   through those k members' NICs in parallel (NCCL rings use one NIC per channel), so its
   bottleneck bandwidth is min(intra-node bandwidth, k * per-device inter-node bandwidth).
+- intra-node bandwidth of a group: the device's whole link through a switch; on a full mesh
+  (AMD Infinity Fabric) one link per other member inside the node (`intra_bandwidth`, from
+  LinkSpec.group_bandwidth), so a pair gets one link and eight GPUs get seven. The collectives
+  above then run over those links in parallel (RCCL builds its rings over distinct links).
 - all-to-all: each rank sends (n-1)/n * nbytes; traffic to ranks in other nodes goes through
   its own NIC: max(intra share / B_intra, inter share / B_inter) + (n-1) * alpha.
 """
@@ -23,7 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from cost_models.efficiency import INTER_NODE_LINK_EFFICIENCY, INTRA_NODE_LINK_EFFICIENCY
+from cost_models.efficiency import INTER_NODE_LINK_EFFICIENCY, device_efficiency
 from planner.hardware import ClusterSpec
 from planner.plan import Plan
 
@@ -39,21 +43,32 @@ class GroupLinks:
     members_per_node: int
 
 
+def intra_bandwidth(cluster: ClusterSpec, members: int) -> float:
+    """Achievable per-direction bandwidth of one device toward the other `members - 1`
+    members of its group inside a node (module docstring), at the fraction of the links the
+    device's collective library reaches (efficiency.DeviceEfficiency.intra_link)."""
+    return cluster.intra_node.group_bandwidth(members) * _intra_link(cluster)
+
+
+def _intra_link(cluster: ClusterSpec) -> float:
+    return device_efficiency(cluster.device)[0].intra_link
+
+
 def group_links(cluster: ClusterSpec, *, size: int, stride: int) -> GroupLinks:
     """Links of a group of `size` ranks spaced `stride` apart in the rank layout."""
     per_node = cluster.devices_per_node
-    intra_bw = cluster.intra_node.bandwidth_bytes_per_s * INTRA_NODE_LINK_EFFICIENCY
     if size <= 1:
-        return GroupLinks(1, intra_bw, 0.0, False, 1)
+        return GroupLinks(1, intra_bandwidth(cluster, 1), 0.0, False, 1)
     block = stride * size                     # consecutive ranks that hold whole groups
     if block <= per_node and per_node % block == 0:
-        return GroupLinks(size, intra_bw, cluster.intra_node.latency_s, False, size)
+        return GroupLinks(size, intra_bandwidth(cluster, size), cluster.intra_node.latency_s,
+                          False, size)
     # Spans nodes. Aligned groups put per_node/stride members in each node; a group that
     # straddles a node boundary because the sizes do not divide has, at worst, one.
     aligned = stride < per_node and per_node % stride == 0 and block % per_node == 0
     members_per_node = min(size, per_node // stride) if aligned else 1
     inter_bw = cluster.inter_node.bandwidth_bytes_per_s * INTER_NODE_LINK_EFFICIENCY
-    bw = min(intra_bw, members_per_node * inter_bw)
+    bw = min(intra_bandwidth(cluster, members_per_node), members_per_node * inter_bw)
     return GroupLinks(size, bw, cluster.inter_node.latency_s, True, members_per_node)
 
 
@@ -75,10 +90,10 @@ def composite_links(cluster: ClusterSpec, dims: list[tuple[int, int]]) -> GroupL
         size, stride = dims[0] if dims else (1, 1)
         return group_links(cluster, size=size, stride=stride)
     per_node = cluster.devices_per_node
-    intra_bw = cluster.intra_node.bandwidth_bytes_per_s * INTRA_NODE_LINK_EFFICIENCY
     size = math.prod(n for n, _ in dims)
     if all(n * st <= per_node and per_node % (n * st) == 0 for n, st in dims):
-        return GroupLinks(size, intra_bw, cluster.intra_node.latency_s, False, size)
+        return GroupLinks(size, intra_bandwidth(cluster, size), cluster.intra_node.latency_s,
+                          False, size)
     members = 1
     for n, st in dims:
         if n * st <= per_node and per_node % (n * st) == 0:
@@ -86,7 +101,7 @@ def composite_links(cluster: ClusterSpec, dims: list[tuple[int, int]]) -> GroupL
         elif st < per_node and per_node % st == 0 and (n * st) % per_node == 0:
             members *= per_node // st
     inter_bw = cluster.inter_node.bandwidth_bytes_per_s * INTER_NODE_LINK_EFFICIENCY
-    bw = min(intra_bw, members * inter_bw)
+    bw = min(intra_bandwidth(cluster, members), members * inter_bw)
     return GroupLinks(size, bw, cluster.inter_node.latency_s, True, members)
 
 
@@ -132,12 +147,11 @@ def all_to_all_s(links: GroupLinks, cluster: ClusterSpec, nbytes: float) -> floa
     n = links.size
     if n <= 1 or nbytes <= 0:
         return 0.0
-    intra_bw = cluster.intra_node.bandwidth_bytes_per_s * INTRA_NODE_LINK_EFFICIENCY
     if not links.spans_nodes:
-        return (n - 1) / n * nbytes / intra_bw + (n - 1) * links.latency_s
+        return (n - 1) / n * nbytes / intra_bandwidth(cluster, n) + (n - 1) * links.latency_s
     local = links.members_per_node
     inter_bw = cluster.inter_node.bandwidth_bytes_per_s * INTER_NODE_LINK_EFFICIENCY
-    intra_part = (local - 1) / n * nbytes / intra_bw
+    intra_part = (local - 1) / n * nbytes / intra_bandwidth(cluster, local)
     inter_part = (n - local) / n * nbytes / inter_bw
     return max(intra_part, inter_part) + (n - 1) * cluster.inter_node.latency_s
 
@@ -182,10 +196,9 @@ def moe_dispatch_s(links: GroupLinks, cluster: ClusterSpec, *, tokens: float, to
         return all_to_all_s(links, cluster, tokens * top_k * row_bytes)
     local = links.members_per_node
     nodes = max(1, n // local)
-    intra_bw = cluster.intra_node.bandwidth_bytes_per_s * INTRA_NODE_LINK_EFFICIENCY
     inter_bw = cluster.inter_node.bandwidth_bytes_per_s * INTER_NODE_LINK_EFFICIENCY
     inter = tokens * remote_nodes_per_token(experts, top_k, nodes) * row_bytes / inter_bw
-    intra = tokens * top_k * (local - 1) / local * row_bytes / intra_bw
+    intra = tokens * top_k * (local - 1) / local * row_bytes / intra_bandwidth(cluster, local)
     return max(intra, inter) + (n - 1) * cluster.inter_node.latency_s
 
 
@@ -195,6 +208,6 @@ def p2p_s(cluster: ClusterSpec, nbytes: float, *, crosses_nodes: bool) -> float:
         return 0.0
     if crosses_nodes:
         link, eff = cluster.inter_node, INTER_NODE_LINK_EFFICIENCY
-    else:
-        link, eff = cluster.intra_node, INTRA_NODE_LINK_EFFICIENCY
-    return nbytes / (link.bandwidth_bytes_per_s * eff) + link.latency_s
+    else:      # one link: on a full mesh the per-link figure, through a switch the device's
+        link, eff = cluster.intra_node, _intra_link(cluster)
+    return nbytes / (link.group_bandwidth(2) * eff) + link.latency_s

@@ -11,11 +11,22 @@ Does not decide anything about a plan; `compute.py` and `comm.py` apply these nu
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 from planner.hardware import DeviceSpec
 from planner.model import DType
+
+
+# Achievable fraction of a link's per-direction bandwidth for large collectives.
+# NCCL all-reduce bus bandwidth reaches ~230 of 300 GB/s on DGX A100 NVSwitch and ~360-370 of
+# 450 GB/s on DGX H100 (nccl-tests results published by NVIDIA and cloud providers): 0.78.
+# Over InfiniBand, NCCL reaches ~90% of line rate (e.g. ~185 of 200 GB/s per DGX A100 node):
+# 0.9. These are the link constants; a device whose own collective library measures otherwise
+# on its own fabric says so (DeviceEfficiency.intra_link); latency comes from the cluster spec.
+INTRA_NODE_LINK_EFFICIENCY = 0.78
+INTER_NODE_LINK_EFFICIENCY = 0.9
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +43,7 @@ class DeviceEfficiency:
     kernel_floor_s: float    # shortest time any kernel takes (launch + ramp), seconds
     sustained_clock: float = 1.0  # sustained tensor-core clock under the power cap / boost clock
     collective_sms: int = 16      # compute units a running NCCL collective occupies (0: none)
+    intra_link: float = INTRA_NODE_LINK_EFFICIENCY  # achievable fraction of the node's links
 
     @property
     def overlap_slowdown(self) -> float:
@@ -102,11 +114,36 @@ class DeviceEfficiency:
 #   default (NCCL_NCHANNELS_PER_NET_PEER), 16 for the 8 NICs of a DGX node; 16 is taken for
 #   every GPU (an engineering estimate: NVLink-only groups may open more). TPUs move
 #   collectives with ICI DMA engines, not the matrix units: 0.
+# - AMD Instinct (CDNA 3/4). MAMF, same ml-engineering table (bf16, PYTORCH_TUNABLEOP):
+#   MI300X 668.4 TFLOP/s (torch 2.5.1, ROCm 6.3), MI325X 784.9 (torch 2.6.0, ROCm 6.2.4,
+#   1000 W), MI355X 1565.0 (torch 2.8.0, ROCm 7.0.2). Divided by the peaks of the device files
+#   (1307.4, 1307.4, 2516.6): 0.511, 0.600, 0.622. The table has no AMD fp8 entry; the one fp8
+#   measurement found is hipBLASLt on Azure ND MI300X v5, 1159.2 TFLOP/s at 8192^3 (Azure
+#   AI-benchmarking-guide, Azure_Results/ND_MI300X_v5_results.md): 1159.2 / 2614.9 = 0.443,
+#   0.87 of the bf16 fraction. MI325X and MI355X take that same 0.87 of their measured bf16
+#   fraction (an extrapolation: the same hipBLASLt kernels, the power limit scaling both).
+#   Memory: the same Azure page measures a 4.11 TB/s copy on MI300X, 0.775 of 5.3 TB/s; taken
+#   for all three (an extrapolation to HBM3E). FlashAttention-2 on MI300X: 328.6 TFLOP/s at
+#   head dim 64, batch 2, sequence 8192 (same Azure page; read as the forward + backward
+#   rate), 0.251 of peak at head dim 64, 0.27 at the reference head dim 128 (head_dim_factor
+#   on MI300X: 1.07); no measurement for MI325X/MI355X, which take it (likely low for the
+#   CDNA 4 kernels). There is no FlashAttention-1 CUDA kernel on ROCm; the Triton class takes
+#   the same fraction. Compute units: 304, 304, 256 (ROCm 'GPU specifications' table).
+#   Intra-node links: RCCL all-reduce on an 8-GPU MI300X node reaches a bus bandwidth of
+#   318.98 GB/s (16 GiB messages; AMD ROCm blog 'RCCL and xGMI on MI300X', RCCL 2.22.3) and
+#   316.8 GB/s (8 GB; the Azure page) of the 448 GB/s of seven links: 0.71, taken for the
+#   MI325X and MI355X meshes too (AMD's acceptance threshold for both is 304 GB/s, 0.68 of
+#   448). Tile 128, kernel floor and RCCL's 16 compute units: the NVIDIA values (engineering
+#   estimates; no ROCm figure was sourced).
 FA2_HOPPER_UTILISATION = 0.35
 """FlashAttention-2's fraction of H100 dense peak (Shah et al. 2024, FlashAttention-3, Sec. 1)."""
 HOPPER_FLASH1_ATTENTION = FA2_HOPPER_UTILISATION * 0.30 / 0.55
 """FlashAttention-1 class on Hopper: FA2's Hopper utilisation x FA1's rate relative to FA2 on
 A100 (0.30 / 0.55, the A100 fractions of Dao 2023): 0.19 (source note above)."""
+
+AMD_FP8_TO_BF16 = (1159.2 / 2614.9) / (668.4 / 1307.4)
+"""MI300X's measured fp8 fraction over its measured bf16 fraction (0.87; source note above),
+carried to the AMD devices with no fp8 measurement."""
 
 _BY_NAME: dict[str, DeviceEfficiency] = {
     "v100": DeviceEfficiency(0.80, 0.80, 80, 128, 0.85, 0.45, 0.30, 4e-6),
@@ -117,19 +154,18 @@ _BY_NAME: dict[str, DeviceEfficiency] = {
     "gb200": DeviceEfficiency(0.729, 0.723, 148, 128, 0.85, 0.5, 0.30, 4e-6),
     "b300": DeviceEfficiency(0.786, 0.745, 160, 128, 0.85, 0.5, 0.30, 4e-6),
     "gb300": DeviceEfficiency(0.729, 0.723, 160, 128, 0.85, 0.5, 0.30, 4e-6),
+    "mi300x": DeviceEfficiency(668.4 / 1307.4, 1159.2 / 2614.9, 304, 128, 0.775, 0.27, 0.27,
+                               4e-6, intra_link=0.71),
+    "mi325x": DeviceEfficiency(784.9 / 1307.4, 784.9 / 1307.4 * AMD_FP8_TO_BF16, 304, 128,
+                               0.775, 0.27, 0.27, 4e-6, intra_link=0.71),
+    "mi355x": DeviceEfficiency(1565.0 / 2516.6, 1565.0 / 2516.6 * AMD_FP8_TO_BF16, 256, 128,
+                               0.775, 0.27, 0.27, 4e-6, intra_link=0.71),
     "tpu-v3": DeviceEfficiency(0.85, 0.85, 4, 128, 0.85, 0.5, 0.5, 4e-6, collective_sms=0),
     "tpu-v4": DeviceEfficiency(0.85, 0.85, 8, 128, 0.85, 0.5, 0.5, 4e-6, collective_sms=0),
 }
 _DEFAULT = DeviceEfficiency(0.75, 0.70, 100, 128, 0.8, 0.45, 0.30, 5e-6)
 """Used for a user device whose name matches none above (stated in the estimate's warnings)."""
 
-# Achievable fraction of a link's per-direction bandwidth for large collectives.
-# NCCL all-reduce bus bandwidth reaches ~230 of 300 GB/s on DGX A100 NVSwitch and ~360-370 of
-# 450 GB/s on DGX H100 (nccl-tests results published by NVIDIA and cloud providers): 0.78.
-# Over InfiniBand, NCCL reaches ~90% of line rate (e.g. ~185 of 200 GB/s per DGX A100 node):
-# 0.9. These are the only link constants; latency comes from the cluster spec.
-INTRA_NODE_LINK_EFFICIENCY = 0.78
-INTER_NODE_LINK_EFFICIENCY = 0.9
 
 
 def precision_warning(device: DeviceSpec, dtype: DType, *, training: bool = True) -> str | None:
@@ -154,11 +190,18 @@ def precision_warning(device: DeviceSpec, dtype: DType, *, training: bool = True
 
 def device_efficiency(device: DeviceSpec) -> tuple[DeviceEfficiency, bool]:
     """The efficiency data for a device, and whether it is the generic default."""
-    name = device.name.lower()
+    key = _entry_of(device.name.lower())
+    return (_DEFAULT, True) if key is None else (_BY_NAME[key], False)
+
+
+@functools.cache
+def _entry_of(name: str) -> str | None:
+    """The `_BY_NAME` key a device name falls under (the longest matching prefix), or None;
+    cached, as the cost model asks once per collective."""
     for key in sorted(_BY_NAME, key=len, reverse=True):
         if name.startswith(key) or name.replace("-sxm", "").startswith(key):
-            return _BY_NAME[key], False
-    return _DEFAULT, True
+            return key
+    return None
 
 
 MAMF_DEPTH = 2048

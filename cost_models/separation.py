@@ -68,7 +68,7 @@ from cost_models.compute import (
     head_compute,
     roof_bytes,
 )
-from cost_models.efficiency import INTER_NODE_LINK_EFFICIENCY, INTRA_NODE_LINK_EFFICIENCY
+from cost_models.efficiency import INTER_NODE_LINK_EFFICIENCY
 from cost_models.inference import (
     EMBEDDING_KERNELS,
     HEAD_KERNELS,
@@ -194,15 +194,16 @@ def consecutive_links(cluster: ClusterSpec, start: int, size: int) -> comm.Group
     rank A, so comm.group_links' rank-0 alignment does not hold): inside one node it uses
     NVLink; across nodes its bottleneck is min(intra, k x inter) for the fewest members k
     that share a node (comm.py's hierarchical rule)."""
-    intra_bw = cluster.intra_node.bandwidth_bytes_per_s * INTRA_NODE_LINK_EFFICIENCY
     if size <= 1:
-        return comm.GroupLinks(1, intra_bw, 0.0, False, 1)
+        return comm.GroupLinks(1, comm.intra_bandwidth(cluster, 1), 0.0, False, 1)
     counts = _node_counts(cluster, start, size)
     if len(counts) == 1:
-        return comm.GroupLinks(size, intra_bw, cluster.intra_node.latency_s, False, size)
+        return comm.GroupLinks(size, comm.intra_bandwidth(cluster, size),
+                               cluster.intra_node.latency_s, False, size)
     k = min(counts.values())
     inter_bw = cluster.inter_node.bandwidth_bytes_per_s * INTER_NODE_LINK_EFFICIENCY
-    return comm.GroupLinks(size, min(intra_bw, k * inter_bw), cluster.inter_node.latency_s, True, k)
+    return comm.GroupLinks(size, min(comm.intra_bandwidth(cluster, k), k * inter_bw),
+                           cluster.inter_node.latency_s, True, k)
 
 
 def transfer_s(cluster: ClusterSpec, attn_devices: int, expert_devices: int,
@@ -213,7 +214,6 @@ def transfer_s(cluster: ClusterSpec, attn_devices: int, expert_devices: int,
     if nbytes <= 0:
         return 0.0
     a, e = attn_devices, expert_devices
-    intra_bw = cluster.intra_node.bandwidth_bytes_per_s * INTRA_NODE_LINK_EFFICIENCY
     inter_bw = cluster.inter_node.bandwidth_bytes_per_s * INTER_NODE_LINK_EFFICIENCY
     a_nodes, e_nodes = _node_counts(cluster, 0, a), _node_counts(cluster, a, e)
     worst, crosses = 0.0, False
@@ -223,7 +223,8 @@ def transfer_s(cluster: ClusterSpec, attn_devices: int, expert_devices: int,
             local = other.get(node, 0)
             intra, inter = share * local / n_other, share * (n_other - local) / n_other
             crosses |= inter > 0
-            worst = max(worst, intra / intra_bw, inter / inter_bw)
+            # the `local` peers in this node each have their own link on a full mesh
+            worst = max(worst, intra / comm.intra_bandwidth(cluster, local + 1), inter / inter_bw)
     alpha = cluster.inter_node.latency_s if crosses else cluster.intra_node.latency_s
     return worst + max(a, e) * alpha
 

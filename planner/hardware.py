@@ -23,6 +23,7 @@ class Topology(StrEnum):
     RING = "ring"
     TORUS_2D = "torus2d"
     TORUS_3D = "torus3d"
+    FULL_MESH = "full_mesh"  # a direct link between every pair (AMD Infinity Fabric, 8-GPU OAM)
 
 
 class DeviceSpec(Spec):
@@ -77,7 +78,8 @@ class LinkSpec(Spec):
 
     name: str = Field(description="what the link is, e.g. 'NVLink4 via NVSwitch'")
     bandwidth_bytes_per_s: PositiveFloat = Field(
-        description="bandwidth per device, per direction, in bytes/s"
+        description="bandwidth per device, per direction, in bytes/s; on a full_mesh, per "
+        "link (to one peer), per direction"
     )
     latency_s: float = Field(ge=0, description="one-message start-up latency in seconds")
     topology: Topology = Field(Topology.SWITCHED, description="how the link's devices are wired")
@@ -94,6 +96,19 @@ class LinkSpec(Spec):
                 f"got {len(self.torus_dims)}"
             )
         return self
+
+    def group_bandwidth(self, members: int) -> float:
+        """Per-direction bytes/s one device can drive toward the other `members - 1` members
+        of its group over this link class. Through a switch (and over a ring or torus, whose
+        figure is already the device's total) that is the device's whole bandwidth, whatever
+        the group; on a full mesh each peer has its own link and a group uses only the links
+        among its members, so members - 1 of them: an 8-GPU AMD Instinct platform gives a pair
+        of GPUs one 64 GB/s Infinity Fabric link and all eight GPUs 7 x 64 = 448 GB/s each
+        (AMD ROCm blog, "RCCL and xGMI on MI300X": "Aggregated unidirectional bandwidth per
+        GPU 448 GB/s (7x64 GB/s)")."""
+        if self.topology == Topology.FULL_MESH:
+            return self.bandwidth_bytes_per_s * max(1, members - 1)
+        return self.bandwidth_bytes_per_s
 
 
 class ClusterSpec(Spec):

@@ -54,7 +54,6 @@ from typing import Literal
 from ortools.sat.python import cp_model
 
 from cost_models import comm
-from cost_models.efficiency import INTRA_NODE_LINK_EFFICIENCY
 from planner.hardware import ClusterSpec
 from planner.plan import DEFAULT_ORDER
 
@@ -165,8 +164,8 @@ def _links(cluster: ClusterSpec, n: int, a: int) -> comm.GroupLinks:
         if d % n == 0:
             return comm.group_links(cluster, size=n, stride=1)
         # fewer devices than a node: one node holds the whole job (see module docstring)
-        bw = cluster.intra_node.bandwidth_bytes_per_s * INTRA_NODE_LINK_EFFICIENCY
-        return comm.GroupLinks(n, bw, cluster.intra_node.latency_s, False, n)
+        return comm.GroupLinks(n, comm.intra_bandwidth(cluster, n), cluster.intra_node.latency_s,
+                               False, n)
     return comm.group_links(cluster, size=n, stride=d // a)
 
 

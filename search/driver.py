@@ -101,7 +101,7 @@ def _work_per_microbatch(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWor
     recompute of every block, embedding and head (with the plan's own shard, ep and etp
     included: they change the expert GEMMs), plus TP all-reduces on the best links a tp
     group can have. Communication of other kinds is >= 0 and left out."""
-    from cost_models.comm import GroupLinks, all_reduce_s, group_links
+    from cost_models.comm import GroupLinks, all_reduce_s, intra_bandwidth
     from cost_models.compute import (Roofline, Shard, block_compute, embedding_compute,
                                      head_compute, module_recompute, roof_bytes)
     from cost_models.efficiency import device_efficiency
@@ -124,8 +124,9 @@ def _work_per_microbatch(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWor
     # The layout order decides the tp group's links (comm.group_links): inside a node the
     # intra-node bandwidth and latency; across nodes at most the intra-node bandwidth, with
     # the inter-node latency. The best of both bounds every order, also on a cluster whose
-    # inter-node latency is below its intra-node one.
-    best = GroupLinks(tp, group_links(cluster, size=1, stride=1).bandwidth_bytes_per_s,
+    # inter-node latency is below its intra-node one; on a full mesh the bandwidth is that of
+    # as many members as one node can hold (comm.intra_bandwidth grows with them).
+    best = GroupLinks(tp, intra_bandwidth(cluster, min(tp, cluster.devices_per_node)),
                       min(cluster.intra_node.latency_s, cluster.inter_node.latency_s), False, tp)
     ar = 2 * all_reduce_s(best, sh.tokens * model.hidden_size * roof_bytes(wl.dtype)) if tp > 1 else 0.0
     per_pass = model.num_layers * ar

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cost_models import comm
 from cost_models.efficiency import INTER_NODE_LINK_EFFICIENCY, INTRA_NODE_LINK_EFFICIENCY
@@ -197,3 +199,35 @@ def test_composite_group_counts_members_per_node_of_each_dimension() -> None:
     inside = composite_links(c, [(2, 1), (2, 4)])
     assert not inside.spans_nodes and inside.size == 4
     assert composite_links(c, [(1, 1), (16, 8)]) == comm.group_links(c, size=16, stride=8)
+
+
+def test_full_mesh_groups_use_the_links_among_their_members() -> None:
+    """On AMD's Infinity Fabric mesh (64 GB/s per link, RCCL reaching 0.71 of it) a group
+    inside a node gets members - 1 links; a group spanning nodes with k members per node
+    crosses the network through k NICs and moves its in-node share over k - 1 links; a send
+    between two GPUs of a node uses one link."""
+    c = load_cluster("mi300x-platform")
+    link, nic = 64e9 * 0.71, 50e9 * INTER_NODE_LINK_EFFICIENCY
+    for size in (2, 4, 8):
+        g = comm.group_links(c, size=size, stride=1)
+        assert not g.spans_nodes and g.bandwidth_bytes_per_s == pytest.approx((size - 1) * link)
+    # 2 members per node (stride 4 over 4 nodes): min(one link, two NICs)
+    g = comm.group_links(c, size=8, stride=4)
+    assert g.spans_nodes and g.members_per_node == 2
+    assert g.bandwidth_bytes_per_s == pytest.approx(min(link, 2 * nic))
+    # all-to-all inside a node: (n-1)/n of the buffer over n-1 links
+    inside = comm.group_links(c, size=4, stride=1)
+    assert comm.all_to_all_s(inside, c, 1e9) == pytest.approx(
+        3 / 4 * 1e9 / (3 * link) + 3 * c.intra_node.latency_s, rel=1e-12)
+    assert comm.p2p_s(c, 1e9, crosses_nodes=False) == pytest.approx(
+        1e9 / link + c.intra_node.latency_s, rel=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(members=st.integers(1, 72), topology=st.sampled_from(["switched", "full_mesh", "ring"]))
+def test_more_members_never_get_less_intra_bandwidth(members: int, topology: str) -> None:
+    """A device's bandwidth toward its group never falls as the group grows inside a node."""
+    from planner.hardware import LinkSpec
+
+    link = LinkSpec(name="x", bandwidth_bytes_per_s=64e9, latency_s=1e-6, topology=topology)
+    assert link.group_bandwidth(members + 1) >= link.group_bandwidth(members) > 0

@@ -18,14 +18,15 @@ GiB = 2**30
 
 REQUIRED_DEVICES = {
     "v100-sxm2-32gb", "a100-sxm4-40gb", "a100-sxm4-80gb", "h100-sxm5-80gb", "h200", "b200",
-    "gb200", "b300", "gb300", "tpu-v3", "tpu-v4",
+    "gb200", "b300", "gb300", "mi300x", "mi325x", "mi355x", "tpu-v3", "tpu-v4",
 }
 REQUIRED_CLUSTERS = {
     "dgx-a100", "dgx-h100", "dgx-h200", "dgx-b200", "gb200-nvl72", "dgx-b300", "gb300-nvl72",
-    "dgx2-v100", "v100x4",
+    "dgx2-v100", "v100x4", "mi300x-platform", "mi325x-platform", "mi355x-platform",
     "tpu-v3-pod", "tpu-v4-pod",
 }
-FP8_DEVICES = {"h100-sxm5-80gb", "h200", "b200", "gb200", "b300", "gb300"}
+FP8_DEVICES = {"h100-sxm5-80gb", "h200", "b200", "gb200", "b300", "gb300", "mi300x", "mi325x",
+               "mi355x"}
 
 DEVICES = list_presets("device")
 CLUSTERS = list_presets("cluster")
@@ -94,6 +95,10 @@ def test_known_datasheet_values() -> None:
     assert h200.memory_bandwidth_bytes_per_s > h100.memory_bandwidth_bytes_per_s
     assert load_device("tpu-v4").peak_flops(DType.BF16) == 275e12
     assert load_device("tpu-v3").peak_flops(DType.FP16) == 123e12  # fp16 falls back to bf16
+    # AMD: 2100 MHz x 304 CUs x 2048 (CDNA 3), 2400 MHz x 256 CUs x 4096 (CDNA 4) per clock
+    assert load_device("mi300x").peak_flops(DType.BF16) == pytest.approx(2100e6 * 304 * 2048, rel=1e-4)
+    assert load_device("mi355x").peak_flops(DType.BF16) == pytest.approx(2400e6 * 256 * 4096, rel=1e-4)
+    assert load_device("mi355x").peak_flops(DType.TF32) == load_device("mi355x").peak_flops(DType.FP32)
 
 
 @pytest.mark.parametrize("name", CLUSTERS)
@@ -218,3 +223,47 @@ def test_blackwell_ultra_is_never_slower_than_blackwell(old: str, new: str) -> N
     assert b.peak_memory_gib == pytest.approx(a.peak_memory_gib)
     assert load_cluster(new).device.memory_bytes > load_cluster(old).device.memory_bytes
     assert not any("generic" in w or "default" in w for w in b.warnings)
+
+
+def test_full_mesh_gives_a_group_one_link_per_other_member() -> None:
+    """AMD's 8-GPU platform joins every pair by its own 64 GB/s link: a pair of GPUs has one
+    link, all eight have seven (448 GB/s each); a switched fabric gives every group the same."""
+    mesh = load_cluster("mi300x-platform").intra_node
+    assert mesh.topology == "full_mesh"
+    assert [mesh.group_bandwidth(k) for k in (1, 2, 4, 8)] == [64e9, 64e9, 192e9, 448e9]
+    nvswitch = load_cluster("dgx-h100").intra_node
+    assert {nvswitch.group_bandwidth(k) for k in (1, 2, 8)} == {450e9}
+
+
+def test_tensor_parallel_pair_is_slower_per_byte_on_a_mesh() -> None:
+    """The tp all-reduce of one micro-batch moves 2(t-1)/t of its buffer per device: on the mesh
+    tp=2 gets one link and tp=8 seven, so tp=8 finishes the same buffer sooner; through NVSwitch
+    tp=2 moves less at the same bandwidth and is the faster of the two."""
+    from cost_models import comm
+
+    def ar(cluster: str, tp: int) -> float:
+        links = comm.group_links(load_cluster(cluster), size=tp, stride=1)
+        return comm.all_reduce_s(links, 1e9)
+
+    assert ar("mi300x-platform", 2) > 3 * ar("mi300x-platform", 8)
+    assert ar("dgx-h100", 2) < ar("dgx-h100", 8)
+
+
+@pytest.mark.parametrize(("old", "new"), [("mi300x-platform", "mi325x-platform"),
+                                          ("mi325x-platform", "mi355x-platform")])
+def test_newer_instinct_is_never_slower(old: str, new: str) -> None:
+    """MI325X keeps the MI300X's compute and links and raises memory, HBM bandwidth and the
+    measured MAMF; MI355X doubles the per-CU rate and widens the links: the same plan is never
+    slower, and each device has its own efficiency entry, not the generic default."""
+    import planner
+    from cost_models.efficiency import device_efficiency
+    from planner.api import evaluate
+
+    assert not device_efficiency(load_cluster(new).device)[1]
+    for dtype in ("bf16", "fp8"):
+        wl = planner.TrainingWorkload(global_batch_size=128, seq_len=4096, dtype=dtype)
+        plan = "tp=2,pp=2,mbs=1,recompute=selective,zero=1"
+        a = evaluate("llama3-70b", old, wl, plan, devices=16)
+        b = evaluate("llama3-70b", new, wl, plan, devices=16)
+        assert b.step_time_s <= a.step_time_s * (1 + 1e-9)
+        assert not any("generic" in w or "default" in w for w in b.warnings)
