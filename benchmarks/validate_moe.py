@@ -41,6 +41,11 @@ B200 and GB200. The mapping uses only facts stated in each record or its source:
 - GB200 jobs of 256 GPUs run on four NVL72 racks of 64 GPUs (the cluster's allocation unit is
   a 4-GPU compute tray; see ClusterSpec.job_view).
 - Published step time: the record's derived iteration_s, else global tokens / measured tokens/s.
+- A record that states its own settings in `parallel` is taken at its word, over the preset
+  lookups above: `recompute` ("full", "none"), `recompute_modules` (a list; selective),
+  `ep_overlap` (bool), `dispatcher` ("flex" or "alltoall"), `etp`, and `fsdp` (1: Megatron-
+  FSDP, sharding weights, gradients and optimizer states: zero=3). The Megatron-Bridge tables
+  state none of these beyond fsdp = 0; Megatron-MoE-ModelZoo's tables state them all.
 """
 
 from __future__ import annotations
@@ -197,11 +202,24 @@ def plan_for(record: dict[str, Any], model: ModelSpec) -> Plan:
     overlap, modules = preset_for(record)
     alltoall = any(frag in record["id"] and gpu == gpu_of(record)
                    for frag, gpu in ALLTOALL_DISPATCHER)
+    recompute = Recompute.SELECTIVE if modules else Recompute.NONE
+    # What the record itself states wins over the preset lookups (module docstring).
+    stated = str(p.get("recompute") or "").lower()
+    if stated.startswith("full"):
+        recompute, modules = Recompute.FULL, None
+    elif "recompute_modules" in p:
+        modules = tuple(p["recompute_modules"]) or None
+        recompute = Recompute.SELECTIVE if modules else Recompute.NONE
+    elif stated == "none":
+        recompute, modules = Recompute.NONE, None
+    overlap = bool(p.get("ep_overlap", overlap))
+    if "dispatcher" in p:
+        alltoall = Dispatcher(p["dispatcher"]) == Dispatcher.ALLTOALL
     return Plan(tp=p.get("tp") or 1, pp=pp, dp=p.get("dp") or 1, cp=p.get("cp") or 1,
-                ep=p.get("ep") or 1, vpp=vpp, mbs=record["batch"]["micro"], zero=1,
-                recompute=Recompute.SELECTIVE if modules else Recompute.NONE,
-                recompute_modules=modules, attn=Attention.FLASH, stage_layers=layers,
-                ep_overlap=overlap,
+                ep=p.get("ep") or 1, etp=p.get("etp"), vpp=vpp, mbs=record["batch"]["micro"],
+                zero=3 if p.get("fsdp") else 1,
+                recompute=recompute, recompute_modules=modules, attn=Attention.FLASH,
+                stage_layers=layers, ep_overlap=overlap,
                 dispatcher=Dispatcher.ALLTOALL if alltoall else Dispatcher.FLEX)
 
 

@@ -110,6 +110,11 @@ class BlockCompute:
     fwd_flops: float           # hardware FLOPs executed in the forward pass
     bwd_flops: float
     attn_core_fwd_flops: float
+    # the expert MLP (routed experts' GEMMs, casts and activation, shared experts' GEMMs) of
+    # an MoE block, inside fwd_s/bwd_s: the piece Megatron-Core's combined 1F1B pairs with the
+    # other micro-batch's dispatch (tables.ep_overlap_exposed); 0 for a dense block
+    mlp_fwd_s: float = 0.0
+    mlp_bwd_s: float = 0.0
 
 
 class Roofline:
@@ -236,25 +241,37 @@ def _block_compute(model: ModelSpec, roof: Roofline, sh: Shard, *, moe: bool) ->
     # The router's GEMM (_moe_shapes' first entry) stays out of FP8: Megatron's TopKRouter
     # multiplies in bf16/fp32 with its own weight, outside Transformer Engine.
     router = (float(model.moe.num_experts), float(h)) if moe and model.moe is not None else None
-    for n, k in shapes:
+    first_shared = len(shapes) - len(_moe_shapes(model, sh)) + 1 if router else len(shapes)
+    mlp_f = mlp_b = 0.0                     # the expert MLP's share (BlockCompute.mlp_fwd_s)
+    for i, (n, k) in enumerate(shapes):
         r = roof.high_precision() if (n, k) == router else roof
         tf, ff, tb, fb = r.gemm_fwd_bwd(T, n, k)
         fwd, f_fwd, bwd, f_bwd = fwd + tf, f_fwd + ff, bwd + tb, f_bwd + fb
+        if i >= first_shared:               # the shared experts
+            mlp_f, mlp_b = mlp_f + tf, mlp_b + tb
     quantised = [s for s in shapes if s != router]
     cast_in = sum(T * k for _, k in quantised)      # GEMM inputs (m x k), forward
     cast_grad = sum(T * n for n, _ in quantised)    # incoming gradients (m x n), backward
     moe_f = moe_b = 0.0
+    routed_in = routed_grad = 0.0
     if moe and model.moe is not None:
+        before_f, before_b = fwd, bwd
         fwd, f_fwd, bwd, f_bwd = _add_experts(model, roof, sh, fwd, f_fwd, bwd, f_bwd)
+        mlp_f, mlp_b = mlp_f + fwd - before_f, mlp_b + bwd - before_b
         routed = sh.moe_tokens * model.moe.top_k    # expert assignments on this device
         for n, k in _mlp_shapes(model, model.moe.expert_ffn_hidden_size, sh.etp):
-            cast_in, cast_grad = cast_in + routed * k, cast_grad + routed * n
+            routed_in, routed_grad = routed_in + routed * k, routed_grad + routed * n
+        cast_in, cast_grad = cast_in + routed_in, cast_grad + routed_grad
         moe_f = roof.stream(moe_permute_bytes(model, sh))
         moe_b = moe_f                           # the gradients take the same path back
+        act = roof.stream(_expert_activation_bytes(model, sh))
+        mlp_f, mlp_b = mlp_f + act, mlp_b + 2 * act
     cast_f = cast_b = 0.0
     if sh.dtype == DType.FP8:
         cast_f = roof.stream(FP8_CAST_BYTES_PER_ELEMENT * cast_in)
         cast_b = roof.stream(FP8_CAST_BYTES_PER_ELEMENT * cast_grad)
+        mlp_f += roof.stream(FP8_CAST_BYTES_PER_ELEMENT * routed_in)
+        mlp_b += roof.stream(FP8_CAST_BYTES_PER_ELEMENT * routed_grad)
     attn_t, attn_f, attn_bt, attn_bf = _attention_core(model, roof, sh)
     elem = _elementwise_bytes(model, sh, moe=moe)
     ring_f, ring_b = ring_merge_bytes(model, sh)
@@ -265,6 +282,7 @@ def _block_compute(model: ModelSpec, roof: Roofline, sh: Shard, *, moe: bool) ->
         attention_fwd_s=attn_t, attention_bwd_s=attn_bt,
         fwd_flops=f_fwd + attn_f, bwd_flops=f_bwd + attn_bf,
         attn_core_fwd_flops=0.0 if sh.attn.fused else attn_f,
+        mlp_fwd_s=mlp_f, mlp_bwd_s=mlp_b,
     )
 
 
@@ -437,19 +455,26 @@ def _attention_core(model: ModelSpec, roof: Roofline, sh: Shard) -> tuple[float,
     return fwd, f_qk + f_av, 2 * (t_qk + t_av) + 2 * t_soft, 2 * (f_qk + f_av)
 
 
+def _expert_activation_bytes(model: ModelSpec, sh: Shard) -> float:
+    """Forward bytes of the activation function over the routed and shared experts' rows on
+    one device (the expert share of `_elementwise_bytes`' activation term)."""
+    assert model.moe is not None
+    m, T = model.moe, sh.tokens
+    # routed rows: moe_tokens x top_k on this device, each 1/etp of the expert wide
+    ffn_tokens = (m.top_k * m.expert_ffn_hidden_size / sh.etp * sh.moe_tokens / T
+                  + m.num_shared_experts * m.shared_ffn / sh.tp)
+    return (3 if model.activation.gated else 2) * T * ffn_tokens * roof_bytes(sh.dtype)
+
+
 def _elementwise_bytes(model: ModelSpec, sh: Shard, *, moe: bool) -> float:
     """Bytes of the block's memory-bound kernels in the forward pass on one device."""
     T, h, t = sh.tokens, model.hidden_size, sh.tp
     e = roof_bytes(sh.dtype)
     h_part = ELEMENTWISE_H_TENSORS * T * h * e / (t if sh.sp else 1)
     if moe and model.moe is not None:
-        m = model.moe
-        # routed rows: moe_tokens x top_k on this device, each 1/etp of the expert wide
-        ffn_tokens = m.top_k * m.expert_ffn_hidden_size / sh.etp * sh.moe_tokens / T
-        ffn_tokens += m.num_shared_experts * m.shared_ffn / t
+        act = _expert_activation_bytes(model, sh)
     else:
-        ffn_tokens = model.ffn_hidden_size / t
-    act = (3 if model.activation.gated else 2) * T * ffn_tokens * e
+        act = (3 if model.activation.gated else 2) * T * model.ffn_hidden_size / t * e
     q = model.num_attention_heads * attention_dims(model)[0]
     kv = model.kv_heads * model.d_head if model.mla is None else q
     split = 2 * T * (q + 2 * kv) * e / t

@@ -276,7 +276,8 @@ def _layer_row(ctx: Any, moe: bool, bc: Any, block_comm: Any) -> dict[str, float
     if plan.ep_overlap and moe:     # never with full recomputation (planner.validate)
         row["ep_comm"] = ep_overlap_exposed(ctx.roof.eff.overlap_slowdown, fwd_comm=epf,
                                             bwd_comm=epb, fwd_window=bc.fwd_s,
-                                            bwd_window=bc.bwd_s)
+                                            bwd_window=bc.bwd_s, fwd_mlp=bc.mlp_fwd_s,
+                                            bwd_mlp=bc.mlp_bwd_s)
     row["act"] = block_activation_bytes(model, plan, seq_len=ctx.workload.seq_len, moe=moe,
                                         fused_attention=plan.attn.fused)
     if moe and model.moe is not None:
@@ -290,18 +291,27 @@ def _layer_row(ctx: Any, moe: bool, bc: Any, block_comm: Any) -> dict[str, float
 
 
 def ep_overlap_exposed(slowdown: float, *, fwd_comm: float, bwd_comm: float,
-                       fwd_window: float, bwd_window: float) -> float:
+                       fwd_window: float, bwd_window: float, fwd_mlp: float,
+                       bwd_mlp: float) -> float:
     """Exposed seconds of one MoE block's dispatch and combine per micro-batch under
     Megatron-Core's combined 1F1B (`--overlap-moe-expert-parallel-comm`, Megatron-Core MoE
     docs "Combined 1F1B: Expert-Parallel All-to-All Overlap"): the steady state runs the
-    forward of one micro-batch with the backward of the adjacent one, so the forward's
-    all-to-alls hide behind the other's backward compute and the backward's behind the
-    other's forward compute. What exceeds its window is exposed; while they overlap, the
-    all-to-all kernels hold `collective_sms` of the compute units and the overlapped compute
-    runs that much slower (the rule of `_dp_exposed`). The warm-up and cool-down passes, which
-    have no partner, are charged like the steady state (a lower bound on their EP time)."""
-    exposed = max(0.0, fwd_comm - bwd_window) + max(0.0, bwd_comm - fwd_window)
-    return exposed + slowdown * (min(fwd_comm, bwd_window) + min(bwd_comm, fwd_window))
+    forward of one micro-batch with the backward of the adjacent one, layer by layer, and
+    `schedule_layer_1f1b` (megatron/core/models/common/model_chunk_schedule_plan.py) pairs each
+    all-to-all with one piece of the other pass's compute on the other stream: the backward's
+    combine with the forward's attention, the forward's dispatch with the backward's expert
+    MLP, the backward's dispatch with the forward's expert MLP, and the forward's combine with
+    the backward's attention. Dispatch and combine move the same rows, so each is half of its
+    pass's all-to-all time (`fwd_comm`, `bwd_comm`); the expert MLP is BlockCompute.mlp_*_s and
+    the attention piece the rest of the pass (`*_window` minus it). What exceeds its piece is
+    exposed; while they overlap, the all-to-all kernels hold `collective_sms` of the compute
+    units and the overlapped compute runs that much slower (the rule of `_dp_exposed`). The
+    warm-up and cool-down passes, which have no partner, are charged like the steady state
+    (a lower bound on their EP time)."""
+    pairs = ((bwd_comm / 2, fwd_window - fwd_mlp), (fwd_comm / 2, bwd_mlp),
+             (bwd_comm / 2, fwd_mlp), (fwd_comm / 2, bwd_window - bwd_mlp))
+    exposed = sum(max(0.0, c - w) for c, w in pairs)
+    return exposed + slowdown * sum(min(c, w) for c, w in pairs)
 
 
 def _extras(ctx: Any, model: ModelSpec, p2p: float) -> dict[str, Any]:

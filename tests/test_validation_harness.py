@@ -329,6 +329,32 @@ def test_blackwell_ultra_runs_map_to_their_presets_and_evaluate() -> None:
     assert plan.ep_overlap and plan.chunk_layers == (4,) * 15 + (1,)
 
 
+def test_modelzoo_records_are_scored_with_the_settings_they_state() -> None:
+    """benchmarks/data/moe_modelzoo_runs.json: Megatron-MoE-ModelZoo's Qwen3-235B-A22B rows on
+    256 H100 state their recomputation, dispatcher, EP overlap and FSDP; the harness takes them
+    at their word over the Megatron-Bridge preset lookups (which would give no recomputation,
+    the all-to-all dispatcher and no overlap for Qwen3-235B on H100)."""
+    data = ROOT / "benchmarks" / "data" / "moe_modelzoo_runs.json"
+    recs = json.loads(data.read_text())
+    _assert_table_invariants(recs)
+    plans = {r["id"].rsplit("256gpu_", 1)[1]: vm.plan_for(r, vm.mapped_model(r)) for r in recs}
+    base = plans["deepep_tp2pp8vpp4ep32_mbs1"]
+    assert base.recompute_modules == ("layernorm", "moe_act") and base.dispatcher == "flex"
+    assert not base.ep_overlap and base.zero == 1
+    assert plans["deepep_tp2pp8vpp4ep32_mbs1_1f1b_overlap"].ep_overlap
+    fsdp = plans["deepep_tp2ep8edp32_fsdp_mbs4"]
+    assert fsdp.zero == 3 and fsdp.recompute == "full" and fsdp.recompute_modules is None
+    assert plans["a2a_tp2pp32vpp3ep8_mbs1"].dispatcher == "alltoall"
+    bare = plans["deepep_tp4pp8vpp4ep8_mbs1"]
+    assert bare.recompute == "none" and bare.recompute_modules is None
+    rows = vm.run(data, None)
+    assert not [r for r in rows if "skipped" in r] and len(rows) == len(recs)
+    # the overlap row differs from its twin only by the overlap, and is predicted faster
+    by = {r["id"].rsplit("256gpu_", 1)[1]: r for r in rows}
+    assert (by["deepep_tp2pp8vpp4ep32_mbs1_1f1b_overlap"]["predicted_s"]
+            < by["deepep_tp2pp8vpp4ep32_mbs1"]["predicted_s"])
+
+
 # --- repeated configurations and scaling inversions (what a source says against itself) ----
 
 from hypothesis import given, settings  # noqa: E402

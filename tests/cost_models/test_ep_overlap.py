@@ -27,18 +27,28 @@ CLUSTER = "dgx-h100"
 
 
 def test_hand_calculation() -> None:
-    # forward a2a 3 ms behind 2 ms of backward compute: 1 ms exposed, 2 ms overlapped;
-    # backward a2a 1 ms behind 4 ms of forward compute: hidden, 1 ms overlapped
-    got = ep_overlap_exposed(0.1, fwd_comm=3e-3, bwd_comm=1e-3, fwd_window=4e-3, bwd_window=2e-3)
-    assert got == pytest.approx(1e-3 + 0.1 * (2e-3 + 1e-3), rel=1e-12)
+    """schedule_layer_1f1b's pairs: forward dispatch (1.5 ms) beside the backward's expert MLP
+    (0.5 ms): 1 ms exposed; forward combine (1.5 ms) beside the backward's attention (1.5 ms):
+    hidden; backward dispatch and combine (0.5 ms each) beside the forward's MLP (3 ms) and
+    attention (1 ms): hidden. Overlapped: 0.5 + 1.5 + 0.5 + 0.5 ms, each slowing compute by
+    the collective's share (0.1)."""
+    got = ep_overlap_exposed(0.1, fwd_comm=3e-3, bwd_comm=1e-3, fwd_window=4e-3,
+                             bwd_window=2e-3, fwd_mlp=3e-3, bwd_mlp=0.5e-3)
+    assert got == pytest.approx(1e-3 + 0.1 * 3e-3, rel=1e-12)
+    # the same communication against whole-pass windows would hide entirely: pairing matters
+    assert got > 0.1 * (3e-3 + 1e-3)
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.floats(0, 1), *[st.floats(0, 1) for _ in range(4)])
+@given(st.floats(0, 1), *[st.floats(0, 1) for _ in range(4)], st.floats(0, 1), st.floats(0, 1))
 def test_overlap_is_never_worse_than_exposing_everything(slow: float, f: float, b: float,
-                                                         wf: float, wb: float) -> None:
-    got = ep_overlap_exposed(slow, fwd_comm=f, bwd_comm=b, fwd_window=wf, bwd_window=wb)
-    assert max(0.0, f - wb) + max(0.0, b - wf) - 1e-15 <= got <= f + b + 1e-15
+                                                         wf: float, wb: float, mf: float,
+                                                         mb: float) -> None:
+    """Between hiding behind whole passes (the most any pairing can hide) and exposing all."""
+    fm, bm = mf * wf, mb * wb          # the expert MLP is part of its pass
+    got = ep_overlap_exposed(slow, fwd_comm=f, bwd_comm=b, fwd_window=wf, bwd_window=wb,
+                             fwd_mlp=fm, bwd_mlp=bm)
+    assert max(0.0, f - wb) + max(0.0, b - wf) - 1e-12 <= got <= f + b + 1e-12
 
 
 def test_the_breakdown_uses_the_overlap_rule_per_moe_block() -> None:
@@ -51,7 +61,9 @@ def test_the_breakdown_uses_the_overlap_rule_per_moe_block() -> None:
     _, _, _, _, epf, epb = block_comm(ctx, True, bc)
     m = WL.global_batch_size // (plan.dp * plan.mbs)
     per_block = ep_overlap_exposed(ctx.roof.eff.overlap_slowdown, fwd_comm=epf, bwd_comm=epb,
-                                   fwd_window=bc.fwd_s, bwd_window=bc.bwd_s)
+                                   fwd_window=bc.fwd_s, bwd_window=bc.bwd_s,
+                                   fwd_mlp=bc.mlp_fwd_s, bwd_mlp=bc.mlp_bwd_s)
+    assert 0 < bc.mlp_fwd_s < bc.fwd_s and 0 < bc.mlp_bwd_s < bc.bwd_s
     assert on.breakdown["ep_comm"] == pytest.approx(m * MOE.num_layers * per_block, rel=1e-12)
     assert off.breakdown["ep_comm"] == pytest.approx(m * MOE.num_layers * (epf + epb), rel=1e-12)
     assert on.breakdown["ep_comm"] < off.breakdown["ep_comm"]
