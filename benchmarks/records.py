@@ -7,7 +7,8 @@ architecture facts of their code base; every other record is mapped from what it
 the same rules for all records:
 
 - Device: the GPU/TPU named in `hardware.gpu` (A100 40/80 GB, V100, H100, H200, B200, GB200,
-  B300, GB300, AMD MI300X/MI325X/MI355X, TPU v3/v4). A device meshplan has no preset for is reported, not guessed.
+  B300, GB300, AMD MI300X/MI325X/MI355X, TPU v3/v4/v5e/v5p/v6e). A device meshplan has no
+  preset for is reported, not guessed.
 - Node size: `hardware.gpus_per_node` when stated, else the preset's. Network: the inter-node
   bandwidth stated in `hardware.inter_node_link` ("8x 200 Gb/s ... per node", "1600 Gbps
   node-node", "400 Gbps EFA", "3.2 Tbps", "50 GB/s per GPU") when it can be read, divided over
@@ -64,6 +65,11 @@ _DEVICE_CLUSTERS = (
     ("mi355x", "mi355x-platform"),
     ("mi325x", "mi325x-platform"),
     ("mi300x", "mi300x-platform"),
+    ("tpu v5p", "tpu-v5p-pod"), ("tpu-v5p", "tpu-v5p-pod"), ("v5p", "tpu-v5p-pod"),
+    ("tpu v5e", "tpu-v5e-pod"), ("tpu-v5e", "tpu-v5e-pod"), ("v5e", "tpu-v5e-pod"),
+    ("v5 lite", "tpu-v5e-pod"), ("v5litepod", "tpu-v5e-pod"),
+    ("tpu v6e", "tpu-v6e-pod"), ("tpu-v6e", "tpu-v6e-pod"), ("v6e", "tpu-v6e-pod"),
+    ("trillium", "tpu-v6e-pod"),
     ("tpu v4", "tpu-v4-pod"), ("tpu-v4", "tpu-v4-pod"), ("tpuv4", "tpu-v4-pod"),
     ("tpu v3", "tpu-v3-pod"), ("tpu-v3", "tpu-v3-pod"), ("tpuv3", "tpu-v3-pod"),
 )

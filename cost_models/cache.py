@@ -146,6 +146,11 @@ class CacheFit(BaseModel):
 # ----- working set -----------------------------------------------------------------------
 def usable_cache_bytes(device: DeviceSpec) -> float:
     """Bytes of the device's cache that may hold resident weights."""
+    if device.onchip_cache_bytes is None:
+        raise SpecError(
+            f"device '{device.name}' has no on-chip cache size; add onchip_cache_bytes (bytes, "
+            "with its source) to its device file, or pass a cluster file whose device has it"
+        )
     return PERSISTING_FRACTION * device.onchip_cache_bytes
 
 
@@ -268,10 +273,10 @@ def cache_fit(model: ModelSpec, cluster: ClusterSpec, workload: InferenceWorkloa
               plan: Plan) -> CacheFit:
     """Whether `plan` keeps every device's decode working set in its usable cache, and the
     predicted decode effect (module docstring). Raises SpecError when the device has no cache
-    bandwidth, PlanError when the inference model rejects the plan."""
+    size or bandwidth, PlanError when the inference model rejects the plan."""
     dev = cluster.device
-    bw_cache = cache_bandwidth(dev)
     usable = usable_cache_bytes(dev)
+    bw_cache = cache_bandwidth(dev)
     base, cached, weights_s = cached_tpot(model, cluster, workload, plan)   # validates the plan
     stages = stage_working_sets(model, workload, plan, usable)
     worst = max(stages, key=lambda s: (s.working_set_bytes, -s.stage))

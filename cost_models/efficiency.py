@@ -67,7 +67,12 @@ class DeviceEfficiency:
 #   engineering estimate used, in line with cuBLAS fp16 GEMM results of the Volta era.
 # - TPU: no public MAMF; 0.85 is an engineering estimate for large XLA matmuls on the MXUs.
 # - SM counts: NVIDIA whitepapers (V100 80, A100 108, H100 SXM 132, B200 148 across 2 dies).
-#   TPU v3: 2 cores x 2 MXUs = 4; TPU v4: 2 cores x 4 MXUs = 8 (Jouppi et al. 2023 ISCA).
+#   TPU v3: 2 cores x 2 MXUs = 4; TPU v4: 2 cores x 4 MXUs = 8 (Jouppi et al. 2023 ISCA);
+#   TPU v5p: 2 TensorCores x 4 MXUs = 8, v5e: 1 x 4 = 4 (Google Cloud TPU docs, system
+#   architecture); v6e: 1 x 2 MXUs of 256x256, so its output tile is 256 (JAX scaling book, TPU
+#   chapter: "TPU v6e (Trillium) has a 256x256 MXU, while all previous generations use
+#   128x128"). The TPU v5p/v5e/v6e fractions take v3/v4's engineering estimates (no public
+#   matmul measurement; MaxText reports 55-71% MFU for whole training steps on v5e/v5p).
 # - Memory: STREAM-like copies reach ~90% of HBM peak (ml-engineering "memory copy 90.6% of
 #   peak" measurement on a Hopper card); elementwise framework kernels do a little worse: 0.85.
 # - Flash attention: Dao 2023 (FlashAttention-2, Sec. 4.1, Fig. 4-6, A100, causal, fwd+bwd)
@@ -162,6 +167,9 @@ _BY_NAME: dict[str, DeviceEfficiency] = {
                                0.775, 0.27, 0.27, 4e-6, intra_link=0.71),
     "tpu-v3": DeviceEfficiency(0.85, 0.85, 4, 128, 0.85, 0.5, 0.5, 4e-6, collective_sms=0),
     "tpu-v4": DeviceEfficiency(0.85, 0.85, 8, 128, 0.85, 0.5, 0.5, 4e-6, collective_sms=0),
+    "tpu-v5p": DeviceEfficiency(0.85, 0.85, 8, 128, 0.85, 0.5, 0.5, 4e-6, collective_sms=0),
+    "tpu-v5e": DeviceEfficiency(0.85, 0.85, 4, 128, 0.85, 0.5, 0.5, 4e-6, collective_sms=0),
+    "tpu-v6e": DeviceEfficiency(0.85, 0.85, 2, 256, 0.85, 0.5, 0.5, 4e-6, collective_sms=0),
 }
 _DEFAULT = DeviceEfficiency(0.75, 0.70, 100, 128, 0.8, 0.45, 0.30, 5e-6)
 """Used for a user device whose name matches none above (stated in the estimate's warnings)."""

@@ -37,14 +37,17 @@ class DeviceSpec(Spec):
     )
     memory_bytes: PositiveInt = Field(description="device memory capacity in bytes")
     memory_bandwidth_bytes_per_s: PositiveFloat = Field(description="device memory bandwidth")
-    onchip_cache_bytes: PositiveInt = Field(
-        description="last-level on-chip cache (GPU L2, TPU CMEM/VMEM) in bytes"
+    onchip_cache_bytes: PositiveInt | None = Field(
+        None, description="last-level on-chip cache (GPU L2, TPU CMEM/VMEM) in bytes; optional "
+        "(leave it out when no source gives it: `meshplan cache-fit` then asks for it)"
     )
     onchip_cache_bandwidth_bytes_per_s: PositiveFloat | None = Field(
         None, description="peak read bandwidth of that cache, whole chip, in bytes/s; optional "
         "(leave it out when no source gives it: `meshplan cache-fit` then asks for it)"
     )
-    power_w: PositiveFloat = Field(description="board power (TDP) in watts")
+    power_w: PositiveFloat | None = Field(
+        None, description="board power (TDP) in watts; optional (leave it out when the vendor "
+        "publishes none, as Google does for TPU v5p/v5e/v6e); only shown, never used in a score")
 
     def peak_flops(self, dtype: DType) -> float:
         """Peak FLOP/s for `dtype`; fp8 falls back to bf16 and tf32 to fp32 where the device

@@ -243,3 +243,25 @@ def test_cli_device_without_cache_bandwidth_exits_2(tmp_path: Path) -> None:
                               "--output-len", "8"])
     assert res.exit_code == 2
     assert "add onchip_cache_bandwidth_bytes_per_s" in res.stderr and "mystery" in res.stderr
+
+
+def test_cli_device_without_cache_size_exits_2(tmp_path: Path) -> None:
+    """A device file may leave out its on-chip cache size (and its power) when no source gives
+    them; training and serving estimates do not need them, cache-fit asks for the size."""
+    path = tmp_path / "no-l2.toml"
+    path.write_text(
+        'name = "no-l2"\ndevices_per_node = 8\n'
+        '[device]\nname = "mystery"\nmemory_bytes = 85899345920\n'
+        'memory_bandwidth_bytes_per_s = 3.35e12\n'
+        '[device.peak_flops_per_s]\nbf16 = 989.4e12\n'
+        '[intra_node]\nname = "nvlink"\nbandwidth_bytes_per_s = 450e9\nlatency_s = 2e-6\n'
+        '[inter_node]\nname = "ib"\nbandwidth_bytes_per_s = 50e9\nlatency_s = 5e-6\n')
+    res = RUNNER.invoke(app, ["cache-fit", "--model", TINY, "--cluster", str(path), "--gpus",
+                              "1", "--plan", "tp=1", "--batch", "1", "--prompt-len", "16",
+                              "--output-len", "8"])
+    assert res.exit_code == 2
+    assert "add onchip_cache_bytes" in res.stderr and "mystery" in res.stderr
+    res = RUNNER.invoke(app, ["evaluate", "--model", TINY, "--cluster", str(path), "--gpus", "8",
+                              "--global-batch", "8", "--seq-len", "64", "--plan", "tp=1",
+                              "--json"])
+    assert res.exit_code == 0, res.stderr
