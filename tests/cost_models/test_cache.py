@@ -229,18 +229,28 @@ def test_cli_bad_input_exits_2(args: list[str], needle: str) -> None:
     assert needle in res.stderr and res.stderr.count("\n") == 1
 
 
-def test_cli_device_without_cache_bandwidth_exits_2(tmp_path: Path) -> None:
-    path = tmp_path / "no-l2-bw.toml"
+def _mystery_cluster(tmp_path: Path, name: str, cache_lines: str) -> Path:
+    """A one-device-type cluster file whose inline device has `cache_lines` for its cache."""
+    path = tmp_path / f"{name}.toml"
     path.write_text(
-        'name = "no-l2-bw"\ndevices_per_node = 8\n'
+        f'name = "{name}"\ndevices_per_node = 8\n'
         '[device]\nname = "mystery"\nmemory_bytes = 85899345920\n'
-        'memory_bandwidth_bytes_per_s = 3.35e12\nonchip_cache_bytes = 52428800\npower_w = 700\n'
+        f'memory_bandwidth_bytes_per_s = 3.35e12\n{cache_lines}'
         '[device.peak_flops_per_s]\nbf16 = 989.4e12\n'
         '[intra_node]\nname = "nvlink"\nbandwidth_bytes_per_s = 450e9\nlatency_s = 2e-6\n'
         '[inter_node]\nname = "ib"\nbandwidth_bytes_per_s = 50e9\nlatency_s = 5e-6\n')
-    res = RUNNER.invoke(app, ["cache-fit", "--model", TINY, "--cluster", str(path), "--gpus",
-                              "1", "--plan", "tp=1", "--batch", "1", "--prompt-len", "16",
-                              "--output-len", "8"])
+    return path
+
+
+def _cache_fit_cli(path: Path):
+    return RUNNER.invoke(app, ["cache-fit", "--model", TINY, "--cluster", str(path), "--gpus",
+                               "1", "--plan", "tp=1", "--batch", "1", "--prompt-len", "16",
+                               "--output-len", "8"])
+
+
+def test_cli_device_without_cache_bandwidth_exits_2(tmp_path: Path) -> None:
+    res = _cache_fit_cli(_mystery_cluster(tmp_path, "no-l2-bw",
+                                          "onchip_cache_bytes = 52428800\npower_w = 700\n"))
     assert res.exit_code == 2
     assert "add onchip_cache_bandwidth_bytes_per_s" in res.stderr and "mystery" in res.stderr
 
@@ -248,17 +258,8 @@ def test_cli_device_without_cache_bandwidth_exits_2(tmp_path: Path) -> None:
 def test_cli_device_without_cache_size_exits_2(tmp_path: Path) -> None:
     """A device file may leave out its on-chip cache size (and its power) when no source gives
     them; training and serving estimates do not need them, cache-fit asks for the size."""
-    path = tmp_path / "no-l2.toml"
-    path.write_text(
-        'name = "no-l2"\ndevices_per_node = 8\n'
-        '[device]\nname = "mystery"\nmemory_bytes = 85899345920\n'
-        'memory_bandwidth_bytes_per_s = 3.35e12\n'
-        '[device.peak_flops_per_s]\nbf16 = 989.4e12\n'
-        '[intra_node]\nname = "nvlink"\nbandwidth_bytes_per_s = 450e9\nlatency_s = 2e-6\n'
-        '[inter_node]\nname = "ib"\nbandwidth_bytes_per_s = 50e9\nlatency_s = 5e-6\n')
-    res = RUNNER.invoke(app, ["cache-fit", "--model", TINY, "--cluster", str(path), "--gpus",
-                              "1", "--plan", "tp=1", "--batch", "1", "--prompt-len", "16",
-                              "--output-len", "8"])
+    path = _mystery_cluster(tmp_path, "no-l2", "")
+    res = _cache_fit_cli(path)
     assert res.exit_code == 2
     assert "add onchip_cache_bytes" in res.stderr and "mystery" in res.stderr
     res = RUNNER.invoke(app, ["evaluate", "--model", TINY, "--cluster", str(path), "--gpus", "8",
