@@ -360,6 +360,24 @@ def test_modelzoo_records_are_scored_with_the_settings_they_state() -> None:
             < by["deepep_tp2pp8vpp4ep32_mbs1"]["predicted_s"])
 
 
+def test_tpu_v6e_runs_map_to_their_preset_and_evaluate() -> None:
+    """benchmarks/data/maxtext_tpu_v6e_runs.json: MaxText's logged steps on TPU v6e, scored on
+    the tpu-v6e-pod preset with FSDP (zero=3); the int8 row is listed, not read as bf16."""
+    data = ROOT / "benchmarks" / "data" / "maxtext_tpu_v6e_runs.json"
+    recs = json.loads(data.read_text())
+    _assert_table_invariants(recs)
+    assert {records.cluster_name(r) for r in recs} == {"tpu-v6e-pod"}
+    assert all(records.zero_stage(r["parallel"]["zero"]) == 3 for r in recs)
+    for r in recs:   # the log's tokens per step: the configuration's global batch x sequence
+        m = r["measured"]
+        tokens = m["tokens_per_s_per_device"] * r["hardware"]["gpus"] * m["step_time_s"]
+        assert tokens == pytest.approx(r["batch"]["global"] * r["model"]["seq_len"], rel=1e-3)
+    rows = vp.run(data, None)
+    skipped = [r for r in rows if "skipped" in r]
+    assert [r["id"] for r in skipped] == [r["id"] for r in recs if r["precision"] == "INT8"]
+    assert len(rows) - len(skipped) == len(recs) - 1
+
+
 # --- repeated configurations and scaling inversions (what a source says against itself) ----
 
 from hypothesis import given, settings  # noqa: E402
