@@ -43,6 +43,7 @@ from cost_models.training import make_context, pipeline_time, step_time_of
 from planner import ClusterSpec, DeviceSpec, LinkSpec, ModelSpec
 from planner.api import evaluate, search
 from planner.errors import InfeasibleError, PlanError
+from planner.hardware import Topology
 from planner.model import Activation, DType, MoESpec, Optimizer
 from planner.plan import DEFAULT_ORDER, Attention, Dispatcher, Plan, Recompute, parse_plan
 from planner.validate import divisors, plan_problems
@@ -100,6 +101,10 @@ def random_problem(rng: random.Random) -> tuple[ModelSpec, ClusterSpec, Training
                           seq_len=rng.choice([16, 24, 32, 48, 64, 100, 128, 256]),
                           dtype=rng.choice([DType.BF16, DType.BF16, DType.FP8]),
                           optimizer=rng.choice([Optimizer.ADAM, Optimizer.SGD]))
+    if rng.random() < 0.3:   # AMD-style node: one link per pair of devices (drawn last, so the
+        # draws above, and the problems of earlier seeds, are unchanged)
+        mesh = cluster.intra_node.model_copy(update={"topology": Topology.FULL_MESH})
+        cluster = cluster.model_copy(update={"intra_node": mesh})
     return model, cluster, wl, devices
 
 
