@@ -180,7 +180,7 @@ def stage_working_sets(model: ModelSpec, workload: InferenceWorkload, plan: Plan
     """Working set of one device of every stage (module docstring, regime (a))."""
     dt = workload.dtype
     batch = math.ceil(workload.batch_size / plan.dp)
-    ctx = workload.prompt_len + workload.output_len / 2
+    ctx = model.attended_context(workload.prompt_len + workload.output_len / 2)
     act = _workspace_bytes(model, plan, 1, batch, dt)
     kv_layer = model.kv_cache_bytes_per_token(dt) / model.num_layers
     out = []

@@ -12,7 +12,8 @@ GEMM is two GEMMs of the same FLOPs (input and weight gradients: Narayanan et al
 tensors Korthikanti et al. 2022 (Sec. 4.1) list for the block: two LayerNorms, two
 bias-dropout-residual adds, the activation function, and (without fused attention) the
 softmax and attention dropout over a*s scores.
-FlashAttention (Dao et al. 2022) computes only the causal half of the scores, stores none of
+FlashAttention (Dao et al. 2022) computes only the causal half of the scores (a layer with a
+sliding window only its band: ModelSpec.causal_keys_per_query), stores none of
 them, and recomputes them in the backward pass (backward = 2.5x forward matmul FLOPs:
 Dao 2023, FlashAttention-2 Sec. 3.1.2).
 """
@@ -438,7 +439,8 @@ def _attention_core(model: ModelSpec, roof: Roofline, sh: Shard) -> tuple[float,
     d_qk, d_v = attention_dims(model)
     s_q, s_k, b = sh.seq_len / sh.cp, sh.seq_len, sh.mbs
     if sh.attn.fused:
-        flops = 2.0 * b * heads * s_q * s_k * (d_qk + d_v) * 0.5     # causal half
+        # the causal half of the scores, or a sliding window's band (ModelSpec)
+        flops = 2.0 * b * heads * s_q * model.causal_keys_per_query(s_k) * (d_qk + d_v)
         k_qk, k_v = kernel_head_dim(sh.attn, d_qk), kernel_head_dim(sh.attn, d_v)
         executed = flops * (k_qk + k_v) / (d_qk + d_v)               # at the kernel's width
         frac = roof.eff.flash_attention if sh.attn == Attention.FLASH else roof.eff.flash1_attention

@@ -51,7 +51,8 @@ Memory (per device, the most loaded stage):
   no higher-precision master copy); the first stage holds the embedding, the last the LM
   head (a tied head is a second copy when pp > 1, as Megatron keeps it).
 - KV cache: ModelSpec.kv_cache_bytes_per_token per token per layer, for batch sequences of
-  prompt_len + output_len tokens, paged in blocks of KV_BLOCK_TOKENS tokens (Kwon et al.
+  prompt_len + output_len tokens (a sliding-window layer keeps only its window:
+  ModelSpec.attended_context, averaged over the layers), paged in blocks of KV_BLOCK_TOKENS tokens (Kwon et al.
   2023, vLLM, Sec. 4.2-4.3: the only waste is the last, partly filled block of each
   sequence). MHA/GQA split the KV heads over tp; when tp > kv heads each head is
   replicated tp/kv_heads times (the split is min(tp, kv_heads)). MLA caches one latent per
@@ -250,7 +251,8 @@ def _stage_memory(model: ModelSpec, plan: Plan, workload: InferenceWorkload, sta
     """Bytes of one device of `stage` serving `batch` sequences per replica (linear in batch)."""
     dt = workload.dtype
     kv_per_token_layer = model.kv_cache_bytes_per_token(dt) / model.num_layers
-    kv = (batch * kv_tokens_per_sequence(workload) * kv_per_token_layer * (last - first + 1)
+    kv = (batch * model.attended_context(kv_tokens_per_sequence(workload)) * kv_per_token_layer
+          * (last - first + 1)
           / kv_split(model, plan.tp))
     return {
         "weights": _stage_weight_params(model, plan, stage, first, last) * dt.bytes,
@@ -310,7 +312,8 @@ def _decode_stage(model: ModelSpec, plan: Plan, workload: InferenceWorkload, roo
     if stage == plan.pp - 1 and model.vocab_size:
         params += model.vocab_size * h + model.norm_params           # final norm + LM head
     weight_bytes = params / t * dt.bytes
-    kv_bytes = (batch * ctx * model.kv_cache_bytes_per_token(dt) / model.num_layers * n_layers
+    kv_ctx = model.attended_context(ctx)     # a sliding-window layer keeps and reads its window
+    kv_bytes = (batch * kv_ctx * model.kv_cache_bytes_per_token(dt) / model.num_layers * n_layers
                 / kv_split(model, t))
     # FLOPs: 2 per active weight per token (Kaplan et al. 2020 Sec. 2.1) plus the new
     # token's attention over the whole context (no causal halving).
@@ -318,7 +321,7 @@ def _decode_stage(model: ModelSpec, plan: Plan, workload: InferenceWorkload, roo
                  else model.dense_layer_params for i in range(first, last + 1))
     if stage == plan.pp - 1:
         active += model.vocab_size * h
-    score = model.attention_score_flops_per_token(1) * ctx / model.num_layers * n_layers
+    score = model.attention_score_flops_per_token(1) * kv_ctx / model.num_layers * n_layers
     flops = batch * (2.0 * active + score) / t
     t_weights, t_kv = weight_bytes / roof.bw, kv_bytes / roof.bw
     t_math = flops / _math_rate(roof.peak, eff, dt)

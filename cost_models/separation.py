@@ -491,6 +491,7 @@ def decode_layer(st: Setup, wl: InferenceWorkload, seqs: int) -> LayerTimes:
     ctx = wl.prompt_len + wl.output_len / 2
     expert_p = model.mlp_params(f)
     attn_p = model.moe_layer_params - model.moe.num_experts * expert_p
+    ctx = model.attended_context(ctx)     # a sliding-window layer keeps and reads its window
     kv = seqs * ctx * model.kv_cache_bytes_per_token(dt) / model.num_layers / kv_split(model, p.attn_tp)
     score = model.attention_score_flops_per_token(1) * ctx / model.num_layers
     a = (_roofline_s(st, attn_p / p.attn_tp * dt.bytes + kv,
@@ -510,7 +511,7 @@ def decode_layer(st: Setup, wl: InferenceWorkload, seqs: int) -> LayerTimes:
 def _decode_extras_s(st: Setup, wl: InferenceWorkload, seqs: int) -> tuple[float, float]:
     """(one dense block, embedding + LM head) of one decode micro-batch on group A."""
     model, p, dt = st.model, st.plan, wl.dtype
-    h, ctx = model.hidden_size, wl.prompt_len + wl.output_len / 2
+    h, ctx = model.hidden_size, model.attended_context(wl.prompt_len + wl.output_len / 2)
     kv = seqs * ctx * model.kv_cache_bytes_per_token(dt) / model.num_layers / kv_split(model, p.attn_tp)
     score = model.attention_score_flops_per_token(1) * ctx / model.num_layers
     dense_p = model.dense_layer_params
@@ -564,7 +565,8 @@ def _inference_memory(st: Setup, wl: InferenceWorkload,
     assert model.moe is not None
     attn_p, exp_p = group_params(model, p)
     h, t, e = model.hidden_size, p.attn_tp, roof_bytes(dt)
-    kv = (wl.batch_size // p.attn_dp * kv_tokens_per_sequence(wl) * model.kv_cache_bytes_per_token(dt)
+    kv = (wl.batch_size // p.attn_dp * model.attended_context(kv_tokens_per_sequence(wl))
+          * model.kv_cache_bytes_per_token(dt)
           / kv_split(model, t))
     if model.mla is not None:
         ml = model.mla

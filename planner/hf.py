@@ -496,9 +496,14 @@ def _llama(cfg: _Config, build: _Build) -> None:
 
 
 def _mistral(cfg: _Config, build: _Build) -> None:
-    # MistralModel: Llama's layout without biases (sliding_window has no weights). Exact.
+    # MistralModel: Llama's layout without biases. Exact. Every layer attends within
+    # sliding_window when it is set (Mistral 7B v0.1: 4096; null from v0.2 on): no weights,
+    # but it bounds the attention work and the KV cache.
     _llama_family(cfg, build, head_dim_default=None)
     build.set("ffn_hidden_size", cfg.integer("intermediate_size"), "intermediate_size")
+    window = cfg.opt_integer("sliding_window")
+    if window is not None:
+        build.set("sliding_window", window, "sliding_window")
 
 
 def _qwen2(cfg: _Config, build: _Build) -> None:

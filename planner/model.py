@@ -155,6 +155,13 @@ class ModelSpec(Spec):
         True, description="training applies dropout after attention and the MLP (and on the "
         "attention scores when unfused), storing 1-byte masks (Korthikanti et al. 2022 Sec. 4.1); "
         "false for models pre-trained without it (Llama, Mixtral, Qwen, DeepSeek, MPT, PaLM)")
+    sliding_window: int | None = Field(
+        None, ge=1, description="keys a sliding-window (local) attention layer attends to, the "
+        "query's own included (Mistral 7B v0.1: 4096; gpt-oss: 128); None = every layer attends "
+        "to the whole causal context")
+    global_attention_every: int | None = Field(
+        None, ge=1, description="with sliding_window: the k-th, 2k-th, ... layers attend "
+        "globally and the others locally (gpt-oss alternates: 2); None = every layer local")
     mla: MLASpec | None = Field(None, description="multi-head latent attention; None = MHA/GQA/MQA")
     moe: MoESpec | None = Field(None, description="mixture of experts; None = dense")
     mtp_layers: int = Field(
@@ -181,6 +188,11 @@ class ModelSpec(Spec):
             raise SpecError(
                 f"model '{self.name}': {kv} KV heads must divide the {a} attention heads "
                 "(MHA: kv = heads, GQA: a divisor, MQA: 1)"
+            )
+        if self.global_attention_every is not None and self.sliding_window is None:
+            raise SpecError(
+                f"model '{self.name}': global_attention_every needs sliding_window (the window "
+                "of the other layers); set it, or drop global_attention_every"
             )
         if self.moe is not None:
             m = self.moe
@@ -382,16 +394,53 @@ class ModelSpec(Spec):
         per = self._block_matmul_params(self.mtp_moe) + 2 * h * h + self.vocab_size * h
         return self.mtp_layers * per
 
+    @property
+    def global_attention_layers(self) -> int:
+        """Layers that attend to the whole context (all of them without a sliding window)."""
+        if self.sliding_window is None:
+            return self.num_layers
+        k = self.global_attention_every
+        return 0 if k is None else self.num_layers // k
+
+    def causal_keys_per_query(self, seq_len: int) -> float:
+        """Keys a query attends to under the causal mask, averaged over query positions and
+        layers: s/2 in a global layer (the causal half of the s x s scores) and, in a layer
+        with a window w < s, w - w(w-1)/(2s) (the first w-1 positions see fewer than w)."""
+        s, w = float(seq_len), self.sliding_window
+        if w is None:
+            return s / 2
+        # exact mean for the window; capped at the global layers' s/2 (the convention's causal
+        # half, a hair under the exact (s+1)/2), so a window never counts more than none
+        local = s / 2 if w >= seq_len else min(s / 2, w - w * (w - 1) / (2 * s))
+        g = self.global_attention_layers
+        return (g * s / 2 + (self.num_layers - g) * local) / self.num_layers
+
+    def attended_context(self, context: int) -> float:
+        """Keys a new token attends to (and KV-cache entries a sequence keeps) at a context of
+        `context` tokens, averaged over layers: all of them in a global layer, at most the
+        window in a local one (decode: no causal halving)."""
+        w = self.sliding_window
+        if w is None:
+            return float(context)
+        local = float(min(context, w))
+        g = self.global_attention_layers
+        return (g * context + (self.num_layers - g) * local) / self.num_layers
+
     def attention_score_flops_per_token(self, seq_len: int) -> float:
         """Forward FLOPs of Q.K^T and scores.V per token over all layers, full (non-causal)
-        s x s, the convention of Narayanan et al. 2021 Eq. 3."""
+        s x s, the convention of Narayanan et al. 2021 Eq. 3: twice the causal work. Layers
+        with a sliding window count twice their causal work by the same convention (2w keys
+        per query for w much smaller than s), so the convention's ratio holds for every layer."""
         a = self.num_attention_heads
         if self.mla is not None:
             d_qk = self.mla.qk_nope_head_dim + self.mla.qk_rope_head_dim
             d_v = self.mla.v_head_dim
         else:
             d_qk = d_v = self.d_head
-        return float(self.num_layers * 2 * seq_len * a * (d_qk + d_v))
+        if self.sliding_window is None:
+            return float(self.num_layers * 2 * seq_len * a * (d_qk + d_v))
+        keys = 2 * self.causal_keys_per_query(seq_len)
+        return float(self.num_layers * 2 * keys * a * (d_qk + d_v))
 
     def forward_flops_per_token(self, seq_len: int, *, attention_scores: bool = True) -> float:
         """Forward FLOPs per token: 2 per matmul weight, plus the attention-score term."""

@@ -39,6 +39,9 @@ def model_summary(model: ModelSpec, *, seq_len: int = 2048,
         "positional": model.positional.value,
         "tied_embeddings": model.tied_embeddings,
     }
+    if model.sliding_window is not None:
+        dims["sliding_window"] = {"window": model.sliding_window,
+                                  "global_layers": model.global_attention_layers}
     if model.mla is not None:
         dims["mla"] = model.mla.model_dump()
     if moe is not None:
