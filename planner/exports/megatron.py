@@ -169,6 +169,7 @@ def _model_flags(m: ModelSpec, inp: ExportInputs) -> Flags:
     if m.mla is None and m.kv_heads != m.num_attention_heads:
         out += [("--group-query-attention", None), ("--num-query-groups", str(m.kv_heads))]
     out += _position_flags(m, inp)
+    out += _window_flags(m)
     out += _activation_flags(m)
     if m.norm == Norm.RMSNORM:
         out.append(("--normalization", "RMSNorm"))
@@ -199,6 +200,19 @@ def _position_flags(m: ModelSpec, inp: ExportInputs) -> Flags:
     out: Flags = [("--max-position-embeddings", str(m.max_position_embeddings))]
     if kind != "learned_absolute":
         out.append(("--position-embedding-type", kind))
+    return out
+
+
+def _window_flags(m: ModelSpec) -> Flags:
+    """Sliding-window attention: --window-size LEFT,RIGHT (causal: right 0) with the window as
+    the model states it, as NVIDIA's GPT-OSS scripts pass Hugging Face's sliding_window 128
+    (`--window-size 128,0`), and --window-attn-skip-freq N, one full-attention layer after N-1
+    windowed ones (arguments.py), which is global_attention_every."""
+    if m.sliding_window is None:
+        return []
+    out: Flags = [("--window-size", f"{m.sliding_window},0")]
+    if m.global_attention_every is not None:
+        out.append(("--window-attn-skip-freq", str(m.global_attention_every)))
     return out
 
 

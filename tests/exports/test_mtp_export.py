@@ -191,3 +191,22 @@ def test_torchtitan_picks_the_comm_backend_the_estimate_costed() -> None:
     assert backend(_on_nodes_of(with_plan("moe", inside), 4)) == "deepep"
     assert backend(_on_nodes_of(with_plan("moe", inside + ",dispatcher=alltoall"), 4)) == "standard"
     assert backend(with_plan("moe", "tp=1,pp=1,dp=32,cp=1,ep=1,mbs=1,zero=3")) is None
+
+
+# ----- sliding-window attention -------------------------------------------------------------
+
+
+def test_megatron_export_states_the_sliding_window() -> None:
+    """A model with sliding_window (and global_attention_every) exports Megatron's
+    --window-size W,0 and --window-attn-skip-freq N (arguments.py: one full-attention layer
+    after N-1 windowed ones); a model without one prints neither."""
+    data = with_plan("moe", "tp=1,pp=2,dp=8,cp=2,ep=8,mbs=1,zero=1")
+    data["inputs"]["model"].update(sliding_window=128, global_attention_every=2)
+    _, flags = command_flags(export_result(data, "megatron"))
+    assert flags["--window-size"] == "128,0" and flags["--window-attn-skip-freq"] == "2"
+    data["inputs"]["model"].update(global_attention_every=None)
+    _, flags = command_flags(export_result(data, "megatron"))
+    assert flags["--window-size"] == "128,0" and "--window-attn-skip-freq" not in flags
+    _, plain = command_flags(export_result(with_plan("moe", "tp=1,pp=2,dp=8,cp=2,ep=8,mbs=1,zero=1"),
+                                           "megatron"))
+    assert "--window-size" not in plain and "--window-attn-skip-freq" not in plain
