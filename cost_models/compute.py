@@ -235,14 +235,16 @@ def _block_compute(model: ModelSpec, roof: Roofline, sh: Shard, *, moe: bool) ->
     T, h, t = sh.tokens, model.hidden_size, sh.tp
     fwd = bwd = f_fwd = f_bwd = 0.0
     shapes = _linear_shapes(model, sh)
-    if moe and model.moe is not None:
-        shapes += _moe_shapes(model, sh)
-    else:
-        shapes += [(n, k) for n, k in _mlp_shapes(model, model.ffn_hidden_size, t)]
     # The router's GEMM (_moe_shapes' first entry) stays out of FP8: Megatron's TopKRouter
     # multiplies in bf16/fp32 with its own weight, outside Transformer Engine.
-    router = (float(model.moe.num_experts), float(h)) if moe and model.moe is not None else None
-    first_shared = len(shapes) - len(_moe_shapes(model, sh)) + 1 if router else len(shapes)
+    router = None
+    if moe and model.moe is not None:
+        moe_shapes = _moe_shapes(model, sh)     # the router, then the shared experts
+        router, first_shared = moe_shapes[0], len(shapes) + 1
+        shapes += moe_shapes
+    else:
+        shapes += [(n, k) for n, k in _mlp_shapes(model, model.ffn_hidden_size, t)]
+        first_shared = len(shapes)              # no shared experts
     mlp_f = mlp_b = 0.0                     # the expert MLP's share (BlockCompute.mlp_fwd_s)
     for i, (n, k) in enumerate(shapes):
         r = roof.high_precision() if (n, k) == router else roof

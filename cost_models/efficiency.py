@@ -175,7 +175,6 @@ _DEFAULT = DeviceEfficiency(0.75, 0.70, 100, 128, 0.8, 0.45, 0.30, 5e-6)
 """Used for a user device whose name matches none above (stated in the estimate's warnings)."""
 
 
-
 def precision_warning(device: DeviceSpec, dtype: DType, *, training: bool = True) -> str | None:
     """A warning when the device has no units of the requested precision and the estimate
     runs its math at a fallback rate (DeviceSpec.peak_flops), else None. Serving fp8 there is

@@ -52,9 +52,9 @@ Memory (per device, the most loaded stage):
   head (a tied head is a second copy when pp > 1, as Megatron keeps it).
 - KV cache: ModelSpec.kv_cache_bytes_per_token per token per layer, for batch sequences of
   prompt_len + output_len tokens (a sliding-window layer keeps only its window:
-  ModelSpec.attended_context, averaged over the layers), paged in blocks of KV_BLOCK_TOKENS tokens (Kwon et al.
-  2023, vLLM, Sec. 4.2-4.3: the only waste is the last, partly filled block of each
-  sequence). MHA/GQA split the KV heads over tp; when tp > kv heads each head is
+  ModelSpec.attended_context, averaged over the layers), paged in blocks of KV_BLOCK_TOKENS
+  tokens (Kwon et al. 2023, vLLM, Sec. 4.2-4.3: the only waste is the last, partly filled
+  block of each sequence). MHA/GQA split the KV heads over tp; when tp > kv heads each head is
   replicated tp/kv_heads times (the split is min(tp, kv_heads)). MLA caches one latent per
   token shared by all heads (DeepSeek-V2 Sec. 2.1.2), so it is replicated over tp.
 - workspace: prefill's live tensors of one block (inference keeps no activations for a

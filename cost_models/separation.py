@@ -488,10 +488,10 @@ def decode_layer(st: Setup, wl: InferenceWorkload, seqs: int) -> LayerTimes:
     model, p, dt = st.model, st.plan, wl.dtype
     assert model.moe is not None
     h, e, f = model.hidden_size, roof_bytes(dt), model.moe.expert_ffn_hidden_size
-    ctx = wl.prompt_len + wl.output_len / 2
+    # the mean context over decode; a sliding-window layer keeps and reads only its window
+    ctx = model.attended_context(wl.prompt_len + wl.output_len / 2)
     expert_p = model.mlp_params(f)
     attn_p = model.moe_layer_params - model.moe.num_experts * expert_p
-    ctx = model.attended_context(ctx)     # a sliding-window layer keeps and reads its window
     kv = seqs * ctx * model.kv_cache_bytes_per_token(dt) / model.num_layers / kv_split(model, p.attn_tp)
     score = model.attention_score_flops_per_token(1) * ctx / model.num_layers
     a = (_roofline_s(st, attn_p / p.attn_tp * dt.bytes + kv,

@@ -412,8 +412,7 @@ class ModelSpec(Spec):
         # exact mean for the window; capped at the global layers' s/2 (the convention's causal
         # half, a hair under the exact (s+1)/2), so a window never counts more than none
         local = s / 2 if w >= seq_len else min(s / 2, w - w * (w - 1) / (2 * s))
-        g = self.global_attention_layers
-        return (g * s / 2 + (self.num_layers - g) * local) / self.num_layers
+        return self._layer_mean(s / 2, local)
 
     def attended_context(self, context: int) -> float:
         """Keys a new token attends to (and KV-cache entries a sequence keeps) at a context of
@@ -422,9 +421,13 @@ class ModelSpec(Spec):
         w = self.sliding_window
         if w is None:
             return float(context)
-        local = float(min(context, w))
+        return self._layer_mean(float(context), float(min(context, w)))
+
+    def _layer_mean(self, global_value: float, local_value: float) -> float:
+        """Mean over the layers of a quantity that is `global_value` in a global-attention
+        layer and `local_value` in a sliding-window one."""
         g = self.global_attention_layers
-        return (g * context + (self.num_layers - g) * local) / self.num_layers
+        return (g * global_value + (self.num_layers - g) * local_value) / self.num_layers
 
     def attention_score_flops_per_token(self, seq_len: int) -> float:
         """Forward FLOPs of Q.K^T and scores.V per token over all layers, full (non-causal)
@@ -437,9 +440,7 @@ class ModelSpec(Spec):
             d_v = self.mla.v_head_dim
         else:
             d_qk = d_v = self.d_head
-        if self.sliding_window is None:
-            return float(self.num_layers * 2 * seq_len * a * (d_qk + d_v))
-        keys = 2 * self.causal_keys_per_query(seq_len)
+        keys = 2 * self.causal_keys_per_query(seq_len)     # = s without a window
         return float(self.num_layers * 2 * keys * a * (d_qk + d_v))
 
     def forward_flops_per_token(self, seq_len: int, *, attention_scores: bool = True) -> float:
