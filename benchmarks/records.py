@@ -17,7 +17,10 @@ the same rules for all records:
   the record says so (`model.activation`, `model.attention`/notes naming SwiGLU/GeGLU) or, when
   it states the parameter count, the variant (gated or not, tied embeddings or not) whose count
   is nearest it; otherwise gated exactly when ffn_hidden is not 4 x hidden (4h is the GELU
-  MLP of GPT/BLOOM/OPT; Llama-family MLPs are 8h/3-3.5h). GQA from `kv_heads`.
+  MLP of GPT/BLOOM/OPT; Llama-family MLPs are 8h/3-3.5h). GQA from `kv_heads`. A sliding-
+  window attention from `model.sliding_window` and `model.global_attention_every` when the
+  record states them as data (Gemma 3's 1024-token window on five of every six blocks); a
+  window mentioned only in the notes is not read, and the model attends globally.
 - Attention kernel: FlashAttention when the record names it ("flash": FlashAttention-2 class
   from 2024 on, -1 class in 2022-2023), unfused for runs published before 2023 (Megatron,
   DeepSpeed and Mesh-TensorFlow had no fused attention before FlashAttention, Dao et al. 2022,
@@ -204,6 +207,14 @@ def _stated_params(record: dict[str, Any]) -> float | None:
     return None
 
 
+def attention_window(m: dict[str, Any]) -> dict[str, int]:
+    """A sliding-window attention the record states as data (`model.sliding_window`, tokens,
+    and `model.global_attention_every`: every k-th block attends globally), as ModelSpec
+    fields; nothing when it states none. A window named only in free text is not read."""
+    return {k: int(m[k]) for k in ("sliding_window", "global_attention_every")
+            if m.get(k) is not None}
+
+
 def generic_model(record: dict[str, Any]) -> ModelSpec:
     """ModelSpec of a record from an unknown source (module docstring)."""
     m = record["model"]
@@ -211,7 +222,7 @@ def generic_model(record: dict[str, Any]) -> ModelSpec:
     common = dict(name=record["id"], num_layers=m["layers"], hidden_size=h,
                   num_attention_heads=m["heads"], num_kv_heads=m.get("kv_heads") or None,
                   ffn_hidden_size=ffn, vocab_size=m["vocab"],
-                  head_dim=m.get("head_dim") or None)
+                  head_dim=m.get("head_dim") or None, **attention_window(m))
     described = " ".join(str(x) for x in (m.get("activation", ""), m.get("attention", ""),
                                           record.get("notes", ""))).lower()
     candidates = []
@@ -258,7 +269,7 @@ def generic_moe_model(record: dict[str, Any]) -> ModelSpec:
             num_attention_heads=m["heads"], num_kv_heads=m.get("kv_heads") or None,
             head_dim=m.get("head_dim") or None, ffn_hidden_size=m["ffn_hidden"],
             vocab_size=m["vocab"], activation="swiglu", norm="rmsnorm", positional="rope",
-            dropout=False,
+            dropout=False, **attention_window(m),
             mla=m.get("mla"),
             moe={"num_experts": moe["experts"], "top_k": moe["top_k"],
                  "expert_ffn_hidden_size": moe["expert_ffn_hidden"],

@@ -130,6 +130,22 @@ def test_generic_model_picks_the_variant_matching_the_stated_parameters() -> Non
     assert not gpt.activation.gated           # 4h MLP, no stated count: GELU
 
 
+def test_generic_model_reads_a_stated_sliding_window_and_only_a_stated_one() -> None:
+    """A window stated as data becomes ModelSpec fields (less attention work at long
+    sequences); one named only in the notes is not read, and the blocks attend globally."""
+    full = records.generic_model(record(notes="5:1 local (sliding window 1024):global"))
+    assert full.sliding_window is None and full.global_attention_every is None
+    windowed = records.generic_model(record(model={"sliding_window": 1024,
+                                                   "global_attention_every": 6}))
+    assert (windowed.sliding_window, windowed.global_attention_every) == (1024, 6)
+    s = 32768
+    assert windowed.attended_context(s) < full.attended_context(s)
+    # the Gemma 3 records of the TPU v6e data state it (MaxText's gemma3-12b.yml)
+    data = json.loads((ROOT / "benchmarks/data/maxtext_tpu_v6e_runs.json").read_text())
+    gemma = [r for r in data if "gemma3" in r["id"]]
+    assert gemma and all(records.generic_model(r).sliding_window == 1024 for r in gemma)
+
+
 @pytest.mark.parametrize(("source", "note", "want"), [
     ("Smith et al. 2022 (MT-NLG)", "", "unfused"),
     ("Some paper 2023", "attn_impl: flash", "flash1"),
