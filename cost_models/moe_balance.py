@@ -260,15 +260,21 @@ def _power_pmf(pmf: np.ndarray, tokens: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _max_expectation(laws: list[tuple[np.ndarray, np.ndarray]], *, scale: float,
                      cap: float | None = None) -> float:
-    """E[min(max_r Z_r, cap)] for independent Z_r = mu_r + scale * (X_r - mu_r)."""
+    """E[min(max_r Z_r, cap)] for independent Z_r = mu_r + scale * (X_r - mu_r).
+
+    Ranks that share one law (the same object: uniform routing gives every rank the same)
+    enter the product of CDFs once, raised to their count: P(max <= z) = F(z)^n."""
+    counts: dict[int, list] = {}
+    for law in laws:
+        counts.setdefault(id(law), [law, 0])[1] += 1
     shifted = []
-    for x, pmf in laws:
+    for (x, pmf), n in counts.values():
         mu = float(x @ pmf)
         z = mu + scale * (x - mu)
         cdf = np.cumsum(pmf)
         lo = z[min(np.searchsorted(cdf, _TAIL), z.size - 1)]
         hi = z[min(np.searchsorted(cdf, 1.0 - _TAIL), z.size - 1)]
-        shifted.append((z, cdf, lo, hi))
+        shifted.append((z, cdf, lo, hi, n))
     z_lo = max(s[2] for s in shifted)
     z_hi = max(s[3] for s in shifted)
     if cap is not None:
@@ -278,9 +284,9 @@ def _max_expectation(laws: list[tuple[np.ndarray, np.ndarray]], *, scale: float,
     grid = np.linspace(z_lo, z_hi, _GRID_POINTS + 1)
     mid = 0.5 * (grid[1:] + grid[:-1])
     prod = np.ones_like(mid)
-    for z, cdf, _, _ in shifted:
+    for z, cdf, _, _, n in shifted:
         idx = np.searchsorted(z, mid, side="right") - 1
-        prod *= np.where(idx >= 0, cdf[np.clip(idx, 0, None)], 0.0)
+        prod *= np.where(idx >= 0, cdf[np.clip(idx, 0, None)], 0.0) ** n
     return float(z_lo + np.sum(1.0 - prod) * (grid[1] - grid[0]))
 
 
