@@ -28,8 +28,9 @@ the targets of the issue with whether each was met:
 
 A search over the whole space either finishes (the result is exact) or is cut by --time-limit;
 a target is met only by a search that finished within it, never by a cut one.
-All workloads are bf16 with Adam (TrainingWorkload defaults); the dtype changes the scores,
-not the size of the space.
+The dense workloads are bf16 with Adam (TrainingWorkload defaults); the MoE rows (Mixtral
+8x7B, Qwen3-235B-A22B, DeepSeek-V3: published workloads) train in the dtype of the run they
+come from. The dtype changes the scores, not the size of the space.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from planner import TrainingWorkload, load_cluster, load_model  # noqa: E402
+from planner import DType, TrainingWorkload, load_cluster, load_model  # noqa: E402
 from planner.errors import PlannerError  # noqa: E402
 
 
@@ -62,6 +63,7 @@ class Scenario:
     seq_len: int
     quick: bool = False          # part of the --quick smoke run
     note: str = ""
+    dtype: str = "bf16"
 
 
 SCENARIOS = [
@@ -84,6 +86,17 @@ SCENARIOS = [
                   "98,304 = 2^15 x 3, so pp carries the factor 3 (pp in 3, 6, ..., 96): many "
                   "factorisations fail batch divisibility, a smaller space than the device "
                   "count alone suggests"),
+    # Mixture of experts: ep (folded with dp x cp, as Megatron-Core does), expert tp, the
+    # all-to-all overlap and the dispatcher join the space. Workloads of published runs
+    # (benchmarks/data/moe_runs.json, nemo_moe_more_runs.json).
+    Scenario("mixtral-64", "mixtral-8x7b", "dgx-h100", 64, 256, 4096,
+             note="NeMo docs' Mixtral 8x7B workload (global batch 256 x 4096)"),
+    Scenario("qwen3-235b-256", "qwen3-235b-a22b", "dgx-h100", 256, 8192, 4096, dtype="fp8",
+             note="Megatron-Bridge's Qwen3-235B-A22B H100 workload, FP8"),
+    Scenario("dsv3-256", "deepseek-v3", "gb200-nvl72", 256, 4096, 4096, dtype="fp8",
+             note="Megatron-Bridge's DeepSeek-V3 GB200 workload, FP8"),
+    Scenario("dsv3-1024", "deepseek-v3", "dgx-h100", 1024, 8192, 4096, dtype="fp8",
+             note="Megatron-Bridge's DeepSeek-V3 H100 workload, FP8"),
 ]
 
 TARGET_1T = ("1t-3072", 2.0,
@@ -129,7 +142,8 @@ def run_one(sc: Scenario, time_limit: float) -> dict[str, Any]:
     from planner.api import search
 
     model, cluster = load_model(sc.model), load_cluster(sc.cluster)
-    wl = TrainingWorkload(global_batch_size=sc.global_batch, seq_len=sc.seq_len)
+    wl = TrainingWorkload(global_batch_size=sc.global_batch, seq_len=sc.seq_len,
+                          dtype=DType(sc.dtype))
     row: dict[str, Any] = {"sc": sc, "params": model.params}
     start = time.perf_counter()
     try:
@@ -145,13 +159,14 @@ def run_one(sc: Scenario, time_limit: float) -> dict[str, Any]:
 
 
 def render_rows(rows: list[dict[str, Any]]) -> str:
-    lines = ["| scenario | model | params | cluster | devices | global batch x seq | wall s "
-             "| candidates | pruned | cut | best plan | step s | MFU |",
-             "|---|---|--:|---|--:|---|--:|--:|--:|---|---|--:|--:|"]
+    lines = ["| scenario | model | params | cluster | devices | global batch x seq | dtype "
+             "| wall s | candidates | pruned | cut | best plan | step s | MFU |",
+             "|---|---|--:|---|--:|---|---|--:|--:|--:|---|---|--:|--:|"]
     for r in rows:
         sc = r["sc"]
         head = (f"| {sc.name} | {sc.model} | {fmt_params(r['params'])} | {sc.cluster} | "
-                f"{sc.devices:,} | {sc.global_batch:,} x {sc.seq_len} | {r['wall_s']:.2f} |")
+                f"{sc.devices:,} | {sc.global_batch:,} x {sc.seq_len} | {sc.dtype} | "
+                f"{r['wall_s']:.2f} |")
         if "error" in r:
             lines.append(f"{head} - | - | - | {r['error']} | - | - |")
         else:
@@ -233,7 +248,7 @@ def main() -> int:
         f"- python {info['python']}, numpy {info['numpy']}, commit {info['commit']}\n"
         f"- command: `{cmd}`\n"
         f"- search: `planner.api.search`, whole default space, top 5, time limit "
-        f"{args.time_limit:g} s per scenario; bf16, Adam\n\n"
+        f"{args.time_limit:g} s per scenario; Adam; bf16 unless the row's dtype says fp8\n\n"
         "Wall time is time.perf_counter around the search call (specs loaded and modules "
         "imported beforehand). `cut` = the time limit stopped the search (the plan is the best "
         "found so far, not the optimum). `pruned` adds all reasons; `bound` and `time_limit` "

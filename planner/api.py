@@ -177,11 +177,19 @@ def search(model: ModelSpec | str, cluster: ClusterSpec | str, workload: Trainin
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(state.pruned.items()))
         baselines = score_baselines(m, c, workload, n, None)
         within = f" within {memory_fraction:.0%} of its memory" if memory_fraction < 1.0 else ""
+        # Memory (and the bound, which only prunes beside a feasible plan) is the only reason
+        # more devices could help; without it no split of these devices reached a score.
+        if state.pruned.get("memory") or state.pruned.get("memory_group"):
+            advice = "add devices, allow recomputation/ZeRO, or lower the micro-batch"
+        else:
+            advice = ("no tp x cp x pp x dp split of these devices suits the model and batch "
+                      "(dp divides the global batch, pp is at most the layers, tp divides the "
+                      "heads and is at most --max-tp): use fewer devices or a larger global "
+                      "batch" + (", or relax --fix" if fixed else ""))
         raise InfeasibleError(
             f"no plan for {m.name} fits on {n}x {c.device.name}{within} with global batch "
-            f"{workload.global_batch_size} (pruned: {reasons}); add devices, allow "
-            "recomputation/ZeRO, or lower the micro-batch" + _baselines_summary(baselines),
-            baselines)
+            f"{workload.global_batch_size} (pruned: {reasons}); {advice}"
+            + _baselines_summary(baselines), baselines)
     top = [ScoredPlan(plan=plan_dict(f.plan, m.num_layers),
                       estimate=evaluate(m, c, workload, f.plan, devices=n)) for f in state.best]
     best = top[0]

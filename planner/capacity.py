@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field
 
 from planner.errors import InfeasibleError, PlanError, SpecError
-from planner.hardware import ClusterSpec
+from planner.hardware import MAX_DEVICES, ClusterSpec
 from planner.model import (
     GIB,
     ModelSpec,
@@ -499,11 +499,15 @@ def fewest_nodes(model: ModelSpec, cluster: ClusterSpec, workload: TrainingWorkl
     limit = max_nodes if max_nodes is not None else 4 * lb
     if cluster.max_nodes is not None:
         limit = min(limit, cluster.max_nodes)
+    limit = min(limit, MAX_DEVICES // cluster.devices_per_node)
     if lb > limit:
         raise InfeasibleError(
             f"{model.name} needs at least {lb} nodes of {cluster.name} for its weights, gradients "
             f"and optimizer states alone ({states_bytes(model, workload) / GIB:.1f} GiB); the "
-            f"limit is {limit} nodes: raise --max-nodes")
+            f"limit is {limit} nodes: "
+            + ("raise --max-nodes" if limit < MAX_DEVICES // cluster.devices_per_node else
+               f"more than the {MAX_DEVICES:,} devices meshplan plans for; check the model's "
+               "size (`meshplan show`)"))
     for n in range(lb, limit + 1):
         if fits(model, cluster, workload, n * cluster.devices_per_node):
             return lb, n, n - lb + 1

@@ -16,6 +16,14 @@ from planner.errors import SpecError
 from planner.model import DType, Spec
 
 
+MAX_DEVICES = 10_000_000
+"""The most devices a command takes (`--gpus`, `--nodes` x node size, and min-devices' scan).
+A tool limit, not hardware: 100x the ~100,000-device scale the search is measured at
+(benchmarks/results/search_scaling.md: 98,304 H100 in seconds). Far above it, searches that
+grow with the device count (min-devices' node-by-node scan, capacity's walk along a family)
+run for hours instead of answering."""
+
+
 class Topology(StrEnum):
     """How the devices a link joins are wired."""
 
@@ -207,6 +215,11 @@ class ClusterSpec(Spec):
             if gpus < 1:
                 raise SpecError(f"--gpus must be at least 1, got {gpus}")
             n = gpus
+        if n > MAX_DEVICES:
+            asked = f"--nodes {nodes} ({n:,} devices)" if nodes is not None else f"--gpus {n:,}"
+            raise SpecError(f"{asked} is more than the {MAX_DEVICES:,} devices meshplan plans "
+                            "for; use fewer")
+        if gpus is not None:
             self.check_devices(n, label=f"--gpus {n}")
         if self.max_nodes is not None and n > self.max_nodes * self.devices_per_node:
             raise SpecError(

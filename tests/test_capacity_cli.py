@@ -71,6 +71,19 @@ def test_min_devices_infeasible_exit_3() -> None:
     assert "Traceback" not in res.stderr + res.stdout
 
 
+def test_min_devices_of_a_model_beyond_the_device_ceiling_exit_3(tmp_path: Any) -> None:
+    """A model whose states alone need more nodes than MAX_DEVICES allows is refused from its
+    lower bound (no node-by-node scan toward it): exit 3, naming the ceiling."""
+    spec = tmp_path / "huge.toml"
+    spec.write_text('name = "huge"\nnum_layers = 4\nhidden_size = 65536\n'
+                    'num_attention_heads = 64\nffn_hidden_size = 262144\n'
+                    'vocab_size = 1000000000000\n')
+    res = run("min-devices", "--model", str(spec), *CLUSTER, *SMALL)
+    assert res.exit_code == 3, res.output
+    assert "10,000,000 devices meshplan plans for" in res.stderr
+    assert "Traceback" not in res.output
+
+
 def test_train_time_days_are_tokens_over_throughput() -> None:
     data = run_json("train-time", *STACK, *CLUSTER, "--nodes", "2", "--tokens", "3B", *SMALL)
     assert data["tokens"] == 3e9

@@ -295,6 +295,30 @@ def test_evaluate_gpus_and_nodes_exclusive() -> None:
     assert_one_line_error(run(*EVAL), "--gpus", "--nodes")
 
 
+def test_device_count_above_the_ceiling_is_refused_at_once() -> None:
+    """--gpus / --nodes past MAX_DEVICES: exit 2 naming the count and the ceiling, before any
+    divisor of the count is enumerated (2^40 GPUs answered in well under a second)."""
+    assert_one_line_error(run(*EVAL, "--gpus", str(2 ** 40)), "--gpus 1,099,511,627,776",
+                          "10,000,000")
+    assert_one_line_error(run("capacity", "--cluster", "dgx-a100", "--nodes", "100000000",
+                              "--global-batch", "64", "--seq-len", "2048"),
+                          "--nodes 100000000 (800,000,000 devices)", "10,000,000")
+
+
+def test_search_without_any_split_says_so_instead_of_add_devices() -> None:
+    """When no tp x cp x pp x dp split of the devices survives (here dp would have to exceed
+    the global batch), more devices cannot help: exit 3 and say to use fewer or a larger
+    batch; a model too big for its devices still gets "add devices"."""
+    res = run("search", "--model", "narayanan-145b", "--cluster", "dgx-a100", "--gpus",
+              "8000000", "--global-batch", "8", "--seq-len", "2048")
+    assert res.exit_code == 3 and "Traceback" not in res.output
+    assert "use fewer devices or a larger global batch" in res.stderr
+    assert "add devices" not in res.stderr and "--fix" not in res.stderr
+    big = run("search", "--model", "narayanan-145b", "--cluster", "dgx-a100", "--gpus", "8",
+              "--global-batch", "8", "--seq-len", "2048")
+    assert big.exit_code == 3 and "add devices" in big.stderr
+
+
 def test_evaluate_bad_plan_key() -> None:
     result = run(*EVAL[:-1], "tp=8,pq=8", "--gpus", "1536")
     assert_one_line_error(result, "'pq'")
