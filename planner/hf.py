@@ -25,7 +25,7 @@ from planner.model import Activation, ModelSpec, Norm, Positional
 
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = (
     "gpt2", "gpt_neox", "opt", "bloom", "mpt", "llama", "mistral", "mixtral", "qwen2", "qwen3",
-    "qwen3_moe", "deepseek_v3",
+    "qwen3_moe", "deepseek_v3", "gpt_oss", "gemma2", "gemma3_text", "gemma3",
 )
 
 # transformers.activations.ACT2FN names of the GELU family (all the same parameter count).
@@ -121,6 +121,15 @@ class _Config:
             isinstance(v, bool) or not isinstance(v, int) for v in value
         ):
             raise self._wrong(key, value, "a list of layer indices")
+        return value
+
+    def text_list(self, key: str) -> list[str]:
+        """A list of strings (`layer_types`); absent = empty."""
+        _, value = self._find((key,))
+        if value is _MISSING:
+            return []
+        if not isinstance(value, list) or any(not isinstance(v, str) for v in value):
+            raise self._wrong(key, value, "a list of strings")
         return value
 
     def sub(self, key: str) -> _Config:
@@ -264,6 +273,42 @@ def _moe_layout(cfg: _Config, is_moe: list[bool], key: str) -> tuple[int, int] |
                             "(dense first k layers, then every n-th layer MoE)",
                        "describe the model in a meshplan model file instead")
     return first, freq
+
+
+def _attention_window(cfg: _Config, build: _Build, layers: int, *,
+                      every_default: int | None, every_key: str | None = None) -> None:
+    """ModelSpec's sliding_window and global_attention_every from `sliding_window` and the
+    layer pattern: `layer_types` when the config lists it ("sliding_attention" /
+    "full_attention" per layer, as transformers writes it since 4.53), else the
+    architecture's rule (`every_key`, e.g. Gemma 3's sliding_window_pattern, or
+    `every_default`). ModelSpec expresses "every k-th layer global" (or none); any other
+    pattern is rejected. No window, or every layer global: nothing is set."""
+    window = cfg.opt_integer("sliding_window")
+    if window is None:
+        return
+    types = cfg.text_list("layer_types")
+    key = "layer_types"
+    if types:
+        kinds = {"sliding_attention", "full_attention"}
+        if len(types) != layers or any(t not in kinds for t in types):
+            raise cfg.fail("layer_types", f"must list {layers} entries, each sliding_attention "
+                                          "or full_attention", "fix it in config.json")
+        full = [i for i, t in enumerate(types) if t == "full_attention"]
+        every = full[0] + 1 if full else None
+        if every is not None and full != list(range(every - 1, layers, every)):
+            raise cfg.fail("layer_types", f"puts full attention on layers {full}, a pattern "
+                                          "ModelSpec cannot express (every k-th layer global)",
+                           "describe the model in a meshplan model file instead")
+    else:
+        every = cfg.integer(every_key, default=every_default) if every_key else every_default
+        key = every_key or "sliding_window"
+        if every is not None and every < 1:
+            raise cfg.fail(key, f"is {every}", "use a positive integer")
+    if every == 1:                  # every layer global: the window is never used
+        return
+    build.set("sliding_window", window, "sliding_window")
+    if every is not None:
+        build.set("global_attention_every", every, key)
 
 
 class _Dims(NamedTuple):
@@ -655,6 +700,108 @@ def _deepseek_v3(cfg: _Config, build: _Build) -> None:
         build.uncounted("router e_score_correction_bias", sum(is_moe) * experts)
 
 
+def _gpt_oss(cfg: _Config, build: _Build) -> None:
+    # GptOssModel (transformers, configuration_gpt_oss.py / modeling_gpt_oss.py): Llama-style
+    # attention with q/k/v/o biases (attention_bias, true in the released configs) and a
+    # learned sink logit per head; every layer's MLP is an MoE block: router (h x
+    # num_local_experts weight plus a bias), num_local_experts experts with gate_up_proj
+    # (h x 2*intermediate_size) and down_proj, each with a bias, clamped SwiGLU. Layers
+    # alternate a sliding_window band and full attention (layer_types; by default layer i is
+    # sliding when (i + 1) % 2, so every 2nd layer is global). linear_bias counts the attention
+    # and expert biases together; the sinks and the router bias have no ModelSpec field.
+    d = _llama_family(cfg, build, head_dim_default=None)
+    experts = cfg.integer("num_local_experts", "num_experts")
+    ffn = cfg.integer("intermediate_size")
+    build.set("ffn_hidden_size", ffn, "intermediate_size")
+    build.set("moe", {"num_experts": experts,
+                      "top_k": cfg.integer("num_experts_per_tok", "experts_per_token"),
+                      "expert_ffn_hidden_size": ffn})
+    build.keys.update({"moe.num_experts": "num_local_experts",
+                       "moe.top_k": "num_experts_per_tok",
+                       "moe.expert_ffn_hidden_size": "intermediate_size"})
+    attention_bias = cfg.flag("attention_bias", True)
+    build.set("linear_bias", attention_bias)
+    if not attention_bias:
+        build.uncounted("expert biases (gate_up_proj_bias, down_proj_bias)",
+                        d.layers * experts * (2 * ffn + d.hidden))
+    build.uncounted("attention sinks (one per head)", d.layers * (d.q_dim // d.head_dim))
+    build.uncounted("router bias", d.layers * experts)
+    _attention_window(cfg, build, d.layers, every_default=2)
+
+
+GEMMA2_DEFAULTS: dict[str, int] = {
+    "vocab_size": 256000, "hidden_size": 2304, "intermediate_size": 9216,
+    "num_hidden_layers": 26, "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256,
+    "max_position_embeddings": 8192, "sliding_window": 4096}
+"""transformers' Gemma2Config defaults (configuration_gemma2.py)."""
+
+GEMMA3_TEXT_DEFAULTS: dict[str, int] = {
+    "vocab_size": 262208, "hidden_size": 2304, "intermediate_size": 9216,
+    "num_hidden_layers": 26, "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256,
+    "max_position_embeddings": 131072, "sliding_window": 4096}
+"""transformers' Gemma3TextConfig defaults (configuration_gemma3.py). The Hub's Gemma 3
+configs (gemma-3-4b and up) list only what differs from them in `text_config`, so unlike the
+other architectures here a missing key takes its default, as transformers does."""
+
+
+def _gemma_family(cfg: _Config, build: _Build, *, defaults: dict[str, int], qk_norm: bool,
+                  every_default: int, every_key: str | None) -> None:
+    """Gemma 2 and Gemma 3 decoders (transformers' Gemma2/Gemma3Text modeling): Llama-style
+    attention, a GeGLU MLP (hidden_activation gelu_pytorch_tanh), tied embeddings scaled by
+    sqrt(h) (no weights), and four RMSNorms per layer (input, post-attention, pre- and
+    post-feedforward) where ModelSpec counts two: 2h per layer in notes, as are Gemma 3's
+    per-head q/k norms. Local layers attend within sliding_window. Missing keys take the config
+    class's `defaults`."""
+    cfg = _Config({**defaults, **cfg.data}, cfg.where, cfg.model_type, cfg.prefix)
+    layers = cfg.integer("num_hidden_layers")
+    h = cfg.integer("hidden_size")
+    heads = cfg.integer("num_attention_heads")
+    kv = cfg.integer("num_key_value_heads")
+    head_dim = cfg.integer("head_dim")
+    build.set("num_layers", layers, "num_hidden_layers")
+    build.set("hidden_size", h, "hidden_size")
+    build.set("num_attention_heads", heads, "num_attention_heads")
+    build.set("num_kv_heads", kv, "num_key_value_heads")
+    build.set("head_dim", head_dim, "head_dim")
+    build.set("ffn_hidden_size", cfg.integer("intermediate_size"), "intermediate_size")
+    build.set("vocab_size", cfg.integer("vocab_size"), "vocab_size")
+    key = "hidden_activation" if cfg.has("hidden_activation") else "hidden_act"
+    build.set("activation", _activation(cfg, key, "gelu_pytorch_tanh", gated=True))
+    build.set("positional", Positional.ROPE)
+    build.set("max_position_embeddings", cfg.integer("max_position_embeddings"),
+              "max_position_embeddings")
+    build.set("tied_embeddings", cfg.flag("tie_word_embeddings", True))
+    build.set("norm", Norm.RMSNORM)
+    build.set("linear_bias", False)
+    if cfg.flag("attention_bias", False):
+        build.uncounted("attention biases (attention_bias)",
+                        layers * (heads * head_dim + 2 * kv * head_dim + h))
+    build.uncounted("pre/post-feedforward RMSNorms (4 per layer, 2 counted)", layers * 2 * h)
+    if qk_norm:
+        _qk_norm_note(build, layers, head_dim)
+    _attention_window(cfg, build, layers, every_default=every_default, every_key=every_key)
+
+
+def _gemma2(cfg: _Config, build: _Build) -> None:
+    # Gemma2DecoderLayer: is_sliding = not bool(layer_idx % 2): every 2nd layer global.
+    _gemma_family(cfg, build, defaults=GEMMA2_DEFAULTS, qk_norm=False, every_default=2,
+                  every_key=None)
+
+
+def _gemma3_text(cfg: _Config, build: _Build) -> None:
+    # Gemma3TextConfig: layer i is sliding when (i + 1) % sliding_window_pattern (default 6:
+    # five local layers, then one global), plus per-head q_norm/k_norm.
+    _gemma_family(cfg, build, defaults=GEMMA3_TEXT_DEFAULTS, qk_norm=True, every_default=6,
+                  every_key="sliding_window_pattern")
+
+
+def _gemma3(cfg: _Config, build: _Build) -> None:
+    # Gemma3Config (gemma-3-4b and larger): the text decoder's config is `text_config`; the
+    # SigLIP vision tower and its projector (vision_config) are not modelled.
+    _gemma3_text(cfg.sub("text_config"), build)
+    build.notes.append("text decoder only: the vision tower (vision_config) is not modelled")
+
+
 _CONVERTERS: dict[str, Callable[[_Config, _Build], None]] = {
     "gpt2": _gpt2,
     "gpt_neox": _gpt_neox,
@@ -668,5 +815,9 @@ _CONVERTERS: dict[str, Callable[[_Config, _Build], None]] = {
     "qwen3": _qwen3,
     "qwen3_moe": _qwen3_moe,
     "deepseek_v3": _deepseek_v3,
+    "gpt_oss": _gpt_oss,
+    "gemma2": _gemma2,
+    "gemma3_text": _gemma3_text,
+    "gemma3": _gemma3,
 }
 assert tuple(_CONVERTERS) == SUPPORTED_MODEL_TYPES

@@ -61,6 +61,12 @@ PUBLISHED = [
     # DeepSeek-V3 technical report (arXiv:2412.19437) / model card: 671B total, 37B activated
     # (the 685B on the Hub adds the 14B multi-token-prediction module, not counted here).
     ("deepseek-v3", 671_000_000_000, "MLA"),
+    # gpt-oss model card (arXiv:2508.10925) Table 1: 116.83B total for gpt-oss-120b.
+    ("gpt-oss-120b", 116_830_000_000, "GQA"),
+    # google/gemma-2-9b Hub page (safetensors): 9,241,705,984 ("9.24B").
+    ("gemma-2-9b", 9_241_705_984, "GQA"),
+    # google/gemma-3-1b-pt Hub page (safetensors): 999,885,952 ("1B").
+    ("gemma-3-1b", 999_885_952, "MQA"),
 ]
 
 
@@ -74,22 +80,26 @@ def test_params_match_published(model: str, published: int, kind: str) -> None:
 
 
 # Where ModelSpec's accounting is exact, the count equals the modeling code's to the parameter.
-EXACT = [p[:2] for p in PUBLISHED if p[0] not in ("qwen3-235b-a22b", "deepseek-v3")]
+EXACT = [p[:2] for p in PUBLISHED
+         if p[0] not in ("qwen3-235b-a22b", "deepseek-v3", "gpt-oss-120b")]
 
 
 @pytest.mark.parametrize(("model", "exact"), EXACT, ids=[p[0] for p in EXACT])
 def test_params_exact(model: str, exact: int) -> None:
     spec = hf(model)
-    # Qwen2's q/k/v-only biases and Qwen3's per-head q/k norms have no ModelSpec field; the
-    # converter leaves them out and says how many in notes.
+    # Qwen2's q/k/v-only biases, Qwen3's and Gemma 3's per-head q/k norms and Gemma's extra
+    # pre/post-feedforward RMSNorms have no ModelSpec field; the converter leaves them out and
+    # says how many in notes (one note each).
     uncounted = {
-        "qwen2-7b": 28 * (3584 + 2 * 512),      # q/k/v biases: 129,024
-        "qwen3-8b": 36 * 2 * 128,               # q_norm + k_norm: 9,216
-    }.get(model, 0)
-    assert spec.params + uncounted == exact
-    if uncounted:
-        assert f"{uncounted:,} params not counted" in spec.notes
-    else:
+        "qwen2-7b": [28 * (3584 + 2 * 512)],        # q/k/v biases: 129,024
+        "qwen3-8b": [36 * 2 * 128],                 # q_norm + k_norm: 9,216
+        "gemma-2-9b": [42 * 2 * 3584],              # 2 more RMSNorms per layer: 301,056
+        "gemma-3-1b": [26 * 2 * 1152, 26 * 2 * 256],  # the same, plus q_norm + k_norm
+    }.get(model, [])
+    assert spec.params + sum(uncounted) == exact
+    for n in uncounted:
+        assert f"{n:,} params not counted" in spec.notes
+    if not uncounted:
         assert spec.notes == ""
 
 
@@ -171,6 +181,63 @@ def test_deepseek_moe_layer_freq() -> None:
     assert [spec.is_moe_layer(i) for i in range(10)] == [i >= 3 and i % 2 == 0 for i in range(10)]
 
 
+def test_gpt_oss_config_equals_the_preset() -> None:
+    """openai/gpt-oss-120b's config.json gives the built-in preset's architecture (windows,
+    biases, experts) and parameter count; the sinks and router bias are named in notes."""
+    spec, preset = hf("gpt-oss-120b"), load_model("gpt-oss-120b")
+    fields = ("num_layers", "hidden_size", "num_attention_heads", "num_kv_heads", "head_dim",
+              "ffn_hidden_size", "vocab_size", "activation", "tied_embeddings", "linear_bias",
+              "norm", "positional", "sliding_window", "global_attention_every", "moe")
+    assert {f: getattr(spec, f) for f in fields} == {f: getattr(preset, f) for f in fields}
+    assert spec.params == preset.params
+    assert "2,304 params not counted" in spec.notes        # 36 layers x 64 sink logits
+    assert "4,608 params not counted" in spec.notes        # 36 layers x 128 router biases
+
+
+@pytest.mark.parametrize(("model", "window", "every"), [
+    ("gpt-oss-120b", 128, 2),        # layer_types alternate, sliding first
+    ("gemma-2-9b", 4096, 2),         # Gemma2DecoderLayer: is_sliding = not bool(layer_idx % 2)
+    ("gemma-3-1b", 512, 6),          # sliding_window_pattern 6: five local, then one global
+    ("gemma-3-12b", 1024, 6),        # the multimodal wrapper's text_config
+])
+def test_sliding_window_patterns(model: str, window: int, every: int) -> None:
+    spec = hf(model)
+    assert (spec.sliding_window, spec.global_attention_every) == (window, every)
+    assert spec.global_attention_layers == spec.num_layers // every
+
+
+def test_layer_types_decide_the_pattern_and_odd_ones_are_refused(tmp_path: Path) -> None:
+    base = read("gemma-3-1b")
+    every3 = ["full_attention" if (i + 1) % 3 == 0 else "sliding_attention" for i in range(26)]
+    spec = model_from_hf_config({**base, "layer_types": every3}, name="g", where="test")
+    assert spec.global_attention_every == 3               # layer_types win over the pattern key
+    local = model_from_hf_config({**base, "layer_types": ["sliding_attention"] * 26},
+                                 name="g", where="test")
+    assert (local.sliding_window, local.global_attention_every) == (512, None)
+    dense = model_from_hf_config({**base, "layer_types": ["full_attention"] * 26},
+                                 name="g", where="test")
+    assert dense.sliding_window is None
+    assert model_from_hf_config({**base, "sliding_window": None}, name="g",
+                                where="test").sliding_window is None
+    odd = ["full_attention", "full_attention"] + ["sliding_attention"] * 24
+    with pytest.raises(SpecError, match="layer_types.*every k-th layer global"):
+        load_model(_write(tmp_path, {**base, "layer_types": odd}))
+    with pytest.raises(SpecError, match="layer_types.*must list 26 entries"):
+        load_model(_write(tmp_path, {**base, "layer_types": ["chunked_attention"] * 26}, "b"))
+
+
+def test_gemma3_text_config_takes_the_config_class_defaults() -> None:
+    """gemma-3-12b's text_config lists only what differs from Gemma3TextConfig's defaults
+    (head_dim 256, vocabulary 262,208, tied embeddings); at MaxText's 262,144-token vocabulary
+    the count plus the noted norms is the 11,765,788,416 its tpu-recipes record states."""
+    spec = hf("gemma-3-12b")
+    assert (spec.d_head, spec.vocab_size, spec.tied_embeddings) == (256, 262208, True)
+    assert (spec.num_layers, spec.hidden_size, spec.kv_heads) == (48, 3840, 8)
+    assert spec.activation == Activation.GEGLU and "vision tower" in spec.notes
+    noted = 48 * 2 * 3840 + 48 * 2 * 256
+    assert spec.params + noted - (262208 - 262144) * 3840 == 11_765_788_416
+
+
 def test_supported_model_types_all_load() -> None:
     loaded = {read(p.parent.name)["model_type"] for p in HF.glob("*/config.json")}
     assert set(SUPPORTED_MODEL_TYPES) <= loaded
@@ -191,8 +258,8 @@ def test_unknown_model_type(tmp_path: Path) -> None:
         load_model(path)
     assert str(err.value) == (
         f"file '{path}': model_type 'foo' is not supported; supported: gpt2, gpt_neox, opt, "
-        "bloom, mpt, llama, mistral, mixtral, qwen2, qwen3, qwen3_moe, deepseek_v3 "
-        "(or write a meshplan model file instead)"
+        "bloom, mpt, llama, mistral, mixtral, qwen2, qwen3, qwen3_moe, deepseek_v3, gpt_oss, "
+        "gemma2, gemma3_text, gemma3 (or write a meshplan model file instead)"
     )
 
 
