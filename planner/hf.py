@@ -544,11 +544,9 @@ def _mistral(cfg: _Config, build: _Build) -> None:
     # MistralModel: Llama's layout without biases. Exact. Every layer attends within
     # sliding_window when it is set (Mistral 7B v0.1: 4096; null from v0.2 on): no weights,
     # but it bounds the attention work and the KV cache.
-    _llama_family(cfg, build, head_dim_default=None)
+    d = _llama_family(cfg, build, head_dim_default=None)
     build.set("ffn_hidden_size", cfg.integer("intermediate_size"), "intermediate_size")
-    window = cfg.opt_integer("sliding_window")
-    if window is not None:
-        build.set("sliding_window", window, "sliding_window")
+    _attention_window(cfg, build, d.layers, every_default=None)
 
 
 def _qwen2(cfg: _Config, build: _Build) -> None:
@@ -581,8 +579,9 @@ def _qwen3_attention_extras(cfg: _Config, build: _Build, d: _Dims) -> None:
 def _mixtral(cfg: _Config, build: _Build) -> None:
     # MixtralModel: Llama attention; every layer's MLP is a sparse MoE block: router gate
     # (h x num_local_experts, no bias) and num_local_experts SwiGLU experts of intermediate_size.
-    # Exact.
-    _llama_family(cfg, build, head_dim_default=None)
+    # Exact. A sliding_window (null in Mixtral 8x7B's config) bounds every layer, as in Mistral.
+    d = _llama_family(cfg, build, head_dim_default=None)
+    _attention_window(cfg, build, d.layers, every_default=None)
     ffn = cfg.integer("intermediate_size")
     build.set("ffn_hidden_size", ffn, "intermediate_size")
     build.set("moe", {

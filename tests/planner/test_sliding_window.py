@@ -85,3 +85,18 @@ def test_hf_mistral_config_carries_its_window() -> None:
     assert m.attention_score_flops_per_token(4096) == pytest.approx(
         m.model_copy(update={"sliding_window": None}).attention_score_flops_per_token(4096))
     assert m.attended_context(32768) == 4096
+
+
+def test_hf_mixtral_config_with_a_window_bounds_every_layer() -> None:
+    """Mixtral 8x7B's config.json has sliding_window null (full attention); a config that sets
+    it windows every layer, as Mistral's does."""
+    import json
+    from pathlib import Path
+
+    from planner.hf import model_from_hf_config
+
+    path = Path(__file__).resolve().parent.parent / "data" / "hf" / "mixtral-8x7b" / "config.json"
+    config = json.loads(path.read_text())
+    assert load_model(str(path)).sliding_window is None
+    m = model_from_hf_config({**config, "sliding_window": 4096}, name="m", where="test")
+    assert (m.sliding_window, m.global_attention_every, m.global_attention_layers) == (4096, None, 0)
