@@ -322,9 +322,10 @@ class _Dims(NamedTuple):
 
 
 def _llama_family(cfg: _Config, build: _Build, *, head_dim_default: int | None,
-                  tied_default: bool = False) -> _Dims:
-    """Fields shared by Llama, Mistral, Mixtral, Qwen2/3, Qwen3-MoE: pre-RMSNorm decoder,
-    RoPE, gated MLP."""
+                  tied_default: bool = False, act_key: str = "hidden_act",
+                  act_default: str = "silu") -> _Dims:
+    """Fields shared by Llama, Mistral, Mixtral, Qwen2/3, Qwen3-MoE, gpt-oss and Gemma:
+    pre-RMSNorm decoder, RoPE, gated MLP."""
     layers = cfg.integer("num_hidden_layers")
     h = cfg.integer("hidden_size")
     heads = cfg.integer("num_attention_heads")
@@ -339,7 +340,7 @@ def _llama_family(cfg: _Config, build: _Build, *, head_dim_default: int | None,
     if head_dim is not None:
         build.set("head_dim", head_dim, "head_dim")
     build.set("vocab_size", cfg.integer("vocab_size"), "vocab_size")
-    build.set("activation", _activation(cfg, "hidden_act", "silu", gated=True))
+    build.set("activation", _activation(cfg, act_key, act_default, gated=True))
     build.set("positional", Positional.ROPE)
     build.set("max_position_embeddings", cfg.integer("max_position_embeddings", default=2048),
               "max_position_embeddings")
@@ -752,33 +753,19 @@ def _gemma_family(cfg: _Config, build: _Build, *, defaults: dict[str, int], qk_n
     per-head q/k norms. Local layers attend within sliding_window. Missing keys take the config
     class's `defaults`."""
     cfg = _Config({**defaults, **cfg.data}, cfg.where, cfg.model_type, cfg.prefix)
-    layers = cfg.integer("num_hidden_layers")
-    h = cfg.integer("hidden_size")
-    heads = cfg.integer("num_attention_heads")
-    kv = cfg.integer("num_key_value_heads")
-    head_dim = cfg.integer("head_dim")
-    build.set("num_layers", layers, "num_hidden_layers")
-    build.set("hidden_size", h, "hidden_size")
-    build.set("num_attention_heads", heads, "num_attention_heads")
-    build.set("num_kv_heads", kv, "num_key_value_heads")
-    build.set("head_dim", head_dim, "head_dim")
+    act_key = "hidden_activation" if cfg.has("hidden_activation") else "hidden_act"
+    d = _llama_family(cfg, build, head_dim_default=None, tied_default=True, act_key=act_key,
+                      act_default="gelu_pytorch_tanh")
     build.set("ffn_hidden_size", cfg.integer("intermediate_size"), "intermediate_size")
-    build.set("vocab_size", cfg.integer("vocab_size"), "vocab_size")
-    key = "hidden_activation" if cfg.has("hidden_activation") else "hidden_act"
-    build.set("activation", _activation(cfg, key, "gelu_pytorch_tanh", gated=True))
-    build.set("positional", Positional.ROPE)
-    build.set("max_position_embeddings", cfg.integer("max_position_embeddings"),
-              "max_position_embeddings")
-    build.set("tied_embeddings", cfg.flag("tie_word_embeddings", True))
-    build.set("norm", Norm.RMSNORM)
     build.set("linear_bias", False)
     if cfg.flag("attention_bias", False):
         build.uncounted("attention biases (attention_bias)",
-                        layers * (heads * head_dim + 2 * kv * head_dim + h))
-    build.uncounted("pre/post-feedforward RMSNorms (4 per layer, 2 counted)", layers * 2 * h)
+                        d.layers * (d.q_dim + 2 * d.kv_dim + d.hidden))
+    build.uncounted("pre/post-feedforward RMSNorms (4 per layer, 2 counted)",
+                    d.layers * 2 * d.hidden)
     if qk_norm:
-        _qk_norm_note(build, layers, head_dim)
-    _attention_window(cfg, build, layers, every_default=every_default, every_key=every_key)
+        _qk_norm_note(build, d.layers, d.head_dim)
+    _attention_window(cfg, build, d.layers, every_default=every_default, every_key=every_key)
 
 
 def _gemma2(cfg: _Config, build: _Build) -> None:
