@@ -28,6 +28,7 @@ EXPECTED_PRESETS = {
     # public models
     "gpt3-175b", "bloom-176b", "llama3-8b", "llama3-70b", "llama3-405b", "mixtral-8x7b",
     "deepseek-v3", "qwen3-235b-a22b", "qwen3-30b-a3b", "gpt-oss-120b", "llama2-70b",
+    "gemma3-12b",
 }
 
 
@@ -259,3 +260,14 @@ def test_flops_narayanan_eq3():
 )
 def test_kv_cache_bytes_per_token_bf16(name, expected):
     assert load_model(name).kv_cache_bytes_per_token() == expected
+
+
+def test_gemma3_12b_non_embedding_count_is_the_reports() -> None:
+    """Gemma 3 report Table 1: 10,759M non-embedding parameters for 12B. ModelSpec counts two of
+    Gemma's four RMSNorms per layer and no q/k norms; with those (48 x 2 x 3840 and
+    48 x 2 x 256) the blocks and final norm make 10,759M."""
+    m = load_model("gemma3-12b")
+    assert m.embedding_params == 262208 * 3840 and m.tied_embeddings
+    non_embedding = m.params - m.embedding_params + 48 * 2 * 3840 + 48 * 2 * 256
+    assert round(non_embedding / 1e6) == 10_759
+    assert (m.sliding_window, m.global_attention_every, m.global_attention_layers) == (1024, 6, 8)
