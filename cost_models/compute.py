@@ -20,6 +20,8 @@ Dao 2023, FlashAttention-2 Sec. 3.1.2).
 
 from __future__ import annotations
 
+import math
+
 import contextlib
 import functools
 from collections.abc import Iterator
@@ -517,16 +519,33 @@ def roof_bytes(dtype: DType) -> int:
     return 4 if dtype in (DType.FP32, DType.TF32) else 2
 
 
+def loss_chunk_tokens(tokens: float, vocab: float, hidden: int) -> int:
+    """Tokens per chunk of a chunked (fused linear) cross entropy: Liger-Kernel's rule
+    (src/liger_kernel/ops/fused_linear_cross_entropy.py: inc_factor = ceil(V / H), chunk_size
+    = next_power_of_2(ceil(BT / inc_factor))), which keeps a chunk's chunk x V logits about
+    the size of the BT x H input."""
+    inc = max(1, math.ceil(vocab / hidden))
+    return min(max(1, int(tokens)), 1 << max(0, math.ceil(math.log2(math.ceil(tokens / inc)))))
+
+
 def head_compute(model: ModelSpec, roof: Roofline, sh: Shard) -> tuple[float, float, float]:
     """LM head and loss for one micro-batch: (fwd s, bwd s, fwd FLOPs). Vocabulary-parallel
     over TP (Megatron), in bf16 under FP8 training (Roofline.high_precision); the unfused
     softmax reads 16-bit logits and writes and re-reads fp32 ones (2 + 4 + 4 bytes per logit);
-    a fused loss reads and writes the 16-bit logits in place (2 + 2)."""
+    a fused loss reads and writes the 16-bit logits in place (2 + 2). A chunked loss does the
+    same work as the fused one as ceil(T / chunk) GEMMs of `loss_chunk_tokens` rows (Liger
+    computes the input and weight gradients of each chunk in the forward pass; the total, not
+    the split between the passes, is what its step time sees)."""
     if model.vocab_size == 0:
         return 0.0, 0.0, 0.0
     T, v = sh.tokens, model.vocab_size / sh.tp
-    tf, ff, tb, _ = roof.high_precision().gemm_fwd_bwd(T, v, model.hidden_size)
-    logits = T * v * (4.0 if sh.loss == LossKernel.FUSED else 10.0)
+    rows, n = T, 1
+    if sh.loss == LossKernel.CHUNKED:
+        rows = loss_chunk_tokens(T, v, model.hidden_size)
+        n = math.ceil(T / rows)
+    tf, ff, tb, _ = roof.high_precision().gemm_fwd_bwd(rows, v, model.hidden_size)
+    tf, ff, tb = n * tf, n * ff, n * tb
+    logits = T * v * (10.0 if sh.loss == LossKernel.UNFUSED else 4.0)
     return tf + roof.stream(logits), tb + roof.stream(logits), ff
 
 

@@ -132,7 +132,15 @@ def in_flight_microbatches(plan: Plan, stage: int, num_microbatches: int) -> flo
 def head_activation_bytes(model: ModelSpec, plan: Plan, *, seq_len: int) -> float:
     """Logits of one micro-batch on the last stage: 16-bit logits plus the fp32 softmax the
     unfused loss keeps for its backward (6 bytes per logit); a fused loss keeps only the
-    16-bit logits, which it overwrites with their gradient (2 bytes)."""
+    16-bit logits, which it overwrites with their gradient (2 bytes). A chunked loss holds one
+    chunk's 16-bit logits (`compute.loss_chunk_tokens` rows) and, from the forward pass to the
+    backward, the input and output-weight gradients it computed there (Liger-Kernel's
+    grad_input, tokens x h, and grad_weight, the head's shard, in the 16-bit dtype)."""
+    from cost_models.compute import loss_chunk_tokens
+
     tokens = plan.mbs * seq_len / plan.cp
+    v, h = model.vocab_size / plan.tp, model.hidden_size
+    if plan.loss == LossKernel.CHUNKED:
+        return 2.0 * (loss_chunk_tokens(tokens, v, h) * v + tokens * h + v * h)
     per_logit = 2 if plan.loss == LossKernel.FUSED else 6
-    return tokens * model.vocab_size / plan.tp * per_logit
+    return tokens * v * per_logit

@@ -34,10 +34,14 @@ class LossKernel(StrEnum):
     """Cross-entropy kernel: `unfused` keeps the 16-bit logits and an fp32 softmax for the
     backward (Megatron's vocab-parallel cross entropy, PyTorch's under autocast); `fused`
     computes the loss and its gradient in place over the 16-bit logits (flash-attn's
-    CrossEntropyLoss with inplace_backward, llm-foundry's default `fused_crossentropy`)."""
+    CrossEntropyLoss with inplace_backward, llm-foundry's default `fused_crossentropy`);
+    `chunked` fuses the output projection with the loss and runs both over chunks of tokens, so
+    only one chunk's logits exist at a time (Liger-Kernel's FusedLinearCrossEntropy, Hsu et
+    al. 2024, arXiv:2410.10989; `compute.loss_chunk_tokens`)."""
 
     UNFUSED = "unfused"
     FUSED = "fused"
+    CHUNKED = "chunked"
 
 
 class Dispatcher(StrEnum):

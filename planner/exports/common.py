@@ -16,7 +16,7 @@ from typing import Any
 from planner.errors import SpecError, UnsupportedPlanError
 from planner.hardware import ClusterSpec
 from planner.model import DType, ModelSpec
-from planner.plan import Dispatcher, Plan, parse_plan_fields
+from planner.plan import Dispatcher, LossKernel, Plan, parse_plan_fields
 from planner.workload import InferenceWorkload, TrainingWorkload
 
 SAVE_HINT = "save the output of `meshplan search ... --json` to a file and export that"
@@ -167,6 +167,11 @@ def require_training(inp: ExportInputs, engine: str) -> None:
     if not inp.training:
         raise refuse(engine, "it is an inference plan and this export writes a training "
                              "launch; export inference plans --to vllm or --to sglang")
+    if inp.plan.loss == LossKernel.CHUNKED:
+        raise refuse(engine, "loss=chunked (a fused linear cross entropy over chunks of tokens, "
+                             "Liger-Kernel's) has no setting in its launch options; export the "
+                             "plan with loss=fused or unfused, or apply the kernel in the "
+                             "training script")
 
 
 def require_inference(inp: ExportInputs, engine: str) -> None:

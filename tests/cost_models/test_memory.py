@@ -13,6 +13,8 @@ for an MHA block with a 4h GELU MLP and unfused attention (the scores are stored
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cost_models.memory import (
     GIB,
@@ -189,6 +191,51 @@ def test_fused_loss_keeps_only_the_16bit_logits() -> None:
     fused = head_activation_bytes(model, Plan(mbs=2, tp=2, loss=LossKernel.FUSED), seq_len=1024)
     logits = 2 * 1024 * 51200 / 2
     assert unfused == 6 * logits and fused == 2 * logits
+
+
+def test_chunked_loss_holds_one_chunk_and_the_gradients_it_made() -> None:
+    """Liger's rule: inc = ceil(V/H) = ceil(25600/1024) = 25 (vocab 51200 over tp=2), chunk =
+    next_pow2(ceil(2048/25)) = next_pow2(82) = 128 tokens; held: the chunk's 16-bit logits,
+    grad_input (tokens x h) and grad_weight (V/tp x h), 2 bytes each."""
+    from cost_models.compute import loss_chunk_tokens
+    from cost_models.memory import head_activation_bytes
+    from planner import LossKernel
+
+    model = gpt_block(1024, 16)
+    assert loss_chunk_tokens(2048, 25600, 1024) == 128
+    got = head_activation_bytes(model, Plan(mbs=2, tp=2, loss=LossKernel.CHUNKED), seq_len=1024)
+    assert got == 2 * (128 * 25600 + 2048 * 1024 + 25600 * 1024)
+    fused = head_activation_bytes(model, Plan(mbs=2, tp=2, loss=LossKernel.FUSED), seq_len=1024)
+    assert got < fused
+
+
+@given(st.integers(1, 1 << 20), st.integers(1, 1 << 18), st.integers(64, 16384))
+def test_chunk_logits_stay_near_the_input_size(tokens: int, vocab: int, hidden: int) -> None:
+    """chunk = next_pow2(ceil(T/inc)) < 2 ceil(T/inc): a chunk's chunk x inc rows stay under
+    2 (T + inc), so its logits are at most about twice the T x H input, and never more rows
+    than the micro-batch has."""
+    from cost_models.compute import loss_chunk_tokens
+
+    chunk = loss_chunk_tokens(tokens, vocab, hidden)
+    inc = -(-vocab // hidden)
+    assert 1 <= chunk <= tokens and chunk * inc < 2 * (tokens + inc)
+
+
+def test_chunked_loss_does_the_fused_losss_work() -> None:
+    """Same FLOPs as the fused loss (the GEMM split into chunks), same logit traffic."""
+    from cost_models.compute import Roofline, Shard, head_compute
+    from cost_models.efficiency import device_efficiency
+    from planner import LossKernel, load_device
+
+    dev = load_device("h100-sxm5-80gb")
+    roof = Roofline(dev, device_efficiency(dev)[0], DType.BF16)
+    model = gpt_block(4096, 32)
+    out = {}
+    for loss in (LossKernel.FUSED, LossKernel.CHUNKED):
+        sh = Shard(mbs=2, seq_len=4096, tp=1, loss=loss)
+        out[loss] = head_compute(model, roof, sh)
+    assert out[LossKernel.CHUNKED][2] == pytest.approx(out[LossKernel.FUSED][2])
+    assert sum(out[LossKernel.CHUNKED][:2]) >= sum(out[LossKernel.FUSED][:2]) * 0.999
 
 
 def test_fused_loss_and_no_dropout_never_cost_more() -> None:

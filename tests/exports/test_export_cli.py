@@ -37,6 +37,9 @@ def _export(tmp_path: Path, data: dict, *args: str):
     ("dense", "tp=1,pp=1,dp=16,mbs=4,recompute=full", "deepspeed", "recompute=full"),
     ("dense", "tp=2,pp=1,dp=8,mbs=2,sp=on", "deepspeed", "sp=on"),
     ("dense", "tp=2,pp=2,dp=2,cp=2,mbs=1,order=cp-pp-dp-tp", "megatron", "rank order cp-pp-dp-tp"),
+    ("dense", "tp=2,pp=1,dp=8,mbs=2,sp=on,loss=chunked", "megatron", "loss=chunked"),
+    ("dense", "tp=2,pp=1,dp=8,mbs=2,sp=on,loss=chunked", "torchtitan", "loss=chunked"),
+    ("dense", "tp=1,pp=1,dp=16,mbs=2,loss=chunked", "deepspeed", "loss=chunked"),
 ])
 def test_refusals_exit_4_with_reason(tmp_path: Path, saved, variant, name: str,
                                      plan_text: str | None, fmt: str, reason: str) -> None:

@@ -117,3 +117,5 @@ def test_loss_kernel_key_round_trips() -> None:
     assert plan.loss == LossKernel.FUSED and "loss=fused" in plan.to_string()
     assert parse_plan(plan.to_string(), devices=8) == plan
     assert "loss=" not in parse_plan("tp=2", devices=8).to_string()   # the default is unwritten
+    chunked = parse_plan("tp=2,loss=chunked", devices=8)
+    assert chunked.loss == LossKernel.CHUNKED and parse_plan(chunked.to_string(), devices=8) == chunked
