@@ -494,3 +494,27 @@ def test_every_moe_record_has_a_cuda_graph_reading_with_its_source() -> None:
         assert g["match"] in ("exact", "partial", "none")
         if g["match"] != "none":
             assert "@" in g["source"] and g["preset"]
+
+
+def test_serving_records_map_and_score_as_stated() -> None:
+    """benchmarks/data/trtllm_inference_runs.json: each id names its device, model, tp and
+    lengths; every record evaluates at the largest batch that fits (never above its requests),
+    and the prediction is batch x output / (TTFT + output x TPOT)."""
+    import validate_inference as vi
+
+    data = json.loads((ROOT / "benchmarks" / "data" / "trtllm_inference_runs.json").read_text())
+    runs = data["runs"]
+    assert len(runs) == 60 and len({r["id"] for r in runs}) == 60
+    for r in runs:
+        assert r["id"].endswith(f"_tp{r['tp']}_fp8_{r['prompt_len']}x{r['output_len']}")
+        assert r["model"] in r["id"] and r["cluster"].removeprefix("dgx-") in r["id"]
+    rows, skipped = vi.run(ROOT / "benchmarks" / "data" / "trtllm_inference_runs.json", None)
+    assert not skipped and len(rows) == 60
+    for row in rows:
+        assert 1 <= row["batch"] <= row["num_requests"]
+        e2e = row["ttft_s"] + row["output_len"] * row["tpot_s"]
+        assert row["predicted"] == pytest.approx(row["batch"] * row["output_len"] / e2e)
+        assert row["error"] == pytest.approx(row["predicted"]
+                                             / row["published_output_tokens_per_s"] - 1)
+    text = vi.render(rows, skipped)
+    assert "| llama3-405b on H100 SXM 80GB, tp=8 | 10 |" in text

@@ -1,0 +1,145 @@
+"""Compare meshplan's serving model with published serving throughput (issue 5, inference).
+
+Usage:
+    python benchmarks/validate_inference.py [--data benchmarks/data/trtllm_inference_runs.json]
+        [--out benchmarks/results/validation_inference.md] [--only SUBSTRING]
+
+The records are TensorRT-LLM's offline maximum-throughput runs (`trtllm-bench throughput`:
+every request queued at once, all of one prompt and one output length; the published figure is
+the job's total output tokens per second). Each is mapped from what it states, nothing fitted:
+
+- Model: the built-in preset the record names (Llama 3.3 70B has the Llama 3.1 70B
+  architecture); device and links: the record's DGX cluster preset.
+- Plan: the record's tp, pp = 1, one replica (dp = 1) on tp devices.
+- Precision: dtype fp8 for weights, activations and the KV cache (ModelOpt FP8 checkpoints).
+- Batch: a maximum-throughput run keeps as many requests in flight as memory allows, so the
+  batch is the largest meshplan's memory model admits for the plan (`max_batch_size`), and
+  never more than the run's requests. The overview does not state the batch TensorRT-LLM ran:
+  trtllm-bench picks it by a heuristic from its KV-cache capacity (perf-benchmarking.md's
+  example: 8,048 requests fit, batch 4,096; otherwise the defaults 2,048 requests and 8,192
+  tokens per iteration).
+- Prediction: output tokens per second over a whole batch, batch x output_len / (TTFT + output_len
+  x TPOT): the batch's prompts are prefilled, then its outputs decoded. That is meshplan's
+  static-batch serving model; TensorRT-LLM batches in flight (new prompts are prefilled in
+  chunks of at most max_num_tokens between decode steps), which keeps prefill activations out
+  of memory and lets the KV cache alone bound its batch. Long prompts are where the two differ
+  most (the per-row table shows the batch meshplan used).
+
+The table goes to --out with the mean absolute error per model and device, and per prompt
+length (below 2048 tokens, and 2048 or more). The error is predicted / published - 1
+(negative: predicted too slow, i.e. fewer tokens per second than measured).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from cost_models.inference import estimate_inference, max_batch_size  # noqa: E402
+from planner import DType, load_cluster, load_model  # noqa: E402
+from planner.errors import PlannerError  # noqa: E402
+from planner.plan import Plan  # noqa: E402
+from planner.workload import InferenceWorkload  # noqa: E402
+
+DATA = ROOT / "benchmarks" / "data" / "trtllm_inference_runs.json"
+OUT = ROOT / "benchmarks" / "results" / "validation_inference.md"
+LONG_PROMPT = 2048
+"""Prompt length from which a row counts as long-prompt in the summary."""
+
+
+def predict(record: dict[str, Any]) -> dict[str, Any]:
+    """The record's plan at the largest batch that fits: batch, TTFT, TPOT, output tokens/s."""
+    model, cluster = load_model(record["model"]), load_cluster(record["cluster"])
+    dtype = DType.FP8 if "fp8" in record["precision"].lower() else DType.BF16
+    plan = Plan(tp=record["tp"], pp=record.get("pp", 1), dp=1)
+    wl = InferenceWorkload(batch_size=1, prompt_len=record["prompt_len"],
+                           output_len=record["output_len"], dtype=dtype)
+    fits = max_batch_size(model, plan, wl, float(cluster.device.memory_bytes))
+    batch = min(fits, record["num_requests"])
+    if batch < 1:
+        raise PlannerError(f"not one sequence of {record['prompt_len']} + "
+                           f"{record['output_len']} tokens fits on tp={plan.tp}")
+    est = estimate_inference(model, cluster, wl.model_copy(update={"batch_size": batch}), plan)
+    return {"batch": batch, "ttft_s": est.ttft_s, "tpot_s": est.tpot_s,
+            "predicted": batch * record["output_len"] / est.e2e_s,
+            "decode_bound": est.decode_bound}
+
+
+def run(data: Path, only: str | None) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    rows, skipped = [], []
+    for r in json.loads(data.read_text())["runs"]:
+        if only and only not in r["id"]:
+            continue
+        try:
+            p = predict(r)
+        except PlannerError as e:
+            skipped.append((r["id"], str(e)))
+            continue
+        pub = r["published_output_tokens_per_s"]
+        rows.append({**r, **p, "error": p["predicted"] / pub - 1})
+    return rows, skipped
+
+
+def _mean_abs(errors: list[float]) -> str:
+    return f"{sum(abs(e) for e in errors) / len(errors):.1%}"
+
+
+def render(rows: list[dict[str, Any]], skipped: list[tuple[str, str]]) -> str:
+    out = ["| run | prompt / output | batch | TTFT s | TPOT ms | published tok/s | predicted "
+           "tok/s | error |", "|---|--:|--:|--:|--:|--:|--:|--:|"]
+    for r in rows:
+        out.append(f"| {r['id']} | {r['prompt_len']} / {r['output_len']} | {r['batch']} | "
+                   f"{r['ttft_s']:.2f} | {r['tpot_s'] * 1e3:.2f} | "
+                   f"{r['published_output_tokens_per_s']:,} | {r['predicted']:,.0f} | "
+                   f"{r['error']:+.1%} |")
+    groups: dict[str, list[float]] = defaultdict(list)
+    by_length: dict[str, list[float]] = defaultdict(list)
+    for r in rows:
+        groups[f"{r['model']} on {r['gpu']}, tp={r['tp']}"].append(r["error"])
+        key = (f"prompt < {LONG_PROMPT}" if r["prompt_len"] < LONG_PROMPT
+               else f"prompt >= {LONG_PROMPT}")
+        by_length[key].append(r["error"])
+    out += ["", "| model and device | runs | mean abs error | max abs error | predicted faster |",
+            "|---|--:|--:|--:|--:|"]
+    for name, errs in groups.items():
+        out.append(f"| {name} | {len(errs)} | {_mean_abs(errs)} | "
+                   f"{max(abs(e) for e in errs):.1%} | {sum(e > 0 for e in errs)} |")
+    out += ["", "| prompt length | runs | mean abs error | mean signed error |", "|---|--:|--:|--:|"]
+    for name in sorted(by_length):
+        errs = by_length[name]
+        out.append(f"| {name} | {len(errs)} | {_mean_abs(errs)} | "
+                   f"{sum(errs) / len(errs):+.1%} |")
+    if rows:
+        errs = [r["error"] for r in rows]
+        out += ["", f"All {len(rows)} runs: mean absolute error {_mean_abs(errs)}; "
+                f"{sum(e > 0 for e in errs)} predicted faster than measured."]
+    if skipped:
+        out += ["", "Not evaluated:", ""] + [f"- {i}: {why}" for i, why in skipped]
+    return "\n".join(out) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--only", default=None, help="only records whose id contains this")
+    args = ap.parse_args()
+    rows, skipped = run(args.data, args.only)
+    text = (f"# Serving model vs published serving throughput ({args.data.name})\n\n"
+            + render(rows, skipped))
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(f"written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
