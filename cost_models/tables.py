@@ -203,11 +203,12 @@ def build_tables(ctx: Any, num_microbatches: int) -> StageTables:
     assert dense_row is not None and moe_row is not None
     prefix = {key: np.concatenate(([0.0], np.cumsum(np.where(mask, moe_row[key], dense_row[key]))))
               for key in dense_row}
-    extras = _extras(ctx, model, p2p_s(ctx)) | _mtp_extras(ctx, model, block_comm)
+    mtp_row = per_type.get(model.mtp_moe) if model.mtp_layers else None
+    extras = _extras(ctx, model, p2p_s(ctx)) | _mtp_extras(ctx, model, mtp_row)
     return StageTables(prefix=prefix, extras=extras, ctx=ctx, num_microbatches=num_microbatches)
 
 
-def _mtp_extras(ctx: Any, model: ModelSpec, block_comm: Any) -> dict[str, float]:
+def _mtp_extras(ctx: Any, model: ModelSpec, row: dict[str, float] | None) -> dict[str, float]:
     """What the model's MTP modules add to the last stage, per micro-batch (DeepSeek-V3 Sec.
     2.2, as Megatron-Core builds them: MultiTokenPredictionLayer): each module looks up the
     next token's embedding, normalises it and the last hidden state, projects their
@@ -224,7 +225,7 @@ def _mtp_extras(ctx: Any, model: ModelSpec, block_comm: Any) -> dict[str, float]
                                           "head_act")}
     plan, sh, roof = ctx.plan, ctx.shard, ctx.roof
     moe = model.mtp_moe
-    row = _layer_row(ctx, moe, block_compute(model, roof, sh, moe=moe), block_comm)
+    assert row is not None      # build_tables' row of the MTP block's type (`mtp_moe`)
     h = model.hidden_size
     pf, _, pb, _ = roof.gemm_fwd_bwd(sh.tokens, h / plan.tp, 2 * h)     # eh_proj
     # enorm and hnorm read and write an h-wide tensor each, the concatenation writes 2h

@@ -238,9 +238,10 @@ def _band(tables: StageTables, pp: int, L: int, width: int, cap: float
 def _candidate_bound(tables: StageTables, plan: Plan, m: int) -> float:
     """Lower bound on the step time of any split: sum_k C_k is split-invariant, and the
     pipeline is at least (m-1) * sum/pp + sum (1F1B) or (m + (pp-1)/v) * sum/pp."""
-    L, pp = tables.num_layers, plan.pp
-    span = tables.span(0, L - 1)
-    layers = sum(float(span[kind]) for kind in ("compute", "recompute", "tp_comm", "cp_comm", "ep_comm"))
+    pp = plan.pp
+    # all blocks: the last prefix sum (prefix[0] is 0, so this equals span(0, L - 1))
+    layers = sum(float(tables.prefix[kind][-1])
+                 for kind in ("compute", "recompute", "tp_comm", "cp_comm", "ep_comm"))
     e = tables.extras
     total = layers + e["emb_compute"] + e["emb_tp_comm"] + e["head_compute"] + pp * e["p2p"]
     if plan.vpp > 1:
