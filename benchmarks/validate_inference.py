@@ -18,12 +18,14 @@ the job's total output tokens per second). Each is mapped from what it states, n
   trtllm-bench picks it by a heuristic from its KV-cache capacity (perf-benchmarking.md's
   example: 8,048 requests fit, batch 4,096; otherwise the defaults 2,048 requests and 8,192
   tokens per iteration).
+- Prefill in chunks of 8,192 tokens (`InferenceWorkload.prefill_chunk_tokens`): TensorRT-LLM
+  schedules at most max_num_tokens tokens per iteration, default 8,192 (perf-benchmarking.md,
+  tuning-max-batch-size-and-max-num-tokens.md), with chunked context, so one chunk's prefill
+  activations are live, not the whole batch's.
 - Prediction: output tokens per second over a whole batch, batch x output_len / (TTFT + output_len
-  x TPOT): the batch's prompts are prefilled, then its outputs decoded. That is meshplan's
-  static-batch serving model; TensorRT-LLM batches in flight (new prompts are prefilled in
-  chunks of at most max_num_tokens between decode steps), which keeps prefill activations out
-  of memory and lets the KV cache alone bound its batch. Long prompts are where the two differ
-  most (the per-row table shows the batch meshplan used).
+  x TPOT): the batch's prompts are prefilled, then its outputs decoded. TensorRT-LLM batches in
+  flight (new prompts' chunks run between decode steps); the throughput of a batch that starts
+  and ends together is the same work, in another order.
 
 The table goes to --out with the mean absolute error per model and device, and per prompt
 length (below 2048 tokens, and 2048 or more). The error is predicted / published - 1
@@ -50,6 +52,8 @@ from planner.workload import InferenceWorkload  # noqa: E402
 
 DATA = ROOT / "benchmarks" / "data" / "trtllm_inference_runs.json"
 OUT = ROOT / "benchmarks" / "results" / "validation_inference.md"
+PREFILL_CHUNK_TOKENS = 8192
+"""TensorRT-LLM's default max_num_tokens (docs/source/performance/perf-benchmarking.md)."""
 LONG_PROMPT = 2048
 """Prompt length from which a row counts as long-prompt in the summary."""
 
@@ -60,7 +64,8 @@ def predict(record: dict[str, Any]) -> dict[str, Any]:
     dtype = DType.FP8 if "fp8" in record["precision"].lower() else DType.BF16
     plan = Plan(tp=record["tp"], pp=record.get("pp", 1), dp=1)
     wl = InferenceWorkload(batch_size=1, prompt_len=record["prompt_len"],
-                           output_len=record["output_len"], dtype=dtype)
+                           output_len=record["output_len"], dtype=dtype,
+                           prefill_chunk_tokens=PREFILL_CHUNK_TOKENS)
     fits = max_batch_size(model, plan, wl, float(cluster.device.memory_bytes))
     batch = min(fits, record["num_requests"])
     if batch < 1:

@@ -58,9 +58,12 @@ Memory (per device, the most loaded stage):
   replicated tp/kv_heads times (the split is min(tp, kv_heads)). MLA caches one latent per
   token shared by all heads (DeepSeek-V2 Sec. 2.1.2), so it is replicated over tp.
 - workspace: prefill's live tensors of one block (inference keeps no activations for a
-  backward pass): see `_workspace_bytes`.
+  backward pass): see `_workspace_bytes`; with `InferenceWorkload.prefill_chunk_tokens` (an
+  engine's chunked prefill) those of one chunk. Prefill time is the same either way (the
+  same tokens and FLOPs; TTFT is the batch's whole prefill).
 - FRAMEWORK_OVERHEAD_BYTES (CUDA context, NCCL buffers), as in training.
-Every term is linear in the batch per replica, so `max_batch_size` is solved exactly.
+Every term is linear in the batch per replica (the chunked workspace up to a full chunk, then
+constant), so `max_batch_size` is solved exactly.
 """
 
 from __future__ import annotations
@@ -219,14 +222,16 @@ def _stage_weight_params(model: ModelSpec, plan: Plan, stage: int, first: int, l
 
 
 def _workspace_bytes(model: ModelSpec, plan: Plan, prompt_len: int, batch: int,
-                     dtype: DType) -> float:
+                     dtype: DType, chunk_tokens: int | None = None) -> float:
     """Prefill's live activations of one block on one device, plus the sampled logits.
 
     Per token: the residual stream and the norm output (2h), Q/K/V (heads split over tp) and
     the MLP's up projection, activation and gate ((3 if gated else 2) * ffn / tp, ffn the
     routed top_k + shared widths for an MoE model), in the activation dtype; plus
     batch * vocab / tp fp32 logits for the last position of each sequence. An estimate: no
-    allocator slack, and no attention scores (FlashAttention stores none, Dao et al. 2022)."""
+    allocator slack, and no attention scores (FlashAttention stores none, Dao et al. 2022).
+    With chunked prefill (`chunk_tokens`) at most one chunk's tokens are live, not the
+    batch's batch * prompt_len."""
     h, t, e = model.hidden_size, plan.tp, roof_bytes(dtype)
     if model.mla is not None:
         m = model.mla
@@ -243,7 +248,8 @@ def _workspace_bytes(model: ModelSpec, plan: Plan, prompt_len: int, batch: int,
     mats = 3 if model.activation.gated else 2
     per_token = (2 * h + qkv + mats * ffn / t) * e
     logits = model.vocab_size / t * LOGIT_BYTES
-    return batch * (prompt_len * per_token + logits)
+    live = batch * prompt_len if chunk_tokens is None else min(batch * prompt_len, chunk_tokens)
+    return live * per_token + batch * logits
 
 
 def _stage_memory(model: ModelSpec, plan: Plan, workload: InferenceWorkload, stage: int,
@@ -257,7 +263,8 @@ def _stage_memory(model: ModelSpec, plan: Plan, workload: InferenceWorkload, sta
     return {
         "weights": _stage_weight_params(model, plan, stage, first, last) * dt.bytes,
         "kv_cache": kv,
-        "workspace": _workspace_bytes(model, plan, workload.prompt_len, batch, dt),
+        "workspace": _workspace_bytes(model, plan, workload.prompt_len, batch, dt,
+                                      workload.prefill_chunk_tokens),
         "overhead": float(FRAMEWORK_OVERHEAD_BYTES),
     }
 
@@ -266,7 +273,10 @@ def max_batch_size(model: ModelSpec, plan: Plan, workload: InferenceWorkload,
                    capacity: float) -> int:
     """Largest batch per replica whose memory fits on every stage. Memory is
     fixed + batch * per_sequence on each stage, so batch = floor((cap - fixed) / per_seq);
-    the result is then checked against the same function (rounding safety)."""
+    the result is then checked against the same function (rounding safety). With chunked
+    prefill the workspace stops growing once a chunk is full (memory is then concave in the
+    batch, and the slope at one sequence overstates it): the batch is found by bisection,
+    memory being nondecreasing in the batch."""
     ranges = plan.stage_ranges(model.num_layers)
 
     def fits(b: int) -> bool:
@@ -279,6 +289,14 @@ def max_batch_size(model: ModelSpec, plan: Plan, workload: InferenceWorkload,
         per_seq = sum(_stage_memory(model, plan, workload, s, a, z, 1).values()) - fixed
         best = min(best, math.floor((capacity - fixed) / per_seq) if capacity >= fixed else 0)
     b = max(0, int(best))
+    if workload.prefill_chunk_tokens is not None and fits(b):
+        lo, hi = b, max(1, 2 * b)          # fits(lo), and find a hi that does not fit
+        while fits(hi):
+            lo, hi = hi, 2 * hi
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+        return lo
     while b > 0 and not fits(b):
         b -= 1
     while fits(b + 1):

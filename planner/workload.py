@@ -31,6 +31,11 @@ class InferenceWorkload(Spec):
     prompt_len: PositiveInt = Field(description="prompt tokens per sequence")
     output_len: PositiveInt = Field(description="generated tokens per sequence")
     dtype: DType = Field(DType.BF16, description="weight, activation and KV-cache dtype")
+    prefill_chunk_tokens: PositiveInt | None = Field(
+        None, description="prefill at most this many prompt tokens at a time, as serving "
+        "engines with chunked prefill do (TensorRT-LLM's max_num_tokens, default 8192; vLLM's "
+        "max_num_batched_tokens; SGLang's chunked_prefill_size): the prefill activations held "
+        "are those of one chunk. None = every prompt of the batch prefilled at once")
 
 
 Workload = Annotated[TrainingWorkload | InferenceWorkload, Field(discriminator="mode")]

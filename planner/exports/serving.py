@@ -1,8 +1,8 @@
 """vLLM and SGLang serve commands for an inference plan (`--to vllm`, `--to sglang`).
 
 Decides: the parallel sizes, the batch cap (max concurrent sequences = the workload's batch per
-replica) and the context length (prompt + output tokens), with names from `options/vllm.toml`
-and `options/sglang.toml`. Does not decide the checkpoint: pass `model_path` (the CLI's
+replica), the context length (prompt + output tokens) and, when the workload prefills in chunks,
+the chunk's token budget, with names from `options/vllm.toml` and `options/sglang.toml`. Does not decide the checkpoint: pass `model_path` (the CLI's
 --model-path); without it the command reads the shell variable MODEL_PATH.
 
 meshplan's inference plans keep dp independent replicas of tp x pp devices, with expert
@@ -33,6 +33,14 @@ def _limits(inp: ExportInputs) -> tuple[int, int]:
     return per_replica, wl.prompt_len + wl.output_len
 
 
+def _chunk(inp: ExportInputs, flag: str) -> Flags:
+    """The engine's chunked-prefill token budget when the workload sets one
+    (`prefill_chunk_tokens`): vLLM's --max-num-batched-tokens, SGLang's --chunked-prefill-size."""
+    wl = inp.workload
+    assert isinstance(wl, InferenceWorkload)
+    return [] if wl.prefill_chunk_tokens is None else [(flag, str(wl.prefill_chunk_tokens))]
+
+
 def vllm_flags(inp: ExportInputs) -> Flags:
     """Flags of `vllm serve MODEL` for `inp`.
 
@@ -56,6 +64,7 @@ def vllm_flags(inp: ExportInputs) -> Flags:
     if moe is not None and p.ep > 1:
         out.append(("--enable-expert-parallel", None))
     return out + [("--max-num-seqs", str(batch)), ("--max-model-len", str(context)),
+                  *_chunk(inp, "--max-num-batched-tokens"),
                   ("--dtype", torch_dtype_name(inp.workload.dtype, "vLLM"))]
 
 
@@ -67,6 +76,7 @@ def sglang_flags(inp: ExportInputs, *, model_path: str) -> Flags:
     return [("--model-path", model_path), ("--tp-size", str(p.tp)), ("--pp-size", str(p.pp)),
             ("--dp-size", str(p.dp)), ("--ep-size", str(p.ep)),
             ("--max-running-requests", str(batch)), ("--context-length", str(context)),
+            *_chunk(inp, "--chunked-prefill-size"),
             ("--dtype", torch_dtype_name(inp.workload.dtype, "SGLang"))]
 
 

@@ -139,6 +139,43 @@ def test_max_batch_size_is_the_edge_of_fitting(name: str, plan: Plan) -> None:
     assert not over.fits and any("does not fit" in w for w in over.warnings)
 
 
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from([128, 2000, 20000]), st.sampled_from([None, 512, 8192, 65536]),
+       st.sampled_from([Plan(tp=1), Plan(tp=2), Plan(tp=2, pp=2)]))
+def test_max_batch_with_chunked_prefill_is_the_edge_of_fitting(prompt: int, chunk: int | None,
+                                                                 plan: Plan) -> None:
+    """Chunked prefill makes memory concave in the batch; the bisection still returns the
+    last batch that fits: b fits, b + 1 does not."""
+    model, cluster = load_model("llama3-8b"), load_cluster("dgx-h100")
+    wl = InferenceWorkload(batch_size=1, prompt_len=prompt, output_len=500,
+                           prefill_chunk_tokens=chunk)
+    b = estimate_inference(model, cluster, wl, plan).max_batch_size
+    assert b >= 1
+    at = estimate_inference(model, cluster, wl.model_copy(update={"batch_size": b}), plan)
+    over = estimate_inference(model, cluster, wl.model_copy(update={"batch_size": b + 1}), plan)
+    assert at.fits and not over.fits
+
+
+def test_chunked_prefill_holds_one_chunk_and_changes_no_time() -> None:
+    """The workspace holds min(batch x prompt, chunk) tokens' activations, so the batch that
+    fits grows; TTFT and TPOT at a given batch are unchanged (same tokens, same FLOPs)."""
+    from cost_models.inference import _workspace_bytes
+
+    model, cluster = load_model("llama3-8b"), load_cluster("dgx-h100")
+    plan = Plan(tp=1)
+    dtype = InferenceWorkload(batch_size=1, prompt_len=1, output_len=1).dtype    # bf16
+    whole = _workspace_bytes(model, plan, 20000, 16, dtype)
+    chunked = _workspace_bytes(model, plan, 20000, 16, dtype, 8192)
+    logits = _workspace_bytes(model, plan, 0, 16, dtype)          # no prompt: the logits alone
+    assert (chunked - logits) * 16 * 20000 == pytest.approx((whole - logits) * 8192)
+    wl = InferenceWorkload(batch_size=16, prompt_len=20000, output_len=100)
+    a = estimate_inference(model, cluster, wl, plan)
+    b = estimate_inference(model, cluster, wl.model_copy(update={"prefill_chunk_tokens": 8192}),
+                           plan)
+    assert (a.ttft_s, a.tpot_s) == (b.ttft_s, b.tpot_s)
+    assert b.workspace_gib < a.workspace_gib and b.max_batch_size > a.max_batch_size
+
+
 def test_a_model_too_big_for_memory_has_max_batch_zero() -> None:
     est = estimate_inference(load_model("llama3-405b"), load_cluster("dgx-h100"),
                              InferenceWorkload(batch_size=1, prompt_len=128, output_len=16), Plan())

@@ -152,6 +152,18 @@ def test_serving_flags_state_the_plan(name: str, rank: int, fmt: str, saved) -> 
     assert int(context) == wl["prompt_len"] + wl["output_len"]  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(("fmt", "flag"), [("vllm", "--max-num-batched-tokens"),
+                                           ("sglang", "--chunked-prefill-size")])
+def test_serving_exports_state_the_prefill_chunk(fmt: str, flag: str, saved) -> None:
+    """A workload prefilled in chunks (search --prefill-chunk N) exports the engine's token
+    budget for them, a documented option; without one, none is printed."""
+    data = saved("inference")
+    assert flag not in command_flags(export_result(data, fmt, rank=0))[1]
+    data["inputs"]["workload"]["prefill_chunk_tokens"] = 8192
+    text = export_result(data, fmt, rank=0)
+    assert command_flags(text)[1][flag] == "8192" and flag in option_names(fmt).names
+
+
 def test_fixtures_cover_the_cases(saved) -> None:
     """A dense, an interleaved uneven-stage, an MoE and an inference plan are all covered."""
     plans = {n: read_result(saved(n), rank=0) for n in FIXTURES}

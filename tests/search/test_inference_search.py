@@ -127,6 +127,23 @@ def test_cli_json_schema() -> None:
     assert d["best"]["estimate"] == est.model_dump(mode="json")
 
 
+def test_cli_prefill_chunk_reaches_the_workload_and_only_inference_takes_it() -> None:
+    """--prefill-chunk N is the workload's prefill_chunk_tokens (saved in the JSON inputs) and
+    can only raise the largest batch; training refuses it (exit 2)."""
+    args = [*INFER, "--batch", "8", "--prompt-len", "128", "--output-len", "32", "--json"]
+    plain = json.loads(RUNNER.invoke(app, args).stdout)
+    res = RUNNER.invoke(app, [*args, "--prefill-chunk", "64"])
+    assert res.exit_code == 0, res.stderr
+    chunked = json.loads(res.stdout)
+    assert chunked["inputs"]["workload"]["prefill_chunk_tokens"] == 64
+    assert plain["inputs"]["workload"]["prefill_chunk_tokens"] is None
+    assert chunked["max_batch_size"] >= plain["max_batch_size"]
+    training = RUNNER.invoke(app, ["search", "--model", TINY_MODEL, "--cluster", TINY_CLUSTER,
+                                   "--gpus", "2", "--global-batch", "8", "--seq-len", "128",
+                                   "--prefill-chunk", "64"])
+    assert training.exit_code == 2 and "does not use --prefill-chunk" in training.stderr
+
+
 def test_cli_table() -> None:
     res = RUNNER.invoke(app, [*INFER, "--batch", "8", "--prompt-len", "128", "--output-len", "32"])
     assert res.exit_code == 0, res.stderr
