@@ -73,7 +73,7 @@ def predict(record: dict[str, Any]) -> dict[str, Any]:
                            f"{record['output_len']} tokens fits on tp={plan.tp}")
     est = estimate_inference(model, cluster, wl.model_copy(update={"batch_size": batch}), plan)
     return {"batch": batch, "ttft_s": est.ttft_s, "tpot_s": est.tpot_s,
-            "predicted": batch * record["output_len"] / est.e2e_s,
+            "predicted": est.e2e_tokens_per_s,
             "decode_bound": est.decode_bound}
 
 

@@ -113,7 +113,11 @@ class InferenceEstimate(BaseModel):
     ttft_s: float = Field(description="prefill of the prompts: time to first token")
     tpot_s: float = Field(description="decode time per output token (latency view over pp)")
     e2e_s: float = Field(description="ttft + output_len * tpot")
-    tokens_per_s: float = Field(description="output tokens per second over all replicas")
+    tokens_per_s: float = Field(description="output tokens per second over all replicas while "
+                                "decoding: batch per replica x dp / tpot_s")
+    e2e_tokens_per_s: float = Field(description="output tokens per second over all replicas "
+                                    "for the whole batch, prefill included: batch per replica x "
+                                    "dp x output_len / e2e_s")
     prefill_bound: Literal["memory", "compute"]
     decode_bound: Literal["memory", "compute"]
     prefill_flops_per_device: float = Field(description="prefill FLOPs of the busiest stage's device")
@@ -429,6 +433,7 @@ def estimate_inference(model: ModelSpec, cluster: ClusterSpec, workload: Inferen
         plan=plan.to_string(), devices=plan.tp * plan.pp * plan.dp, batch_per_replica=batch,
         ttft_s=ttft, tpot_s=tpot, e2e_s=ttft + workload.output_len * tpot,
         tokens_per_s=batch * plan.dp / tpot,
+        e2e_tokens_per_s=batch * plan.dp * workload.output_len / (ttft + workload.output_len * tpot),
         prefill_bound="compute" if sum(p["_math_s"] for p in pre) >= sum(p["_mem_s"] for p in pre)
         else "memory",
         decode_bound="compute" if dec_math > dec_mem else "memory",

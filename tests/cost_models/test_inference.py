@@ -176,6 +176,17 @@ def test_chunked_prefill_holds_one_chunk_and_changes_no_time() -> None:
     assert b.workspace_gib < a.workspace_gib and b.max_batch_size > a.max_batch_size
 
 
+def test_the_two_throughputs() -> None:
+    """tokens_per_s is the decode rate (batch x dp / TPOT); e2e_tokens_per_s counts the
+    prefill too (batch x dp x output / (TTFT + output x TPOT)), so it is never higher."""
+    model, cluster = load_model("llama3-8b"), load_cluster("dgx-h100")
+    wl = InferenceWorkload(batch_size=32, prompt_len=2048, output_len=256)
+    est = estimate_inference(model, cluster, wl, Plan(tp=2, dp=2))
+    assert est.tokens_per_s == pytest.approx(16 * 2 / est.tpot_s)
+    assert est.e2e_tokens_per_s == pytest.approx(16 * 2 * 256 / est.e2e_s)
+    assert est.e2e_tokens_per_s < est.tokens_per_s
+
+
 def test_a_model_too_big_for_memory_has_max_batch_zero() -> None:
     est = estimate_inference(load_model("llama3-405b"), load_cluster("dgx-h100"),
                              InferenceWorkload(batch_size=1, prompt_len=128, output_len=16), Plan())
