@@ -116,7 +116,8 @@ def render(rows: list[dict[str, Any]], skipped: list[tuple[str, str]]) -> str:
     for name, errs in groups.items():
         out.append(f"| {name} | {len(errs)} | {_mean_abs(errs)} | "
                    f"{max(abs(e) for e in errs):.1%} | {sum(e > 0 for e in errs)} |")
-    out += ["", "| prompt length | runs | mean abs error | mean signed error |", "|---|--:|--:|--:|"]
+    out += ["", "| prompt length | runs | mean abs error | mean signed error |",
+            "|---|--:|--:|--:|"]
     for name in sorted(by_length):
         errs = by_length[name]
         out.append(f"| {name} | {len(errs)} | {_mean_abs(errs)} | "

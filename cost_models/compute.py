@@ -20,10 +20,9 @@ Dao 2023, FlashAttention-2 Sec. 3.1.2).
 
 from __future__ import annotations
 
-import math
-
 import contextlib
 import functools
+import math
 from collections.abc import Iterator
 
 from dataclasses import dataclass

@@ -420,6 +420,7 @@ def estimate_inference(model: ModelSpec, cluster: ClusterSpec, workload: Inferen
     tpot_bd["pp_comm"] = p2p(batch) if plan.pp > 1 else 0.0
     tpot_bd = {k: tpot_bd[k] for k in TPOT_KEYS}
     ttft, tpot = sum(ttft_bd.values()), sum(tpot_bd.values())
+    e2e = ttft + workload.output_len * tpot
 
     mems = [_stage_memory(model, plan, workload, s, a, z, batch) for s, (a, z) in enumerate(ranges)]
     worst = max(range(plan.pp), key=lambda s: (sum(mems[s].values()), -s))
@@ -431,9 +432,9 @@ def estimate_inference(model: ModelSpec, cluster: ClusterSpec, workload: Inferen
     mbs = max_batch_size(model, plan, workload, cap)
     return InferenceEstimate(
         plan=plan.to_string(), devices=plan.tp * plan.pp * plan.dp, batch_per_replica=batch,
-        ttft_s=ttft, tpot_s=tpot, e2e_s=ttft + workload.output_len * tpot,
+        ttft_s=ttft, tpot_s=tpot, e2e_s=e2e,
         tokens_per_s=batch * plan.dp / tpot,
-        e2e_tokens_per_s=batch * plan.dp * workload.output_len / (ttft + workload.output_len * tpot),
+        e2e_tokens_per_s=batch * plan.dp * workload.output_len / e2e,
         prefill_bound="compute" if sum(p["_math_s"] for p in pre) >= sum(p["_mem_s"] for p in pre)
         else "memory",
         decode_bound="compute" if dec_math > dec_mem else "memory",

@@ -2,8 +2,9 @@
 
 Decides: the parallel sizes, the batch cap (max concurrent sequences = the workload's batch per
 replica), the context length (prompt + output tokens) and, when the workload prefills in chunks,
-the chunk's token budget, with names from `options/vllm.toml` and `options/sglang.toml`. Does not decide the checkpoint: pass `model_path` (the CLI's
---model-path); without it the command reads the shell variable MODEL_PATH.
+the chunk's token budget, with names from `options/vllm.toml` and `options/sglang.toml`. Does
+not decide the checkpoint: pass `model_path` (the CLI's --model-path); without it the command
+reads the shell variable MODEL_PATH.
 
 meshplan's inference plans keep dp independent replicas of tp x pp devices, with expert
 parallelism folded into the TP group (ep divides tp; each expert split over tp/ep ranks):
