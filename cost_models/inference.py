@@ -276,11 +276,12 @@ def _stage_memory(model: ModelSpec, plan: Plan, workload: InferenceWorkload, sta
 def max_batch_size(model: ModelSpec, plan: Plan, workload: InferenceWorkload,
                    capacity: float) -> int:
     """Largest batch per replica whose memory fits on every stage. Memory is
-    fixed + batch * per_sequence on each stage, so batch = floor((cap - fixed) / per_seq);
-    the result is then checked against the same function (rounding safety). With chunked
-    prefill the workspace stops growing once a chunk is full (memory is then concave in the
-    batch, and the slope at one sequence overstates it): the batch is found by bisection,
-    memory being nondecreasing in the batch."""
+    fixed + batch * per_sequence on each stage, so batch = floor((cap - fixed) / per_seq) is
+    the answer up to rounding; with chunked prefill the workspace stops growing once a chunk
+    is full (memory is then concave in the batch, and the slope at one sequence overstates
+    it). Either way memory is nondecreasing in the batch, so that estimate only starts a
+    search of the same function: stepping up from it (one check when it is exact) or bisecting
+    below it, to the last batch that fits."""
     ranges = plan.stage_ranges(model.num_layers)
 
     def fits(b: int) -> bool:
@@ -293,19 +294,19 @@ def max_batch_size(model: ModelSpec, plan: Plan, workload: InferenceWorkload,
         per_seq = sum(_stage_memory(model, plan, workload, s, a, z, 1).values()) - fixed
         best = min(best, math.floor((capacity - fixed) / per_seq) if capacity >= fixed else 0)
     b = max(0, int(best))
-    if workload.prefill_chunk_tokens is not None and fits(b):
-        lo, hi = b, max(1, 2 * b)          # fits(lo), and find a hi that does not fit
-        while fits(hi):
-            lo, hi = hi, 2 * hi
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-        return lo
-    while b > 0 and not fits(b):
-        b -= 1
-    while fits(b + 1):
-        b += 1
-    return b
+    if fits(b):                     # gallop up: lo fits, lo + step does not
+        lo, step = b, 1
+        while fits(lo + step):
+            lo, step = lo + step, 2 * step
+        hi = lo + step
+    elif fits(0):                   # the estimate overshot
+        lo, hi = 0, b
+    else:
+        return 0
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
 
 
 # ----- time ------------------------------------------------------------------------------

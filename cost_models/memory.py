@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from cost_models.compute import loss_chunk_tokens
 from planner.model import (
     GIB,
     DType,
@@ -136,8 +137,6 @@ def head_activation_bytes(model: ModelSpec, plan: Plan, *, seq_len: int) -> floa
     chunk's 16-bit logits (`compute.loss_chunk_tokens` rows) and, from the forward pass to the
     backward, the input and output-weight gradients it computed there (Liger-Kernel's
     grad_input, tokens x h, and grad_weight, the head's shard, in the 16-bit dtype)."""
-    from cost_models.compute import loss_chunk_tokens
-
     tokens = plan.mbs * seq_len / plan.cp
     v, h = model.vocab_size / plan.tp, model.hidden_size
     if plan.loss == LossKernel.CHUNKED:

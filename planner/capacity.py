@@ -499,13 +499,14 @@ def fewest_nodes(model: ModelSpec, cluster: ClusterSpec, workload: TrainingWorkl
     limit = max_nodes if max_nodes is not None else 4 * lb
     if cluster.max_nodes is not None:
         limit = min(limit, cluster.max_nodes)
-    limit = min(limit, MAX_DEVICES // cluster.devices_per_node)
+    ceiling = MAX_DEVICES // cluster.devices_per_node
+    limit = min(limit, ceiling)
     if lb > limit:
         raise InfeasibleError(
             f"{model.name} needs at least {lb} nodes of {cluster.name} for its weights, gradients "
             f"and optimizer states alone ({states_bytes(model, workload) / GIB:.1f} GiB); the "
             f"limit is {limit} nodes: "
-            + ("raise --max-nodes" if limit < MAX_DEVICES // cluster.devices_per_node else
+            + ("raise --max-nodes" if limit < ceiling else
                f"more than the {MAX_DEVICES:,} devices meshplan plans for; check the model's "
                "size (`meshplan show`)"))
     for n in range(lb, limit + 1):
