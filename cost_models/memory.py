@@ -17,6 +17,17 @@ Sources:
   tensor list: 10sbh stays replicated without SP, the rest is split by t. A model trained
   without dropout (ModelSpec.dropout false) stores no masks: 8sbh replicated (32 instead of
   34 unparallelised) and 2 instead of 5 bytes per unfused attention score.
+  Attention keeps Q, K, V and the output (the output projection's input): K and V are
+  kv_heads wide (GQA/MQA: Transformer Engine's and FlashAttention's kernels take grouped K/V
+  without expanding them), so Korthikanti's 8sbh becomes 2sb(2h + 2 kv_heads d_head).
+  Element sizes follow the training dtype: 4 bytes in fp32/tf32 (masks stay 1 byte); in fp8
+  training (Transformer Engine) activations stay 16-bit, but each linear layer saves its
+  input in fp8 for the weight-gradient GEMM instead of in 16 bits (TE `_Linear.forward`
+  saves `inputmat`, the fp8 cast, when fp8 is on; `_LayerNormLinear` its fp8 `ln_out`;
+  transformer_engine/pytorch/module/linear.py and layernorm_linear.py): the QKV and MLP
+  inputs (the norms' outputs) and the MLP activation's output take 1 byte per element, and
+  the output projection's input is an extra 1-byte copy beside the attention kernel's 16-bit
+  output, which the attention backward needs.
 - In flight: with 1F1B the first stage holds p micro-batches (Narayanan et al. 2021 Sec.
   2.2.1); interleaving raises that by (1 + (p-1)/(p*v)) (Korthikanti et al. 2022 Sec. 4.2.3).
 """
@@ -26,7 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from cost_models.compute import loss_chunk_tokens
+from cost_models.compute import loss_chunk_tokens, roof_bytes
 from planner.model import (
     GIB,
     DType,
@@ -73,28 +84,35 @@ def state_bytes(params: StageParams, plan: Plan, dtype: DType,
 
 
 def block_activation_bytes(model: ModelSpec, plan: Plan, *, seq_len: int, moe: bool,
-                           fused_attention: bool) -> float:
-    """Activation bytes one block stores for one micro-batch on one device (Korthikanti)."""
+                           fused_attention: bool, dtype: DType) -> float:
+    """Activation bytes one block stores for one micro-batch on one device (Korthikanti;
+    element sizes by `dtype` as the module docstring says)."""
     s, b, h, t = seq_len / plan.cp, plan.mbs, model.hidden_size, plan.tp
     sbh = s * b * h
+    e = roof_bytes(dtype)                          # a 16-bit (fp32: 4-byte) activation
+    q = 1 if dtype == DType.FP8 else e             # a linear layer's saved input
     if plan.recompute == Recompute.FULL:
-        return 2 * sbh / (t if plan.sp else 1)
+        return e * sbh / (t if plan.sp else 1)
     a = model.num_attention_heads
     d_qk = model.mla.qk_nope_head_dim + model.mla.qk_rope_head_dim if model.mla else model.d_head
     d_v = model.mla.v_head_dim if model.mla else model.d_head
-    kv_dim = model.kv_heads * d_qk if model.mla is None else a * d_qk
-    # Q and K inputs of Q.K^T, V, and the output projection's input (8sbh for MHA).
-    attn_split = 2 * s * b * (a * d_qk + kv_dim + a * d_v + a * d_v)
-    # Softmax output, dropout mask and dropout output: 5 bytes per score (2 without dropout:
-    # scores.V then reads the softmax output itself); with cp each device holds its s/cp
-    # queries against all seq_len keys (the shape compute.py times).
+    # K and V: kv_heads wide (MLA's are per head)
+    k_dim = model.kv_heads * d_qk if model.mla is None else a * d_qk
+    v_dim = model.kv_heads * d_v if model.mla is None else a * d_v
+    # Q and K of Q.K^T, V, the attention output (the output projection's input; in fp8 the
+    # projection also keeps its own 1-byte copy).
+    proj_copy = q * a * d_v if dtype == DType.FP8 else 0.0
+    attn_split = s * b * (e * (a * d_qk + k_dim + v_dim + a * d_v) + proj_copy)
+    # Softmax output, dropout mask and dropout output: 2e + 1 bytes per score (e without
+    # dropout: scores.V then reads the softmax output itself); with cp each device holds its
+    # s/cp queries against all seq_len keys (the shape compute.py times).
     modules = plan.selective_modules
     scores = (0.0 if fused_attention or "core_attn" in modules
-              else (5 if model.dropout else 2) * a * s * seq_len * b)
+              else ((2 * e + 1) if model.dropout else e) * a * s * seq_len * b)
     if "mla_up_proj" in modules and model.mla is not None:
         # Q, K and V are recomputed from the latents the up-projections keep for their own
         # backward anyway: only the output projection's input stays
-        attn_split = 2 * s * b * a * d_v
+        attn_split = q * s * b * a * d_v
     if moe and model.moe is not None:
         m = model.moe
         # Each device routes tokens x etp / tp tokens (compute.Shard.moe_tokens) through
@@ -104,19 +122,22 @@ def block_activation_bytes(model: ModelSpec, plan: Plan, *, seq_len: int, moe: b
         mlp_width += m.num_shared_experts * m.shared_ffn
     else:
         mlp_width = model.ffn_hidden_size
-    # Up-projection output(s) and activation output: 16sbh for a 4h GELU MLP.
-    mats = 3 if model.activation.gated else 2
-    mlp_split = 2 * s * b * mlp_width * mats
+    # Up-projection output(s), kept for the activation's backward, and the activation's
+    # output, the down-projection's saved input: 16sbh for a 4h GELU MLP in 16 bits.
+    ups = 2 if model.activation.gated else 1
+    mlp_split = s * b * mlp_width * (ups * e + q)
     is_moe = moe and model.moe is not None
     if "mlp" in modules and not is_moe:
         mlp_split = 0.0          # the whole MLP is recomputed from its (stored) input
     elif "moe_act" in modules and is_moe:
-        mlp_split = 2 * s * b * mlp_width * (mats - 1)    # the activation output is not kept
-    # Two norm inputs (4sbh), the QKV and MLP inputs (4sbh) and, with dropout, the 1-byte
-    # masks after attention and after the MLP (2sbh): Korthikanti's replicated 10sbh.
-    replicated = (10 if model.dropout else 8) * sbh
+        mlp_split = s * b * mlp_width * ups * e       # the activation output is not kept
+    # Two norm inputs (4sbh), the QKV and MLP inputs (4sbh in 16 bits, 2sbh in fp8) and, with
+    # dropout, the 1-byte masks after attention and after the MLP (2sbh): Korthikanti's
+    # replicated 10sbh.
+    norm_outputs = 2 * q * sbh
+    replicated = 2 * e * sbh + norm_outputs + (2 * sbh if model.dropout else 0.0)
     if "layernorm" in modules:
-        replicated -= 4 * sbh    # the norms' outputs (the QKV and MLP inputs) are recomputed
+        replicated -= norm_outputs   # the norms' outputs (the QKV and MLP inputs) are recomputed
     if plan.sp:
         return (replicated + attn_split + mlp_split + scores) / t
     return replicated + (attn_split + mlp_split + scores) / t

@@ -90,6 +90,7 @@ from cost_models.tables import OPTIMIZER_BYTES_PER_PARAM
 from planner.errors import PlanError
 from planner.hardware import ClusterSpec
 from planner.model import (
+    DType,
     ModelSpec,
     grad_bytes_per_param,
     optimizer_bytes_per_param,
@@ -455,16 +456,21 @@ def _training_memory(st: Setup, wl: TrainingWorkload, attn_p: float,
     like = Plan(tp=p.attn_tp, mbs=p.mbs, etp=p.attn_tp)
     mats = 3 if model.activation.gated else 2
     f, e = model.moe.expert_ffn_hidden_size, roof_bytes(dt)
+    q = 1 if dt == DType.FP8 else e     # a linear layer's saved input (memory.py)
     tokens = p.mbs * wl.seq_len
-    routed = 2 * tokens * model.moe.top_k * f * mats / p.attn_tp
+    # the routed experts' share of block_activation_bytes: up-projection outputs and the
+    # activation's output
+    routed = tokens * model.moe.top_k * f * ((mats - 1) * e + q) / p.attn_tp
     n_moe = model.num_moe_layers
     a_act = (n_moe * (block_activation_bytes(model, like, seq_len=wl.seq_len, moe=True,
-                                             fused_attention=True) - routed)
+                                             fused_attention=True, dtype=dt) - routed)
              + (model.num_layers - n_moe) * block_activation_bytes(
-                 model, like, seq_len=wl.seq_len, moe=False, fused_attention=True)
+                 model, like, seq_len=wl.seq_len, moe=False, fused_attention=True, dtype=dt)
              + head_activation_bytes(model, like, seq_len=wl.seq_len)) * p.microbatches
     tokens_dev = p.attn_dp * tokens * model.moe.top_k / p.ep
-    e_act = p.microbatches * n_moe * tokens_dev * (model.hidden_size + mats * f / p.etp) * e
+    # the expert's input rows and its up-projection and activation outputs
+    e_act = (p.microbatches * n_moe * tokens_dev
+             * (model.hidden_size * q + f / p.etp * ((mats - 1) * e + q)))
     buckets = 2 * 40e6 * grad_bytes_per_param(dt) if p.attn_dp > 1 else 0.0   # as tables.py
     out = []
     for states, act, extra in ((attn_p * per, a_act, buckets), (exp_p * per, e_act, 0.0)):

@@ -280,7 +280,8 @@ def _layer_row(ctx: Any, moe: bool, bc: Any, block_comm: Any) -> dict[str, float
                                             bwd_window=bc.bwd_s, fwd_mlp=bc.mlp_fwd_s,
                                             bwd_mlp=bc.mlp_bwd_s)
     row["act"] = block_activation_bytes(model, plan, seq_len=ctx.workload.seq_len, moe=moe,
-                                        fused_attention=plan.attn.fused)
+                                        fused_attention=plan.attn.fused,
+                                        dtype=ctx.workload.dtype)
     if moe and model.moe is not None:
         routed = model.moe.num_experts * model.mlp_params(model.moe.expert_ffn_hidden_size)
         row["dense_params"] = (model.moe_layer_params - routed) / plan.tp

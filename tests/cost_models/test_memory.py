@@ -45,7 +45,8 @@ def act(s: int, b: int, h: int, a: int, *, t: int, sp: bool = False,
         recompute: Recompute = Recompute.NONE) -> float:
     plan = Plan(tp=t, sp=sp, mbs=b, recompute=recompute, attn="unfused")
     return block_activation_bytes(gpt_block(h, a), plan, seq_len=s, moe=False,
-                                  fused_attention=False)
+                                  fused_attention=False,
+                                  dtype=DType.BF16)
 
 
 @pytest.mark.parametrize(("s", "b", "h", "a"), SHAPES)
@@ -96,7 +97,8 @@ def test_fused_attention_stores_no_scores(s: int, b: int, h: int, a: int, t: int
     """FlashAttention keeps no s x s scores: the selective-recompute numbers, without
     recomputing anything."""
     plan = Plan(tp=t, mbs=b)
-    got = block_activation_bytes(gpt_block(h, a), plan, seq_len=s, moe=False, fused_attention=True)
+    got = block_activation_bytes(gpt_block(h, a), plan, seq_len=s, moe=False, fused_attention=True,
+                                 dtype=DType.BF16)
     assert got == pytest.approx(s * b * h * (10 + 24 / t), rel=1e-12)
 
 
@@ -106,7 +108,8 @@ def test_context_parallel_unfused_scores_are_local_queries_by_all_keys(cp: int) 
     times): the scores take 5*a*(s/cp)*s*b bytes, the rest is Table 2 with s/cp tokens."""
     s, b, h, a = 4096, 1, 1024, 16
     plan = Plan(cp=cp, mbs=b, attn="unfused")
-    got = block_activation_bytes(gpt_block(h, a), plan, seq_len=s, moe=False, fused_attention=False)
+    got = block_activation_bytes(gpt_block(h, a), plan, seq_len=s, moe=False, fused_attention=False,
+                                 dtype=DType.BF16)
     sl = s / cp
     assert got == pytest.approx(34 * sl * b * h + 5 * a * sl * s * b, rel=1e-12)
 
@@ -160,7 +163,8 @@ def act_nodrop(s: int, b: int, h: int, a: int, *, t: int, sp: bool = False,
                recompute: Recompute = Recompute.NONE) -> float:
     plan = Plan(tp=t, sp=sp, mbs=b, recompute=recompute, attn="unfused")
     model = gpt_block(h, a).model_copy(update={"dropout": False})
-    return block_activation_bytes(model, plan, seq_len=s, moe=False, fused_attention=False)
+    return block_activation_bytes(model, plan, seq_len=s, moe=False, fused_attention=False,
+                                  dtype=DType.BF16)
 
 
 @pytest.mark.parametrize("t", TP)
@@ -285,3 +289,52 @@ def test_near_capacity_warning(tiny_model: ModelSpec, tiny_cluster: ClusterSpec)
 
     assert warned(peak / 0.95) and warned(peak / NEAR_CAPACITY * 0.999)
     assert not warned(peak / 0.80) and not warned(peak * 0.9)
+
+
+# ----- grouped-query attention and the training dtype ---------------------------------------
+# A Llama-style block (SwiGLU, RMSNorm, no dropout, FlashAttention), h = 4096, 32 heads of 128,
+# 8 KV heads, ffn 14336, with tp = 4 and sequence parallelism. Per token, in bytes, before the
+# division by t: norm inputs 2 x 2h; norm outputs (the QKV and MLP inputs) 2 x 2h; Q, K, V and
+# the attention output 2(h + 1024 + 1024 + h) (K and V kv_heads wide); gate and up outputs
+# 2 x 2 x ffn and the SwiGLU output 2 x ffn.
+
+def llama_block() -> ModelSpec:
+    return ModelSpec(name="llama", num_layers=4, hidden_size=4096, num_attention_heads=32,
+                     num_kv_heads=8, ffn_hidden_size=14336, activation="swiglu",
+                     vocab_size=128256, positional="rope", norm="rmsnorm", dropout=False)
+
+
+LLAMA_PLAN = Plan(tp=4, sp=True, mbs=2)
+LLAMA_S = 8192
+
+
+def test_gqa_stores_k_and_v_kv_heads_wide() -> None:
+    h, kv, f = 4096, 8 * 128, 14336
+    want = LLAMA_S * 2 * (4 * h + 4 * h + 2 * (2 * h + 2 * kv) + 6 * f) / 4
+    got = block_activation_bytes(llama_block(), LLAMA_PLAN, seq_len=LLAMA_S, moe=False,
+                                 fused_attention=True, dtype=DType.BF16)
+    assert got == pytest.approx(want, rel=1e-12)
+
+
+def test_fp8_saves_linear_inputs_in_one_byte() -> None:
+    """Transformer Engine's fp8 linear layers keep their input as the fp8 cast: the norm
+    outputs and the SwiGLU output take 1 byte, and the output projection keeps a 1-byte copy
+    beside the attention kernel's 16-bit output."""
+    h, kv, f = 4096, 8 * 128, 14336
+    want = LLAMA_S * 2 * (4 * h + 2 * h + 2 * (2 * h + 2 * kv) + h + 4 * f + f) / 4
+    got = block_activation_bytes(llama_block(), LLAMA_PLAN, seq_len=LLAMA_S, moe=False,
+                                 fused_attention=True, dtype=DType.FP8)
+    assert got == pytest.approx(want, rel=1e-12)
+    bf16 = block_activation_bytes(llama_block(), LLAMA_PLAN, seq_len=LLAMA_S, moe=False,
+                                  fused_attention=True, dtype=DType.BF16)
+    assert got < bf16
+
+
+@pytest.mark.parametrize("recompute", [Recompute.NONE, Recompute.FULL])
+def test_fp32_activations_take_twice_the_16_bit_bytes(recompute: Recompute) -> None:
+    """Without dropout every stored tensor is an activation: fp32 doubles all of them."""
+    plan = LLAMA_PLAN.model_copy(update={"recompute": recompute})
+    kw = {"seq_len": LLAMA_S, "moe": False, "fused_attention": True}
+    fp32 = block_activation_bytes(llama_block(), plan, dtype=DType.FP32, **kw)
+    assert fp32 == pytest.approx(2 * block_activation_bytes(llama_block(), plan,
+                                                            dtype=DType.BF16, **kw), rel=1e-12)
