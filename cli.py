@@ -201,6 +201,8 @@ def render_estimate(est: Any, *, title: str) -> None:
     t.add_column("seconds", justify="right")
     t.add_column("share", justify="right")
     for k, v in est.breakdown.items():
+        if k == "offload" and ",offload=" not in est.plan:
+            continue       # a plan without activation offloading (the JSON keeps the 0)
         t.add_row(k, f"{v:.4f}", f"{v / est.step_time_s:.1%}")
     mt = Table(title="memory of the most loaded device", title_justify="left")
     mt.add_column("kind")
@@ -531,6 +533,9 @@ def _short_plan(plan: dict[str, Any]) -> str:
         text += f",dispatcher={plan['dispatcher']}"
     if plan.get("recompute_modules"):
         text += f",recompute_modules={plan['recompute_modules']}"
+    for key in ("loss", "offload"):
+        if plan.get(key):
+            text += f",{key}={plan[key]}"
     if plan.get("order") != "tp-cp-dp-pp":
         text += f",order={plan['order']}"
     return text

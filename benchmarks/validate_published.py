@@ -27,6 +27,8 @@ The mapping uses only facts about each run, stated in the record or its source:
   embedding/loss accounting lays it out).
   A record that cannot be evaluated as stated (a device without a preset, an impossible plan)
   is listed under the table with the reason and left out of the means.
+- Activation offloading: a record's `parallel.cpu_offload_layers` (Megatron-Bridge's
+  cpu_offloading_num_layers, from the perf config its notes cite) is the plan key offload.
 - Published step times: measured iteration_s where given; otherwise the record's derived
   iteration_s (Narayanan: Eq. 3 FLOPs / (GPUs * TFLOP/s)); otherwise global tokens divided by
   the measured tokens/s.
@@ -129,7 +131,8 @@ def plan_fields(record: dict[str, Any]) -> dict[str, Any]:
     pp, vpp = p.get("pp") or 1, p.get("vpp") or 1
     fields = dict(loss=loss, tp=p.get("tp") or 1, pp=pp, dp=p.get("dp") or 1,
                   cp=p.get("cp") or 1, vpp=vpp, sp=bool(p.get("sp")),
-                  recompute=recompute, zero=stage, attn=attn)
+                  recompute=recompute, zero=stage, attn=attn,
+                  offload=int(p.get("cpu_offload_layers") or 0))
     layout = interleaved_layout(record["model"]["layers"], pp, vpp)
     if layout is not None:
         fields["stage_layers"] = layout

@@ -37,6 +37,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from cost_models.compute import loss_chunk_tokens, roof_bytes
 from planner.model import (
     GIB,
@@ -149,6 +151,16 @@ def in_flight_microbatches(plan: Plan, stage: int, num_microbatches: int) -> flo
     if plan.vpp > 1:
         base = base * (1 + (plan.pp - 1) / (plan.pp * plan.vpp))
     return min(float(num_microbatches), base)
+
+
+def offload_resident(layers: Any, offloaded: int) -> Any:
+    """Blocks whose activations are on the device at the peak when the first `offloaded` of
+    `layers` blocks go to host memory (plan key offload; pp = 1, one micro-batch in flight):
+    the blocks not offloaded, held from the end of the forward pass into the backward; at
+    least two, the reloaded block and the next one prefetched beside it (Transformer Engine
+    reloads with a double buffer: NVIDIA/TransformerEngine PR 1695, "Cpu reload double
+    buffer"). Works on arrays of layer counts."""
+    return np.minimum(layers, np.maximum(np.asarray(layers) - offloaded, 2))
 
 
 def head_activation_bytes(model: ModelSpec, plan: Plan, *, seq_len: int) -> float:

@@ -27,6 +27,7 @@ from cost_models.memory import (
     block_activation_bytes,
     head_activation_bytes,
     in_flight_microbatches,
+    offload_resident,
     state_bytes,
 )
 from planner.model import ModelSpec, grad_bytes_per_param, weight_bytes_per_param
@@ -79,12 +80,28 @@ class StageTables:
             for kind in (*KINDS, "fwd", "bwd"):
                 out[kind] = out[kind] + e[f"mtp_{kind}"]
         out["pp_comm"] = e["p2p"] + 0 * out["compute"]
+        out["offload"] = self._offload_exposed(sp, out["fwd"], out["bwd"])
         return out
+
+    def _offload_exposed(self, sp: dict[str, Arr], fwd: Arr, bwd: Arr) -> Arr:
+        """Exposed seconds per micro-batch of activation offloading (plan key offload): the
+        offloaded layers' activations go to host memory on a copy engine while the forward
+        computes and come back while the backward computes (Transformer Engine's CPU offload
+        runs its copies on separate CUDA streams, overlapped with compute), over the device's
+        host link (ClusterSpec.host_bandwidth_bytes_per_s); what a pass's compute does not
+        cover is exposed. Each layer moves the stage's mean activations per layer."""
+        n, plan = self.ctx.plan.offload, self.ctx.plan
+        if not n:
+            return 0.0 * fwd
+        host = self.ctx.cluster.host_bandwidth_bytes_per_s
+        assert host is not None and plan.pp == 1      # training.make_context, validate.py
+        moved = sp["act"] * n / sp["layers"] / host
+        return np.maximum(0.0, moved - fwd) + np.maximum(0.0, moved - bwd)
 
     def time(self, k: int, i: Arr, j: Arr, span: dict[str, Arr] | None = None) -> Arr:
         """Per-micro-batch time of stage k (everything on its critical path)."""
         d = self.kinds(k, i, j, span)
-        return sum(d[kind] for kind in (*KINDS, "pp_comm"))
+        return sum(d[kind] for kind in (*KINDS, "pp_comm", "offload"))
 
     def params(self, k: int, i: Arr, j: Arr, span: dict[str, Arr] | None = None) -> tuple[Arr, Arr]:
         """(dense, expert) parameters on one device of stage k."""
@@ -117,6 +134,8 @@ class StageTables:
         m = self.num_microbatches
         flight = in_flight_microbatches(plan, k, m) if in_flight is None else in_flight
         act = sp["act"] * flight
+        if plan.offload:
+            act = act * offload_resident(sp["layers"], plan.offload) / sp["layers"]
         if plan.ep_overlap and m > 1:
             # combined 1F1B builds the next micro-batch's activations block by block while the
             # previous one's backward frees its own in reverse: beyond 1F1B's peak it holds

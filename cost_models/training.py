@@ -41,10 +41,11 @@ from cost_models.compute import BlockCompute, Roofline, Shard, roof_bytes
 from cost_models.efficiency import device_efficiency, precision_warning
 from cost_models.memory import GIB
 from cost_models.tables import StageTables, build_tables
+from planner.errors import SpecError
 from planner.hardware import ClusterSpec
 from planner.model import ModelSpec
 from planner.plan import Dispatcher, Plan, Recompute
-from planner.result import Estimate, StageEstimate
+from planner.result import BREAKDOWN_KEYS, Estimate, StageEstimate
 from planner.workload import TrainingWorkload
 
 
@@ -78,6 +79,11 @@ def strides(plan: Plan) -> dict[str, int]:
 def make_context(model: ModelSpec, cluster: ClusterSpec, workload: TrainingWorkload,
                  plan: Plan) -> tuple[Context, bool]:
     """Build the evaluation context; also say whether default efficiency data was used."""
+    if plan.offload and cluster.host_bandwidth_bytes_per_s is None:
+        raise SpecError(f"offload={plan.offload} moves activations over the host link, and "
+                        f"cluster '{cluster.name}' states no host bandwidth; add "
+                        "host_bandwidth_bytes_per_s (bytes/s per direction per device, with its "
+                        "source) to its file, or use offload=0")
     eff, generic = device_efficiency(cluster.device)
     roof = Roofline(cluster.device, eff, workload.dtype)
     shard = Shard(mbs=plan.mbs, seq_len=workload.seq_len, tp=plan.tp, cp=plan.cp, sp=plan.sp,
@@ -171,12 +177,11 @@ def estimate_training(model: ModelSpec, cluster: ClusterSpec, workload: Training
     tails = [tuple(float(x) for x in tables.tail(s, a, b)) for s, (a, b) in enumerate(ranges)]
     tail_k = max(range(plan.pp), key=lambda s: (sum(tails[s]), -s))
     breakdown = {key: m * crit[key] for key in
-                 ("compute", "recompute", "tp_comm", "cp_comm", "pp_comm", "ep_comm")}
+                 ("compute", "recompute", "tp_comm", "cp_comm", "pp_comm", "ep_comm", "offload")}
     # max(0, .): with no bubble (pp=1) rounding can leave pipe - m*cmax at -1e-20.
     breakdown |= {"dp_comm": tails[tail_k][0], "bubble": max(0.0, pipe - m * cmax),
                   "optimizer": tails[tail_k][1]}
-    breakdown = {k: breakdown[k] for k in ("compute", "recompute", "tp_comm", "cp_comm",
-                                           "pp_comm", "dp_comm", "ep_comm", "bubble", "optimizer")}
+    breakdown = {k: breakdown[k] for k in BREAKDOWN_KEYS}
     mems = [{k: float(v) for k, v in tables.memory(s, a, b).items()}
             for s, (a, b) in enumerate(ranges)]
     return _finish(ctx, plan=plan, m=m, step=sum(breakdown.values()), breakdown=breakdown,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from planner.hardware import ClusterSpec
 from planner.model import ModelSpec
-from planner.plan import Plan, parse_plan
+from planner.plan import LossKernel, Plan, parse_plan
 from planner.presets import load_cluster, load_model
 from planner.errors import InfeasibleError, PlanError, PlannerError, SpecError
 from planner.result import (
@@ -73,6 +73,10 @@ def plan_dict(plan: Plan, num_layers: int) -> dict[str, object]:
     d["dispatcher"] = plan.dispatcher.value
     if plan.recompute_modules is not None:
         d["recompute_modules"] = "+".join(plan.recompute_modules)
+    if plan.loss != LossKernel.UNFUSED:
+        d["loss"] = plan.loss.value
+    if plan.offload:
+        d["offload"] = plan.offload
     d["layers"] = "/".join(str(n) for n in plan.layers_per_stage(num_layers))
     if plan.chunk_layers is not None:
         d["chunk_layers"] = "/".join(str(n) for n in plan.chunk_layers)
@@ -82,7 +86,8 @@ def plan_dict(plan: Plan, num_layers: int) -> dict[str, object]:
 
 
 _FIXED_VALUE_RULES = ("ep_dense", "ep_overlap_dense", "ep_experts", "etp_ffn",
-                      "recompute_modules", "ep_overlap_recompute", "ep_overlap_mtp")
+                      "recompute_modules", "ep_overlap_recompute", "ep_overlap_mtp",
+                      "offload_layers", "offload_pp", "offload_recompute")
 """Plan rules that held-fixed values break whatever the searched degrees are."""
 
 

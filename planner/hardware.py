@@ -137,6 +137,11 @@ class ClusterSpec(Spec):
     intra_node: LinkSpec = Field(description="links among the devices of one node")
     inter_node: LinkSpec = Field(description="links between nodes, per device")
     max_nodes: PositiveInt | None = Field(None, description="largest buildable system, if any")
+    host_bandwidth_bytes_per_s: PositiveFloat | None = Field(
+        None, description=("per-direction bytes/s between one device and its host's memory "
+                           "(PCIe, NVLink-C2C): what activation offloading (plan key offload) "
+                           "moves over; optional (leave it out when no source gives it: plans "
+                           "with offload are then refused)"))
     allocation_devices: PositiveInt | None = Field(
         None, description=("smallest group of devices a job can be given when it is smaller than "
                            "the fast domain allows (e.g. a 4-GPU compute tray of an NVL72 rack); "

@@ -97,6 +97,11 @@ class Plan(Spec):
     recompute_modules: tuple[str, ...] | None = Field(
         None, description="with recompute=selective, the modules recomputed (Megatron-Core "
         "--recompute-modules): any of RECOMPUTE_MODULES; None = core_attn, Megatron's default")
+    offload: NonNegativeInt = Field(
+        0, description=("transformer layers whose activations go to host memory in the forward "
+                        "pass and come back for the backward (Megatron-Core "
+                        "--cpu-offloading-num-layers, Transformer Engine's CPU offload); "
+                        "pp=1 and no recomputation, as Megatron-Core requires"))
     mbs: PositiveInt = Field(1, description="micro-batch size in sequences")
     vpp: PositiveInt = Field(1, description="virtual pipeline stages per device (interleaved 1F1B)")
     attn: Attention = Field(Attention.FLASH, description="attention kernel (see Attention)")
@@ -213,6 +218,8 @@ class Plan(Spec):
             parts.append(f"dispatcher={self.dispatcher.value}")
         if self.recompute_modules is not None:
             parts.append("recompute_modules=" + "+".join(self.recompute_modules))
+        if self.offload:
+            parts.append(f"offload={self.offload}")
         if self.order != DEFAULT_ORDER:
             parts.append("order=" + "-".join(self.order))
         if self.chunk_layers is not None:
@@ -222,7 +229,7 @@ class Plan(Spec):
         return ",".join(parts)
 
 
-_INT_KEYS = ("tp", "pp", "dp", "cp", "ep", "etp", "vpp", "mbs", "zero")
+_INT_KEYS = ("tp", "pp", "dp", "cp", "ep", "etp", "vpp", "mbs", "zero", "offload")
 _ON = {"on", "true", "1", "yes"}
 _OFF = {"off", "false", "0", "no"}
 _BOOL_KEYS = ("sp", "ep_overlap")
@@ -250,7 +257,7 @@ def _parse_value(key: str, value: str) -> dict[str, object]:
     if key in _INT_KEYS:
         if not value.isdigit():
             raise PlanError(f"plan key '{key}' needs a whole number, got '{value}'")
-        if key != "zero" and int(value) < 1:
+        if key not in ("zero", "offload") and int(value) < 1:
             raise PlanError(f"plan key '{key}' must be at least 1, got {value}")
         return {key: int(value)}
     if key in _BOOL_KEYS:

@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 BREAKDOWN_KEYS = ("compute", "recompute", "tp_comm", "cp_comm", "pp_comm", "dp_comm", "ep_comm",
-                  "bubble", "optimizer")
+                  "bubble", "optimizer", "offload")
 MEMORY_KEYS = ("weights", "grads", "optimizer", "activations", "buffers")
 
 

@@ -102,5 +102,6 @@ def cluster_summary(cluster: ClusterSpec) -> dict[str, Any]:
         "intra_node": cluster.intra_node.model_dump(mode="json"),
         "inter_node": cluster.inter_node.model_dump(mode="json"),
         "max_nodes": cluster.max_nodes,
+        "host_bandwidth_bytes_per_s": cluster.host_bandwidth_bytes_per_s,
         "source": cluster.source,
     }

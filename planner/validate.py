@@ -128,6 +128,7 @@ def _other_problems(model: ModelSpec, workload: TrainingWorkload, p: Plan) -> li
         if "moe_act" in p.recompute_modules and model.moe is None:
             out.append(("recompute_modules", "recompute_modules=moe_act needs a "
                         "mixture-of-experts model"))
+    out += _offload_problems(model, p)
     if model.moe is None:
         if p.ep > 1:
             out.append(("ep_dense", f"ep={p.ep} needs a mixture-of-experts model; use ep=1"))
@@ -166,6 +167,27 @@ def _other_problems(model: ModelSpec, workload: TrainingWorkload, p: Plan) -> li
         if model.moe.expert_ffn_hidden_size % p.expert_tp:
             out.append(("etp_ffn", f"etp={p.expert_tp} must divide the expert FFN size "
                         f"{model.moe.expert_ffn_hidden_size}"))
+    return out
+
+
+def _offload_problems(model: ModelSpec, p: Plan) -> list[tuple[str, str]]:
+    """Megatron-Core's rules for activation offloading (TransformerConfig.__post_init__;
+    Megatron Bridge CPU-offloading guide: "PP must be 1", no recomputation, offloaded layers
+    from 0 to num_layers - 1)."""
+    if not p.offload:
+        return []
+    out: list[tuple[str, str]] = []
+    if p.offload >= model.num_layers:
+        out.append(("offload_layers", f"offload={p.offload} must be below the model's "
+                    f"{model.num_layers} layers (Megatron-Core keeps at least the last layer's "
+                    f"activations on the device); use offload <= {model.num_layers - 1}"))
+    if p.pp > 1:
+        out.append(("offload_pp", f"offload={p.offload} needs pp=1 (Megatron-Core does not "
+                    "offload activations with pipeline parallelism); use pp=1 or offload=0"))
+    if p.recompute != Recompute.NONE:
+        out.append(("offload_recompute", f"offload={p.offload} cannot run with "
+                    f"recompute={p.recompute.value} (Megatron-Core refuses activation "
+                    "offloading with recomputation); use recompute=none or offload=0"))
     return out
 
 

@@ -59,7 +59,7 @@ class Limits:
     fixed: dict[str, object] = field(default_factory=dict)
 
 
-HELD_KEYS = ("etp", "attn", "loss", "recompute_modules", "dispatcher")
+HELD_KEYS = ("etp", "attn", "loss", "recompute_modules", "dispatcher", "offload")
 """Plan keys the search does not vary: a --fix value is carried into every candidate as given,
 otherwise the Plan default (etp 1, FlashAttention, unfused loss, the attention core as the
 selective module, the flex MoE dispatcher, which is never slower)."""

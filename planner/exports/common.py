@@ -172,6 +172,13 @@ def require_training(inp: ExportInputs, engine: str) -> None:
                              "Liger-Kernel's) has no setting in its launch options; export the "
                              "plan with loss=fused or unfused, or apply the kernel in the "
                              "training script")
+    if inp.plan.offload:
+        raise refuse(engine, f"offload={inp.plan.offload} (activation offloading to host "
+                             "memory) is not among the launch options meshplan checks; set "
+                             "Megatron-Core's TransformerConfig cpu_offloading=True and "
+                             f"cpu_offloading_num_layers={inp.plan.offload} (Megatron Bridge: "
+                             "model.cpu_offloading / model.cpu_offloading_num_layers), or "
+                             "export the plan with offload=0")
 
 
 def require_inference(inp: ExportInputs, engine: str) -> None:

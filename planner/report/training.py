@@ -24,7 +24,8 @@ from planner.result import BREAKDOWN_KEYS, MEMORY_KEYS
 
 TIME_COLORS = {"compute": "#4e79a7", "recompute": "#a0cbe8", "tp_comm": "#f28e2b",
                "cp_comm": "#ffbe7d", "pp_comm": "#59a14f", "dp_comm": "#8cd17d",
-               "ep_comm": "#b6992d", "bubble": "#e15759", "optimizer": "#79706e"}
+               "ep_comm": "#b6992d", "bubble": "#e15759", "optimizer": "#79706e",
+               "offload": "#9c755f"}
 MEMORY_COLORS = {"stage peak": "#4e79a7", "weights": "#4e79a7", "grads": "#f28e2b",
                  "optimizer": "#59a14f", "activations": "#edc948", "buffers": "#b07aa1"}
 

@@ -111,6 +111,15 @@ CASES = [
     ("recompute_modules", GPT, wl(), Plan(dp=2, recompute="selective",
                                           recompute_modules=("moe_act",)), 2,
      "recompute_modules=moe_act needs a mixture-of-experts model"),
+    ("offload_layers", GPT, wl(), Plan(dp=2, offload=24), 2,
+     "offload=24 must be below the model's 24 layers (Megatron-Core keeps at least the last "
+     "layer's activations on the device); use offload <= 23"),
+    ("offload_pp", GPT, wl(), Plan(pp=2, offload=4), 2,
+     "offload=4 needs pp=1 (Megatron-Core does not offload activations with pipeline "
+     "parallelism); use pp=1 or offload=0"),
+    ("offload_recompute", GPT, wl(), Plan(dp=2, offload=4, recompute="selective"), 2,
+     "offload=4 cannot run with recompute=selective (Megatron-Core refuses activation "
+     "offloading with recomputation); use recompute=none or offload=0"),
     ("ep_overlap_mtp", TINY_MOE.model_copy(update={"mtp_layers": 1}), wl(),
      Plan(dp=2, ep=2, ep_overlap=True), 2,
      "ep_overlap=on with an MTP module needs pipeline parallelism (Megatron-Core); use pp>1 "
@@ -133,7 +142,8 @@ def test_every_rule_is_covered() -> None:
              "batch_divisibility", "interleave_microbatches", "stage_layers", "vpp_needs_pp",
              "vpp_layers", "cp_seq", "zero_pp", "ep_dense", "ep_experts", "ep_fold", "etp_ffn",
              "ep_overlap_dense", "ep_overlap_ep", "ep_overlap_vpp", "ep_overlap_recompute",
-             "ep_overlap_mtp", "recompute_modules"}
+             "ep_overlap_mtp", "recompute_modules", "offload_layers", "offload_pp",
+             "offload_recompute"}
     assert {c[0] for c in CASES} == rules
 
 
@@ -212,6 +222,9 @@ def evaluate_cli(*, model: str = "narayanan-1.7b", gpus: int = 8, gb: int = 16,
     ({"model": "mixtral-8x7b", "plan": "pp=2,ep=4,ep_overlap=on"},
      "ep_overlap=on with pp=2 needs the interleaved schedule (Megatron-Core's combined 1F1B "
      "pairs micro-batches across virtual stages); use vpp>1, pp=1, or ep_overlap=off"),
+    # activation offloading with pipeline parallelism
+    ({"plan": "pp=2,offload=4"}, "offload=4 needs pp=1 (Megatron-Core does not offload "
+                                 "activations with pipeline parallelism); use pp=1 or offload=0"),
 ])
 def test_cli_exit_2_with_one_line(args: dict[str, object], message: str) -> None:
     code, stdout, stderr = evaluate_cli(**args)  # type: ignore[arg-type]

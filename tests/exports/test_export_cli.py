@@ -40,6 +40,9 @@ def _export(tmp_path: Path, data: dict, *args: str):
     ("dense", "tp=2,pp=1,dp=8,mbs=2,sp=on,loss=chunked", "megatron", "loss=chunked"),
     ("dense", "tp=2,pp=1,dp=8,mbs=2,sp=on,loss=chunked", "torchtitan", "loss=chunked"),
     ("dense", "tp=1,pp=1,dp=16,mbs=2,loss=chunked", "deepspeed", "loss=chunked"),
+    ("dense", "tp=2,pp=1,dp=8,mbs=2,sp=on,offload=4", "megatron", "cpu_offloading_num_layers=4"),
+    ("dense", "tp=2,pp=1,dp=8,mbs=2,sp=on,offload=4", "torchtitan", "offload=4"),
+    ("dense", "tp=1,pp=1,dp=16,mbs=2,offload=4", "deepspeed", "offload=4"),
 ])
 def test_refusals_exit_4_with_reason(tmp_path: Path, saved, variant, name: str,
                                      plan_text: str | None, fmt: str, reason: str) -> None:
