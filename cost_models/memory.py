@@ -122,17 +122,23 @@ def block_activation_bytes(model: ModelSpec, plan: Plan, *, seq_len: int, moe: b
         # 1/t as the split tensors below.
         mlp_width = m.top_k * m.expert_ffn_hidden_size
         mlp_width += m.num_shared_experts * m.shared_ffn
+        # The routed experts' first grouped GEMM also keeps its input, the dispatched rows (a
+        # token's top_k copies, h wide, etp/tp of them per token on this device): Transformer
+        # Engine's GroupedLinear saves its inputs like Linear (1 byte each in fp8).
+        expert_inputs = s * b * m.top_k * h * plan.expert_tp * q
     else:
         mlp_width = model.ffn_hidden_size
+        expert_inputs = 0.0
     # Up-projection output(s), kept for the activation's backward, and the activation's
     # output, the down-projection's saved input: 16sbh for a 4h GELU MLP in 16 bits.
     ups = 2 if model.activation.gated else 1
-    mlp_split = s * b * mlp_width * (ups * e + q)
+    mlp_split = s * b * mlp_width * (ups * e + q) + expert_inputs
     is_moe = moe and model.moe is not None
     if "mlp" in modules and not is_moe:
         mlp_split = 0.0          # the whole MLP is recomputed from its (stored) input
     elif "moe_act" in modules and is_moe:
-        mlp_split = s * b * mlp_width * ups * e       # the activation output is not kept
+        # the activation output is not kept
+        mlp_split = s * b * mlp_width * ups * e + expert_inputs
     # Two norm inputs (4sbh), the QKV and MLP inputs (4sbh in 16 bits, 2sbh in fp8) and, with
     # dropout, the 1-byte masks after attention and after the MLP (2sbh): Korthikanti's
     # replicated 10sbh.

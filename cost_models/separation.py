@@ -458,9 +458,10 @@ def _training_memory(st: Setup, wl: TrainingWorkload, attn_p: float,
     f, e = model.moe.expert_ffn_hidden_size, roof_bytes(dt)
     q = 1 if dt == DType.FP8 else e     # a linear layer's saved input (memory.py)
     tokens = p.mbs * wl.seq_len
-    # the routed experts' share of block_activation_bytes: up-projection outputs and the
-    # activation's output
-    routed = tokens * model.moe.top_k * f * ((mats - 1) * e + q) / p.attn_tp
+    # the routed experts' share of block_activation_bytes: their input rows, up-projection
+    # outputs and the activation's output
+    routed = tokens * model.moe.top_k / p.attn_tp * (f * ((mats - 1) * e + q)
+                                                    + model.hidden_size * q * like.expert_tp)
     n_moe = model.num_moe_layers
     a_act = (n_moe * (block_activation_bytes(model, like, seq_len=wl.seq_len, moe=True,
                                              fused_attention=True, dtype=dt) - routed)

@@ -338,3 +338,19 @@ def test_fp32_activations_take_twice_the_16_bit_bytes(recompute: Recompute) -> N
     fp32 = block_activation_bytes(llama_block(), plan, dtype=DType.FP32, **kw)
     assert fp32 == pytest.approx(2 * block_activation_bytes(llama_block(), plan,
                                                             dtype=DType.BF16, **kw), rel=1e-12)
+
+
+def test_moe_block_keeps_the_dispatched_rows() -> None:
+    """An MoE block stores, beyond a dense block's attention and norms, its experts' tensors:
+    top_k dispatched copies of each token (h wide, the first grouped GEMM's saved input), and
+    per copy the gate and up outputs and the SwiGLU output (3 x ffn)."""
+    from planner import MoESpec
+    h, k, f = 1024, 4, 512
+    moe = ModelSpec(name="moe", num_layers=2, hidden_size=h, num_attention_heads=8,
+                    ffn_hidden_size=4096, vocab_size=1000, activation="swiglu", dropout=False,
+                    moe=MoESpec(num_experts=16, top_k=k, expert_ffn_hidden_size=f))
+    plan, s = Plan(mbs=1), 2048
+    kw = {"seq_len": s, "fused_attention": True, "dtype": DType.BF16}
+    dense_part = block_activation_bytes(moe, plan, moe=False, **kw) - s * 2 * 3 * 4096
+    got = block_activation_bytes(moe, plan, moe=True, **kw)
+    assert got == pytest.approx(dense_part + s * 2 * k * (h + 3 * f), rel=1e-12)
