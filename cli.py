@@ -41,6 +41,7 @@ from meshplan_cli.common import (  # noqa: F401 - re-exported for tests and entr
     BatchOpt,
     SeqOpt,
     DtypeOpt,
+    GradDtypeOpt,
     OptimizerOpt,
     training_workload,
 )
@@ -147,7 +148,7 @@ def _render_model(d: dict[str, Any]) -> None:
     for dtype, mem in d["memory"].items():
         t.add_row(f"weights {dtype}", f"{mem['weights_gib']:.1f} GiB")
     t.add_row(f"training states ({d['optimizer']}, bf16)",
-              f"{d['memory']['bf16']['training_states_gib']:.1f} GiB unsharded")
+              f"{d['memory']['bf16']['training_states_gib']:.1f} GiB unsharded (fp32 gradients)")
     out.print(t)
     if d["notes"]:
         out.print(f"[yellow]notes:[/yellow] {escape(d['notes'])}")
@@ -166,6 +167,7 @@ def evaluate_cmd(
     nodes: NodesOpt = None,
     dtype: DtypeOpt = "bf16",
     optimizer: OptimizerOpt = "adam",
+    grad_dtype: GradDtypeOpt = None,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -174,7 +176,7 @@ def evaluate_cmd(
 
     spec, clus = presets.load_model(model), presets.load_cluster(cluster)
     n = clus.devices_for(gpus=gpus, nodes=nodes)
-    wl = training_workload(global_batch, seq_len, dtype, optimizer)
+    wl = training_workload(global_batch, seq_len, dtype, optimizer, grad_dtype)
     est = evaluate(spec, clus, wl, planner.parse_plan(plan, devices=n), devices=n)
     if as_json:
         print_json(est.model_dump(mode="json"))
@@ -237,6 +239,7 @@ def search_cmd(
     nodes: NodesOpt = None,
     dtype: DtypeOpt = "bf16",
     optimizer: OptimizerOpt = "adam",
+    grad_dtype: GradDtypeOpt = None,
     top: Annotated[int, typer.Option("--top", min=1, help="how many plans to show")] = 5,
     fix: Annotated[str, typer.Option("--fix", help="plan keys to hold fixed, e.g. 'tp=8,pp=8'")] = "",
     max_tp: Annotated[int | None, typer.Option("--max-tp", min=1, help="largest tensor-parallel degree (default: devices per node)")] = None,
@@ -268,7 +271,7 @@ def search_cmd(
              "--time-limit": time_limit, "--global-batch": global_batch, "--seq-len": seq_len,
              "--batch": batch, "--prompt-len": prompt_len, "--output-len": output_len,
              "--max-tpot-ms": max_tpot_ms, "--memory-fraction": memory_fraction,
-             "--prefill-chunk": prefill_chunk}
+             "--prefill-chunk": prefill_chunk, "--grad-dtype": grad_dtype}
     if mode == "inference":
         _check_mode_options(mode, given, required=("--batch", "--prompt-len", "--output-len"),
                             allowed=("--max-tpot-ms", "--prefill-chunk"))
@@ -277,11 +280,11 @@ def search_cmd(
         return
     _check_mode_options(mode, given, required=("--global-batch", "--seq-len"),
                         allowed=("--max-tp", "--max-cp", "--max-pp", "--max-mbs", "--time-limit",
-                                 "--memory-fraction"))
+                                 "--memory-fraction", "--grad-dtype"))
     assert global_batch is not None and seq_len is not None
     spec, clus = presets.load_model(model), presets.load_cluster(cluster)
     n = clus.devices_for(gpus=gpus, nodes=nodes)
-    wl = training_workload(global_batch, seq_len, dtype, optimizer)
+    wl = training_workload(global_batch, seq_len, dtype, optimizer, grad_dtype)
     limits = {k: v for k, v in (("max_tp", max_tp), ("max_cp", max_cp), ("max_pp", max_pp),
                                 ("max_mbs", max_mbs)) if v is not None}
     try:

@@ -17,7 +17,8 @@ The mapping uses only facts about each run, stated in the record or its source:
   no_bias=False, which the pretrain yamls keep: with them the model's parameter count equals
   the table's NumParams column exactly, for every MPT row), tied embeddings, GELU, no dropout
   (MPTConfig defaults),
-  fused cross entropy (llm-foundry's default loss_fn), bf16, FSDP FULL_SHARD = ZeRO-3,
+  fused cross entropy (llm-foundry's default loss_fn), bf16 with bf16 gradient reduction
+  (FSDP mixed precision PURE), FSDP FULL_SHARD = ZeRO-3,
   llm-foundry's Triton FlashAttention (attn_impl: triton, a FlashAttention-1 port: attn=flash1),
   recomputation as recorded.
 - Any other source: benchmarks/records.py maps the record from what it states (device and
@@ -113,6 +114,14 @@ def dtype_for(record: dict[str, Any]) -> DType:
     return DType.FP16 if "fp16" in p else DType.BF16
 
 
+def grad_dtype_for(record: dict[str, Any]) -> DType | None:
+    """llm-foundry's FSDP mixed precision PURE reduces gradients in bf16 (param, reduce and
+    buffer dtypes all bf16: the MPT benchmark yamls' `mixed_precision: PURE`); every other
+    source keeps meshplan's default (fp32 gradients in bf16/fp8 training, as Megatron-LM
+    forces; 16-bit in fp16)."""
+    return DType.BF16 if record["id"].startswith("mpt_") else None
+
+
 def plan_fields(record: dict[str, Any]) -> dict[str, Any]:
     p, rid = record["parallel"], record["id"]
     rec = str(p.get("recompute") or "none").lower()
@@ -154,7 +163,7 @@ def predict(record: dict[str, Any]) -> tuple[Estimate, int]:
     model, cluster = model_for(record), cluster_spec(record)
     gb = record["batch"]["global"]
     wl = TrainingWorkload(global_batch_size=gb, seq_len=record["model"]["seq_len"],
-                          dtype=dtype_for(record))
+                          dtype=dtype_for(record), grad_dtype=grad_dtype_for(record))
     fields = plan_fields(record)
     n = record["hardware"]["gpus"]
     micro = record["batch"].get("micro")

@@ -5,6 +5,9 @@ Decides the bytes each pipeline stage's devices hold at their peak. Does not dec
 Sources:
 - States: mixed-precision training holds 2 + 2 + 12 bytes per parameter (16-bit weights and
   gradients; fp32 master, momentum and variance): Rajbhandari et al. 2020 (ZeRO) Sec. 3.1.
+  Gradients take the workload's grad_dtype: by default fp32 in bf16/fp8 training, as
+  Megatron-LM, torchtitan and DeepSpeed accumulate and reduce them (2 + 4 + 12 = 18 bytes;
+  planner.model.default_grad_dtype), 16-bit in fp16 training.
   ZeRO stage 1 shards the optimizer states over data parallelism, stage 2 also the
   gradients, stage 3 also the weights (ZeRO Sec. 5, Fig. 1). Megatron's distributed
   optimizer shards over data x context parallel ranks; so does this model.
@@ -34,6 +37,7 @@ Sources:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,20 +73,26 @@ class StageParams:
     edp: int         # expert data-parallel size (dp*cp*tp / (ep*etp))
 
 
-def state_bytes(params: StageParams, plan: Plan, dtype: DType,
-                optimizer: Optimizer) -> tuple[Any, Any, Any]:
-    """(weights, grads, optimizer) bytes after ZeRO sharding."""
-    dp = plan.dp * plan.cp
-    w, g, o = (weight_bytes_per_param(dtype), grad_bytes_per_param(dtype),
-               optimizer_bytes_per_param(optimizer, dtype))
-
-    def shard(count: float, per: int, group: int, stage: int) -> float:
-        return count * per / (group if plan.zero >= stage else 1)
-
-    weights = shard(params.dense, w, dp, 3) + shard(params.expert, w, params.edp, 3)
-    grads = shard(params.dense, g, dp, 2) + shard(params.expert, g, params.edp, 2)
-    opt = shard(params.dense, o, dp, 1) + shard(params.expert, o, params.edp, 1)
+def state_bytes(params: StageParams, plan: Plan, dtype: DType, optimizer: Optimizer, *,
+                grad_dtype: DType | None = None) -> tuple[Any, Any, Any]:
+    """(weights, grads, optimizer) bytes after ZeRO sharding; gradients in `grad_dtype` (None:
+    the training dtype's default, planner.model.default_grad_dtype)."""
+    w, g, o = _per_param_bytes(dtype, optimizer, grad_dtype)
+    dp, edp, z = plan.dp * plan.cp, params.edp, plan.zero
+    # ZeRO stage s shards the states it covers over the (expert) data-parallel ranks
+    dense, expert = params.dense, params.expert
+    weights = dense * w / (dp if z >= 3 else 1) + expert * w / (edp if z >= 3 else 1)
+    grads = dense * g / (dp if z >= 2 else 1) + expert * g / (edp if z >= 2 else 1)
+    opt = dense * o / (dp if z >= 1 else 1) + expert * o / (edp if z >= 1 else 1)
     return weights, grads, opt
+
+
+@functools.lru_cache(maxsize=None)
+def _per_param_bytes(dtype: DType, optimizer: Optimizer,
+                     grad_dtype: DType | None) -> tuple[int, int, int]:
+    """(weight, gradient, optimizer-state) bytes per parameter (planner.model)."""
+    return (weight_bytes_per_param(dtype), grad_bytes_per_param(dtype, grad_dtype),
+            optimizer_bytes_per_param(optimizer, dtype))
 
 
 def block_activation_bytes(model: ModelSpec, plan: Plan, *, seq_len: int, moe: bool,

@@ -92,7 +92,6 @@ from planner.hardware import ClusterSpec
 from planner.model import (
     DType,
     ModelSpec,
-    grad_bytes_per_param,
     optimizer_bytes_per_param,
     weight_bytes_per_param,
 )
@@ -433,7 +432,7 @@ def estimate_separated_training(model: ModelSpec, cluster: ClusterSpec,
               "dense_blocks": m * n_dense * (df + db),
               "embedding_head": m * (ef + eb + hf + hb + emb_tp)}
     attn_p, exp_p = group_params(model, plan)
-    g, w = grad_bytes_per_param(dt), weight_bytes_per_param(dt)
+    g, w = workload.grad_bytes, weight_bytes_per_param(dt)
     reduce = comm.all_reduce_s(st.dp_links, attn_p * g)
     window = m * (n_moe * bwd.attention + n_dense * db)
     breakdown = {k: rounds * v for k, v in passes.items()}
@@ -452,7 +451,7 @@ def _training_memory(st: Setup, wl: TrainingWorkload, attn_p: float,
     memory.block_activation_bytes, the routed experts' share moved to group E), buffers."""
     model, p, dt = st.model, st.plan, wl.dtype
     assert model.moe is not None and p.mbs is not None
-    per = weight_bytes_per_param(dt) + grad_bytes_per_param(dt) + optimizer_bytes_per_param(wl.optimizer, dt)
+    per = weight_bytes_per_param(dt) + wl.grad_bytes + optimizer_bytes_per_param(wl.optimizer, dt)
     like = Plan(tp=p.attn_tp, mbs=p.mbs, etp=p.attn_tp)
     mats = 3 if model.activation.gated else 2
     f, e = model.moe.expert_ffn_hidden_size, roof_bytes(dt)
@@ -472,7 +471,7 @@ def _training_memory(st: Setup, wl: TrainingWorkload, attn_p: float,
     # the expert's input rows and its up-projection and activation outputs
     e_act = (p.microbatches * n_moe * tokens_dev
              * (model.hidden_size * q + f / p.etp * ((mats - 1) * e + q)))
-    buckets = 2 * 40e6 * grad_bytes_per_param(dt) if p.attn_dp > 1 else 0.0   # as tables.py
+    buckets = 2 * 40e6 * wl.grad_bytes if p.attn_dp > 1 else 0.0   # as tables.py
     out = []
     for states, act, extra in ((attn_p * per, a_act, buckets), (exp_p * per, e_act, 0.0)):
         out.append({"states": states, "activations": act,

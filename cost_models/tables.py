@@ -30,7 +30,7 @@ from cost_models.memory import (
     offload_resident,
     state_bytes,
 )
-from planner.model import ModelSpec, grad_bytes_per_param, weight_bytes_per_param
+from planner.model import ModelSpec, weight_bytes_per_param
 from planner.plan import Recompute
 
 Arr = Any  # a float or a numpy array of floats (broadcast over stage ranges)
@@ -129,7 +129,8 @@ class StageTables:
         dense, expert = self.params(k, i, j, sp)
         dtype = ctx.workload.dtype
         weights, grads, optim = state_bytes(StageParams(dense, expert, self.extras["edp"]),
-                                            plan, dtype, ctx.workload.optimizer)
+                                            plan, dtype, ctx.workload.optimizer,
+                                            grad_dtype=ctx.workload.grad_dtype)
         w = weight_bytes_per_param(dtype)
         m = self.num_microbatches
         flight = in_flight_microbatches(plan, k, m) if in_flight is None else in_flight
@@ -161,7 +162,7 @@ class StageTables:
         dense, expert = self.params(k, i, j, sp)
         d = self.kinds(k, i, j, sp)
         dtype = ctx.workload.dtype
-        g, w = grad_bytes_per_param(dtype), weight_bytes_per_param(dtype)
+        g, w = ctx.workload.grad_bytes, weight_bytes_per_param(dtype)
         e = self.extras
         dp_exp = _dp_exposed(ctx, e, dense, expert, fwd=d["fwd"], bwd=d["bwd"],
                              layers=sp["layers"], g=g, w=w, m=self.num_microbatches)
@@ -346,7 +347,7 @@ def _extras(ctx: Any, model: ModelSpec, p2p: float) -> dict[str, Any]:
     head_matrix = model.vocab_size * model.hidden_size / plan.tp
     final_norm = model.norm_params if model.vocab_size else 0
     dtype = ctx.workload.dtype
-    buckets = 2 * 40e6 * grad_bytes_per_param(dtype) if plan.dp * plan.cp > 1 else 0.0
+    buckets = 2 * 40e6 * ctx.workload.grad_bytes if plan.dp * plan.cp > 1 else 0.0
     p2p_buf = 2 * plan.mbs * ctx.workload.seq_len / plan.cp * model.hidden_size * 2 if plan.pp > 1 else 0.0
     return {
         "emb_compute": ef + eb, "emb_fwd": ef, "emb_bwd": eb, "emb_tp_comm": emb_tp,

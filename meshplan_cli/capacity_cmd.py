@@ -16,6 +16,7 @@ from meshplan_cli.common import (
     ClusterOpt,
     DebugOpt,
     DtypeOpt,
+    GradDtypeOpt,
     GpusOpt,
     JsonOpt,
     ModelOpt,
@@ -88,6 +89,7 @@ def capacity_cmd(
     global_batch: BatchOpt = DEFAULT_GLOBAL_BATCH,
     dtype: DtypeOpt = "bf16",
     optimizer: OptimizerOpt = "adam",
+    grad_dtype: GradDtypeOpt = None,
     max_tp: Annotated[int | None, typer.Option("--max-tp", min=1, help="largest tensor-parallel degree (default: the largest power of two <= 8 dividing the node size)")] = None,
     time_limit: TimeLimitOpt = None,
     as_json: JsonOpt = False,
@@ -96,7 +98,7 @@ def capacity_cmd(
     """The largest model of a shape family that trains on N nodes, and its best plan."""
     clus = load_cluster(cluster)
     n = clus.devices_for(gpus=gpus, nodes=nodes)
-    wl = training_workload(global_batch, seq_len, dtype, optimizer)
+    wl = training_workload(global_batch, seq_len, dtype, optimizer, grad_dtype)
     fam = cap.get_family(family, clus)
     result = cap.largest_trainable(fam, clus, wl, devices=n, max_tp=max_tp, time_limit_s=time_limit)
     if as_json:
@@ -127,6 +129,7 @@ def min_devices_cmd(
     global_batch: BatchOpt = DEFAULT_GLOBAL_BATCH,
     dtype: DtypeOpt = "bf16",
     optimizer: OptimizerOpt = "adam",
+    grad_dtype: GradDtypeOpt = None,
     max_nodes: Annotated[int | None, typer.Option("--max-nodes", min=1, help="give up above this many nodes (default: 4x the states lower bound)")] = None,
     time_limit: TimeLimitOpt = None,
     as_json: JsonOpt = False,
@@ -134,7 +137,7 @@ def min_devices_cmd(
 ) -> None:
     """The fewest nodes on which a model trains, and the throughput there and at 2x, 4x."""
     spec, clus = load_model(model), load_cluster(cluster)
-    wl = training_workload(global_batch, seq_len, dtype, optimizer)
+    wl = training_workload(global_batch, seq_len, dtype, optimizer, grad_dtype)
     result = cap.min_devices(spec, clus, wl, max_nodes=max_nodes, time_limit_s=time_limit)
     if as_json:
         print_json(result.model_dump(mode="json"))
@@ -174,6 +177,7 @@ def train_time_cmd(
     global_batch: BatchOpt = DEFAULT_GLOBAL_BATCH,
     dtype: DtypeOpt = "bf16",
     optimizer: OptimizerOpt = "adam",
+    grad_dtype: GradDtypeOpt = None,
     time_limit: TimeLimitOpt = None,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
@@ -182,7 +186,7 @@ def train_time_cmd(
     count = cap.parse_tokens(tokens)
     spec, clus = load_model(model), load_cluster(cluster)
     n = clus.devices_for(gpus=gpus, nodes=nodes)
-    wl = training_workload(global_batch, seq_len, dtype, optimizer)
+    wl = training_workload(global_batch, seq_len, dtype, optimizer, grad_dtype)
     result = cap.train_time(spec, clus, wl, devices=n, tokens=count, time_limit_s=time_limit)
     if as_json:
         print_json(result.model_dump(mode="json"))

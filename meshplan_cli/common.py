@@ -98,10 +98,14 @@ BatchOpt = Annotated[int, typer.Option("--global-batch", min=1, help="sequences 
 SeqOpt = Annotated[int, typer.Option("--seq-len", min=1, help="tokens per sequence")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="bf16, fp16 or fp8")]
 OptimizerOpt = Annotated[str, typer.Option("--optimizer", help="adam, adamw, sgd or adafactor")]
+GradDtypeOpt = Annotated[str | None, typer.Option(
+    "--grad-dtype", help="fp32, bf16 or fp16: the dtype gradients are accumulated and reduced "
+    "in (default: fp32 for bf16/fp8/fp32 training, as Megatron-LM, torchtitan and DeepSpeed do; "
+    "fp16 for fp16)")]
 
 
-def training_workload(global_batch: int, seq_len: int, dtype: str,
-                      optimizer: str) -> planner.TrainingWorkload:
+def training_workload(global_batch: int, seq_len: int, dtype: str, optimizer: str,
+                      grad_dtype: str | None = None) -> planner.TrainingWorkload:
     """Build the workload, turning unknown dtypes/optimizers into one-line errors."""
     allowed = ("bf16", "fp16", "fp8", "fp32", "tf32")
     if dtype not in allowed:
@@ -109,6 +113,9 @@ def training_workload(global_batch: int, seq_len: int, dtype: str,
     opts = [o.value for o in planner.Optimizer]
     if optimizer not in opts:
         raise planner.SpecError(f"--optimizer '{optimizer}' is not one of {', '.join(opts)}")
+    if grad_dtype is not None and grad_dtype not in ("fp32", "bf16", "fp16"):
+        raise planner.SpecError(f"--grad-dtype '{grad_dtype}' is not one of fp32, bf16, fp16")
     return planner.TrainingWorkload(global_batch_size=global_batch, seq_len=seq_len,
                                     dtype=planner.DType(dtype),
-                                    optimizer=planner.Optimizer(optimizer))
+                                    optimizer=planner.Optimizer(optimizer),
+                                    grad_dtype=None if grad_dtype is None else planner.DType(grad_dtype))

@@ -246,7 +246,6 @@ def map_best(model: ModelSpec, cluster: ClusterSpec, workload: TrainingWorkload,
     of each block's activations (2 per pass), the data-parallel gradient reduction, the
     pipeline's activation exchanges and the context-parallel K/V exchanges."""
     from cost_models.compute import roof_bytes
-    from planner.model import grad_bytes_per_param
     from search.device_mapping import Traffic, map_devices
 
     m = workload.global_batch_size // (plan.dp * plan.mbs)
@@ -254,7 +253,7 @@ def map_best(model: ModelSpec, cluster: ClusterSpec, workload: TrainingWorkload,
     act = tokens * model.hidden_size * roof_bytes(workload.dtype)
     layers = max(plan.layers_per_stage(model.num_layers))
     passes = 3 if plan.recompute.value == "full" else 2
-    grads = model.params / (plan.tp * plan.pp) * grad_bytes_per_param(workload.dtype)
+    grads = model.params / (plan.tp * plan.pp) * workload.grad_bytes
     traffic = [Traffic("tp", "all_reduce", act, 2 * passes * layers * m),
                Traffic("dp", "all_reduce", grads, 1),
                Traffic("pp", "p2p", act / plan.tp, 2 * m * plan.vpp),

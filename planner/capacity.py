@@ -38,7 +38,6 @@ from planner.hardware import MAX_DEVICES, ClusterSpec
 from planner.model import (
     GIB,
     ModelSpec,
-    grad_bytes_per_param,
     optimizer_bytes_per_param,
     weight_bytes_per_param,
 )
@@ -248,10 +247,10 @@ class TrainTimeResult(_Result):
 
 # ----- bounds and probes -------------------------------------------------------------------
 def state_bytes_per_param(workload: TrainingWorkload) -> int:
-    """Weight + gradient + optimizer bytes per parameter (planner.model: 2 + 2 + 12 for
-    mixed-precision Adam, ZeRO Sec. 3.1)."""
+    """Weight + gradient + optimizer bytes per parameter (planner.model: 2 + 4 + 12 for
+    mixed-precision Adam with fp32 gradients, 2 + 2 + 12 with 16-bit ones, ZeRO Sec. 3.1)."""
     dt, opt = workload.dtype, workload.optimizer
-    return weight_bytes_per_param(dt) + grad_bytes_per_param(dt) + optimizer_bytes_per_param(opt, dt)
+    return weight_bytes_per_param(dt) + workload.grad_bytes + optimizer_bytes_per_param(opt, dt)
 
 
 def trained_params(model: ModelSpec) -> int:

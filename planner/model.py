@@ -77,7 +77,10 @@ class DType(StrEnum):
     @property
     def bytes(self) -> int:
         """Storage bytes per element (tf32 is stored as fp32)."""
-        return {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1}[self.value]
+        return _DTYPE_BYTES[self.value]
+
+
+_DTYPE_BYTES = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
 
 
 class Optimizer(StrEnum):
@@ -479,9 +482,21 @@ def weight_bytes_per_param(dtype: DType) -> int:
     return 2 if dtype == DType.FP8 else dtype.bytes
 
 
-def grad_bytes_per_param(dtype: DType) -> int:
-    """Bytes of each gradient, accumulated in the working dtype (fp8 -> bf16)."""
-    return weight_bytes_per_param(dtype)
+def default_grad_dtype(dtype: DType) -> DType:
+    """The dtype gradients are accumulated and reduced in when the workload does not say:
+    fp32 for bf16 and fp8 training, as Megatron-LM forces ("bfloat16 requires gradient
+    accumulation and all-reduce to be done in fp32": validate_args sets
+    accumulate_allreduce_grads_in_fp32, megatron/training/arguments.py), torchtitan's FSDP2
+    (MixedPrecisionPolicy reduce_dtype float32, its `mixed_precision_reduce` default) and
+    DeepSpeed's bf16 optimizer (fp32 gradient accumulation) do; fp16 in fp16 training
+    (Megatron-LM's fp16 path keeps 16-bit gradients, fp32 master weights); fp32 otherwise."""
+    return DType.FP16 if dtype == DType.FP16 else DType.FP32
+
+
+def grad_bytes_per_param(dtype: DType, grad_dtype: DType | None = None) -> int:
+    """Bytes of each gradient: `grad_dtype`, or the default for the training dtype
+    (`default_grad_dtype`)."""
+    return (grad_dtype or default_grad_dtype(dtype)).bytes
 
 
 def optimizer_bytes_per_param(optimizer: Optimizer, dtype: DType) -> int:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveInt, field_validator
 
-from planner.model import DType, Optimizer, Spec
+from planner.errors import SpecError
+from planner.model import DType, Optimizer, Spec, grad_bytes_per_param
 
 
 class TrainingWorkload(Spec):
@@ -17,10 +18,28 @@ class TrainingWorkload(Spec):
     seq_len: PositiveInt = Field(description="tokens per sequence")
     dtype: DType = Field(DType.BF16, description="math and weight dtype (mixed precision)")
     optimizer: Optimizer = Field(Optimizer.ADAM, description="decides optimizer-state bytes")
+    grad_dtype: DType | None = Field(
+        None, description=("dtype gradients are accumulated and reduced in: fp32, bf16 or "
+                           "fp16; None = fp32 for bf16/fp8/fp32 training (Megatron-LM, "
+                           "torchtitan, DeepSpeed), fp16 for fp16 (planner.model."
+                           "default_grad_dtype)"))
+
+    @field_validator("grad_dtype")
+    @classmethod
+    def _grads(cls, v: DType | None) -> DType | None:
+        if v is not None and v not in (DType.FP32, DType.BF16, DType.FP16):
+            raise SpecError(f"grad_dtype '{v.value}' is not one of fp32, bf16, fp16 "
+                            "(gradients are accumulated in one of those)")
+        return v
 
     @property
     def tokens_per_step(self) -> int:
         return self.global_batch_size * self.seq_len
+
+    @property
+    def grad_bytes(self) -> int:
+        """Bytes of each gradient (planner.model.grad_bytes_per_param)."""
+        return grad_bytes_per_param(self.dtype, self.grad_dtype)
 
 
 class InferenceWorkload(Spec):

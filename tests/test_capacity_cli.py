@@ -13,7 +13,8 @@ from cli import app
 RUNNER = cli_runner()
 CLUSTER = ("--cluster", "tests/data/capacity-cluster.toml")
 STACK = ("--model", "tests/data/capacity-stack.toml")
-SMALL = ("--global-batch", "1", "--seq-len", "8")
+# 16-bit gradients: the hand calculations use the ZeRO paper's 16 bytes per parameter
+SMALL = ("--global-batch", "1", "--seq-len", "8", "--grad-dtype", "bf16")
 
 
 def run(*args: str) -> Any:
@@ -30,6 +31,8 @@ def test_min_devices_json_matches_hand_calculation() -> None:
     data = run_json("min-devices", *STACK, *CLUSTER, *SMALL)
     assert (data["lower_bound_nodes"], data["min_nodes"]) == (2, 2)
     assert data["states_bytes"] == 16 * 100_769_792
+    default = run_json("min-devices", *STACK, *CLUSTER, *SMALL[:4])     # fp32 gradients
+    assert default["states_bytes"] == 18 * 100_769_792
     assert [p["nodes"] for p in data["points"]] == [2, 4, 8]
     assert all(p["fits"] and p["tokens_per_s"] > 0 for p in data["points"])
     assert data["one_fewer"]["nodes"] == 1 and data["one_fewer"]["over_gib"] > 0

@@ -128,11 +128,15 @@ def test_in_flight_microbatches(pp: int, vpp: int, m: int, want: list[float]) ->
 def test_one_stage_holds_every_parameter(tiny_model: ModelSpec, tiny_cluster: ClusterSpec,
                                          tied: bool, vocab: int) -> None:
     """pp=1, tp=1, no ZeRO: bf16 weights are 2 bytes times ModelSpec.params, final norm
-    included (a tied head adds no matrix; a bare stack has neither head nor final norm)."""
+    included (a tied head adds no matrix; a bare stack has neither head nor final norm);
+    gradients 4 bytes (fp32, the default in bf16 training), 2 with grad_dtype bf16."""
     m = tiny_model.model_copy(update={"tied_embeddings": tied, "vocab_size": vocab})
     est = evaluate(m, tiny_cluster, TrainingWorkload(global_batch_size=4, seq_len=128), Plan())
     assert est.memory_gib["weights"] * GIB == pytest.approx(2 * m.params, rel=1e-12)
-    assert est.memory_gib["grads"] * GIB == pytest.approx(2 * m.params, rel=1e-12)
+    assert est.memory_gib["grads"] * GIB == pytest.approx(4 * m.params, rel=1e-12)
+    half = evaluate(m, tiny_cluster, TrainingWorkload(global_batch_size=4, seq_len=128,
+                                                      grad_dtype=DType.BF16), Plan())
+    assert half.memory_gib["grads"] * GIB == pytest.approx(2 * m.params, rel=1e-12)
     assert est.memory_gib["optimizer"] * GIB == pytest.approx(12 * m.params, rel=1e-12)
 
 
@@ -149,9 +153,13 @@ def test_zero_shards_add_back_up(zero: int, dp: int, dtype: DType, optimizer: Op
 
 
 def test_mixed_precision_adam_is_16_bytes_per_parameter() -> None:
-    """Rajbhandari et al. 2020 Sec. 3.1: 2 + 2 + 12 bytes per parameter."""
+    """Rajbhandari et al. 2020 Sec. 3.1: 2 + 2 + 12 bytes per parameter with 16-bit
+    gradients; Megatron-LM's bf16 default (fp32 gradient accumulation and all-reduce) adds 2."""
     params = StageParams(dense=1e9, expert=0.0, edp=1)
-    assert state_bytes(params, Plan(), DType.BF16, Optimizer.ADAM) == (2e9, 2e9, 12e9)
+    assert state_bytes(params, Plan(), DType.BF16, Optimizer.ADAM,
+                       grad_dtype=DType.BF16) == (2e9, 2e9, 12e9)
+    assert state_bytes(params, Plan(), DType.BF16, Optimizer.ADAM) == (2e9, 4e9, 12e9)
+    assert state_bytes(params, Plan(), DType.FP16, Optimizer.ADAM) == (2e9, 2e9, 12e9)
 
 
 # ----- models trained without dropout (ModelSpec.dropout false) -------------------------

@@ -24,7 +24,9 @@ from planner.model import GIB
 
 CLUSTER = load_cluster("tests/data/capacity-cluster.toml")
 STACK = load_model("tests/data/capacity-stack.toml")
-WL = TrainingWorkload(global_batch_size=1, seq_len=8)
+# 16-bit gradients: the ZeRO paper's 2 + 2 + 12 bytes the hand calculations below use (the
+# default in bf16 training is fp32 gradients, 18 bytes: test_default_states_are_18_bytes)
+WL = TrainingWorkload(global_batch_size=1, seq_len=8, grad_dtype="bf16")
 H = 1024
 BLOCK = 12 * H * H + 13 * H                  # 12,596,224 parameters per block
 USABLE = 2 * GIB - int(1.5 * GIB)            # bytes per device left after the overhead
@@ -42,6 +44,7 @@ STACKS = cap.ShapeFamily("stack", "bare 1024-wide blocks, one more per member",
 def test_params_and_states_by_hand() -> None:
     assert STACK.params == 8 * BLOCK == 100_769_792
     assert cap.state_bytes_per_param(WL) == 16
+    assert cap.state_bytes_per_param(TrainingWorkload(global_batch_size=1, seq_len=8)) == 18
     assert cap.states_bytes(STACK, WL) == 16 * 100_769_792
 
 

@@ -54,9 +54,12 @@ def test_optimizer_bytes() -> None:
     assert optimizer_bytes_per_param(Optimizer.ADAM, DType.BF16) == 12
     assert optimizer_bytes_per_param(Optimizer.ADAM, DType.FP32) == 8
     assert weight_bytes_per_param(DType.FP8) == 2
-    total = (weight_bytes_per_param(DType.BF16) + grad_bytes_per_param(DType.BF16)
+    total = (weight_bytes_per_param(DType.BF16) + grad_bytes_per_param(DType.BF16, DType.BF16)
              + optimizer_bytes_per_param(Optimizer.ADAMW, DType.BF16))
-    assert total == 16     # ZeRO paper's 2 + 2 + 12 bytes per parameter
+    assert total == 16     # ZeRO paper's 2 + 2 + 12 bytes per parameter (16-bit gradients)
+    # Megatron-LM's bf16 default accumulates and all-reduces gradients in fp32
+    assert grad_bytes_per_param(DType.BF16) == grad_bytes_per_param(DType.FP8) == 4
+    assert grad_bytes_per_param(DType.FP16) == 2 and grad_bytes_per_param(DType.FP32) == 4
 
 
 @pytest.mark.parametrize(

@@ -204,7 +204,7 @@ def test_json_inputs_make_the_result_self_contained(searched: dict[str, Any]) ->
     assert inputs["model"]["num_layers"] == LAYERS
     assert inputs["cluster"]["name"] == "dgx-a100"
     assert inputs["workload"] == {"mode": "training", "global_batch_size": 64, "seq_len": 2048,
-                                  "dtype": "bf16", "optimizer": "adam"}
+                                  "dtype": "bf16", "optimizer": "adam", "grad_dtype": None}
 
 
 def test_infeasible_search_still_scores_the_seed002_baselines() -> None:
