@@ -42,7 +42,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from planner import Attention, ClusterSpec, ModelSpec, load_cluster
+from planner import Attention, ClusterSpec, DType, ModelSpec, load_cluster
 from planner.errors import PlannerError
 
 GB = 1e9
@@ -138,6 +138,18 @@ def cluster_spec(record: dict[str, Any]) -> ClusterSpec:
     if not update:
         return base
     return ClusterSpec.model_validate({**base.model_dump(), **update})
+
+
+def grad_dtype_for(record: dict[str, Any]) -> DType | None:
+    """The dtype the run reduces gradients in: the record's `parallel.grad_reduce` ("fp32" or
+    "bf16", read from the configuration its notes cite); llm-foundry's MPT runs reduce in bf16
+    (FSDP mixed precision PURE: param, reduce and buffer dtypes all bf16, the benchmark yamls'
+    `mixed_precision: PURE`); otherwise None, meshplan's default (fp32 in bf16/fp8 training,
+    planner.model.default_grad_dtype)."""
+    stated = (record.get("parallel") or {}).get("grad_reduce")
+    if stated is not None:
+        return DType(stated)
+    return DType.BF16 if record["id"].startswith("mpt_") else None
 
 
 def source_year(record: dict[str, Any]) -> int | None:

@@ -65,7 +65,13 @@ from planner import (  # noqa: E402
 from planner.api import evaluate  # noqa: E402
 from planner.result import Estimate  # noqa: E402
 from planner.errors import PlannerError  # noqa: E402
-from records import UnmappedRecord, cluster_spec, even_chunks, generic_moe_model  # noqa: E402
+from records import (  # noqa: E402
+    UnmappedRecord,
+    cluster_spec,
+    even_chunks,
+    generic_moe_model,
+    grad_dtype_for,
+)
 from validate_published import (  # noqa: E402
     config_key,
     device_label,
@@ -235,7 +241,8 @@ def predict(record: dict[str, Any]) -> Estimate:
 
 def _estimate(record: dict[str, Any], model: ModelSpec, plan: Plan) -> Estimate:
     wl = TrainingWorkload(global_batch_size=record["batch"]["global"],
-                          seq_len=record["model"]["seq_len"], dtype=dtype_for(record))
+                          seq_len=record["model"]["seq_len"], dtype=dtype_for(record),
+                          grad_dtype=grad_dtype_for(record))
     return evaluate(model, cluster_spec(record), wl, plan, devices=record["hardware"]["gpus"])
 
 

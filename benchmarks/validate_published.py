@@ -28,6 +28,9 @@ The mapping uses only facts about each run, stated in the record or its source:
   embedding/loss accounting lays it out).
   A record that cannot be evaluated as stated (a device without a preset, an impossible plan)
   is listed under the table with the reason and left out of the means.
+- Gradient reduction dtype: a record's `parallel.grad_reduce` ("bf16": NVIDIA's performance
+  scripts set grad_reduce_in_fp32 = False), else bf16 for MPT, else meshplan's default
+  (records.grad_dtype_for).
 - Activation offloading: a record's `parallel.cpu_offload_layers` (Megatron-Bridge's
   cpu_offloading_num_layers, from the perf config its notes cite) is the plan key offload.
 - Published step times: measured iteration_s where given; otherwise the record's derived
@@ -62,6 +65,7 @@ from records import (  # noqa: E402
     cluster_name,
     cluster_spec,
     generic_model,
+    grad_dtype_for,
     interleaved_layout,
     zero_stage,
 )
@@ -112,14 +116,6 @@ def dtype_for(record: dict[str, Any]) -> DType:
     if "fp8" in p:
         return DType.FP8
     return DType.FP16 if "fp16" in p else DType.BF16
-
-
-def grad_dtype_for(record: dict[str, Any]) -> DType | None:
-    """llm-foundry's FSDP mixed precision PURE reduces gradients in bf16 (param, reduce and
-    buffer dtypes all bf16: the MPT benchmark yamls' `mixed_precision: PURE`); every other
-    source keeps meshplan's default (fp32 gradients in bf16/fp8 training, as Megatron-LM
-    forces; 16-bit in fp16)."""
-    return DType.BF16 if record["id"].startswith("mpt_") else None
 
 
 def plan_fields(record: dict[str, Any]) -> dict[str, Any]:

@@ -55,6 +55,10 @@ class Baseline(Spec):
     seq_len: PositiveInt = Field(description="tokens per sequence")
     plan: str = Field(min_length=1, description="--plan string; dp as the source states it (left out = derived)")
     dtype: DType | None = Field(None, description="math dtype of the run; None = not stated")
+    grad_dtype: DType | None = Field(
+        None, description="dtype the run reduces gradients in, where its configuration says "
+        "(e.g. NVIDIA's performance recipes' grad_reduce_in_fp32=False: bf16); None = meshplan's "
+        "default for the dtype")
     published_tflops_per_gpu: PositiveFloat | None = Field(
         None, description="achieved TFLOP/s per device as the source counts them (see notes)")
     published_mfu: NonNegativeFloat | None = Field(None, le=1, description="model FLOPs utilisation, 0..1")
@@ -102,7 +106,7 @@ class Baseline(Spec):
     def workload(self) -> TrainingWorkload:
         """The training step the baseline describes (bf16 when the source states no dtype)."""
         return TrainingWorkload(global_batch_size=self.global_batch, seq_len=self.seq_len,
-                                dtype=self.dtype or DType.BF16)
+                                dtype=self.dtype or DType.BF16, grad_dtype=self.grad_dtype)
 
     @property
     def tokens_per_step(self) -> int:
