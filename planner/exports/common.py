@@ -15,7 +15,7 @@ from typing import Any
 
 from planner.errors import SpecError, UnsupportedPlanError
 from planner.hardware import ClusterSpec
-from planner.model import DType, ModelSpec
+from planner.model import DType, ModelSpec, default_grad_dtype
 from planner.plan import Dispatcher, LossKernel, Plan, parse_plan_fields
 from planner.workload import InferenceWorkload, TrainingWorkload
 
@@ -172,6 +172,16 @@ def require_training(inp: ExportInputs, engine: str) -> None:
                              "Liger-Kernel's) has no setting in its launch options; export the "
                              "plan with loss=fused or unfused, or apply the kernel in the "
                              "training script")
+    wl = inp.workload
+    grads = getattr(wl, "grad_dtype", None)
+    if grads is not None and grads != default_grad_dtype(wl.dtype):
+        raise refuse(engine, f"gradients reduced in {grads.value} (the workload's grad_dtype) "
+                             f"differ from the engines' default for {wl.dtype.value} training "
+                             f"({default_grad_dtype(wl.dtype).value}), and meshplan checks no "
+                             "launch option that changes it (Megatron-LM --grad-reduce-in-bf16 / "
+                             "Megatron-Core DDP grad_reduce_in_fp32, torchtitan "
+                             "mixed_precision_reduce); set it yourself, or export the search "
+                             "run without --grad-dtype")
     if inp.plan.offload:
         raise refuse(engine, f"offload={inp.plan.offload} (activation offloading to host "
                              "memory) is not among the launch options meshplan checks; set "

@@ -213,3 +213,17 @@ def test_unwritable_output_exit_2(tmp_path: Path, saved, monkeypatch) -> None:
     res = RUNNER.invoke(app, ["export", str(src), "--to", "vllm", "-o", str(tmp_path / "x.sh")])
     assert res.exit_code == 2, res.stderr
     assert res.stderr.strip() == f"error: cannot write --output {tmp_path / 'x.sh'}: Permission denied"
+
+
+@pytest.mark.parametrize("fmt", ["megatron", "torchtitan", "deepspeed"])
+def test_non_default_gradient_dtype_is_refused(tmp_path: Path, saved, fmt: str) -> None:
+    """A search run with --grad-dtype bf16 (bf16 training) has gradients the engines' launch
+    options meshplan writes would reduce in fp32: refused, naming the setting."""
+    data = saved("dense")
+    data["inputs"]["workload"]["grad_dtype"] = "bf16"
+    res = _export(tmp_path, data, "--to", fmt)
+    assert res.exit_code == 4, res.stderr
+    assert "gradients reduced in bf16" in res.stderr and res.stdout == ""
+    data["inputs"]["workload"]["grad_dtype"] = "fp32"      # the default: exported as before
+    again = _export(tmp_path, data, "--to", fmt)
+    assert again.exit_code == 0 and "gradients reduced" not in again.stderr, again.stderr
