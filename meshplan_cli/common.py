@@ -118,4 +118,4 @@ def training_workload(global_batch: int, seq_len: int, dtype: str, optimizer: st
     return planner.TrainingWorkload(global_batch_size=global_batch, seq_len=seq_len,
                                     dtype=planner.DType(dtype),
                                     optimizer=planner.Optimizer(optimizer),
-                                    grad_dtype=None if grad_dtype is None else planner.DType(grad_dtype))
+                                    grad_dtype=grad_dtype and planner.DType(grad_dtype))
