@@ -22,7 +22,7 @@ import numpy as np
 from cost_models.compute import memoised_blocks
 from cost_models.memory import in_flight_microbatches
 from cost_models.tables import StageTables, build_tables
-from cost_models.training import make_context, step_time_of
+from cost_models.training import make_context, pipeline_time, step_time_of
 from planner.hardware import ClusterSpec
 from planner.model import ModelSpec
 from planner.plan import Plan, Recompute
@@ -184,24 +184,54 @@ def score_plan(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload, pla
         return _scored(tables, even) if even_fits else "memory"
     weight = float(m - 1)
     width = L - pp + 1
-    if even_fits and weight > 0:
-        times = [float(tables.time(k, a, b)) for k, (a, b) in enumerate(even)]
-        tails = [sum(float(x) for x in tables.tail(k, a, b)) for k, (a, b) in enumerate(even)]
-        bound = max(times) + max(tails) / weight
-        per_layer = np.diff(sum(tables.prefix[kind] for kind in
-                                ("compute", "recompute", "tp_comm", "cp_comm", "ep_comm")))
-        width = min(width, int(bound / max(float(per_layer.min()), 1e-30)) + 1)
+    if weight > 0:
+        # 1F1B's step is at least (m-1) x its slowest stage: a stage slower than the even
+        # split's whole objective per weight, or than the cutoff per weight (a split slower
+        # than the k-th best plan cannot enter the result), is never chosen, which bounds
+        # how many blocks a stage can take.
+        bound = cutoff / weight
+        if even_fits:
+            times = [float(tables.time(k, a, b)) for k, (a, b) in enumerate(even)]
+            tails = [sum(float(x) for x in tables.tail(k, a, b)) for k, (a, b) in enumerate(even)]
+            bound = min(bound, max(times) + max(tails) / weight)
+        if np.isfinite(bound):
+            per_layer = np.diff(sum(tables.prefix[kind] for kind in
+                                    ("compute", "recompute", "tp_comm", "cp_comm", "ep_comm")))
+            width = min(width, int(bound / max(float(per_layer.min()), 1e-30)) + 1)
+        if width < -(-L // pp):      # no split of L blocks into pp stages is that narrow
+            return "bound"
     part = partition_layers(*_band(tables, pp, L, width, cap), num_layers=L,
                             weight=max(weight, 1e-12))
     if part is None:
-        return "memory"
+        return "memory" if width == L - pp + 1 else "bound"
     return _scored(tables, part.ranges)
 
 
 def _scored(tables: StageTables, ranges: tuple[tuple[int, int], ...]
             ) -> tuple[float, float, tuple[tuple[int, int], ...]]:
-    peak = max(float(tables.memory_total(k, a, b)) for k, (a, b) in enumerate(ranges))
-    return step_time_of(tables, list(ranges)), peak, ranges
+    """(step time, peak memory, ranges) of one split: training.step_time_of's number, with the
+    middle stages' times, tails and memory taken in one array pass (they differ only in their
+    blocks and micro-batches in flight; the first and last stages, which hold the embedding and
+    the head, one at a time), which gives the same floats element by element."""
+    plan, m, pp = tables.ctx.plan, tables.num_microbatches, len(ranges)
+    if pp <= 2:
+        peak = max(float(tables.memory_total(k, a, b)) for k, (a, b) in enumerate(ranges))
+        return step_time_of(tables, list(ranges)), peak, ranges
+    a = np.array([r[0] for r in ranges])
+    b = np.array([r[1] for r in ranges])
+    sp = tables.span(a, b)
+    flights = np.array([in_flight_microbatches(plan, k, m) for k in range(pp)])
+    times = np.asarray(tables.time(1, a, b, sp), dtype=float)
+    tails = np.asarray(sum(tables.tail(1, a, b, sp)), dtype=float)
+    mems = np.asarray(tables.memory_total(1, a, b, sp, in_flight=flights), dtype=float)
+    for k in (0, pp - 1):
+        ak, bk = ranges[k]
+        times[k] = float(tables.time(k, ak, bk))
+        tails[k] = sum(float(x) for x in tables.tail(k, ak, bk))
+        mems[k] = float(tables.memory_total(k, ak, bk))
+    frac = plan.max_chunk_fraction(tables.num_layers)
+    step = pipeline_time(plan, m, [float(t) for t in times], frac) + max(float(t) for t in tails)
+    return step, float(mems.max()), ranges
 
 
 def _band(tables: StageTables, pp: int, L: int, width: int, cap: float
