@@ -95,6 +95,12 @@ def _per_param_bytes(dtype: DType, optimizer: Optimizer,
             optimizer_bytes_per_param(optimizer, dtype))
 
 
+def saved_input_bytes(dtype: DType) -> int:
+    """Bytes per element of the input a linear layer keeps for its weight gradient: the fp8
+    cast in fp8 training (Transformer Engine; module docstring), else the activation's own."""
+    return 1 if dtype == DType.FP8 else roof_bytes(dtype)
+
+
 def block_activation_bytes(model: ModelSpec, plan: Plan, *, seq_len: int, moe: bool,
                            fused_attention: bool, dtype: DType) -> float:
     """Activation bytes one block stores for one micro-batch on one device (Korthikanti;
@@ -102,7 +108,7 @@ def block_activation_bytes(model: ModelSpec, plan: Plan, *, seq_len: int, moe: b
     s, b, h, t = seq_len / plan.cp, plan.mbs, model.hidden_size, plan.tp
     sbh = s * b * h
     e = roof_bytes(dtype)                          # a 16-bit (fp32: 4-byte) activation
-    q = 1 if dtype == DType.FP8 else e             # a linear layer's saved input
+    q = saved_input_bytes(dtype)                   # a linear layer's saved input
     if plan.recompute == Recompute.FULL:
         return e * sbh / (t if plan.sp else 1)
     a = model.num_attention_heads

@@ -85,12 +85,12 @@ from cost_models.memory import (
     GIB,
     block_activation_bytes,
     head_activation_bytes,
+    saved_input_bytes,
 )
 from cost_models.tables import OPTIMIZER_BYTES_PER_PARAM
 from planner.errors import PlanError
 from planner.hardware import ClusterSpec
 from planner.model import (
-    DType,
     ModelSpec,
     optimizer_bytes_per_param,
     weight_bytes_per_param,
@@ -455,7 +455,7 @@ def _training_memory(st: Setup, wl: TrainingWorkload, attn_p: float,
     like = Plan(tp=p.attn_tp, mbs=p.mbs, etp=p.attn_tp)
     mats = 3 if model.activation.gated else 2
     f, e = model.moe.expert_ffn_hidden_size, roof_bytes(dt)
-    q = 1 if dt == DType.FP8 else e     # a linear layer's saved input (memory.py)
+    q = saved_input_bytes(dt)           # a linear layer's saved input
     tokens = p.mbs * wl.seq_len
     # the routed experts' share of block_activation_bytes: their input rows, up-projection
     # outputs and the activation's output

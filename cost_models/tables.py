@@ -90,7 +90,8 @@ class StageTables:
         runs its copies on separate CUDA streams, overlapped with compute), over the device's
         host link (ClusterSpec.host_bandwidth_bytes_per_s); what a pass's compute does not
         cover is exposed. Each layer moves the stage's mean activations per layer."""
-        n, plan = self.ctx.plan.offload, self.ctx.plan
+        plan = self.ctx.plan
+        n = plan.offload
         if not n:
             return 0.0 * fwd
         host = self.ctx.cluster.host_bandwidth_bytes_per_s
@@ -102,6 +103,33 @@ class StageTables:
         """Per-micro-batch time of stage k (everything on its critical path)."""
         d = self.kinds(k, i, j, span)
         return sum(d[kind] for kind in (*KINDS, "pp_comm", "offload"))
+
+    def stage_profile(self, ranges: list[tuple[int, int]] | tuple[tuple[int, int], ...]
+                      ) -> tuple[list[float], list[float], list[float]]:
+        """Per stage of one split: time per micro-batch, tail (exposed data-parallel
+        communication + optimizer step) and peak memory. The middle stages differ only in their
+        blocks and micro-batches in flight, so they are taken in one array pass (the same floats
+        as one call per stage, element by element); the first and last stages, which hold the
+        embedding and the head, one call each."""
+        pp, m = len(ranges), self.num_microbatches
+        if pp <= 2:
+            times = [float(self.time(k, a, b)) for k, (a, b) in enumerate(ranges)]
+            tails = [sum(float(x) for x in self.tail(k, a, b)) for k, (a, b) in enumerate(ranges)]
+            mems = [float(self.memory_total(k, a, b)) for k, (a, b) in enumerate(ranges)]
+            return times, tails, mems
+        a = np.array([r[0] for r in ranges])
+        b = np.array([r[1] for r in ranges])
+        sp = self.span(a, b)
+        flights = np.array([in_flight_microbatches(self.ctx.plan, k, m) for k in range(pp)])
+        times = [float(t) for t in self.time(1, a, b, sp)]
+        tails = [float(t) for t in sum(self.tail(1, a, b, sp))]
+        mems = [float(x) for x in self.memory_total(1, a, b, sp, in_flight=flights)]
+        for k in (0, pp - 1):
+            ak, bk = ranges[k]
+            times[k] = float(self.time(k, ak, bk))
+            tails[k] = sum(float(x) for x in self.tail(k, ak, bk))
+            mems[k] = float(self.memory_total(k, ak, bk))
+        return times, tails, mems
 
     def params(self, k: int, i: Arr, j: Arr, span: dict[str, Arr] | None = None) -> tuple[Arr, Arr]:
         """(dense, expert) parameters on one device of stage k."""

@@ -154,11 +154,16 @@ def pipeline_time(plan: Plan, m: int, stage_times: list[float],
 
 def step_time_of(tables: StageTables, ranges: list[tuple[int, int]]) -> float:
     """Step time of one partition (what the search minimises; equals Estimate.step_time_s)."""
-    plan, m = tables.ctx.plan, tables.num_microbatches
-    times = [float(tables.time(k, a, b)) for k, (a, b) in enumerate(ranges)]
-    tails = [sum(float(x) for x in tables.tail(k, a, b)) for k, (a, b) in enumerate(ranges)]
+    times, tails, _ = tables.stage_profile(ranges)
+    return step_from_stages(tables, times, tails)
+
+
+def step_from_stages(tables: StageTables, times: list[float], tails: list[float]) -> float:
+    """The step time of stages with these per-micro-batch times and tails
+    (StageTables.stage_profile): the pipeline schedule plus the slowest tail."""
+    plan = tables.ctx.plan
     frac = plan.max_chunk_fraction(tables.num_layers)
-    return pipeline_time(plan, m, times, frac) + max(tails)
+    return pipeline_time(plan, tables.num_microbatches, times, frac) + max(tails)
 
 
 def estimate_training(model: ModelSpec, cluster: ClusterSpec, workload: TrainingWorkload,

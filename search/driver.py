@@ -22,7 +22,7 @@ import numpy as np
 from cost_models.compute import memoised_blocks
 from cost_models.memory import in_flight_microbatches
 from cost_models.tables import StageTables, build_tables
-from cost_models.training import make_context, pipeline_time, step_time_of
+from cost_models.training import make_context, step_from_stages
 from planner.hardware import ClusterSpec
 from planner.model import ModelSpec
 from planner.plan import Plan, Recompute
@@ -209,29 +209,8 @@ def score_plan(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload, pla
 
 def _scored(tables: StageTables, ranges: tuple[tuple[int, int], ...]
             ) -> tuple[float, float, tuple[tuple[int, int], ...]]:
-    """(step time, peak memory, ranges) of one split: training.step_time_of's number, with the
-    middle stages' times, tails and memory taken in one array pass (they differ only in their
-    blocks and micro-batches in flight; the first and last stages, which hold the embedding and
-    the head, one at a time), which gives the same floats element by element."""
-    plan, m, pp = tables.ctx.plan, tables.num_microbatches, len(ranges)
-    if pp <= 2:
-        peak = max(float(tables.memory_total(k, a, b)) for k, (a, b) in enumerate(ranges))
-        return step_time_of(tables, list(ranges)), peak, ranges
-    a = np.array([r[0] for r in ranges])
-    b = np.array([r[1] for r in ranges])
-    sp = tables.span(a, b)
-    flights = np.array([in_flight_microbatches(plan, k, m) for k in range(pp)])
-    times = np.asarray(tables.time(1, a, b, sp), dtype=float)
-    tails = np.asarray(sum(tables.tail(1, a, b, sp)), dtype=float)
-    mems = np.asarray(tables.memory_total(1, a, b, sp, in_flight=flights), dtype=float)
-    for k in (0, pp - 1):
-        ak, bk = ranges[k]
-        times[k] = float(tables.time(k, ak, bk))
-        tails[k] = sum(float(x) for x in tables.tail(k, ak, bk))
-        mems[k] = float(tables.memory_total(k, ak, bk))
-    frac = plan.max_chunk_fraction(tables.num_layers)
-    step = pipeline_time(plan, m, [float(t) for t in times], frac) + max(float(t) for t in tails)
-    return step, float(mems.max()), ranges
+    times, tails, mems = tables.stage_profile(ranges)
+    return step_from_stages(tables, times, tails), max(mems), ranges
 
 
 def _band(tables: StageTables, pp: int, L: int, width: int, cap: float
