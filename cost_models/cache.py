@@ -49,6 +49,7 @@ from cost_models.inference import (
     _decode_stage,
     _layer_params,
     _workspace_bytes,
+    ep_links_of,
     estimate_inference,
     kv_split,
 )
@@ -212,7 +213,8 @@ def cached_tpot(model: ModelSpec, cluster: ClusterSpec, workload: InferenceWorkl
     est = estimate_inference(model, cluster, workload, plan)
     base, saved = est.tpot_s, 0.0
     for s, (a, z) in enumerate(plan.stage_ranges(model.num_layers)):
-        d = _decode_stage(model, plan, workload, roof, eff, tp_links, s, a, z, batch)
+        d = _decode_stage(model, plan, workload, roof, eff, tp_links,
+                          ep_links_of(cluster, plan), cluster, s, a, z, batch)
         w = d["_weight_bytes"]
         t_w = w / roof.bw / out_len + w / bw_cache * (out_len - 1) / out_len
         compute = max(0.0, d["_math_s"] - (t_w + d["kv_read"]))

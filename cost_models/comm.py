@@ -202,6 +202,35 @@ def moe_dispatch_s(links: GroupLinks, cluster: ClusterSpec, *, tokens: float, to
     return max(intra, inter) + (n - 1) * cluster.inter_node.latency_s
 
 
+def moe_low_latency_s(links: GroupLinks, cluster: ClusterSpec, *, tokens: float, top_k: int,
+                      row_bytes: float) -> float:
+    """One decode-time MoE dispatch (or combine) with DeepEP's low-latency kernels, as serving
+    engines run wide expert parallelism (SGLang and vLLM with DeepEP; DeepSeek's own decode).
+
+    Each of the rank's `tokens` goes to each of its top_k experts as its own `row_bytes` row
+    (the receive buffer is laid out per local expert), written straight into the peers'
+    buffers by the GPU (InfiniBand GPUDirect Async), every destination at once: so one
+    latency, not one per peer as in a ring. Rows for peers inside the node go over NVLink
+    (DeepEP PR #173, "low-latency kernels now leverage NVLink as much as possible"), the rest
+    through the rank's own NIC; experts spread evenly, so (local - 1)/n of the rows stay in the
+    node and (n - local)/n leave it. Check (tests/cost_models/test_inference.py): DeepEP's
+    README measures 128 tokens, hidden 7168, top-8, FP8 dispatch / BF16 combine on H800 with
+    a 400 Gb/s CX7 NIC per GPU at 155-194 us (dispatch) and 273-369 us (combine) for EP 32 to
+    256; this formula gives 8-16% less there on the DGX H100 preset (same NIC). Its EP 8 and 16
+    rows were measured before PR #173, over RDMA only, so they are not compared."""
+    n = links.size
+    if n <= 1 or tokens <= 0:
+        return 0.0
+    rows = tokens * top_k * row_bytes
+    local = links.members_per_node if links.spans_nodes else n
+    intra = rows * (local - 1) / n / intra_bandwidth(cluster, local) if local > 1 else 0.0
+    if not links.spans_nodes:
+        return intra + cluster.intra_node.latency_s
+    inter_bw = cluster.inter_node.bandwidth_bytes_per_s * INTER_NODE_LINK_EFFICIENCY
+    inter = rows * (n - local) / n / inter_bw
+    return max(intra, inter) + cluster.inter_node.latency_s
+
+
 def p2p_s(cluster: ClusterSpec, nbytes: float, *, crosses_nodes: bool) -> float:
     """Time to send `nbytes` from one rank to another."""
     if nbytes <= 0:

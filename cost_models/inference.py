@@ -5,11 +5,11 @@ then the decode of the outputs one token per step (time per output token, TPOT),
 memory of one device (weights + KV cache + workspace), with the largest batch that fits.
 
 Layout and degrees (kept simple, stated here once):
-- devices = tp * pp * dp. Each of the dp replicas is independent (no traffic between them)
-  and serves batch_size / dp sequences of the *global* `InferenceWorkload.batch_size`
+- devices = tp * pp * dp. Each of the dp replicas runs its own attention (no traffic between
+  replicas, except the experts' all-to-all when they spread over replicas, below) and serves batch_size / dp sequences of the *global* `InferenceWorkload.batch_size`
   (ceil when dp does not divide it: a warning says so).
 - Inside a replica, pp stages of tp devices each (blocks split as `Plan.layers_per_stage`).
-- Expert parallelism is folded into the TP group: ep must divide tp; each of the tp ranks of
+- Expert parallelism is folded into the TP group when ep <= tp: ep must divide tp; each of the tp ranks of
   a stage holds E/ep experts, each split over tp/ep ranks. Tokens are replicated in the TP
   group (they are, right after the attention all-reduce), so every rank runs its local
   experts on all tokens and the block's second all-reduce combines the expert outputs too
@@ -19,6 +19,21 @@ Layout and degrees (kept simple, stated here once):
   spread evenly, and the busiest rank (which the block's all-reduce waits for) reads the
   most (`busiest_rank_touched_experts`), so at small batch ep > 1 is slower than ep = 1.
   Prefill's expert FLOPs are taken as balanced (many tokens hit every expert).
+- Or the experts spread over replicas (ep > tp: ep = tp x g for g dividing dp, "wide" expert
+  parallelism with data-parallel attention, as DeepSeek-V3 serves, arXiv:2412.19437 Sec. 3.4:
+  attention TP4 x DP8 with MoE EP32 for prefill; SGLang --enable-dp-attention, vLLM
+  --data-parallel-size with --enable-expert-parallel). Each replica's attention and dense
+  layers run its own batch over its tp ranks; each device holds E/ep whole experts
+  (`expert_split`), and the ep ranks of g replicas exchange tokens every MoE block: each tp
+  rank dispatches its 1/tp of the replica's tokens to their top_k experts and combines the
+  results (fp8 rows with scales out, bf16 back: `dispatch_row_bytes`), then the tp ranks
+  all-gather the combined slices. Decode uses DeepEP's low-latency all-to-all
+  (`comm.moe_low_latency_s`, checked against DeepEP's measurements), prefill its normal
+  kernels (`comm.moe_dispatch_s`, one network crossing per destination node). The experts'
+  weight read and FLOPs are those of the g replicas' tokens on the busiest rank; prefill's
+  expert GEMMs take training's expected-maximum load over the ep ranks. The breakdown key
+  ep_comm holds the all-to-all time, not overlapped with compute (engines' two-batch overlap
+  is not modelled, so wide-EP prefill is pessimistic); it is 0 when ep is folded into tp.
 - cp > 1 is rejected (context parallelism is not modelled for inference); etp is ignored.
 
 Time (Pope et al. 2022, "Efficiently Scaling Transformer Inference", Sec. 2-3):
@@ -42,7 +57,8 @@ Time (Pope et al. 2022, "Efficiently Scaling Transformer Inference", Sec. 2-3):
   (the throughput of pp micro-batches in flight is not modelled).
 - Breakdown of TPOT (sums exactly to it): weights_read and kv_read are the memory times,
   compute is the part of the FLOP time beyond the memory time (max(0, C - M): the roofline
-  takes the larger of the two), then tp_comm, pp_comm, launch.
+  takes the larger of the two), then tp_comm, pp_comm, launch, ep_comm. TTFT: compute,
+  tp_comm, pp_comm, ep_comm.
 - e2e = TTFT + output_len * TPOT (the brief's convention; the first output token actually
   comes from prefill, so this over-counts one step).
 
@@ -98,8 +114,8 @@ KV_BLOCK_TOKENS = 16
 LOGIT_BYTES = 4
 """The sampled positions' logits are materialised in fp32."""
 
-TPOT_KEYS = ("weights_read", "kv_read", "compute", "tp_comm", "pp_comm", "launch")
-TTFT_KEYS = ("compute", "tp_comm", "pp_comm")
+TPOT_KEYS = ("weights_read", "kv_read", "compute", "tp_comm", "pp_comm", "launch", "ep_comm")
+TTFT_KEYS = ("compute", "tp_comm", "pp_comm", "ep_comm")
 
 
 class InferenceEstimate(BaseModel):
@@ -145,13 +161,40 @@ def _check(model: ModelSpec, workload: InferenceWorkload, plan: Plan) -> None:
     if plan.ep > 1:
         if model.moe is None:
             raise PlanError(f"ep={plan.ep} needs an MoE model; '{model.name}' is dense")
-        if plan.tp % plan.ep or model.moe.num_experts % plan.ep:
+        e = model.moe.num_experts
+        if plan.ep <= plan.tp and (plan.tp % plan.ep or e % plan.ep):
             raise PlanError(
-                f"for inference ep is folded into tp: ep={plan.ep} must divide tp={plan.tp} "
-                f"and the {model.moe.num_experts} experts"
-            )
+                f"ep={plan.ep} is folded into tp={plan.tp}: it must divide tp and the {e} "
+                f"experts (or be tp times a divisor of dp={plan.dp}, experts over replicas)")
+        if plan.ep > plan.tp and (plan.ep % plan.tp or plan.dp % (plan.ep // plan.tp)
+                                  or e % plan.ep):
+            raise PlanError(
+                f"ep={plan.ep} spreads the experts over replicas: it must be tp={plan.tp} times "
+                f"a divisor of dp={plan.dp} and divide the {e} experts; valid: "
+                f"{', '.join(str(x) for x in wide_ep_choices(model, plan.tp, plan.dp)) or 'none'}")
     if workload.batch_size < plan.dp:
         raise PlanError(f"batch {workload.batch_size} leaves some of the dp={plan.dp} replicas idle")
+
+
+def wide_ep_choices(model: ModelSpec, tp: int, dp: int) -> list[int]:
+    """The ep values above tp that spread the experts over replicas: tp x g for each divisor
+    g > 1 of dp, dividing the experts."""
+    assert model.moe is not None
+    return [tp * g for g in range(2, dp + 1)
+            if dp % g == 0 and model.moe.num_experts % (tp * g) == 0]
+
+
+def ep_replicas(plan: Plan) -> int:
+    """Replicas one expert-parallel group spans: ep / tp when ep > tp (data-parallel
+    attention, experts over replicas), else 1 (ep folded into tp)."""
+    return plan.ep // plan.tp if plan.ep > plan.tp else 1
+
+
+def expert_split(plan: Plan) -> int:
+    """Ways the routed experts' weights and work are split per device: tp when ep is folded
+    into tp (E/ep experts, each over tp/ep ranks), ep when the experts spread over replicas
+    (E/ep whole experts per device)."""
+    return max(plan.tp, plan.ep)
 
 
 def _routed_expert_params(model: ModelSpec) -> int:
@@ -212,17 +255,20 @@ def kv_tokens_per_sequence(workload: InferenceWorkload) -> int:
 
 # ----- memory ----------------------------------------------------------------------------
 def _stage_weight_params(model: ModelSpec, plan: Plan, stage: int, first: int, last: int) -> float:
-    """Parameters one device of `stage` holds (all experts): the stage's blocks / tp, the
-    embedding on the first stage, the LM head on the last (a second copy of a tied embedding
-    when pp > 1)."""
-    total = sum(sum(_layer_params(model, i)) for i in range(first, last + 1))
+    """Parameters one device of `stage` holds: the stage's blocks / tp, the embedding on the
+    first stage, the LM head on the last (a second copy of a tied embedding when pp > 1); of
+    the routed experts 1 / `expert_split` (E/ep whole experts when they spread over replicas)."""
+    common = routed = 0
+    for i in range(first, last + 1):
+        c, r = _layer_params(model, i)
+        common, routed = common + c, routed + r
     if stage == 0:
-        total += model.embedding_params
+        common += model.embedding_params
     if stage == plan.pp - 1:
-        total += model.lm_head_params
+        common += model.lm_head_params
         if model.tied_embeddings and plan.pp > 1:
-            total += model.vocab_size * model.hidden_size
-    return total / plan.tp
+            common += model.vocab_size * model.hidden_size
+    return common / plan.tp + routed / expert_split(plan)
 
 
 def _workspace_bytes(model: ModelSpec, plan: Plan, prompt_len: int, batch: int,
@@ -316,36 +362,72 @@ def _math_rate(dev_peak: float, eff: DeviceEfficiency, dtype: DType) -> float:
     return dev_peak * frac * eff.sustained_clock
 
 
+def dispatch_row_bytes(model: ModelSpec, dtype: DType) -> tuple[float, float]:
+    """(dispatch, combine) bytes of one token row in an expert-parallel all-to-all: fp8
+    serving dispatches the 1-byte cast with one fp32 scale per 128 channels and combines in
+    bf16 (DeepSeek-V3, arXiv:2412.19437, Sec. 3.3.2 and 3.5.2: FP8 dispatch, BF16 combine,
+    1 x 128 tile scales; DeepEP's benchmark rows are 7168 + 56 x 4 bytes); otherwise both
+    directions carry the activation dtype."""
+    h, e = model.hidden_size, roof_bytes(dtype)
+    if dtype == DType.FP8:
+        return h + math.ceil(h / FP8_SCALE_TILE) * 4, h * e
+    return h * e, h * e
+
+
+FP8_SCALE_TILE = 128
+"""Channels per fp32 scaling factor of an fp8 activation row (DeepSeek-V3 Sec. 3.3.2)."""
+
+
+def ep_links_of(cluster: ClusterSpec, plan: Plan) -> comm.GroupLinks:
+    """Links of the expert-parallel group when the experts spread over replicas: the tp ranks
+    of a stage in each of `ep_replicas` consecutive replicas (order tp, cp, dp, pp)."""
+    st = strides(plan)
+    return comm.composite_links(cluster, [(plan.tp, st["tp"]), (ep_replicas(plan), st["dp"])])
+
+
 def _decode_stage(model: ModelSpec, plan: Plan, workload: InferenceWorkload, roof: Roofline,
-                  eff: DeviceEfficiency, tp_links: comm.GroupLinks, stage: int, first: int,
-                  last: int, batch: int) -> dict[str, float]:
+                  eff: DeviceEfficiency, tp_links: comm.GroupLinks, ep_links: comm.GroupLinks,
+                  cluster: ClusterSpec, stage: int, first: int, last: int,
+                  batch: int) -> dict[str, float]:
     """One decode step of one stage on one device: bytes, FLOPs and seconds by kind."""
     dt, h, t = workload.dtype, model.hidden_size, plan.tp
     ctx = workload.prompt_len + workload.output_len / 2          # mean context over decode
     n_layers = last - first + 1
+    # Tokens of one expert-parallel group: the replica's batch, times the replicas the group
+    # spans when the experts spread over them (each replica's attention runs its own batch).
+    group_tokens = batch * ep_replicas(plan)
+    split = expert_split(plan)
     # Weights streamed once per step (Pope et al. 2022 Sec. 2); of an MoE block only the
-    # experts the batch's tokens hit. The embedding is a lookup of `batch` rows: not counted.
-    params = 0.0
+    # experts the group's tokens hit, on the busiest rank (the all-reduce or the combine waits
+    # for it). The embedding is a lookup of `batch` rows: not counted.
+    common_params = routed_params = 0.0
+    n_moe = 0
     for i in range(first, last + 1):
         common, routed = _layer_params(model, i)
-        params += common
+        common_params += common
         if routed:
-            params += (busiest_rank_touched_experts(model, batch, plan.ep)
-                       * _routed_expert_params(model))
+            n_moe += 1
+            routed_params += (busiest_rank_touched_experts(model, group_tokens, plan.ep)
+                              * _routed_expert_params(model))
     if stage == plan.pp - 1 and model.vocab_size:
-        params += model.vocab_size * h + model.norm_params           # final norm + LM head
-    weight_bytes = params / t * dt.bytes
+        common_params += model.vocab_size * h + model.norm_params    # final norm + LM head
+    weight_bytes = (common_params / t + routed_params / split) * dt.bytes
     kv_ctx = model.attended_context(ctx)     # a sliding-window layer keeps and reads its window
     kv_bytes = (batch * kv_ctx * model.kv_cache_bytes_per_token(dt) / model.num_layers * n_layers
                 / kv_split(model, t))
     # FLOPs: 2 per active weight per token (Kaplan et al. 2020 Sec. 2.1) plus the new
     # token's attention over the whole context (no causal halving).
-    active = sum(model.moe_layer_active_params if model.is_moe_layer(i)
+    # The routed experts' FLOPs are the group's tokens' top_k picks over `split` devices
+    # (batch x top_k / tp when ep is folded into tp).
+    routed_active = (model.moe.top_k * _routed_expert_params(model) if model.moe is not None
+                     else 0)
+    active = sum(model.moe_layer_active_params - routed_active if model.is_moe_layer(i)
                  else model.dense_layer_params for i in range(first, last + 1))
     if stage == plan.pp - 1:
         active += model.vocab_size * h
     score = model.attention_score_flops_per_token(1) * kv_ctx / model.num_layers * n_layers
-    flops = batch * (2.0 * active + score) / t
+    flops = (batch * (2.0 * active + score) / t
+             + group_tokens * 2.0 * routed_active * n_moe / split)
     t_weights, t_kv = weight_bytes / roof.bw, kv_bytes / roof.bw
     t_math = flops / _math_rate(roof.peak, eff, dt)
     act = batch * h * roof_bytes(dt)
@@ -354,20 +436,67 @@ def _decode_stage(model: ModelSpec, plan: Plan, workload: InferenceWorkload, roo
     return {
         "weights_read": t_weights, "kv_read": t_kv,
         "compute": max(0.0, t_math - (t_weights + t_kv)),
-        "tp_comm": 2 * n_layers * comm.all_reduce_s(tp_links, act),
+        "tp_comm": _tp_comm(plan, tp_links, act, n_layers, n_moe),
         "launch": kernels * eff.kernel_floor_s,
+        "ep_comm": n_moe * _ep_decode_s(model, plan, dt, ep_links, cluster, batch),
         "_weight_bytes": weight_bytes, "_kv_bytes": kv_bytes, "_math_s": t_math,
     }
 
 
+def _tp_comm(plan: Plan, tp_links: comm.GroupLinks, act: float, n_layers: int,
+             n_moe: int) -> float:
+    """Megatron's two all-reduces per block of `act` bytes (Shoeybi et al. 2019 Sec. 3); in an
+    MoE block whose experts spread over replicas, the second becomes an all-gather of the
+    combined tp slices (each tp rank dispatched its 1/tp of the tokens)."""
+    if plan.ep <= plan.tp:
+        return 2 * n_layers * comm.all_reduce_s(tp_links, act)
+    return (2 * (n_layers - n_moe) + n_moe) * comm.all_reduce_s(tp_links, act) + \
+        n_moe * comm.all_gather_s(tp_links, act)
+
+
+def _ep_decode_s(model: ModelSpec, plan: Plan, dtype: DType, ep_links: comm.GroupLinks,
+                 cluster: ClusterSpec, batch: int) -> float:
+    """One MoE block's dispatch and combine in a decode step when the experts spread over
+    replicas (DeepEP low-latency kernels, `comm.moe_low_latency_s`); each tp rank sends its
+    1/tp of the replica's batch. 0 when ep is folded into tp (no all-to-all)."""
+    if plan.ep <= plan.tp:
+        return 0.0
+    assert model.moe is not None
+    d_row, c_row = dispatch_row_bytes(model, dtype)
+    tokens, k = batch / plan.tp, model.moe.top_k
+    return (comm.moe_low_latency_s(ep_links, cluster, tokens=tokens, top_k=k, row_bytes=d_row)
+            + comm.moe_low_latency_s(ep_links, cluster, tokens=tokens, top_k=k, row_bytes=c_row))
+
+
+def _ep_prefill_s(model: ModelSpec, plan: Plan, dtype: DType, ep_links: comm.GroupLinks,
+                  cluster: ClusterSpec, tokens: int) -> float:
+    """One MoE block's dispatch and combine of the prompt tokens when the experts spread over
+    replicas: DeepEP's normal (throughput) kernels, which cross the network once per
+    destination node (`comm.moe_dispatch_s`, as in training's flex dispatcher)."""
+    if plan.ep <= plan.tp:
+        return 0.0
+    assert model.moe is not None
+    m, (d_row, c_row) = model.moe, dispatch_row_bytes(model, dtype)
+    kw = {"tokens": tokens / plan.tp, "top_k": m.top_k, "experts": m.num_experts}
+    return (comm.moe_dispatch_s(ep_links, cluster, row_bytes=d_row, **kw)
+            + comm.moe_dispatch_s(ep_links, cluster, row_bytes=c_row, **kw))
+
+
 def _prefill_stage(model: ModelSpec, plan: Plan, workload: InferenceWorkload, roof: Roofline,
-                   eff: DeviceEfficiency, tp_links: comm.GroupLinks, stage: int, first: int,
-                   last: int, batch: int) -> dict[str, float]:
+                   eff: DeviceEfficiency, tp_links: comm.GroupLinks, ep_links: comm.GroupLinks,
+                   cluster: ClusterSpec, stage: int, first: int, last: int,
+                   batch: int) -> dict[str, float]:
     """The prompt's forward pass through one stage on one device."""
     dt, h, t = workload.dtype, model.hidden_size, plan.tp
     sh = Shard(mbs=batch, seq_len=workload.prompt_len, tp=t, attn=plan.attn, dtype=dt)
     moe_sh = sh
-    if model.moe is not None:
+    if model.moe is not None and plan.ep > plan.tp:
+        # Experts over replicas: each tp rank routes its 1/tp of the tokens to E/ep whole
+        # experts per device, the group's tokens spread over them with the expected maximum
+        # load of random routing: training's expert arithmetic with etp = 1
+        # (compute._add_experts; Shard.moe_tokens = tokens / tp).
+        moe_sh = replace(sh, ep=plan.ep, etp=1)
+    elif model.moe is not None:
         # ep is folded into tp (module docstring): per device the routed experts run split tp
         # ways on all T tokens of the replica (the same FLOPs as E/ep experts split tp/ep).
         # Only the U = touched_experts(T) experts that receive tokens run, with T*top_k/U
@@ -376,8 +505,10 @@ def _prefill_stage(model: ModelSpec, plan: Plan, workload: InferenceWorkload, ro
         used = touched_experts(model, sh.tokens)
         moe_sh = replace(sh, ep=model.moe.num_experts / used, etp=t)  # type: ignore[arg-type]
     secs = flops = 0.0
+    n_moe = 0
     for i in range(first, last + 1):
         moe = model.is_moe_layer(i)
+        n_moe += moe
         bc = block_compute(model, roof, moe_sh if moe else sh, moe=moe)
         secs, flops = secs + bc.fwd_s, flops + bc.fwd_flops
     if stage == 0 and model.vocab_size:
@@ -389,7 +520,8 @@ def _prefill_stage(model: ModelSpec, plan: Plan, workload: InferenceWorkload, ro
     weight_bytes = _stage_weight_params(model, plan, stage, first, last) * dt.bytes
     return {
         "compute": secs,
-        "tp_comm": 2 * (last - first + 1) * comm.all_reduce_s(tp_links, act),
+        "tp_comm": _tp_comm(plan, tp_links, act, last - first + 1, n_moe),
+        "ep_comm": n_moe * _ep_prefill_s(model, plan, dt, ep_links, cluster, sh.tokens),
         "_flops": flops, "_math_s": flops / _math_rate(roof.peak, eff, dt),
         "_mem_s": weight_bytes / roof.bw,
     }
@@ -403,10 +535,11 @@ def estimate_inference(model: ModelSpec, cluster: ClusterSpec, workload: Inferen
     roof = Roofline(cluster.device, eff, workload.dtype)
     st = strides(plan)
     tp_links = comm.group_links(cluster, size=plan.tp, stride=st["tp"])
+    ep_links = ep_links_of(cluster, plan)
     pp_crosses = plan.pp > 1 and st["pp"] * plan.pp > cluster.devices_per_node
     batch = math.ceil(workload.batch_size / plan.dp)
     ranges = plan.stage_ranges(model.num_layers)
-    args = (model, plan, workload, roof, eff, tp_links)
+    args = (model, plan, workload, roof, eff, tp_links, ep_links, cluster)
 
     # Stage-to-stage sends, each rank its 1/tp slice (Narayanan et al. 2021 Sec. 4.1).
     def p2p(tokens: int) -> float:
@@ -415,7 +548,8 @@ def estimate_inference(model: ModelSpec, cluster: ClusterSpec, workload: Inferen
 
     pre = [_prefill_stage(*args, s, a, z, batch) for s, (a, z) in enumerate(ranges)]
     ttft_bd = {"compute": sum(p["compute"] for p in pre), "tp_comm": sum(p["tp_comm"] for p in pre),
-               "pp_comm": p2p(batch * workload.prompt_len) if plan.pp > 1 else 0.0}
+               "pp_comm": p2p(batch * workload.prompt_len) if plan.pp > 1 else 0.0,
+               "ep_comm": sum(p["ep_comm"] for p in pre)}
     dec = [_decode_stage(*args, s, a, z, batch) for s, (a, z) in enumerate(ranges)]
     tpot_bd = {k: sum(d[k] for d in dec) for k in TPOT_KEYS if k != "pp_comm"}
     tpot_bd["pp_comm"] = p2p(batch) if plan.pp > 1 else 0.0

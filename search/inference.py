@@ -6,7 +6,9 @@ The space (small; enumerated in full, in a fixed order, so results are determini
   divides the attention heads; pp at most the blocks; dp at most the batch (an idle replica
   is a plan error in the cost model).
 - ep: 1 for a dense model; for an MoE model every divisor of tp that divides the experts
-  (ep is folded into tp for inference, see cost_models/inference.py).
+  (ep folded into tp), then every tp x g for g > 1 dividing dp that divides the experts
+  (the experts spread over g replicas whose attention stays data-parallel); see
+  cost_models/inference.py.
 - cp = 1 and the training-only keys (mbs, vpp, zero, recompute, sp) keep their defaults.
 Each candidate is scored; those that do not fit in memory are dropped ("memory"), then those
 whose TPOT exceeds `max_tpot_ms` ("tpot"). The rest are ranked by tokens/s (descending),
@@ -21,7 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cost_models.inference import InferenceEstimate, estimate_inference
+from cost_models.inference import InferenceEstimate, estimate_inference, wide_ep_choices
 from planner.errors import InfeasibleError, SpecError
 from planner.hardware import ClusterSpec
 from planner.model import ModelSpec
@@ -105,7 +107,7 @@ def enumerate_plans(model: ModelSpec, cluster: ClusterSpec, workload: InferenceW
                 pruned["dp_batch"] += 1
                 continue
             eps = ([e for e in divisors(tp) if model.moe.num_experts % e == 0]
-                   if model.moe is not None else [1])
+                   + wide_ep_choices(model, tp, dp) if model.moe is not None else [1])
             for ep in eps:
                 if "ep" in fixed and fixed["ep"] != ep:
                     continue

@@ -6,14 +6,21 @@ the chunk's token budget, with names from `options/vllm.toml` and `options/sglan
 not decide the checkpoint: pass `model_path` (the CLI's --model-path); without it the command
 reads the shell variable MODEL_PATH.
 
-meshplan's inference plans keep dp independent replicas of tp x pp devices, with expert
-parallelism folded into the TP group (ep divides tp; each expert split over tp/ep ranks):
-- SGLang: --dp-size is "the number of data-parallel replicas of the model" and MoE layers run
-  over ep_size expert ranks x moe_tp_size = tp_size / ep_size (sglang/srt/arg_groups/fields/
-  parallel.py, 0.5.23), the same layout: every plan maps.
+meshplan's inference plans keep dp replicas of tp x pp devices, with expert parallelism
+either folded into the TP group (ep divides tp; each expert split over tp/ep ranks) or, when
+ep > tp, spread over ep/tp replicas whose attention stays data-parallel:
+- SGLang, ep <= tp: --dp-size is "the number of data-parallel replicas of the model" and MoE
+  layers run over ep_size expert ranks x moe_tp_size = tp_size / ep_size (sglang/srt/arg_groups/
+  fields/parallel.py, 0.5.23), the same layout: every such plan maps.
+- SGLang, ep > tp: with --enable-dp-attention, --tp-size is the engine's whole GPU count and
+  --dp-size the attention's data-parallel groups inside it ("refers to attention DP within
+  those tp_size GPUs", same file), so ep = tp x dp maps to --tp-size ep --dp-size dp
+  --enable-dp-attention --ep-size ep, with pp = 1; ep spanning fewer replicas than dp would
+  need several engines and is refused.
 - vLLM: --data-parallel-size replicas share the expert layers (they form a DP x TP group) and
   --enable-expert-parallel makes EP span all DP x TP ranks (docs: data parallel deployment),
-  so an MoE plan maps only when ep is 1 or tp, and dp is 1; other MoE plans are refused.
+  so an MoE plan maps when ep is 1 or tp with dp = 1, or ep = tp x dp with pp = 1; other MoE
+  plans are refused.
 """
 
 from __future__ import annotations
@@ -50,12 +57,15 @@ def vllm_flags(inp: ExportInputs) -> Flags:
     """
     require_inference(inp, "vLLM")
     p, moe = inp.plan, inp.model.moe
-    if moe is not None and p.dp > 1:
+    wide = moe is not None and p.ep > p.tp
+    if wide:
+        _check_wide(inp, "vLLM")
+    elif moe is not None and p.dp > 1:
         raise refuse("vLLM", f"dp={p.dp} on an MoE model: vLLM's --data-parallel-size joins the "
                      "replicas' expert layers into one DP x TP group, while the plan keeps "
                      f"{p.dp} independent replicas; launch {p.dp} servers of tp={p.tp} instead, "
                      "or export --to sglang")
-    if moe is not None and p.ep not in (1, p.tp):
+    if moe is not None and not wide and p.ep not in (1, p.tp):
         raise refuse("vLLM", f"ep={p.ep} with tp={p.tp}: --enable-expert-parallel spreads the "
                      "experts over all TP x DP ranks (ep = tp here); vLLM has no expert TP size "
                      "to split each expert over tp/ep ranks")
@@ -69,13 +79,37 @@ def vllm_flags(inp: ExportInputs) -> Flags:
                   ("--dtype", torch_dtype_name(inp.workload.dtype, "vLLM"))]
 
 
+def _check_wide(inp: ExportInputs, engine: str) -> None:
+    """Refuse a plan whose experts spread over replicas unless one engine expresses it: the
+    expert group spans every replica (ep = tp x dp) and pp = 1 (module docstring)."""
+    p = inp.plan
+    if p.ep != p.tp * p.dp:
+        raise refuse(engine, f"ep={p.ep} spreads the experts over {p.ep // p.tp} of the "
+                     f"dp={p.dp} replicas; one {engine} engine spreads them over all of its "
+                     f"data-parallel ranks: use ep={p.tp * p.dp} (--fix ep={p.tp * p.dp}), or "
+                     f"launch {p.dp * p.tp // p.ep} engines of dp={p.ep // p.tp}")
+    if p.pp > 1:
+        raise refuse(engine, f"pp={p.pp} with experts over replicas: meshplan has not checked "
+                     f"{engine}'s data-parallel attention with pipeline stages; use pp=1")
+
+
 def sglang_flags(inp: ExportInputs, *, model_path: str) -> Flags:
     """Flags of `python -m sglang.launch_server` for `inp` (model path included)."""
     require_inference(inp, "SGLang")
     p = inp.plan
     batch, context = _limits(inp)
-    return [("--model-path", model_path), ("--tp-size", str(p.tp)), ("--pp-size", str(p.pp)),
-            ("--dp-size", str(p.dp)), ("--ep-size", str(p.ep)),
+    if inp.model.moe is not None and p.ep > p.tp:
+        _check_wide(inp, "SGLang")
+        # with data-parallel attention the cap is the engine's, split over its dp workers
+        # (SGLang sizes each worker's request pool as max_running_requests // dp_size)
+        batch *= p.dp
+        parallel: Flags = [("--tp-size", str(p.ep)), ("--pp-size", str(p.pp)),
+                           ("--dp-size", str(p.dp)), ("--enable-dp-attention", None),
+                           ("--ep-size", str(p.ep))]
+    else:
+        parallel = [("--tp-size", str(p.tp)), ("--pp-size", str(p.pp)),
+                    ("--dp-size", str(p.dp)), ("--ep-size", str(p.ep))]
+    return [("--model-path", model_path), *parallel,
             ("--max-running-requests", str(batch)), ("--context-length", str(context)),
             *_chunk(inp, "--chunked-prefill-size"),
             ("--dtype", torch_dtype_name(inp.workload.dtype, "SGLang"))]

@@ -38,7 +38,8 @@ def plan_of(plan_text: str, devices: int) -> Plan:
 
 def map_inputs(plan: Plan, model: ModelSpec, *, expert_tp: int | None = None) -> MapInputs:
     """What the device map needs from a plan and its model. `expert_tp` overrides the plan's
-    etp: inference folds ep into tp, so each expert is split over tp/ep ranks there."""
+    etp: inference folds ep <= tp into tp, so each expert is split over tp/ep ranks there
+    (and held whole, etp 1, when ep > tp spreads the experts over replicas)."""
     moe = model.moe
     return MapInputs(
         sizes={"tp": plan.tp, "cp": plan.cp, "dp": plan.dp, "pp": plan.pp},

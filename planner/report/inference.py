@@ -14,11 +14,16 @@ from typing import Any
 
 from planner.report import template as t
 from planner.report.charts import BarChart, BarRow, bar_chart, fmt
+from planner.model import ModelSpec
+from planner.plan import Plan
 from planner.report.common import device_map_section, map_inputs, model_of, pct, plan_of
+from planner.report.devices import MapInputs
 
-TTFT_COLORS = {"compute": "#4e79a7", "tp_comm": "#f28e2b", "pp_comm": "#59a14f"}
+TTFT_COLORS = {"compute": "#4e79a7", "tp_comm": "#f28e2b", "pp_comm": "#59a14f",
+               "ep_comm": "#e15759"}
 TPOT_COLORS = {"weights_read": "#4e79a7", "kv_read": "#76b7b2", "compute": "#59a14f",
-               "tp_comm": "#f28e2b", "pp_comm": "#edc948", "launch": "#b07aa1"}
+               "tp_comm": "#f28e2b", "pp_comm": "#edc948", "launch": "#b07aa1",
+               "ep_comm": "#e15759"}
 MEMORY_COLORS = {"weights": "#4e79a7", "kv_cache": "#f28e2b", "workspace": "#59a14f",
                  "overhead": "#bab0ac"}
 
@@ -82,6 +87,12 @@ def _table(ranked: list[dict[str, Any]]) -> str:
                    rows, numeric=[False, False, True, True, True, True, False, True, False, True])
 
 
+def serving_map_inputs(plan: Plan, model: ModelSpec) -> MapInputs:
+    """The device map's inputs for a serving plan: ep folded into tp splits each expert over
+    tp/ep ranks; ep > tp holds whole experts (etp 1), spread over the replicas' ranks."""
+    return map_inputs(plan, model, expert_tp=max(1, plan.tp // plan.ep))
+
+
 def _chart(chart: str, ranked: list[dict[str, Any]], labels: list[str], field: str,
            colors: dict[str, str], unit: str) -> str:
     rows = [BarRow(label=lab, parts={k: 1e3 * v for k, v in s["estimate"][field].items()},
@@ -109,7 +120,7 @@ def _panel(scored: dict[str, Any], result: dict[str, Any], model: Any, *, rank: 
             f"each device is busy about 1/{p} of each step and idle {pct((p - 1) / p)} "
             "(micro-batches in flight are not modelled, so no schedule is drawn)."
             if p > 1 else "No pipeline (pp=1).")
-    inp = map_inputs(plan, model, expert_tp=plan.tp // plan.ep)
+    inp = serving_map_inputs(plan, model)
     return (f"<h3>Plan #{rank}</h3><p><code>{t.cell(e['plan'])}</code></p>"
             + t.notes(e["warnings"]) + f'<p class="note">{escape(pipe)}</p>'
             + device_map_section(inp, devices_per_node=inputs["cluster"]["devices_per_node"]))

@@ -8,18 +8,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cost_models import comm
 from cost_models.efficiency import device_efficiency
 from cost_models.inference import (
     EMBEDDING_KERNELS,
     HEAD_KERNELS,
     KERNELS_PER_BLOCK,
     TPOT_KEYS,
+    TTFT_KEYS,
     estimate_inference,
     touched_experts,
 )
 from cost_models.memory import GIB
 from planner import ClusterSpec, InferenceWorkload, ModelSpec, Plan, load_cluster, load_model
 from planner.errors import PlanError
+from planner.model import DType
 
 
 def with_bandwidth(cluster: ClusterSpec, factor: float) -> ClusterSpec:
@@ -223,11 +226,84 @@ def test_moe_decode_reads_touched_experts() -> None:
     assert many_b.decode_weight_bytes == pytest.approx(many_a.decode_weight_bytes)  # all hit
 
 
+# (6b) experts spread over replicas (ep > tp: data-parallel attention, DeepEP all-to-all) -------
+def test_wide_ep_decode_and_prefill_by_hand() -> None:
+    model, cluster = load_model("mixtral-8x7b"), load_cluster("dgx-h100")
+    m, h, L = model.moe, model.hidden_size, model.num_layers
+    wl = InferenceWorkload(batch_size=8, prompt_len=128, output_len=16)
+    folded = estimate_inference(model, cluster, wl, Plan(tp=1, dp=8))
+    wide = estimate_inference(model, cluster, wl, Plan(tp=1, dp=8, ep=8))
+    p_e = model.mlp_params(m.expert_ffn_hidden_size)
+    routed = m.num_experts * p_e * L
+    common = model.params - model.embedding_params - routed       # streamed every step
+    # Folded (ep=1): one token per replica reads its top_k = 2 experts per block.
+    assert folded.decode_weight_bytes == pytest.approx((common + 2 * p_e * L) * 2)
+    # Wide: each device holds 1 of the 8 experts; the 8 replicas' 8 tokens hit it with
+    # q = 1 - (1 - 2/8)^8, and the busiest of the 8 ranks reads 1 - (1 - q)^8 experts.
+    q = 1 - (1 - 2 / 8) ** 8
+    assert wide.decode_weight_bytes == pytest.approx((common + (1 - (1 - q) ** 8) * p_e * L) * 2)
+    assert wide.weights_gib == pytest.approx(
+        (common + model.embedding_params + routed / 8) * 2 / GIB)
+    # Decode all-to-all, one node: each rank's 1 token goes to 2 experts as a bf16 row, 7/8 of
+    # them to other GPUs over NVLink, dispatch and combine, one latency each, every MoE block.
+    bw = cluster.intra_node.group_bandwidth(8) * device_efficiency(cluster.device)[0].intra_link
+    lat = cluster.intra_node.latency_s
+    one = 1 * 2 * h * 2 * 7 / 8 / bw + lat
+    assert wide.tpot_breakdown["ep_comm"] == pytest.approx(L * 2 * one)
+    assert folded.tpot_breakdown["ep_comm"] == folded.ttft_breakdown["ep_comm"] == 0.0
+    # Prefill: each rank dispatches its 128 prompt tokens x 2 rows by NCCL-style all-to-all
+    # inside the node ((n-1)/n of the bytes, n-1 latencies), and combines them back.
+    a2a = 7 / 8 * (128 * 2 * h * 2) / bw + 7 * lat
+    assert wide.ttft_breakdown["ep_comm"] == pytest.approx(L * 2 * a2a)
+    for est in (wide, folded):
+        assert tuple(est.tpot_breakdown) == TPOT_KEYS and tuple(est.ttft_breakdown) == TTFT_KEYS
+        assert sum(est.tpot_breakdown.values()) == pytest.approx(est.tpot_s, rel=1e-12)
+        assert sum(est.ttft_breakdown.values()) == pytest.approx(est.ttft_s, rel=1e-12)
+
+
+def test_wide_ep_reads_its_share_of_experts_when_all_are_hit() -> None:
+    model, cluster = load_model("mixtral-8x7b"), load_cluster("dgx-h100")
+    wl = InferenceWorkload(batch_size=512, prompt_len=64, output_len=8)
+    p_e = model.mlp_params(model.moe.expert_ffn_hidden_size)
+    a = estimate_inference(model, cluster, wl, Plan(tp=2, dp=4))           # ep 1 in tp
+    b = estimate_inference(model, cluster, wl, Plan(tp=2, dp=4, ep=8))     # 1 expert per GPU
+    # a: all 8 experts split over tp=2; b: 1 whole expert per device
+    assert a.decode_weight_bytes - b.decode_weight_bytes == pytest.approx(
+        (8 / 2 - 1) * p_e * model.num_layers * 2)
+    # fp8 rows carry one fp32 scale per 128 channels on the way out, bf16 rows back
+    f8 = estimate_inference(model, cluster, wl.model_copy(update={"dtype": DType.FP8}),
+                            Plan(tp=2, dp=4, ep=8))
+    assert 0 < f8.tpot_breakdown["ep_comm"] < b.tpot_breakdown["ep_comm"]
+
+
+# DeepEP README (deepseek-ai/DeepEP, "Low-latency kernels with pure RDMA"): H800 with one
+# 400 Gb/s CX7 NIC per GPU, 128 tokens, hidden 7168, top-8, FP8 dispatch (7168 + 56 x 4
+# bytes a row), BF16 combine: (EP, dispatch us, combine us).
+DEEPEP_LOW_LATENCY = [(32, 155, 273), (64, 173, 314), (128, 192, 369), (256, 194, 360)]
+
+
+@pytest.mark.parametrize("ep, dispatch_us, combine_us", DEEPEP_LOW_LATENCY)
+def test_low_latency_all_to_all_matches_deepep(ep: int, dispatch_us: float,
+                                               combine_us: float) -> None:
+    cluster = load_cluster("dgx-h100").job_view(ep)        # same NIC as the H800 test
+    links = comm.group_links(cluster, size=ep, stride=1)
+    assert links.spans_nodes
+    d = comm.moe_low_latency_s(links, cluster, tokens=128, top_k=8, row_bytes=7168 + 56 * 4)
+    c = comm.moe_low_latency_s(links, cluster, tokens=128, top_k=8, row_bytes=7168 * 2)
+    assert d * 1e6 == pytest.approx(dispatch_us, rel=0.2)
+    assert c * 1e6 == pytest.approx(combine_us, rel=0.2)
+
+
 # plan checks -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("name, plan", [("llama3-8b", Plan(cp=2)), ("llama3-8b", Plan(tp=2, ep=2)),
-                                        ("mixtral-8x7b", Plan(tp=2, ep=4)), ("llama3-8b", Plan(dp=4))])
-def test_rejected_plans(name: str, plan: Plan) -> None:
-    with pytest.raises(PlanError):
+@pytest.mark.parametrize("name, plan, match", [
+    ("llama3-8b", Plan(cp=2), "context parallelism"),
+    ("llama3-8b", Plan(tp=2, ep=2), "dense"),
+    ("mixtral-8x7b", Plan(tp=2, ep=4), "valid: none"),               # dp=1: no replicas
+    ("mixtral-8x7b", Plan(tp=2, dp=2, ep=8), "valid: 4"),             # 8/2 = 4 does not divide 2
+    ("mixtral-8x7b", Plan(tp=4, dp=2, ep=6), "tp=4 times a divisor"),
+    ("llama3-8b", Plan(dp=4), "idle")])
+def test_rejected_plans(name: str, plan: Plan, match: str) -> None:
+    with pytest.raises(PlanError, match=match):
         estimate_inference(load_model(name), load_cluster("dgx-h100"),
                            InferenceWorkload(batch_size=2, prompt_len=64, output_len=8), plan)
 

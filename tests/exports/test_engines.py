@@ -65,9 +65,12 @@ EXPORTED: dict[tuple[str, str], list[Case]] = {
                             ("moe", 0, "tp=2,pp=1,dp=16,ep=8,etp=2,mbs=1,sp=on,zero=0")],
     ("deepspeed", "dense"): [("dense", 0, None), ("dense", 0, "tp=2,pp=1,dp=8,mbs=2,zero=1"),
                              ("dense", 0, "tp=1,pp=1,dp=16,mbs=1,zero=0")],
-    ("vllm", "moe"): [("moe-inference", 0, None), ("moe-inference", 3, None)],
+    ("vllm", "moe"): [("moe-inference", 0, None), ("moe-inference", 3, None),
+                      ("moe-inference", 0, "tp=2,pp=1,dp=4,ep=8")],    # experts over replicas
     ("vllm", "inference"): [("inference", r, None) for r in range(5)],
-    ("sglang", "moe"): [("moe-inference", r, None) for r in range(5)],
+    ("sglang", "moe"): [*[("moe-inference", r, None) for r in range(5)],
+                        ("moe-inference", 0, "tp=2,pp=1,dp=4,ep=8"),
+                        ("moe-inference", 0, "tp=1,pp=1,dp=8,ep=8")],
     ("sglang", "inference"): [("inference", r, None) for r in range(5)],
 }
 # cell -> (fixture, plan text or None, a phrase the refusal must contain)
@@ -197,10 +200,17 @@ def test_sglang_server_args_accept_export(saved, variant, fixture: str, rank: in
     server_args.ServerArgs.add_cli_args(parser)
     args = server_args.ServerArgs.from_cli_args(parser.parse_args(argv))
     wl = data["inputs"]["workload"]
-    assert (args.tp_size, args.pp_size, args.dp_size, args.ep_size) == (plan.tp, plan.pp, plan.dp, plan.ep)
+    if plan.ep > plan.tp:
+        # data-parallel attention: --tp-size is the engine's GPUs, the request cap the engine's
+        assert args.enable_dp_attention and args.tp_size == plan.tp * plan.dp == plan.ep
+        assert (args.pp_size, args.dp_size, args.ep_size) == (plan.pp, plan.dp, plan.ep)
+        assert args.max_running_requests >= wl["batch_size"]
+    else:
+        assert not args.enable_dp_attention
+        assert (args.tp_size, args.pp_size, args.dp_size, args.ep_size) == (plan.tp, plan.pp, plan.dp, plan.ep)
+        assert args.max_running_requests * plan.dp >= wl["batch_size"]
     assert args.model_path == "org/model" and args.dtype == "bfloat16"
     assert args.context_length == wl["prompt_len"] + wl["output_len"]
-    assert args.max_running_requests * plan.dp >= wl["batch_size"]
 
 
 @pytest.fixture(scope="module")

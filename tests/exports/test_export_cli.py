@@ -59,6 +59,29 @@ def test_vllm_refuses_moe_layouts_it_lacks(tmp_path: Path, saved, rank: int, rea
     assert res.exit_code == 4 and reason in res.stderr
 
 
+@pytest.mark.parametrize("fmt, expected", [
+    ("vllm", ["--tensor-parallel-size 2", "--data-parallel-size 4", "--enable-expert-parallel",
+              "--max-num-seqs 8"]),
+    ("sglang", ["--tp-size 8", "--dp-size 4", "--enable-dp-attention", "--ep-size 8",
+                "--max-running-requests 32"])])
+def test_experts_over_replicas_export_as_data_parallel_attention(tmp_path: Path, variant, fmt: str,
+                                                                 expected: list[str]) -> None:
+    res = _export(tmp_path, variant("moe-inference", "tp=2,pp=1,dp=4,ep=8"), "--to", fmt)
+    assert res.exit_code == 0, res.stderr
+    for line in expected:
+        assert f"    {line} \\" in res.stdout or res.stdout.rstrip().endswith(line), line
+
+
+@pytest.mark.parametrize("fmt", ["vllm", "sglang"])
+@pytest.mark.parametrize("plan, reason", [
+    ("tp=1,pp=1,dp=8,ep=4", "use ep=8 (--fix ep=8), or launch 2 engines of dp=4"),
+    ("tp=2,pp=2,dp=2,ep=4", "pp=2 with experts over replicas")])
+def test_experts_over_some_replicas_are_refused(tmp_path: Path, variant, fmt: str, plan: str,
+                                                reason: str) -> None:
+    res = _export(tmp_path, variant("moe-inference", plan), "--to", fmt)
+    assert res.exit_code == 4 and reason in res.stderr and res.stdout == ""
+
+
 def test_refused_fp16_for_torchtitan(tmp_path: Path, saved) -> None:
     data = saved("dense")
     data["inputs"]["workload"]["dtype"] = "fp16"

@@ -67,3 +67,20 @@ def test_large_layouts_draw_one_data_parallel_replica() -> None:
     assert "x dp 24" in caption and "64 of 1536" in caption
     small = _inputs()
     assert 16 <= MAX_FULL_DEVICES and drawn_ranks(small)[0] == list(range(16))
+
+
+def test_serving_maps_fold_ep_into_tp_or_spread_whole_experts_over_replicas() -> None:
+    from planner import Plan, load_model
+    from planner.report.inference import serving_map_inputs
+
+    model = load_model("mixtral-8x7b")                                  # 8 experts
+    folded = serving_map_inputs(Plan(tp=4, dp=2, ep=2), model)
+    roles = {r.rank: r for r in device_roles(folded, list(range(8)))}
+    # etp = tp/ep = 2: ranks 0-1 hold experts 0-3, ranks 2-3 experts 4-7, in each replica
+    assert folded.etp == 2
+    assert roles[0].experts == roles[1].experts == (0, 3) and roles[2].experts == (4, 7)
+    assert roles[4].experts == (0, 3)
+    wide = serving_map_inputs(Plan(tp=2, dp=4, ep=8), model)
+    roles = {r.rank: r for r in device_roles(wide, list(range(8)))}
+    # etp 1: one whole expert per device, over the 4 replicas' 8 ranks
+    assert wide.etp == 1 and [roles[r].experts for r in range(8)] == [(e, e) for e in range(8)]

@@ -73,11 +73,22 @@ def test_dp_is_at_most_the_batch_and_fix_holds_degrees() -> None:
 def test_moe_enumerates_ep_dividing_tp_and_experts() -> None:
     m, c = load_model("seed004-moe-4l"), load_cluster("dgx-h100")
     r = search_inference(m, c, WL, devices=8, top_k=100)
-    # tp=1: pp 1/2/4 (pp=8 > 4 blocks); tp=2: 3 pp x ep 1/2; tp=4: 2 pp x ep 1/2/4; tp=8: ep 1/2/4/8.
-    assert r.stats.candidates == 3 + 6 + 6 + 4
+    # Folded into tp: tp=1: pp 1/2/4 (pp=8 > 4 blocks); tp=2: 3 pp x ep 1/2; tp=4: 2 pp x
+    # ep 1/2/4; tp=8: ep 1/2/4/8. Over replicas (ep = tp x g, g > 1 dividing dp, 16 experts):
+    # tp=1: dp 8 -> ep 2/4/8, dp 4 -> 2/4, dp 2 -> 2; tp=2: dp 4 -> 4/8, dp 2 -> 4; tp=4: dp 2 -> 8.
+    assert r.stats.candidates == (3 + 6 + 6 + 4) + (6 + 3 + 1)
     assert r.stats.pruned["pp_layers"] == 1
-    assert all(s.plan["tp"] % s.plan["ep"] == 0 for s in r.top)
+    folded = [s for s in r.top if s.plan["ep"] <= s.plan["tp"]]
+    wide = [s for s in r.top if s.plan["ep"] > s.plan["tp"]]
+    assert len(folded) + len(wide) == len(r.top) and wide
+    assert all(s.plan["tp"] % s.plan["ep"] == 0 for s in folded)
+    assert all(s.plan["ep"] % s.plan["tp"] == 0
+               and s.plan["dp"] % (s.plan["ep"] // s.plan["tp"]) == 0 for s in wide)
+    assert all(s.estimate.tpot_breakdown["ep_comm"] == 0.0 for s in folded)
+    assert all(s.estimate.tpot_breakdown["ep_comm"] > 0.0 for s in wide)
     assert {s.plan["ep"] for s in r.top} == {1, 2, 4, 8}
+    fixed = search_inference(m, c, WL, devices=8, top_k=100, fixed={"ep": 8, "tp": 1})
+    assert [s.plan for s in fixed.top] == [{"tp": 1, "pp": 1, "dp": 8, "ep": 8}]
 
 
 def test_max_tpot_filters_and_nothing_left_is_infeasible() -> None:
