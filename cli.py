@@ -160,20 +160,40 @@ def _render_model(d: dict[str, Any]) -> None:
 def evaluate_cmd(
     model: ModelOpt,
     cluster: ClusterOpt,
-    global_batch: BatchOpt,
-    seq_len: SeqOpt,
-    plan: Annotated[str, typer.Option("--plan", help="e.g. 'tp=8,pp=8,vpp=3,mbs=1,sp=on,recompute=selective,zero=1'")] = "",
+    global_batch: Annotated[int | None, typer.Option("--global-batch", min=1, help="sequences per step (training; required there)")] = None,
+    seq_len: Annotated[int | None, typer.Option("--seq-len", min=1, help="tokens per sequence (training; required there)")] = None,
+    plan: Annotated[str, typer.Option("--plan", help="e.g. 'tp=8,pp=8,vpp=3,mbs=1,sp=on,recompute=selective,zero=1'; inference: tp, pp, dp, ep")] = "",
     gpus: GpusOpt = None,
     nodes: NodesOpt = None,
     dtype: DtypeOpt = "bf16",
     optimizer: OptimizerOpt = "adam",
     grad_dtype: GradDtypeOpt = None,
+    mode: Annotated[str, typer.Option("--mode", help="training or inference")] = "training",
+    batch: Annotated[int | None, typer.Option("--batch", min=1, help="concurrent sequences (inference)")] = None,
+    prompt_len: Annotated[int | None, typer.Option("--prompt-len", min=1, help="prompt tokens per sequence (inference)")] = None,
+    output_len: Annotated[int | None, typer.Option("--output-len", min=1, help="generated tokens per sequence (inference)")] = None,
+    prefill_chunk: Annotated[int | None, typer.Option("--prefill-chunk", min=1, help="prefill at most this many prompt tokens at a time (inference)")] = None,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Predict the step time, throughput, MFU and memory of one training plan."""
+    """Predict the step time, throughput, MFU and memory of one training plan; with --mode
+    inference, the TTFT, TPOT, tokens/s and memory of one serving plan."""
     from planner.api import evaluate
 
+    if mode not in ("training", "inference"):
+        raise planner.SpecError(f"--mode '{mode}' is not one of training, inference")
+    given = {"--global-batch": global_batch, "--seq-len": seq_len, "--grad-dtype": grad_dtype,
+             "--batch": batch, "--prompt-len": prompt_len, "--output-len": output_len,
+             "--prefill-chunk": prefill_chunk}
+    if mode == "inference":
+        _check_mode_options(mode, given, required=("--batch", "--prompt-len", "--output-len"),
+                            allowed=("--prefill-chunk",))
+        _evaluate_inference_cmd(model, cluster, plan, gpus, nodes, dtype, batch, prompt_len,  # type: ignore[arg-type]
+                                output_len, prefill_chunk, as_json)
+        return
+    _check_mode_options(mode, given, required=("--global-batch", "--seq-len"),
+                        allowed=("--grad-dtype",))
+    assert global_batch is not None and seq_len is not None
     spec, clus = presets.load_model(model), presets.load_cluster(cluster)
     n = clus.devices_for(gpus=gpus, nodes=nodes)
     wl = training_workload(global_batch, seq_len, dtype, optimizer, grad_dtype)
@@ -184,20 +204,87 @@ def evaluate_cmd(
     render_estimate(est, title=f"{spec.name} on {n}x {clus.device.name} ({clus.name})")
 
 
-def render_estimate(est: Any, *, title: str) -> None:
-    """Rich tables for one Estimate: headline, time breakdown, memory."""
+def inference_workload(batch: int, prompt_len: int, output_len: int, dtype: str,
+                       prefill_chunk: int | None = None) -> planner.InferenceWorkload:
+    """The --mode inference workload from CLI values (one message for a bad --dtype)."""
+    allowed = ("bf16", "fp16", "fp8", "fp32", "tf32")
+    if dtype not in allowed:
+        raise planner.SpecError(f"--dtype '{dtype}' is not one of {', '.join(allowed)}")
+    return planner.InferenceWorkload(batch_size=batch, prompt_len=prompt_len,
+                                     output_len=output_len, dtype=planner.DType(dtype),
+                                     prefill_chunk_tokens=prefill_chunk)
+
+
+def _evaluate_inference_cmd(model: str, cluster: str, plan: str, gpus: int | None,
+                            nodes: int | None, dtype: str, batch: int, prompt_len: int,
+                            output_len: int, prefill_chunk: int | None, as_json: bool) -> None:
+    """`meshplan evaluate --mode inference`: one serving plan (planner.api.evaluate_inference)."""
+    from planner.api import evaluate_inference
+
+    spec, clus = presets.load_model(model), presets.load_cluster(cluster)
+    n = clus.devices_for(gpus=gpus, nodes=nodes)
+    wl = inference_workload(batch, prompt_len, output_len, dtype, prefill_chunk)
+    est = evaluate_inference(spec, clus, wl, plan, devices=n)
+    if as_json:
+        print_json(est.model_dump(mode="json"))
+        return
+    render_inference_estimate(
+        est, title=f"{spec.name} on {n}x {clus.device.name} ({clus.name}), batch {batch}, "
+        f"prompt {prompt_len}, output {output_len} tokens"
+        + (f", prefill chunks of {prefill_chunk}" if prefill_chunk else ""))
+
+
+def _headline(title: str, plan: str, rows: list[tuple[str, str]]) -> None:
+    """The title, the plan in full and a two-column table of headline figures."""
     out.print(f"[bold]{escape(title)}[/bold]")
-    out.print(f"plan: {est.plan}", markup=False)
+    out.print(f"plan: {plan}", markup=False)
     head = Table(show_header=False, box=None)
     head.add_column(style="cyan")
     head.add_column()
-    head.add_row("step time", f"{est.step_time_s:.3f} s ({est.num_microbatches} micro-batches)")
-    head.add_row("tokens/s", f"{est.tokens_per_s:,.0f} ({est.tokens_per_s / est.devices:,.0f} per device)")
-    head.add_row("model TFLOP/s per device", f"{est.model_tflops_per_gpu:.1f} (MFU {est.mfu:.1%})")
-    head.add_row("hardware TFLOP/s per device", f"{est.hardware_tflops_per_gpu:.1f} (HFU {est.hfu:.1%})")
-    fit = "[green]fits[/green]" if est.fits else f"[red]over by {est.over_memory_gib:.1f} GiB[/red]"
-    head.add_row("peak memory", f"{est.peak_memory_gib:.1f} / {est.capacity_gib:.1f} GiB, {fit}")
+    for label, value in rows:
+        head.add_row(label, value)
     out.print(head)
+
+
+def render_inference_estimate(est: Any, *, title: str) -> None:
+    """Rich tables for one InferenceEstimate: headline, TTFT and TPOT parts, memory."""
+    fit = ("[green]fits[/green]" if est.fits else "[red]does not fit[/red]")
+    _headline(title, est.plan, [
+        ("TTFT", f"{est.ttft_s * 1e3:.1f} ms (prefill, {est.prefill_bound}-bound)"),
+        ("TPOT", f"{est.tpot_s * 1e3:.3f} ms per output token ({est.decode_bound}-bound)"),
+        ("tokens/s", f"{est.tokens_per_s:,.0f} while decoding, {est.e2e_tokens_per_s:,.0f} "
+                     f"with prefill ({est.batch_per_replica} sequences per replica)"),
+        ("end to end", f"{est.e2e_s:.3f} s"),
+        ("peak memory", f"{est.peak_memory_gib:.1f} / {est.capacity_gib:.1f} GiB, {fit}; "
+                        f"at most {est.max_batch_size} sequences per replica")])
+    for name, parts, total in (("time to first token (prefill)", est.ttft_breakdown, est.ttft_s),
+                               ("time per output token (decode)", est.tpot_breakdown, est.tpot_s)):
+        t = Table(title=name, title_justify="left")
+        t.add_column("part")
+        t.add_column("ms", justify="right")
+        t.add_column("share", justify="right")
+        for k, v in parts.items():
+            t.add_row(k, f"{v * 1e3:.3f}", f"{v / total:.1%}" if total > 0 else "-")
+        out.print(t)
+    mt = Table(title="memory of the most loaded device", title_justify="left")
+    mt.add_column("kind")
+    mt.add_column("GiB", justify="right")
+    for k in ("weights", "kv_cache", "workspace", "overhead"):
+        mt.add_row(k, f"{getattr(est, k + '_gib'):.2f}")
+    out.print(mt)
+    for w in est.warnings:
+        err.print(f"warning: {w}", markup=False, soft_wrap=True)
+
+
+def render_estimate(est: Any, *, title: str) -> None:
+    """Rich tables for one Estimate: headline, time breakdown, memory."""
+    fit = "[green]fits[/green]" if est.fits else f"[red]over by {est.over_memory_gib:.1f} GiB[/red]"
+    _headline(title, est.plan, [
+        ("step time", f"{est.step_time_s:.3f} s ({est.num_microbatches} micro-batches)"),
+        ("tokens/s", f"{est.tokens_per_s:,.0f} ({est.tokens_per_s / est.devices:,.0f} per device)"),
+        ("model TFLOP/s per device", f"{est.model_tflops_per_gpu:.1f} (MFU {est.mfu:.1%})"),
+        ("hardware TFLOP/s per device", f"{est.hardware_tflops_per_gpu:.1f} (HFU {est.hfu:.1%})"),
+        ("peak memory", f"{est.peak_memory_gib:.1f} / {est.capacity_gib:.1f} GiB, {fit}")])
     t = Table(title="time per step (exposed)", title_justify="left")
     t.add_column("part")
     t.add_column("seconds", justify="right")
@@ -378,13 +465,9 @@ def _search_inference_cmd(model: str, cluster: str, gpus: int | None, nodes: int
     """`meshplan search --mode inference`: exhaustive tp/pp/dp/ep search (search/inference.py)."""
     from search.inference import search_inference
 
-    allowed = ("bf16", "fp16", "fp8", "fp32", "tf32")
-    if dtype not in allowed:
-        raise planner.SpecError(f"--dtype '{dtype}' is not one of {', '.join(allowed)}")
     spec, clus = presets.load_model(model), presets.load_cluster(cluster)
     n = clus.devices_for(gpus=gpus, nodes=nodes)
-    wl = planner.InferenceWorkload(batch_size=batch, prompt_len=prompt_len, output_len=output_len,
-                                   dtype=planner.DType(dtype), prefill_chunk_tokens=prefill_chunk)
+    wl = inference_workload(batch, prompt_len, output_len, dtype, prefill_chunk)
     result = search_inference(spec, clus, wl, devices=n, top_k=top, max_tpot_ms=max_tpot_ms,
                               fixed=parse_fix(fix))
     outputs.emit(result, lambda: render_inference_search(

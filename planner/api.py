@@ -5,9 +5,11 @@ Inputs may be specs or preset names/paths; plans may be `Plan` objects or `--pla
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from planner.hardware import ClusterSpec
 from planner.model import ModelSpec
-from planner.plan import LossKernel, Plan, parse_plan
+from planner.plan import LossKernel, Plan, parse_plan, parse_plan_fields
 from planner.presets import load_cluster, load_model
 from planner.errors import InfeasibleError, PlanError, PlannerError, SpecError
 from planner.result import (
@@ -19,7 +21,10 @@ from planner.result import (
     SearchStats,
 )
 from planner.validate import check_plan
-from planner.workload import TrainingWorkload
+from planner.workload import InferenceWorkload, TrainingWorkload
+
+if TYPE_CHECKING:
+    from cost_models.inference import InferenceEstimate
 
 
 def resolve(model: ModelSpec | str, cluster: ClusterSpec | str) -> tuple[ModelSpec, ClusterSpec]:
@@ -58,6 +63,51 @@ def evaluate(model: ModelSpec | str, cluster: ClusterSpec | str, workload: Train
     c = c.job_view(n)
     check_plan(m, workload, plan, n)
     return estimate_training(m, c, workload, plan)
+
+
+SERVING_KEYS = ("tp", "pp", "dp", "ep", "cp")
+"""--plan keys a serving plan takes (cp only as 1; the rest are training-only)."""
+
+
+def evaluate_inference(model: ModelSpec | str, cluster: ClusterSpec | str,
+                       workload: InferenceWorkload, plan: Plan | str, *,
+                       devices: int | None = None) -> InferenceEstimate:
+    """Predict TTFT, TPOT, tokens/s and memory of one serving plan
+    (`cost_models.inference.estimate_inference`; its docstring has every formula).
+
+    Args:
+        model: a ModelSpec, preset name, model file or HF config.json path.
+        cluster: a ClusterSpec, preset name or file.
+        workload: the request batch (batch, prompt and output lengths, dtype).
+        plan: a Plan or a `--plan` string of tp, pp, dp, ep (dp fills the devices when left
+            out; ep > tp spreads the experts over ep/tp replicas).
+        devices: the device count the plan must use; defaults to the plan's own product.
+
+    Returns:
+        The InferenceEstimate; `fits` is false (not an error) when memory is exceeded.
+
+    Raises:
+        PlanError: a training-only plan key, a plan whose degrees do not multiply to
+            `devices`, or a rule of the inference model (ep layout, cp > 1, idle replicas).
+    """
+    from cost_models.inference import estimate_inference
+
+    m, c = resolve(model, cluster)
+    if isinstance(plan, str):
+        if devices is None:
+            raise ValueError("a plan string needs devices= to fill in dp")
+        extra = [k for k in parse_plan_fields(plan) if k not in SERVING_KEYS]
+        if extra:
+            raise PlanError(f"plan key(s) {', '.join(extra)} apply to training only; a serving "
+                            f"plan takes {', '.join(SERVING_KEYS[:4])}")
+        plan = parse_plan(plan, devices=devices)
+    n = plan.devices if devices is None else devices
+    if plan.devices != n:
+        raise PlanError(f"plan tp={plan.tp},pp={plan.pp},dp={plan.dp} uses {plan.devices} "
+                        f"devices but {n} were given; make tp*pp*dp equal the device count "
+                        "(or leave dp out to fill it)")
+    c.devices_for(gpus=n)
+    return estimate_inference(m, c.job_view(n), workload, plan)
 
 
 def plan_dict(plan: Plan, num_layers: int) -> dict[str, object]:

@@ -268,6 +268,48 @@ def test_evaluate_json_schema() -> None:
     assert d["plan"].startswith("tp=8,pp=8,dp=24,")  # dp = 1536 / (8 * 8)
 
 
+SERVE = ("evaluate", "--mode", "inference", "--model", "mixtral-8x7b", "--cluster", "dgx-h100",
+         "--gpus", "8", "--batch", "32", "--prompt-len", "1024", "--output-len", "256")
+
+
+def test_evaluate_inference_scores_one_serving_plan_as_the_search_does() -> None:
+    from planner import InferenceWorkload, load_cluster, load_model
+    from search.inference import search_inference
+
+    d = run_json(*SERVE, "--plan", "tp=2,ep=8", "--json")
+    assert d["plan"].startswith("tp=2,pp=1,dp=4,") and ",ep=8," in d["plan"]   # dp filled in
+    assert tuple(d["tpot_breakdown"]) == ("weights_read", "kv_read", "compute", "tp_comm",
+                                          "pp_comm", "launch", "ep_comm")
+    assert tuple(d["ttft_breakdown"]) == ("compute", "tp_comm", "pp_comm", "ep_comm")
+    assert sum(d["tpot_breakdown"].values()) == pytest.approx(d["tpot_s"], rel=1e-12)
+    assert d["tpot_breakdown"]["ep_comm"] > 0          # experts over the 4 replicas
+    wl = InferenceWorkload(batch_size=32, prompt_len=1024, output_len=256)
+    found = search_inference(load_model("mixtral-8x7b"), load_cluster("dgx-h100"), wl,
+                             devices=8, top_k=100, fixed={"tp": 2, "ep": 8})
+    assert found.best.estimate.model_dump(mode="json") == d
+    table = run(*SERVE, "--plan", "tp=2,ep=8")
+    assert table.exit_code == 0, table.stderr
+    for needle in ("TPOT", "time per output token (decode)", "ep_comm", "kv_cache"):
+        assert needle in table.stdout, needle
+
+
+@pytest.mark.parametrize("args, needles", [
+    (("--plan", "tp=2,mbs=2"), ("mbs", "training only")),
+    (("--plan", "tp=2,dp=2"), ("4 devices", "8 were given")),
+    (("--plan", "tp=2,ep=6"), ("ep=6", "valid: 4, 8")),
+    (("--plan", "tp=2", "--global-batch", "8"), ("--mode inference does not use --global-batch",)),
+])
+def test_evaluate_inference_rejects(args: tuple[str, ...], needles: tuple[str, ...]) -> None:
+    assert_one_line_error(run(*SERVE, *args), *needles)
+
+
+def test_evaluate_training_still_needs_its_options() -> None:
+    result = run("evaluate", "--model", "llama3-8b", "--cluster", "dgx-h100", "--gpus", "8")
+    assert_one_line_error(result, "--mode training needs --global-batch, --seq-len")
+    result = run(*EVAL, "--gpus", "1536", "--batch", "4")
+    assert_one_line_error(result, "--mode training does not use --batch")
+
+
 def test_evaluate_nodes_equals_gpus() -> None:
     by_gpus = run_json(*EVAL, "--gpus", "1536", "--json")
     by_nodes = run_json(*EVAL, "--nodes", "192", "--json")  # 192 DGX A100 nodes x 8
