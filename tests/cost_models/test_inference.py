@@ -325,3 +325,43 @@ def test_more_bandwidth_never_increases_tpot(name: str, batch: int, tp: int, pro
     fast = estimate_inference(model, with_bandwidth(_CLUSTER, factor), wl, Plan(tp=tp))
     assert fast.tpot_s <= base.tpot_s * (1 + 1e-12)
     assert math.isclose(sum(base.tpot_breakdown.values()), base.tpot_s, rel_tol=1e-12)
+
+
+def with_network(cluster: ClusterSpec, factor: float) -> ClusterSpec:
+    link = cluster.inter_node.model_copy(update={
+        "bandwidth_bytes_per_s": cluster.inter_node.bandwidth_bytes_per_s * factor})
+    return cluster.model_copy(update={"inter_node": link})
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(name=st.sampled_from(["mixtral-8x7b", "deepseek-v3"]), per_replica=st.integers(1, 64),
+       tp=st.sampled_from([1, 2, 4, 8]), g=st.sampled_from([2, 4, 8]),
+       prompt=st.integers(1, 4096), out=st.integers(1, 1024), factor=st.floats(1.0, 8.0))
+def test_experts_over_replicas_properties(name: str, per_replica: int, tp: int, g: int,
+                                          prompt: int, out: int, factor: float) -> None:
+    """Experts spread over g replicas (ep = tp x g): the breakdowns add up, the all-to-all
+    is the only new part, more network bandwidth never slows it, and once the batch hits
+    every expert each device reads no more expert weight than with the experts folded into
+    tp (E/ep whole experts against E/tp)."""
+    model = _MODELS[name]
+    e = model.moe.num_experts
+    if e % (tp * g):
+        return
+    dp = 2 * g                                  # two expert groups of g replicas
+    devices = tp * dp
+    cluster = load_cluster("dgx-h100").job_view(max(8, devices))
+    wl = InferenceWorkload(batch_size=per_replica * dp, prompt_len=prompt, output_len=out,
+                           dtype=DType.FP8)
+    wide = estimate_inference(model, cluster, wl, Plan(tp=tp, dp=dp, ep=tp * g))
+    folded = estimate_inference(model, cluster, wl, Plan(tp=tp, dp=dp))
+    for est in (wide, folded):
+        assert math.isclose(sum(est.tpot_breakdown.values()), est.tpot_s, rel_tol=1e-12)
+        assert math.isclose(sum(est.ttft_breakdown.values()), est.ttft_s, rel_tol=1e-12)
+    assert wide.tpot_breakdown["ep_comm"] > 0 and folded.tpot_breakdown["ep_comm"] == 0
+    assert wide.weights_gib < folded.weights_gib
+    fast = estimate_inference(model, with_network(cluster, factor), wl,
+                              Plan(tp=tp, dp=dp, ep=tp * g))
+    assert fast.tpot_s <= wide.tpot_s * (1 + 1e-12)
+    assert fast.ttft_s <= wide.ttft_s * (1 + 1e-12)
+    if touched_experts(model, per_replica) > e - 1e-6:       # every expert hit in each replica
+        assert wide.decode_weight_bytes <= folded.decode_weight_bytes * (1 + 1e-12)
