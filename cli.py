@@ -340,6 +340,7 @@ def search_cmd(
     prompt_len: Annotated[int | None, typer.Option("--prompt-len", min=1, help="prompt tokens per sequence (inference)")] = None,
     output_len: Annotated[int | None, typer.Option("--output-len", min=1, help="generated tokens per sequence (inference)")] = None,
     max_tpot_ms: Annotated[float | None, typer.Option("--max-tpot-ms", min=0, help="drop plans slower than this per output token (inference)")] = None,
+    max_ttft_ms: Annotated[float | None, typer.Option("--max-ttft-ms", min=0, help="drop plans whose prefill (time to first token) takes longer (inference)")] = None,
     prefill_chunk: Annotated[int | None, typer.Option("--prefill-chunk", min=1, help="prefill at most this many prompt tokens at a time, as engines with chunked prefill do, e.g. 8192 (inference; default: all prompts at once)")] = None,
     export: Annotated[str | None, typer.Option("--export", help="print the best plan as launch settings for megatron, torchtitan, deepspeed, vllm or sglang (the table goes to stderr)")] = None,
     report: Annotated[Path | None, typer.Option("--report", help="also write a self-contained HTML report to this file")] = None,
@@ -357,13 +358,14 @@ def search_cmd(
     given = {"--max-tp": max_tp, "--max-cp": max_cp, "--max-pp": max_pp, "--max-mbs": max_mbs,
              "--time-limit": time_limit, "--global-batch": global_batch, "--seq-len": seq_len,
              "--batch": batch, "--prompt-len": prompt_len, "--output-len": output_len,
-             "--max-tpot-ms": max_tpot_ms, "--memory-fraction": memory_fraction,
+             "--max-tpot-ms": max_tpot_ms, "--max-ttft-ms": max_ttft_ms,
+             "--memory-fraction": memory_fraction,
              "--prefill-chunk": prefill_chunk, "--grad-dtype": grad_dtype}
     if mode == "inference":
         _check_mode_options(mode, given, required=("--batch", "--prompt-len", "--output-len"),
-                            allowed=("--max-tpot-ms", "--prefill-chunk"))
+                            allowed=("--max-tpot-ms", "--max-ttft-ms", "--prefill-chunk"))
         _search_inference_cmd(model, cluster, gpus, nodes, dtype, top, fix, batch, prompt_len,  # type: ignore[arg-type]
-                              output_len, max_tpot_ms, outputs, prefill_chunk)
+                              output_len, max_tpot_ms, outputs, prefill_chunk, max_ttft_ms)
         return
     _check_mode_options(mode, given, required=("--global-batch", "--seq-len"),
                         allowed=("--max-tp", "--max-cp", "--max-pp", "--max-mbs", "--time-limit",
@@ -461,7 +463,8 @@ def _check_mode_options(mode: str, given: dict[str, Any], *, required: tuple[str
 def _search_inference_cmd(model: str, cluster: str, gpus: int | None, nodes: int | None,
                           dtype: str, top: int, fix: str, batch: int, prompt_len: int,
                           output_len: int, max_tpot_ms: float | None, outputs: "_Outputs",
-                          prefill_chunk: int | None = None) -> None:
+                          prefill_chunk: int | None = None,
+                          max_ttft_ms: float | None = None) -> None:
     """`meshplan search --mode inference`: exhaustive tp/pp/dp/ep search (search/inference.py)."""
     from search.inference import search_inference
 
@@ -469,7 +472,7 @@ def _search_inference_cmd(model: str, cluster: str, gpus: int | None, nodes: int
     n = clus.devices_for(gpus=gpus, nodes=nodes)
     wl = inference_workload(batch, prompt_len, output_len, dtype, prefill_chunk)
     result = search_inference(spec, clus, wl, devices=n, top_k=top, max_tpot_ms=max_tpot_ms,
-                              fixed=parse_fix(fix))
+                              max_ttft_ms=max_ttft_ms, fixed=parse_fix(fix))
     outputs.emit(result, lambda: render_inference_search(
         result, title=f"{spec.name} on {n}x {clus.device.name} ({clus.name}), "
         f"batch {batch}, prompt {prompt_len}, output {output_len} tokens"

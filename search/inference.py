@@ -11,7 +11,8 @@ The space (small; enumerated in full, in a fixed order, so results are determini
   cost_models/inference.py.
 - cp = 1 and the training-only keys (mbs, vpp, zero, recompute, sp) keep their defaults.
 Each candidate is scored; those that do not fit in memory are dropped ("memory"), then those
-whose TPOT exceeds `max_tpot_ms` ("tpot"). The rest are ranked by tokens/s (descending),
+whose TPOT exceeds `max_tpot_ms` ("tpot"), then those whose TTFT exceeds `max_ttft_ms`
+("ttft": a serving SLO is usually both). The rest are ranked by tokens/s (descending),
 then lower TPOT, then the plan string.
 """
 
@@ -122,13 +123,15 @@ def _scored(plan: Plan, est: InferenceEstimate) -> ScoredInferencePlan:
 
 def search_inference(model: ModelSpec, cluster: ClusterSpec, workload: InferenceWorkload, *,
                      devices: int, top_k: int = 5, max_tpot_ms: float | None = None,
+                     max_ttft_ms: float | None = None,
                      fixed: dict[str, Any] | None = None) -> InferenceSearchResult:
     """The best inference plans on `devices` devices, ranked by output tokens per second.
 
     Raises:
         SpecError: a --fix key that is not searched for inference, or top_k < 1.
         InfeasibleError: no plan exists, none fits the batch in memory, or none meets
-            max_tpot_ms (the message says which, and the largest batch that would fit).
+            max_tpot_ms or max_ttft_ms (the message says which, and the largest batch that
+            would fit).
     """
     start = time.perf_counter()
     cluster = cluster.job_view(devices)
@@ -136,6 +139,8 @@ def search_inference(model: ModelSpec, cluster: ClusterSpec, workload: Inference
         raise SpecError(f"top_k must be at least 1, got {top_k}")
     fx = _check_fixed(dict(fixed or {}))
     pruned: Counter[str] = Counter(memory=0, tpot=0)
+    if max_ttft_ms is not None:
+        pruned["ttft"] = 0
     plans = enumerate_plans(model, cluster, workload, devices, fx, pruned)
     if not plans:
         raise InfeasibleError(
@@ -144,6 +149,7 @@ def search_inference(model: ModelSpec, cluster: ClusterSpec, workload: Inference
     ok: list[ScoredInferencePlan] = []
     most_batch: ScoredInferencePlan | None = None      # largest global batch that fits anywhere
     fastest_fit: ScoredInferencePlan | None = None     # lowest TPOT among those that fit
+    quickest: ScoredInferencePlan | None = None        # lowest TTFT among those within the TPOT
     for plan in plans:
         sp = _scored(plan, estimate_inference(model, cluster, workload, plan))
         if most_batch is None or sp.max_batch_size > most_batch.max_batch_size:
@@ -155,6 +161,11 @@ def search_inference(model: ModelSpec, cluster: ClusterSpec, workload: Inference
             fastest_fit = sp
         if max_tpot_ms is not None and sp.estimate.tpot_s * 1e3 > max_tpot_ms:
             pruned["tpot"] += 1
+            continue
+        if quickest is None or sp.estimate.ttft_s < quickest.estimate.ttft_s:
+            quickest = sp
+        if max_ttft_ms is not None and sp.estimate.ttft_s * 1e3 > max_ttft_ms:
+            pruned["ttft"] += 1
             continue
         ok.append(sp)
     if not ok:
@@ -168,10 +179,16 @@ def search_inference(model: ModelSpec, cluster: ClusterSpec, workload: Inference
                 f"batch {workload.batch_size} x {workload.prompt_len + workload.output_len} "
                 f"tokens of {model.name} does not fit on {devices}x {cluster.device.name} with "
                 f"any of the {len(plans)} plans: {hint}")
+        if quickest is None:
+            raise InfeasibleError(
+                f"no plan meets --max-tpot-ms {max_tpot_ms:g}: the fastest plan that fits "
+                f"({_plan_str(fastest_fit)}) takes {fastest_fit.estimate.tpot_s * 1e3:.3f} ms per "
+                f"token; raise the limit, lower --batch or add devices")
+        within = f" within --max-tpot-ms {max_tpot_ms:g}" if max_tpot_ms is not None else ""
         raise InfeasibleError(
-            f"no plan meets --max-tpot-ms {max_tpot_ms:g}: the fastest plan that fits "
-            f"({_plan_str(fastest_fit)}) takes {fastest_fit.estimate.tpot_s * 1e3:.3f} ms per "
-            f"token; raise the limit, lower --batch or add devices")
+            f"no plan meets --max-ttft-ms {max_ttft_ms:g}: the quickest plan that fits{within} "
+            f"({_plan_str(quickest)}) takes {quickest.estimate.ttft_s * 1e3:.1f} ms to the first "
+            "token; raise the limit, lower --batch or --prompt-len, or add devices")
     ok.sort(key=lambda s: (-s.estimate.tokens_per_s, s.estimate.tpot_s, s.estimate.plan))
     best = ok[0]
     notes = []

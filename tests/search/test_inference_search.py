@@ -103,6 +103,23 @@ def test_max_tpot_filters_and_nothing_left_is_infeasible() -> None:
         search_inference(m, c, WL, devices=4, max_tpot_ms=tpots[0] / 2)
 
 
+def test_max_ttft_filters_after_tpot_and_says_which_limit_failed() -> None:
+    m, c = tiny()
+    full = search_inference(m, c, WL, devices=4, top_k=10)
+    ttfts = sorted(s.estimate.ttft_s * 1e3 for s in full.top)
+    limit = (ttfts[0] + ttfts[1]) / 2                           # keeps exactly the quickest
+    r = search_inference(m, c, WL, devices=4, top_k=10, max_ttft_ms=limit)
+    assert len(r.top) == 1 and r.stats.pruned["ttft"] == len(full.top) - 1
+    assert r.top[0].estimate.ttft_s * 1e3 == ttfts[0]
+    with pytest.raises(InfeasibleError, match=r"--max-ttft-ms .* the quickest plan that fits"):
+        search_inference(m, c, WL, devices=4, max_ttft_ms=ttfts[0] / 2)
+    # both limits: TPOT is applied first, and the TTFT message names the plans within it
+    tpots = sorted(s.estimate.tpot_s * 1e3 for s in full.top)
+    with pytest.raises(InfeasibleError, match="within --max-tpot-ms"):
+        search_inference(m, c, WL, devices=4, max_tpot_ms=tpots[-1], max_ttft_ms=ttfts[0] / 2)
+    assert "ttft" not in full.stats.pruned                     # no limit, no counter
+
+
 def test_batch_that_fits_nowhere_says_the_largest_that_does() -> None:
     m, c = tiny()
     cap = search_inference(m, c, WL, devices=4, top_k=10)
