@@ -481,6 +481,8 @@ def _search_inference_cmd(model: str, cluster: str, gpus: int | None, nodes: int
 
 def render_inference_search(result: Any, *, title: str) -> None:
     """Ranked inference plans, the statistics and notes."""
+    from search.inference import plan_text
+
     out.print(f"[bold]{escape(title)}[/bold]")
     t = Table(title="best plans (by output tokens/s)", title_justify="left")
     for col, just in (("#", "right"), ("plan", "left"), ("TTFT ms", "right"),
@@ -489,7 +491,7 @@ def render_inference_search(result: Any, *, title: str) -> None:
         t.add_column(col, justify=just, no_wrap=col == "plan", overflow="fold")
     for i, sp in enumerate(result.top, 1):
         e = sp.estimate
-        t.add_row(str(i), ",".join(f"{k}={v}" for k, v in sp.plan.items()), f"{e.ttft_s * 1e3:.1f}",
+        t.add_row(str(i), plan_text(sp.plan), f"{e.ttft_s * 1e3:.1f}",
                   f"{e.tpot_s * 1e3:.2f}", f"{e.tokens_per_s:,.0f}", f"{e.peak_memory_gib:.1f}",
                   str(sp.max_batch_size), e.decode_bound)
     out.print(t)

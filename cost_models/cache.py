@@ -54,7 +54,7 @@ from cost_models.inference import (
     kv_split,
 )
 from cost_models.training import strides
-from planner.errors import SpecError
+from planner.errors import PlanError, SpecError
 from planner.hardware import ClusterSpec, DeviceSpec
 from planner.model import ModelSpec
 from planner.plan import Plan
@@ -276,6 +276,10 @@ def cache_fit(model: ModelSpec, cluster: ClusterSpec, workload: InferenceWorkloa
     """Whether `plan` keeps every device's decode working set in its usable cache, and the
     predicted decode effect (module docstring). Raises SpecError when the device has no cache
     size or bandwidth, PlanError when the inference model rejects the plan."""
+    if plan.ep_overlap:
+        raise PlanError("cache-fit scores one decode step of the whole batch; ep_overlap=on "
+                        "splits it in two, each half streaming the weights again: drop "
+                        "ep_overlap")
     dev = cluster.device
     usable = usable_cache_bytes(dev)
     bw_cache = cache_bandwidth(dev)
@@ -291,7 +295,8 @@ def cache_fit(model: ModelSpec, cluster: ClusterSpec, workload: InferenceWorkloa
     batch = math.ceil(workload.batch_size / plan.dp)
     eff, _ = device_efficiency(dev)
     fit = dict(
-        plan=f"tp={plan.tp},pp={plan.pp},dp={plan.dp}", device=dev.name,
+        plan=f"tp={plan.tp},pp={plan.pp},dp={plan.dp}" + (f",ep={plan.ep}" if plan.ep > 1 else ""),
+        device=dev.name,
         devices=plan.tp * plan.pp * plan.dp, batch_per_replica=batch, feasible=feasible,
         cache_bytes=dev.onchip_cache_bytes, usable_cache_bytes=usable,
         reserve_fraction=1.0 - PERSISTING_FRACTION, cache_bandwidth_bytes_per_s=bw_cache,

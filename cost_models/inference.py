@@ -86,7 +86,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -174,6 +174,16 @@ def _check(model: ModelSpec, workload: InferenceWorkload, plan: Plan) -> None:
                 f"{', '.join(str(x) for x in wide_ep_choices(model, plan.tp, plan.dp)) or 'none'}")
     if workload.batch_size < plan.dp:
         raise PlanError(f"batch {workload.batch_size} leaves some of the dp={plan.dp} replicas idle")
+    if plan.ep_overlap:
+        if model.moe is None or plan.ep <= plan.tp:
+            raise PlanError(
+                f"ep_overlap=on overlaps one half of the batch's expert all-to-all with the "
+                f"other half's compute; with ep={plan.ep} <= tp={plan.tp} there is no all-to-all "
+                f"(use ep = tp x a divisor of dp on an MoE model, or drop ep_overlap)")
+        if math.ceil(workload.batch_size / plan.dp) < 2:
+            raise PlanError(f"ep_overlap=on splits each replica's batch in two; batch "
+                            f"{workload.batch_size} over dp={plan.dp} leaves one sequence per "
+                            "replica (raise --batch or drop ep_overlap)")
 
 
 def wide_ep_choices(model: ModelSpec, tp: int, dp: int) -> list[int]:
@@ -388,9 +398,12 @@ def ep_links_of(cluster: ClusterSpec, plan: Plan) -> comm.GroupLinks:
 def _decode_stage(model: ModelSpec, plan: Plan, workload: InferenceWorkload, roof: Roofline,
                   eff: DeviceEfficiency, tp_links: comm.GroupLinks, ep_links: comm.GroupLinks,
                   cluster: ClusterSpec, stage: int, first: int, last: int,
-                  batch: int) -> dict[str, float]:
-    """One decode step of one stage on one device: bytes, FLOPs and seconds by kind."""
+                  batch: int, *, ends: bool = True) -> dict[str, float]:
+    """One decode step of one stage on one device: bytes, FLOPs and seconds by kind
+    (`ends=False`: blocks first..last alone, without the first stage's embedding and the last
+    stage's head)."""
     dt, h, t = workload.dtype, model.hidden_size, plan.tp
+    head, embed = ends and stage == plan.pp - 1, ends and stage == 0
     ctx = workload.prompt_len + workload.output_len / 2          # mean context over decode
     n_layers = last - first + 1
     # Tokens of one expert-parallel group: the replica's batch, times the replicas the group
@@ -409,7 +422,7 @@ def _decode_stage(model: ModelSpec, plan: Plan, workload: InferenceWorkload, roo
             n_moe += 1
             routed_params += (busiest_rank_touched_experts(model, group_tokens, plan.ep)
                               * _routed_expert_params(model))
-    if stage == plan.pp - 1 and model.vocab_size:
+    if head and model.vocab_size:
         common_params += model.vocab_size * h + model.norm_params    # final norm + LM head
     weight_bytes = (common_params / t + routed_params / split) * dt.bytes
     kv_ctx = model.attended_context(ctx)     # a sliding-window layer keeps and reads its window
@@ -423,7 +436,7 @@ def _decode_stage(model: ModelSpec, plan: Plan, workload: InferenceWorkload, roo
                      else 0)
     active = sum(model.moe_layer_active_params - routed_active if model.is_moe_layer(i)
                  else model.dense_layer_params for i in range(first, last + 1))
-    if stage == plan.pp - 1:
+    if head:
         active += model.vocab_size * h
     score = model.attention_score_flops_per_token(1) * kv_ctx / model.num_layers * n_layers
     flops = (batch * (2.0 * active + score) / t
@@ -431,8 +444,8 @@ def _decode_stage(model: ModelSpec, plan: Plan, workload: InferenceWorkload, roo
     t_weights, t_kv = weight_bytes / roof.bw, kv_bytes / roof.bw
     t_math = flops / _math_rate(roof.peak, eff, dt)
     act = batch * h * roof_bytes(dt)
-    kernels = (n_layers * KERNELS_PER_BLOCK + (HEAD_KERNELS if stage == plan.pp - 1 else 0)
-               + (EMBEDDING_KERNELS if stage == 0 else 0))
+    kernels = (n_layers * KERNELS_PER_BLOCK + (HEAD_KERNELS if head else 0)
+               + (EMBEDDING_KERNELS if embed else 0))
     return {
         "weights_read": t_weights, "kv_read": t_kv,
         "compute": max(0.0, t_math - (t_weights + t_kv)),
@@ -485,9 +498,11 @@ def _ep_prefill_s(model: ModelSpec, plan: Plan, dtype: DType, ep_links: comm.Gro
 def _prefill_stage(model: ModelSpec, plan: Plan, workload: InferenceWorkload, roof: Roofline,
                    eff: DeviceEfficiency, tp_links: comm.GroupLinks, ep_links: comm.GroupLinks,
                    cluster: ClusterSpec, stage: int, first: int, last: int,
-                   batch: int) -> dict[str, float]:
-    """The prompt's forward pass through one stage on one device."""
+                   batch: int, *, ends: bool = True) -> dict[str, float]:
+    """The prompt's forward pass through one stage on one device (`ends` as in
+    `_decode_stage`)."""
     dt, h, t = workload.dtype, model.hidden_size, plan.tp
+    head, embed = ends and stage == plan.pp - 1, ends and stage == 0
     sh = Shard(mbs=batch, seq_len=workload.prompt_len, tp=t, attn=plan.attn, dtype=dt)
     moe_sh = sh
     if model.moe is not None and plan.ep > plan.tp:
@@ -511,9 +526,9 @@ def _prefill_stage(model: ModelSpec, plan: Plan, workload: InferenceWorkload, ro
         n_moe += moe
         bc = block_compute(model, roof, moe_sh if moe else sh, moe=moe)
         secs, flops = secs + bc.fwd_s, flops + bc.fwd_flops
-    if stage == 0 and model.vocab_size:
+    if embed and model.vocab_size:
         secs += roof.stream(2 * sh.tokens * h * roof_bytes(dt))     # embedding lookup
-    if stage == plan.pp - 1 and model.vocab_size:
+    if head and model.vocab_size:
         th, fh = roof.gemm(batch, model.vocab_size / t, h)            # last position only
         secs, flops = secs + th, flops + fh
     act = sh.tokens * h * roof_bytes(dt)
@@ -525,6 +540,82 @@ def _prefill_stage(model: ModelSpec, plan: Plan, workload: InferenceWorkload, ro
         "_flops": flops, "_math_s": flops / _math_rate(roof.peak, eff, dt),
         "_mem_s": weight_bytes / roof.bw,
     }
+
+
+DEEPEP_NORMAL_SMS = 20
+"""Streaming multiprocessors DeepEP's normal (throughput) kernels hold while a dispatch or
+combine runs: DeepSeek-V3 (arXiv:2412.19437) Sec. 3.2.2, "only 20 SMs" suffice to use the
+bandwidths of InfiniBand and NVLink. The low-latency (decode) kernels receive through a hook
+and hold none while the other micro-batch computes (DeepEP README, "hook-based
+communication-computation overlapping method that does not occupy any SM resource")."""
+
+
+def _halves(batch: int) -> tuple[int, int]:
+    """The two micro-batches of a replica's batch under two-batch overlap."""
+    return (batch + 1) // 2, batch // 2
+
+
+def _two_halves(stage_fn: Any, args: tuple[Any, ...], stage: int, first: int, last: int,
+                batch: int) -> tuple[dict[str, float], list[dict[str, float]], int]:
+    """A stage run as two half-batches by `stage_fn` (`_prefill_stage` or `_decode_stage`):
+    (the two summed, each half through one MoE block alone, the stage's MoE blocks). MoE blocks
+    of one model are identical in the cost model, so one stands for all in the per-block
+    overlap."""
+    model = args[0]
+    halves = [stage_fn(*args, stage, first, last, b) for b in _halves(batch)]
+    out = {k: sum(h[k] for h in halves) for k in halves[0]}
+    moe = [i for i in range(first, last + 1) if model.is_moe_layer(i)]
+    one = ([stage_fn(*args, stage, moe[0], moe[0], b, ends=False) for b in _halves(batch)]
+           if moe else [])
+    return out, one, len(moe)
+
+
+def _prefill_overlapped(model: ModelSpec, plan: Plan, workload: InferenceWorkload,
+                        roof: Roofline, eff: DeviceEfficiency, tp_links: comm.GroupLinks,
+                        ep_links: comm.GroupLinks, cluster: ClusterSpec, stage: int, first: int,
+                        last: int, batch: int) -> dict[str, float]:
+    """Prefill with two-batch overlap (plan key ep_overlap=on; DeepSeek-V3 Sec. 3.4.1: two
+    micro-batches of similar work, the attention and MoE of one overlapping the dispatch and
+    combine of the other; SGLang --enable-two-batch-overlap, vLLM --enable-dbo). Each half of
+    the batch runs its own forward (`_prefill_stage`). In an MoE block the compute stream does
+    both halves' work C and the network both halves' all-to-all E, at the same time: the block
+    takes max(C', E), where C' is C slowed while the dispatch kernels hold DEEPEP_NORMAL_SMS of
+    the device's compute units for min(C, E) (the training model's overlap slowdown). What the
+    compute does not hide is ep_comm; the first dispatch's ramp is not charged (a lower bound,
+    as for training's ep_overlap)."""
+    args = (model, plan, workload, roof, eff, tp_links, ep_links, cluster)
+    out, one, n_moe = _two_halves(_prefill_stage, args, stage, first, last, batch)
+    if n_moe:
+        c = sum(h["compute"] + h["tp_comm"] for h in one)
+        e = sum(h["ep_comm"] for h in one)
+        f = DEEPEP_NORMAL_SMS / eff.compute_units if eff.collective_sms else 0.0
+        stretched = c + min(c, e) * f / (1.0 - f)
+        out["compute"] += n_moe * (stretched - c)
+        out["ep_comm"] = n_moe * max(0.0, e - stretched)
+    return out
+
+
+def _decode_overlapped(model: ModelSpec, plan: Plan, workload: InferenceWorkload,
+                       roof: Roofline, eff: DeviceEfficiency, tp_links: comm.GroupLinks,
+                       ep_links: comm.GroupLinks, cluster: ClusterSpec, stage: int, first: int,
+                       last: int, batch: int) -> dict[str, float]:
+    """A decode step with two-batch overlap (DeepSeek-V3 Sec. 3.4.2: the attention of one
+    micro-batch overlaps the dispatch, MoE and combine of the other). Each half runs its own
+    step (`_decode_stage`), so each streams the weights again (the common weights twice, the
+    experts each half's tokens hit) and launches its own kernels; the KV cache and FLOPs are
+    split. In an MoE block the device's memory-bound work of both halves and the two halves'
+    low-latency all-to-alls run at the same time (those kernels hold no SMs while waiting): the
+    block takes the larger, and what the device's work does not hide is ep_comm. So the
+    overlap pays only where the all-to-all outweighs a second read of the block's weights,
+    as at large batch over the network."""
+    args = (model, plan, workload, roof, eff, tp_links, ep_links, cluster)
+    out, one, n_moe = _two_halves(_decode_stage, args, stage, first, last, batch)
+    if n_moe:
+        c = sum(h["weights_read"] + h["kv_read"] + h["compute"] + h["tp_comm"] + h["launch"]
+                for h in one)
+        e = sum(h["ep_comm"] for h in one)
+        out["ep_comm"] = n_moe * max(0.0, e - c)
+    return out
 
 
 def estimate_inference(model: ModelSpec, cluster: ClusterSpec, workload: InferenceWorkload,
@@ -546,11 +637,13 @@ def estimate_inference(model: ModelSpec, cluster: ClusterSpec, workload: Inferen
         nbytes = tokens * model.hidden_size * roof_bytes(workload.dtype) / plan.tp
         return (plan.pp - 1) * comm.p2p_s(cluster, nbytes, crosses_nodes=pp_crosses)
 
-    pre = [_prefill_stage(*args, s, a, z, batch) for s, (a, z) in enumerate(ranges)]
+    prefill, decode = ((_prefill_overlapped, _decode_overlapped) if plan.ep_overlap
+                       else (_prefill_stage, _decode_stage))
+    pre = [prefill(*args, s, a, z, batch) for s, (a, z) in enumerate(ranges)]
     ttft_bd = {"compute": sum(p["compute"] for p in pre), "tp_comm": sum(p["tp_comm"] for p in pre),
                "pp_comm": p2p(batch * workload.prompt_len) if plan.pp > 1 else 0.0,
                "ep_comm": sum(p["ep_comm"] for p in pre)}
-    dec = [_decode_stage(*args, s, a, z, batch) for s, (a, z) in enumerate(ranges)]
+    dec = [decode(*args, s, a, z, batch) for s, (a, z) in enumerate(ranges)]
     tpot_bd = {k: sum(d[k] for d in dec) for k in TPOT_KEYS if k != "pp_comm"}
     tpot_bd["pp_comm"] = p2p(batch) if plan.pp > 1 else 0.0
     tpot_bd = {k: tpot_bd[k] for k in TPOT_KEYS}

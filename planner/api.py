@@ -65,7 +65,7 @@ def evaluate(model: ModelSpec | str, cluster: ClusterSpec | str, workload: Train
     return estimate_training(m, c, workload, plan)
 
 
-SERVING_KEYS = ("tp", "pp", "dp", "ep", "cp")
+SERVING_KEYS = ("tp", "pp", "dp", "ep", "ep_overlap", "cp")
 """--plan keys a serving plan takes (cp only as 1; the rest are training-only)."""
 
 
@@ -99,7 +99,7 @@ def evaluate_inference(model: ModelSpec | str, cluster: ClusterSpec | str,
         extra = [k for k in parse_plan_fields(plan) if k not in SERVING_KEYS]
         if extra:
             raise PlanError(f"plan key(s) {', '.join(extra)} apply to training only; a serving "
-                            f"plan takes {', '.join(SERVING_KEYS[:4])}")
+                            f"plan takes {', '.join(SERVING_KEYS[:5])}")
         plan = parse_plan(plan, devices=devices)
     n = plan.devices if devices is None else devices
     if plan.devices != n:

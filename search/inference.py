@@ -8,7 +8,8 @@ The space (small; enumerated in full, in a fixed order, so results are determini
 - ep: 1 for a dense model; for an MoE model every divisor of tp that divides the experts
   (ep folded into tp), then every tp x g for g > 1 dividing dp that divides the experts
   (the experts spread over g replicas whose attention stays data-parallel); see
-  cost_models/inference.py.
+  cost_models/inference.py. Each of the latter also with ep_overlap (two-batch overlap of
+  the experts' all-to-all) when a replica serves at least two sequences.
 - cp = 1 and the training-only keys (mbs, vpp, zero, recompute, sp) keep their defaults.
 Each candidate is scored; those that do not fit in memory are dropped ("memory"), then those
 whose TPOT exceeds `max_tpot_ms` ("tpot"), then those whose TTFT exceeds `max_ttft_ms`
@@ -32,7 +33,7 @@ from planner.plan import Plan
 from planner.validate import divisors
 from planner.workload import InferenceWorkload
 
-FIXABLE = ("tp", "pp", "dp", "ep")
+FIXABLE = ("tp", "pp", "dp", "ep", "ep_overlap")
 """Plan keys --fix may hold for an inference search (cp=1 is accepted and ignored)."""
 
 
@@ -41,7 +42,8 @@ class ScoredInferencePlan(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    plan: dict[str, int] = Field(description="the degrees: tp, pp, dp, ep")
+    plan: dict[str, int | bool] = Field(description="the degrees tp, pp, dp, ep, and ep_overlap "
+                                         "(two-batch overlap of the experts' all-to-all)")
     estimate: InferenceEstimate
     max_batch_size: int = Field(description="largest global batch that fits with this plan "
                                             "(estimate.max_batch_size per replica x dp)")
@@ -112,12 +114,20 @@ def enumerate_plans(model: ModelSpec, cluster: ClusterSpec, workload: InferenceW
             for ep in eps:
                 if "ep" in fixed and fixed["ep"] != ep:
                     continue
-                plans.append(Plan(tp=tp, pp=pp, dp=dp, ep=ep))
+                # two-batch overlap: only where the experts' all-to-all exists (ep > tp) and
+                # each replica's batch splits in two
+                overlaps = ((False, True) if ep > tp and -(-workload.batch_size // dp) >= 2
+                            else (False,))
+                for overlap in overlaps:
+                    if "ep_overlap" in fixed and bool(fixed["ep_overlap"]) != overlap:
+                        continue
+                    plans.append(Plan(tp=tp, pp=pp, dp=dp, ep=ep, ep_overlap=overlap))
     return plans
 
 
 def _scored(plan: Plan, est: InferenceEstimate) -> ScoredInferencePlan:
-    return ScoredInferencePlan(plan={"tp": plan.tp, "pp": plan.pp, "dp": plan.dp, "ep": plan.ep},
+    return ScoredInferencePlan(plan={"tp": plan.tp, "pp": plan.pp, "dp": plan.dp, "ep": plan.ep,
+                                     "ep_overlap": plan.ep_overlap},
                                estimate=est, max_batch_size=est.max_batch_size * plan.dp)
 
 
@@ -208,8 +218,14 @@ def search_inference(model: ModelSpec, cluster: ClusterSpec, workload: Inference
                 "workload": workload.model_dump(mode="json"), "devices": devices})
 
 
+def plan_text(plan: dict[str, int | bool]) -> str:
+    """A scored inference plan as a --plan string: the degrees, and ep_overlap=on when set."""
+    return ",".join(f"{k}={v}" for k, v in plan.items() if k != "ep_overlap") + (
+        ",ep_overlap=on" if plan.get("ep_overlap") else "")
+
+
 def _plan_str(sp: ScoredInferencePlan) -> str:
-    return ",".join(f"{k}={v}" for k, v in sp.plan.items())
+    return plan_text(sp.plan)
 
 
 def _reasons(pruned: Counter[str]) -> str:

@@ -85,7 +85,8 @@ class ExportInputs:
         p = self.plan
         if self.training:
             return p.to_string()
-        return f"tp={p.tp},pp={p.pp},dp={p.dp},ep={p.ep}"
+        return f"tp={p.tp},pp={p.pp},dp={p.dp},ep={p.ep}" + (",ep_overlap=on" if p.ep_overlap
+                                                             else "")
 
 
 def flex_crosses_nodes(inp: ExportInputs) -> bool:
@@ -142,7 +143,7 @@ def _first_line(e: Exception) -> str:
 
 def _plan_of(data: Any) -> Plan:
     """A training plan dict (with its --plan string and layer split) or an inference plan
-    dict ({tp, pp, dp, ep}) as a `Plan`."""
+    dict ({tp, pp, dp, ep, ep_overlap}; results saved before ep_overlap lack it) as a `Plan`."""
     if not isinstance(data, dict):
         raise SpecError(f"a plan in the search result is not an object; {SAVE_HINT}")
     try:
@@ -152,7 +153,8 @@ def _plan_of(data: Any) -> Plan:
             if layers is not None and "stage_layers" not in fields:
                 fields.update(parse_plan_fields(f"layers={layers}"))
             return Plan(**fields)  # type: ignore[arg-type]
-        return Plan(**{k: int(data[k]) for k in ("tp", "pp", "dp", "ep") if k in data})
+        return Plan(**{k: int(data[k]) for k in ("tp", "pp", "dp", "ep") if k in data},
+                    ep_overlap=bool(data.get("ep_overlap", False)))
     except (ValueError, TypeError) as e:
         raise SpecError(f"a plan in the search result does not parse ({_first_line(e)}); "
                         f"{SAVE_HINT}") from None

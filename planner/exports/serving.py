@@ -12,15 +12,22 @@ ep > tp, spread over ep/tp replicas whose attention stays data-parallel:
 - SGLang, ep <= tp: --dp-size is "the number of data-parallel replicas of the model" and MoE
   layers run over ep_size expert ranks x moe_tp_size = tp_size / ep_size (sglang/srt/arg_groups/
   fields/parallel.py, 0.5.23), the same layout: every such plan maps.
-- SGLang, ep > tp: with --enable-dp-attention, --tp-size is the engine's whole GPU count and
-  --dp-size the attention's data-parallel groups inside it ("refers to attention DP within
-  those tp_size GPUs", same file), so ep = tp x dp maps to --tp-size ep --dp-size dp
-  --enable-dp-attention --ep-size ep, with pp = 1; ep spanning fewer replicas than dp would
-  need several engines and is refused.
+- SGLang, ep > tp (experts over g = ep/tp replicas): one engine of ep GPUs, --tp-size ep,
+  whose attention runs data-parallel over --attn-dp-size g groups of tp GPUs (the 0.5.23
+  spelling; --dp-size N --enable-dp-attention is deprecated there), --ep-size ep, and
+  --dp-size dp/g such engines. --moe-a2a-backend deepep with --deepep-mode auto runs DeepEP's
+  normal kernels for prefill batches and its low-latency kernels for decode batches
+  (sglang/srt/layers/moe/utils.py DeepEPMode.resolve), the two all-to-alls the estimate scores;
+  SGLang's default ("none") gathers the tokens instead. The request cap is the engine's: each
+  attention-DP worker gets max_running_requests // attn_dp_size. ep_overlap=on adds
+  --enable-two-batch-overlap. pp = 1 only (pipeline stages with attention DP unchecked).
 - vLLM: --data-parallel-size replicas share the expert layers (they form a DP x TP group) and
   --enable-expert-parallel makes EP span all DP x TP ranks (docs: data parallel deployment),
   so an MoE plan maps when ep is 1 or tp with dp = 1, or ep = tp x dp with pp = 1; other MoE
-  plans are refused.
+  plans are refused. For ep = tp x dp the export adds --all2all-backend deepep_low_latency
+  (vLLM's default, allgather_reducescatter, is no all-to-all): the decode all-to-all the
+  estimate scores, which vLLM then uses for prefill too (one backend per engine). ep_overlap=on
+  adds --enable-dbo (dual batch overlap, vllm/config/parallel.py, 0.34.0).
 """
 
 from __future__ import annotations
@@ -60,6 +67,12 @@ def vllm_flags(inp: ExportInputs) -> Flags:
     wide = moe is not None and p.ep > p.tp
     if wide:
         _check_wide(inp, "vLLM")
+        if p.ep != p.tp * p.dp:
+            raise refuse("vLLM", f"ep={p.ep} spreads the experts over {p.ep // p.tp} of the "
+                         f"dp={p.dp} replicas; one vLLM engine spreads them over all of its "
+                         f"data-parallel ranks: use ep={p.tp * p.dp} (--fix ep={p.tp * p.dp}), "
+                         f"launch {p.dp * p.tp // p.ep} engines of dp={p.ep // p.tp}, or "
+                         "export --to sglang")
     elif moe is not None and p.dp > 1:
         raise refuse("vLLM", f"dp={p.dp} on an MoE model: vLLM's --data-parallel-size joins the "
                      "replicas' expert layers into one DP x TP group, while the plan keeps "
@@ -74,20 +87,19 @@ def vllm_flags(inp: ExportInputs) -> Flags:
                   ("--data-parallel-size", str(p.dp))]
     if moe is not None and p.ep > 1:
         out.append(("--enable-expert-parallel", None))
+    if wide:
+        out.append(("--all2all-backend", "deepep_low_latency"))
+    if p.ep_overlap:
+        out.append(("--enable-dbo", None))
     return out + [("--max-num-seqs", str(batch)), ("--max-model-len", str(context)),
                   *_chunk(inp, "--max-num-batched-tokens"),
                   ("--dtype", torch_dtype_name(inp.workload.dtype, "vLLM"))]
 
 
 def _check_wide(inp: ExportInputs, engine: str) -> None:
-    """Refuse a plan whose experts spread over replicas unless one engine expresses it: the
-    expert group spans every replica (ep = tp x dp) and pp = 1 (module docstring)."""
+    """Refuse a plan whose experts spread over replicas with pipeline stages (module
+    docstring)."""
     p = inp.plan
-    if p.ep != p.tp * p.dp:
-        raise refuse(engine, f"ep={p.ep} spreads the experts over {p.ep // p.tp} of the "
-                     f"dp={p.dp} replicas; one {engine} engine spreads them over all of its "
-                     f"data-parallel ranks: use ep={p.tp * p.dp} (--fix ep={p.tp * p.dp}), or "
-                     f"launch {p.dp * p.tp // p.ep} engines of dp={p.ep // p.tp}")
     if p.pp > 1:
         raise refuse(engine, f"pp={p.pp} with experts over replicas: meshplan has not checked "
                      f"{engine}'s data-parallel attention with pipeline stages; use pp=1")
@@ -100,12 +112,14 @@ def sglang_flags(inp: ExportInputs, *, model_path: str) -> Flags:
     batch, context = _limits(inp)
     if inp.model.moe is not None and p.ep > p.tp:
         _check_wide(inp, "SGLang")
-        # with data-parallel attention the cap is the engine's, split over its dp workers
-        # (SGLang sizes each worker's request pool as max_running_requests // dp_size)
-        batch *= p.dp
+        g = p.ep // p.tp                     # replicas (attention-DP groups) per engine
+        batch *= g                           # the engine's cap, split over its g workers
         parallel: Flags = [("--tp-size", str(p.ep)), ("--pp-size", str(p.pp)),
-                           ("--dp-size", str(p.dp)), ("--enable-dp-attention", None),
-                           ("--ep-size", str(p.ep))]
+                           ("--dp-size", str(p.dp // g)), ("--attn-dp-size", str(g)),
+                           ("--ep-size", str(p.ep)), ("--moe-a2a-backend", "deepep"),
+                           ("--deepep-mode", "auto")]
+        if p.ep_overlap:
+            parallel.append(("--enable-two-batch-overlap", None))
     else:
         parallel = [("--tp-size", str(p.tp)), ("--pp-size", str(p.pp)),
                     ("--dp-size", str(p.dp)), ("--ep-size", str(p.ep))]

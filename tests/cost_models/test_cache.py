@@ -266,3 +266,13 @@ def test_cli_device_without_cache_size_exits_2(tmp_path: Path) -> None:
                               "--global-batch", "8", "--seq-len", "64", "--plan", "tp=1",
                               "--json"])
     assert res.exit_code == 0, res.stderr
+
+
+def test_cache_fit_refuses_two_batch_overlap() -> None:
+    from planner import InferenceWorkload, Plan, load_cluster, load_model
+    from planner.errors import PlanError
+
+    with pytest.raises(PlanError, match="drop ep_overlap"):
+        cache_fit(load_model("mixtral-8x7b"), load_cluster("dgx-h100"),
+                  InferenceWorkload(batch_size=64, prompt_len=64, output_len=8),
+                  Plan(tp=2, dp=4, ep=8, ep_overlap=True))

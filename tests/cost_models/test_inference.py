@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from cost_models import comm
 from cost_models.efficiency import device_efficiency
 from cost_models.inference import (
+    DEEPEP_NORMAL_SMS,
     EMBEDDING_KERNELS,
     HEAD_KERNELS,
     KERNELS_PER_BLOCK,
@@ -365,3 +366,54 @@ def test_experts_over_replicas_properties(name: str, per_replica: int, tp: int, 
     assert fast.ttft_s <= wide.ttft_s * (1 + 1e-12)
     if touched_experts(model, per_replica) > e - 1e-6:       # every expert hit in each replica
         assert wide.decode_weight_bytes <= folded.decode_weight_bytes * (1 + 1e-12)
+
+
+# (6c) two-batch overlap of the experts' all-to-all (ep_overlap=on) ---------------------------
+def test_two_batch_overlap_is_two_half_batches_with_the_all_to_all_hidden() -> None:
+    """DeepSeek-V3 Sec. 3.4: two micro-batches, one's all-to-all under the other's work. On
+    one NVLink node the all-to-all is far shorter than a block's work, so it hides entirely:
+    decode = the two half-batch steps without their ep_comm (each streams the weights again);
+    prefill = the two half-batch passes, the compute stretched while DeepEP's normal kernels
+    hold DEEPEP_NORMAL_SMS of the SMs for the all-to-all's duration."""
+    model, cluster = load_model("mixtral-8x7b"), load_cluster("dgx-h100")
+    wl = InferenceWorkload(batch_size=64, prompt_len=512, output_len=64)
+    half = wl.model_copy(update={"batch_size": 32})
+    plan, on = Plan(tp=2, dp=4, ep=8), Plan(tp=2, dp=4, ep=8, ep_overlap=True)
+    tbo = estimate_inference(model, cluster, wl, on)
+    h = estimate_inference(model, cluster, half, plan)
+    assert tbo.plan.endswith("ep_overlap=on")
+    # decode
+    assert tbo.tpot_breakdown["ep_comm"] == 0.0 < h.tpot_breakdown["ep_comm"]
+    assert tbo.tpot_s == pytest.approx(2 * (h.tpot_s - h.tpot_breakdown["ep_comm"]), rel=1e-12)
+    assert tbo.decode_weight_bytes == pytest.approx(2 * h.decode_weight_bytes, rel=1e-12)
+    # prefill
+    f = DEEPEP_NORMAL_SMS / device_efficiency(cluster.device)[0].compute_units
+    e_all = 2 * h.ttft_breakdown["ep_comm"]                 # both halves, every MoE block
+    assert tbo.ttft_breakdown["ep_comm"] == 0.0
+    assert tbo.ttft_breakdown["compute"] == pytest.approx(
+        2 * h.ttft_breakdown["compute"] + e_all * f / (1 - f), rel=1e-12)
+    for est in (tbo, h):
+        assert math.isclose(sum(est.tpot_breakdown.values()), est.tpot_s, rel_tol=1e-12)
+        assert math.isclose(sum(est.ttft_breakdown.values()), est.ttft_s, rel_tol=1e-12)
+
+
+def test_two_batch_overlap_pays_only_where_the_all_to_all_outweighs_a_second_weight_read() -> None:
+    model = load_model("deepseek-v3")
+    wl = InferenceWorkload(batch_size=4096, prompt_len=2000, output_len=1000, dtype=DType.FP8)
+    plan, on = Plan(tp=1, dp=32, ep=32), Plan(tp=1, dp=32, ep=32, ep_overlap=True)
+    fast = load_cluster("dgx-h100").job_view(32)
+    slow = with_network(fast, 0.25)                  # a quarter of the NIC bandwidth
+    assert (estimate_inference(model, slow, wl, on).tpot_s
+            < estimate_inference(model, slow, wl, plan).tpot_s)
+    small = wl.model_copy(update={"batch_size": 64})  # 2 sequences per replica: weights dominate
+    assert (estimate_inference(model, fast, small, on).tpot_s
+            > estimate_inference(model, fast, small, plan).tpot_s)
+
+
+@pytest.mark.parametrize("plan, batch, match", [
+    (Plan(tp=2, dp=4, ep=2, ep_overlap=True), 64, "no all-to-all"),
+    (Plan(tp=2, dp=4, ep=8, ep_overlap=True), 4, "one sequence per replica")])
+def test_two_batch_overlap_rejects(plan: Plan, batch: int, match: str) -> None:
+    with pytest.raises(PlanError, match=match):
+        estimate_inference(load_model("mixtral-8x7b"), load_cluster("dgx-h100"),
+                           InferenceWorkload(batch_size=batch, prompt_len=64, output_len=8), plan)

@@ -66,11 +66,13 @@ EXPORTED: dict[tuple[str, str], list[Case]] = {
     ("deepspeed", "dense"): [("dense", 0, None), ("dense", 0, "tp=2,pp=1,dp=8,mbs=2,zero=1"),
                              ("dense", 0, "tp=1,pp=1,dp=16,mbs=1,zero=0")],
     ("vllm", "moe"): [("moe-inference", 0, None), ("moe-inference", 3, None),
-                      ("moe-inference", 0, "tp=2,pp=1,dp=4,ep=8")],    # experts over replicas
+                      ("moe-inference", 0, "tp=2,pp=1,dp=4,ep=8"),     # experts over replicas
+                      ("moe-inference", 0, "tp=2,pp=1,dp=4,ep=8,ep_overlap=on")],
     ("vllm", "inference"): [("inference", r, None) for r in range(5)],
     ("sglang", "moe"): [*[("moe-inference", r, None) for r in range(5)],
                         ("moe-inference", 0, "tp=2,pp=1,dp=4,ep=8"),
-                        ("moe-inference", 0, "tp=1,pp=1,dp=8,ep=8")],
+                        ("moe-inference", 0, "tp=1,pp=1,dp=8,ep=8,ep_overlap=on"),
+                        ("moe-inference", 0, "tp=1,pp=1,dp=8,ep=4")],
     ("sglang", "inference"): [("inference", r, None) for r in range(5)],
 }
 # cell -> (fixture, plan text or None, a phrase the refusal must contain)
@@ -201,12 +203,16 @@ def test_sglang_server_args_accept_export(saved, variant, fixture: str, rank: in
     args = server_args.ServerArgs.from_cli_args(parser.parse_args(argv))
     wl = data["inputs"]["workload"]
     if plan.ep > plan.tp:
-        # data-parallel attention: --tp-size is the engine's GPUs, the request cap the engine's
-        assert args.enable_dp_attention and args.tp_size == plan.tp * plan.dp == plan.ep
-        assert (args.pp_size, args.dp_size, args.ep_size) == (plan.pp, plan.dp, plan.ep)
-        assert args.max_running_requests >= wl["batch_size"]
+        # experts over g replicas: dp/g engines of ep GPUs, attention data-parallel over g
+        # groups of tp inside each; the request cap is the engine's
+        g = plan.ep // plan.tp
+        assert (args.tp_size, args.attn_dp_size, args.dp_size) == (plan.ep, g, plan.dp // g)
+        assert (args.pp_size, args.ep_size) == (plan.pp, plan.ep)
+        assert (args.moe_a2a_backend, args.deepep_mode) == ("deepep", "auto")
+        assert args.enable_two_batch_overlap == plan.ep_overlap
+        assert args.max_running_requests * (plan.dp // g) >= wl["batch_size"]
     else:
-        assert not args.enable_dp_attention
+        assert args.attn_dp_size == 1 and not args.enable_two_batch_overlap
         assert (args.tp_size, args.pp_size, args.dp_size, args.ep_size) == (plan.tp, plan.pp, plan.dp, plan.ep)
         assert args.max_running_requests * plan.dp >= wl["batch_size"]
     assert args.model_path == "org/model" and args.dtype == "bfloat16"

@@ -59,25 +59,39 @@ def test_vllm_refuses_moe_layouts_it_lacks(tmp_path: Path, saved, rank: int, rea
     assert res.exit_code == 4 and reason in res.stderr
 
 
-@pytest.mark.parametrize("fmt, expected", [
-    ("vllm", ["--tensor-parallel-size 2", "--data-parallel-size 4", "--enable-expert-parallel",
-              "--max-num-seqs 8"]),
-    ("sglang", ["--tp-size 8", "--dp-size 4", "--enable-dp-attention", "--ep-size 8",
-                "--max-running-requests 32"])])
-def test_experts_over_replicas_export_as_data_parallel_attention(tmp_path: Path, variant, fmt: str,
-                                                                 expected: list[str]) -> None:
-    res = _export(tmp_path, variant("moe-inference", "tp=2,pp=1,dp=4,ep=8"), "--to", fmt)
+@pytest.mark.parametrize("fmt, plan, expected, absent", [
+    ("vllm", "tp=2,pp=1,dp=4,ep=8",
+     ["--tensor-parallel-size 2", "--data-parallel-size 4", "--enable-expert-parallel",
+      "--all2all-backend deepep_low_latency", "--max-num-seqs 8"], ["--enable-dbo"]),
+    ("vllm", "tp=2,pp=1,dp=4,ep=8,ep_overlap=on", ["--enable-dbo"], []),
+    # one engine of 8 GPUs: attention over 4 groups of tp=2, experts over all 8
+    ("sglang", "tp=2,pp=1,dp=4,ep=8",
+     ["--tp-size 8", "--dp-size 1", "--attn-dp-size 4", "--ep-size 8", "--moe-a2a-backend deepep",
+      "--deepep-mode auto", "--max-running-requests 32"],
+     ["--enable-dp-attention", "--enable-two-batch-overlap"]),
+    # experts over 4 of the 8 replicas: two engines of 4 GPUs
+    ("sglang", "tp=1,pp=1,dp=8,ep=4,ep_overlap=on",
+     ["--tp-size 4", "--dp-size 2", "--attn-dp-size 4", "--ep-size 4",
+      "--enable-two-batch-overlap", "--max-running-requests 16"], [])])
+def test_experts_over_replicas_export_as_data_parallel_attention(
+        tmp_path: Path, variant, fmt: str, plan: str, expected: list[str],
+        absent: list[str]) -> None:
+    res = _export(tmp_path, variant("moe-inference", plan), "--to", fmt)
     assert res.exit_code == 0, res.stderr
+    lines = [ln.rstrip(" \\").strip() for ln in res.stdout.splitlines()]
     for line in expected:
-        assert f"    {line} \\" in res.stdout or res.stdout.rstrip().endswith(line), line
+        assert line in lines, line
+    for flag in absent:
+        assert not any(ln.startswith(flag) for ln in lines), flag
 
 
-@pytest.mark.parametrize("fmt", ["vllm", "sglang"])
-@pytest.mark.parametrize("plan, reason", [
-    ("tp=1,pp=1,dp=8,ep=4", "use ep=8 (--fix ep=8), or launch 2 engines of dp=4"),
-    ("tp=2,pp=2,dp=2,ep=4", "pp=2 with experts over replicas")])
-def test_experts_over_some_replicas_are_refused(tmp_path: Path, variant, fmt: str, plan: str,
-                                                reason: str) -> None:
+@pytest.mark.parametrize("fmt, plan, reason", [
+    ("vllm", "tp=1,pp=1,dp=8,ep=4",
+     "use ep=8 (--fix ep=8), launch 2 engines of dp=4, or export --to sglang"),
+    ("vllm", "tp=2,pp=2,dp=2,ep=4", "pp=2 with experts over replicas"),
+    ("sglang", "tp=2,pp=2,dp=2,ep=4", "pp=2 with experts over replicas")])
+def test_experts_over_replicas_refused_where_the_engine_lacks_it(
+        tmp_path: Path, variant, fmt: str, plan: str, reason: str) -> None:
     res = _export(tmp_path, variant("moe-inference", plan), "--to", fmt)
     assert res.exit_code == 4 and reason in res.stderr and res.stdout == ""
 

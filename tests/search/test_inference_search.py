@@ -42,8 +42,9 @@ def test_space_is_counted_by_hand_and_best_is_the_cost_model_of_that_plan() -> N
     # tp=1: pp 1/2/4 (dp 4/2/1); tp=2: pp 1/2 (dp 2/1); tp=4 is beyond the 2-device node.
     assert r.stats.candidates == 5
     assert r.stats.pruned == {"memory": 0, "tp_beyond_node": 1, "tpot": 0}
-    assert {tuple(s.plan.values()) for s in r.top} == {
-        (1, 1, 4, 1), (1, 2, 2, 1), (1, 4, 1, 1), (2, 1, 2, 1), (2, 2, 1, 1)}
+    assert {tuple(s.plan.values()) for s in r.top} == {          # (tp, pp, dp, ep, ep_overlap)
+        (1, 1, 4, 1, False), (1, 2, 2, 1, False), (1, 4, 1, 1, False), (2, 1, 2, 1, False),
+        (2, 2, 1, 1, False)}
     best = r.best
     assert best == r.top[0]
     assert best.estimate == estimate_inference(m, c, WL, Plan(**best.plan))
@@ -75,8 +76,10 @@ def test_moe_enumerates_ep_dividing_tp_and_experts() -> None:
     r = search_inference(m, c, WL, devices=8, top_k=100)
     # Folded into tp: tp=1: pp 1/2/4 (pp=8 > 4 blocks); tp=2: 3 pp x ep 1/2; tp=4: 2 pp x
     # ep 1/2/4; tp=8: ep 1/2/4/8. Over replicas (ep = tp x g, g > 1 dividing dp, 16 experts):
-    # tp=1: dp 8 -> ep 2/4/8, dp 4 -> 2/4, dp 2 -> 2; tp=2: dp 4 -> 4/8, dp 2 -> 4; tp=4: dp 2 -> 8.
-    assert r.stats.candidates == (3 + 6 + 6 + 4) + (6 + 3 + 1)
+    # tp=1: dp 8 -> ep 2/4/8, dp 4 -> 2/4, dp 2 -> 2; tp=2: dp 4 -> 4/8, dp 2 -> 4; tp=4: dp 2 -> 8;
+    # each of those with and without ep_overlap (batch 8: every replica holds >= 2 sequences
+    # except dp=8).
+    assert r.stats.candidates == (3 + 6 + 6 + 4) + (3 + 2 * 3) + 2 * (3 + 1)
     assert r.stats.pruned["pp_layers"] == 1
     folded = [s for s in r.top if s.plan["ep"] <= s.plan["tp"]]
     wide = [s for s in r.top if s.plan["ep"] > s.plan["tp"]]
@@ -85,10 +88,19 @@ def test_moe_enumerates_ep_dividing_tp_and_experts() -> None:
     assert all(s.plan["ep"] % s.plan["tp"] == 0
                and s.plan["dp"] % (s.plan["ep"] // s.plan["tp"]) == 0 for s in wide)
     assert all(s.estimate.tpot_breakdown["ep_comm"] == 0.0 for s in folded)
-    assert all(s.estimate.tpot_breakdown["ep_comm"] > 0.0 for s in wide)
+    assert all(s.estimate.tpot_breakdown["ep_comm"] > 0.0 for s in wide
+               if not s.plan["ep_overlap"])               # with the overlap it may all hide
+    assert not any(s.plan["ep_overlap"] for s in folded)
     assert {s.plan["ep"] for s in r.top} == {1, 2, 4, 8}
     fixed = search_inference(m, c, WL, devices=8, top_k=100, fixed={"ep": 8, "tp": 1})
-    assert [s.plan for s in fixed.top] == [{"tp": 1, "pp": 1, "dp": 8, "ep": 8}]
+    assert [s.plan for s in fixed.top] == [{"tp": 1, "pp": 1, "dp": 8, "ep": 8,
+                                            "ep_overlap": False}]     # 1 sequence per replica
+    both = search_inference(m, c, WL, devices=8, top_k=100, fixed={"ep": 8, "tp": 2})
+    assert {s.plan["ep_overlap"] for s in both.top} == {False, True}
+    on = search_inference(m, c, WL, devices=8, top_k=100, fixed={"ep": 8, "tp": 2,
+                                                                  "ep_overlap": True})
+    assert [s.plan for s in on.top] == [{"tp": 2, "pp": 1, "dp": 4, "ep": 8, "ep_overlap": True}]
+    assert on.top[0].estimate.plan.endswith("ep_overlap=on")
 
 
 def test_max_tpot_filters_and_nothing_left_is_infeasible() -> None:
@@ -146,7 +158,7 @@ def test_cli_json_schema() -> None:
     assert d["inputs"]["devices"] == d["best"]["estimate"]["devices"]
     assert d["inputs"]["workload"]["batch_size"] == 8
     assert d["top"][0] == d["best"] and len(d["top"]) == 3
-    assert set(d["best"]["plan"]) == {"tp", "pp", "dp", "ep"}
+    assert set(d["best"]["plan"]) == {"tp", "pp", "dp", "ep", "ep_overlap"}
     for key in ("ttft_s", "tpot_s", "tokens_per_s", "decode_bound", "max_batch_size", "fits"):
         assert key in d["best"]["estimate"]
     assert set(d["stats"]) == {"candidates", "pruned", "search_time_s"}
