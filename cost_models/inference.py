@@ -418,10 +418,10 @@ def _decode_stage(model: ModelSpec, plan: Plan, workload: InferenceWorkload, roo
     for i in range(first, last + 1):
         common, routed = _layer_params(model, i)
         common_params += common
-        if routed:
-            n_moe += 1
-            routed_params += (busiest_rank_touched_experts(model, group_tokens, plan.ep)
-                              * _routed_expert_params(model))
+        n_moe += routed > 0
+    if n_moe:
+        routed_params = (n_moe * busiest_rank_touched_experts(model, group_tokens, plan.ep)
+                         * _routed_expert_params(model))
     if head and model.vocab_size:
         common_params += model.vocab_size * h + model.norm_params    # final norm + LM head
     weight_bytes = (common_params / t + routed_params / split) * dt.bytes
@@ -521,10 +521,13 @@ def _prefill_stage(model: ModelSpec, plan: Plan, workload: InferenceWorkload, ro
         moe_sh = replace(sh, ep=model.moe.num_experts / used, etp=t)  # type: ignore[arg-type]
     secs = flops = 0.0
     n_moe = 0
+    blocks = {}       # every dense block costs the same, and every MoE block: score each once
     for i in range(first, last + 1):
         moe = model.is_moe_layer(i)
         n_moe += moe
-        bc = block_compute(model, roof, moe_sh if moe else sh, moe=moe)
+        if moe not in blocks:
+            blocks[moe] = block_compute(model, roof, moe_sh if moe else sh, moe=moe)
+        bc = blocks[moe]
         secs, flops = secs + bc.fwd_s, flops + bc.fwd_flops
     if embed and model.vocab_size:
         secs += roof.stream(2 * sh.tokens * h * roof_bytes(dt))     # embedding lookup
