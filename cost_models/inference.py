@@ -166,11 +166,10 @@ def _check(model: ModelSpec, workload: InferenceWorkload, plan: Plan) -> None:
             raise PlanError(
                 f"ep={plan.ep} is folded into tp={plan.tp}: it must divide tp and the {e} "
                 f"experts (or be tp times a divisor of dp={plan.dp}, experts over replicas)")
-        if plan.ep > plan.tp and (plan.ep % plan.tp or plan.dp % (plan.ep // plan.tp)
-                                  or e % plan.ep):
+        if plan.ep > plan.tp and (plan.ep % plan.tp or plan.dp % (plan.ep // plan.tp)):
             raise PlanError(
                 f"ep={plan.ep} spreads the experts over replicas: it must be tp={plan.tp} times "
-                f"a divisor of dp={plan.dp} and divide the {e} experts; valid: "
+                f"a divisor of dp={plan.dp}; valid: "
                 f"{', '.join(str(x) for x in wide_ep_choices(model, plan.tp, plan.dp)) or 'none'}")
     if workload.batch_size < plan.dp:
         raise PlanError(f"batch {workload.batch_size} leaves some of the dp={plan.dp} replicas idle")
@@ -188,10 +187,27 @@ def _check(model: ModelSpec, workload: InferenceWorkload, plan: Plan) -> None:
 
 def wide_ep_choices(model: ModelSpec, tp: int, dp: int) -> list[int]:
     """The ep values above tp that spread the experts over replicas: tp x g for each divisor
-    g > 1 of dp, dividing the experts."""
+    g > 1 of dp (where ep does not divide the experts, `expert_slots` adds redundant ones)."""
     assert model.moe is not None
-    return [tp * g for g in range(2, dp + 1)
-            if dp % g == 0 and model.moe.num_experts % (tp * g) == 0]
+    return [tp * g for g in range(2, dp + 1) if dp % g == 0]
+
+
+def expert_slots(model: ModelSpec, plan: Plan) -> int:
+    """Expert copies one device holds per MoE block when the experts spread over replicas
+    (ep > tp): ceil(E / ep). Where ep does not divide E, the ep x ceil(E/ep) - E extra slots
+    hold redundant copies of heavily loaded experts (DeepSeek-V3, arXiv:2412.19437, Sec. 3.4:
+    "redundant experts", placed by its expert-parallel load balancer, EPLB; SGLang
+    --ep-num-redundant-experts, vLLM --enable-eplb, whose default is exactly this minimum).
+    Their purpose is balance, so the estimate takes such a layout's expert load as even."""
+    assert model.moe is not None and plan.ep > plan.tp
+    return -(-model.moe.num_experts // plan.ep)
+
+
+def redundant_experts(model: ModelSpec, plan: Plan) -> int:
+    """Redundant expert slots of a serving plan (0 unless ep > tp does not divide E)."""
+    if model.moe is None or plan.ep <= plan.tp:
+        return 0
+    return plan.ep * expert_slots(model, plan) - model.moe.num_experts
 
 
 def ep_replicas(plan: Plan) -> int:
@@ -229,7 +245,8 @@ def touched_experts(model: ModelSpec, tokens: int) -> float:
     return e * (1.0 - (1.0 - k / e) ** tokens)
 
 
-def busiest_rank_touched_experts(model: ModelSpec, tokens: int, ep: int) -> float:
+def busiest_rank_touched_experts(model: ModelSpec, tokens: int, ep: int,
+                                 slots: int | None = None) -> float:
     """Expected routed experts hit on the busiest of `ep` ranks that each hold E/ep whole
     experts, times ep: the expert count whose weights the slowest rank of the TP group reads,
     in units where ep = 1 gives `touched_experts` (every rank reads 1/tp of every hit expert,
@@ -237,12 +254,16 @@ def busiest_rank_touched_experts(model: ModelSpec, tokens: int, ep: int) -> floa
     taken as Binomial(E/ep, q) (independent experts: top-k picks are distinct, which makes
     them slightly anti-correlated, so this is a mild upper bound), and the busiest of ep iid
     ranks has E[max] = sum_{x < m} (1 - F(x)^ep). Decode waits for the slowest rank at the
-    block's all-reduce, so this, not the mean, sets the weight read."""
+    block's all-reduce, so this, not the mean, sets the weight read. With `slots` copies per
+    rank (`expert_slots`, redundant experts included) the ep x slots copies stand for the
+    experts, each token's top_k picks spread over them (EPLB splits a replicated expert's
+    tokens between its copies)."""
     assert model.moe is not None
     e, k = model.moe.num_experts, model.moe.top_k
     if ep <= 1:
         return touched_experts(model, tokens)
-    m = e // ep
+    m = slots if slots is not None else e // ep
+    e = m * ep
     q = 1.0 - (1.0 - k / e) ** tokens
     cdf = expect = 0.0
     for x in range(m):
@@ -278,6 +299,9 @@ def _stage_weight_params(model: ModelSpec, plan: Plan, stage: int, first: int, l
         common += model.lm_head_params
         if model.tied_embeddings and plan.pp > 1:
             common += model.vocab_size * model.hidden_size
+    if routed and plan.ep > plan.tp:            # whole experts, redundant copies included
+        assert model.moe is not None
+        routed = routed // model.moe.num_experts * expert_slots(model, plan) * plan.ep
     return common / plan.tp + routed / expert_split(plan)
 
 
@@ -420,7 +444,8 @@ def _decode_stage(model: ModelSpec, plan: Plan, workload: InferenceWorkload, roo
         common_params += common
         n_moe += routed > 0
     if n_moe:
-        routed_params = (n_moe * busiest_rank_touched_experts(model, group_tokens, plan.ep)
+        slots = expert_slots(model, plan) if plan.ep > plan.tp else None
+        routed_params = (n_moe * busiest_rank_touched_experts(model, group_tokens, plan.ep, slots)
                          * _routed_expert_params(model))
     if head and model.vocab_size:
         common_params += model.vocab_size * h + model.norm_params    # final norm + LM head
@@ -704,6 +729,13 @@ def _warnings(model: ModelSpec, cluster: ClusterSpec, workload: InferenceWorkloa
                    "the inter-node network")
     if plan.etp is not None:
         out.append("etp is ignored for inference (experts are split over tp/ep ranks)")
+    if redundant_experts(model, plan):
+        assert model.moe is not None
+        out.append(f"ep={plan.ep} does not divide the {model.moe.num_experts} experts: each "
+                   f"device holds {expert_slots(model, plan)} expert slots, "
+                   f"{redundant_experts(model, plan)} of them in all redundant copies that an "
+                   "expert-parallel load balancer places (SGLang --ep-num-redundant-experts "
+                   "with --enable-eplb, vLLM --enable-eplb); their load is taken as even")
     if not fits:
         out.append(f"does not fit: at most {mbs} sequences per replica fit in memory")
     return out

@@ -20,18 +20,22 @@ ep > tp, spread over ep/tp replicas whose attention stays data-parallel:
   (sglang/srt/layers/moe/utils.py DeepEPMode.resolve), the two all-to-alls the estimate scores;
   SGLang's default ("none") gathers the tokens instead. The request cap is the engine's: each
   attention-DP worker gets max_running_requests // attn_dp_size. ep_overlap=on adds
-  --enable-two-batch-overlap. pp = 1 only (pipeline stages with attention DP unchecked).
+  --enable-two-batch-overlap; redundant expert slots (ep not dividing the experts,
+  cost_models.inference.expert_slots) add --ep-num-redundant-experts R --enable-eplb. pp = 1
+  only (pipeline stages with attention DP unchecked).
 - vLLM: --data-parallel-size replicas share the expert layers (they form a DP x TP group) and
   --enable-expert-parallel makes EP span all DP x TP ranks (docs: data parallel deployment),
   so an MoE plan maps when ep is 1 or tp with dp = 1, or ep = tp x dp with pp = 1; other MoE
   plans are refused. For ep = tp x dp the export adds --all2all-backend deepep_low_latency
   (vLLM's default, allgather_reducescatter, is no all-to-all): the decode all-to-all the
   estimate scores, which vLLM then uses for prefill too (one backend per engine). ep_overlap=on
-  adds --enable-dbo (dual batch overlap, vllm/config/parallel.py, 0.34.0).
+  adds --enable-dbo (dual batch overlap, vllm/config/parallel.py, 0.34.0), and redundant
+  expert slots --enable-eplb, whose default redundant count is the plan's minimum.
 """
 
 from __future__ import annotations
 
+from cost_models.inference import redundant_experts
 from planner.exports.common import (ExportInputs, refuse, require_inference,
                                     torch_dtype_name)
 from planner.workload import InferenceWorkload
@@ -89,6 +93,10 @@ def vllm_flags(inp: ExportInputs) -> Flags:
         out.append(("--enable-expert-parallel", None))
     if wide:
         out.append(("--all2all-backend", "deepep_low_latency"))
+        if redundant_experts(inp.model, p):
+            # EPLB's default redundant count is the minimum that makes E + R divisible by the
+            # EP size (ParallelConfig.compute_eplb_num_redundant_experts): the plan's own
+            out.append(("--enable-eplb", None))
     if p.ep_overlap:
         out.append(("--enable-dbo", None))
     return out + [("--max-num-seqs", str(batch)), ("--max-model-len", str(context)),
@@ -120,6 +128,9 @@ def sglang_flags(inp: ExportInputs, *, model_path: str) -> Flags:
                            ("--deepep-mode", "auto")]
         if p.ep_overlap:
             parallel.append(("--enable-two-batch-overlap", None))
+        redundant = redundant_experts(inp.model, p)
+        if redundant:
+            parallel += [("--ep-num-redundant-experts", str(redundant)), ("--enable-eplb", None)]
     else:
         parallel = [("--tp-size", str(p.tp)), ("--pp-size", str(p.pp)),
                     ("--dp-size", str(p.dp)), ("--ep-size", str(p.ep))]

@@ -9,11 +9,13 @@ that implies instead of drawing a schedule the model does not score.
 
 from __future__ import annotations
 
+import dataclasses
 from html import escape
 from typing import Any
 
 from planner.report import template as t
 from planner.report.charts import BarChart, BarRow, bar_chart, fmt
+from cost_models.inference import expert_slots, redundant_experts
 from planner.model import ModelSpec
 from planner.plan import Plan
 from planner.report.common import device_map_section, map_inputs, model_of, pct, plan_of
@@ -89,8 +91,13 @@ def _table(ranked: list[dict[str, Any]]) -> str:
 
 def serving_map_inputs(plan: Plan, model: ModelSpec) -> MapInputs:
     """The device map's inputs for a serving plan: ep folded into tp splits each expert over
-    tp/ep ranks; ep > tp holds whole experts (etp 1), spread over the replicas' ranks."""
-    return map_inputs(plan, model, expert_tp=max(1, plan.tp // plan.ep))
+    tp/ep ranks; ep > tp holds whole experts (etp 1), spread over the replicas' ranks. Where ep
+    does not divide the experts, E numbers the ep x ceil(E/ep) expert slots (redundant copies
+    included; which expert each copy holds is the load balancer's choice at run time)."""
+    inp = map_inputs(plan, model, expert_tp=max(1, plan.tp // plan.ep))
+    if redundant_experts(model, plan):
+        inp = dataclasses.replace(inp, num_experts=plan.ep * expert_slots(model, plan))
+    return inp
 
 
 def _chart(chart: str, ranked: list[dict[str, Any]], labels: list[str], field: str,

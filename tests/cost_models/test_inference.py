@@ -17,7 +17,10 @@ from cost_models.inference import (
     KERNELS_PER_BLOCK,
     TPOT_KEYS,
     TTFT_KEYS,
+    busiest_rank_touched_experts,
     estimate_inference,
+    expert_slots,
+    redundant_experts,
     touched_experts,
 )
 from cost_models.memory import GIB
@@ -417,3 +420,38 @@ def test_two_batch_overlap_rejects(plan: Plan, batch: int, match: str) -> None:
     with pytest.raises(PlanError, match=match):
         estimate_inference(load_model("mixtral-8x7b"), load_cluster("dgx-h100"),
                            InferenceWorkload(batch_size=batch, prompt_len=64, output_len=8), plan)
+
+
+# (6d) redundant expert slots (ep over replicas not dividing the experts) ---------------------
+def test_redundant_slots_hold_ceil_e_over_ep_experts_by_hand() -> None:
+    """DeepSeek-V3 (256 routed experts) on 24 H100 with ep=24: ceil(256/24) = 11 slots per
+    device, 8 of the 264 redundant copies (EPLB's redundant experts)."""
+    model = load_model("deepseek-v3")
+    cluster = load_cluster("dgx-h100").job_view(24)
+    wl = InferenceWorkload(batch_size=24 * 8, prompt_len=256, output_len=32, dtype=DType.FP8)
+    plan = Plan(tp=1, dp=24, ep=24)
+    assert expert_slots(model, plan) == 11 and redundant_experts(model, plan) == 8
+    est = estimate_inference(model, cluster, wl, plan)
+    p_e = model.mlp_params(model.moe.expert_ffn_hidden_size)
+    routed = model.num_moe_layers * model.moe.num_experts * p_e
+    common = model.params - routed                       # embedding and head on the one stage
+    assert est.weights_gib == pytest.approx((common + model.num_moe_layers * 11 * p_e) * 1 / GIB)
+    assert any("ep=24 does not divide the 256 experts" in w and "11 expert slots" in w
+               for w in est.warnings)
+    # decode reads the busiest rank's hit slots: 192 tokens x top-8 over the 264 copies
+    q = 1 - (1 - 8 / 264) ** 192
+    cdf = expect = 0.0
+    for x in range(11):
+        cdf += math.comb(11, x) * q ** x * (1 - q) ** (11 - x)
+        expect += 1 - min(1.0, cdf) ** 24
+    assert busiest_rank_touched_experts(model, 192, 24, 11) == pytest.approx(expect * 24)
+    # the rest of the read (attention, shared experts, head) is the plan's common weights,
+    # the same as with ep=8 (8 divides 256: 32 whole experts per rank, no redundancy)
+    exact_plan = Plan(tp=1, dp=24, ep=8)
+    exact = estimate_inference(model, cluster, wl, exact_plan)
+    assert redundant_experts(model, exact_plan) == 0
+    assert not any("does not divide" in w for w in exact.warnings)
+    n = model.num_moe_layers
+    assert (est.decode_weight_bytes - n * expect * p_e) == pytest.approx(
+        exact.decode_weight_bytes - n * busiest_rank_touched_experts(model, 8 * 8, 8) / 8 * p_e,
+        rel=1e-12)

@@ -264,3 +264,22 @@ def test_non_default_gradient_dtype_is_refused(tmp_path: Path, saved, fmt: str) 
     data["inputs"]["workload"]["grad_dtype"] = "fp32"      # the default: exported as before
     again = _export(tmp_path, data, "--to", fmt)
     assert again.exit_code == 0 and "gradients reduced" not in again.stderr, again.stderr
+
+
+def test_redundant_expert_slots_export_with_eplb(tmp_path: Path) -> None:
+    """Mixtral's 8 experts over ep=16 (16 replicas of tp=1): one slot per device, 8 of them
+    redundant copies. SGLang is told the count, vLLM's EPLB defaults to that same minimum."""
+    found = RUNNER.invoke(app, ["search", "--mode", "inference", "--model", "mixtral-8x7b",
+                                "--cluster", "dgx-h100", "--gpus", "16", "--batch", "64",
+                                "--prompt-len", "256", "--output-len", "32", "--fix",
+                                "tp=1,ep=16", "--json"])
+    assert found.exit_code == 0, found.stderr
+    data = json.loads(found.stdout)
+    assert data["best"]["plan"]["ep"] == 16
+    assert any("does not divide the 8 experts" in w for w in data["best"]["estimate"]["warnings"])
+    sglang = _export(tmp_path, data, "--to", "sglang")
+    lines = [ln.rstrip(" \\").strip() for ln in sglang.stdout.splitlines()]
+    assert "--ep-num-redundant-experts 8" in lines and "--enable-eplb" in lines
+    vllm = _export(tmp_path, data, "--to", "vllm")
+    lines = [ln.rstrip(" \\").strip() for ln in vllm.stdout.splitlines()]
+    assert "--enable-eplb" in lines and "--data-parallel-size 16" in lines

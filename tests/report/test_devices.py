@@ -84,3 +84,12 @@ def test_serving_maps_fold_ep_into_tp_or_spread_whole_experts_over_replicas() ->
     roles = {r.rank: r for r in device_roles(wide, list(range(8)))}
     # etp 1: one whole expert per device, over the 4 replicas' 8 ranks
     assert wide.etp == 1 and [roles[r].experts for r in range(8)] == [(e, e) for e in range(8)]
+
+
+def test_serving_map_numbers_the_slots_when_ep_does_not_divide_the_experts() -> None:
+    from planner import Plan, load_model
+    from planner.report.inference import serving_map_inputs
+
+    inp = serving_map_inputs(Plan(tp=1, dp=16, ep=16), load_model("mixtral-8x7b"))
+    roles = {r.rank: r for r in device_roles(inp, list(range(16)))}
+    assert inp.num_experts == 16 and [roles[r].experts for r in range(16)] == [(e, e) for e in range(16)]
