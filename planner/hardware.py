@@ -172,7 +172,10 @@ class ClusterSpec(Spec):
             return self.model_copy(update={"devices_per_node": devices})
         share = self._domain_share(devices)
         if share is None:
-            unit, lo, hi = self.allocation_unit, devices, devices
+            # start from whole allocation units around the request: a count that is not one
+            # never becomes one by adding units (12 GPUs on 8-GPU nodes stays 4 mod 8)
+            unit = self.allocation_unit
+            lo, hi = devices // unit * unit, -(-devices // unit) * unit
             while lo > unit and self._domain_share(lo) is None:
                 lo -= unit
             while self._domain_share(hi) is None:

@@ -193,6 +193,18 @@ def test_nvl72_job_is_spread_evenly_over_the_fewest_racks() -> None:
         c.devices_for(gpus=100)
 
 
+@pytest.mark.parametrize("cluster, devices, message", [
+    ("dgx-b200", 12, "use 8 or 16"), ("gb200-nvl72", 102, "use 96 or 104")])
+def test_job_view_of_a_count_off_the_allocation_units_says_which_fit(
+        cluster: str, devices: int, message: str) -> None:
+    """job_view is reached without devices_for from the Python API (search_inference): a count
+    that is not whole allocation units used to loop for ever looking for its neighbours."""
+    from planner.presets import load_cluster
+
+    with pytest.raises(SpecError, match=message):
+        load_cluster(cluster).job_view(devices)
+
+
 def test_allocation_unit_must_divide_the_node() -> None:
     from planner.presets import load_cluster
 
