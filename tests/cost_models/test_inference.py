@@ -25,7 +25,7 @@ from cost_models.inference import (
 )
 from cost_models.memory import GIB
 from planner import ClusterSpec, InferenceWorkload, ModelSpec, Plan, load_cluster, load_model
-from planner.errors import PlanError
+from planner.errors import PlanError, SpecError
 from planner.model import DType
 
 
@@ -455,3 +455,38 @@ def test_redundant_slots_hold_ceil_e_over_ep_experts_by_hand() -> None:
     assert (est.decode_weight_bytes - n * expect * p_e) == pytest.approx(
         exact.decode_weight_bytes - n * busiest_rank_touched_experts(model, 8 * 8, 8) / 8 * p_e,
         rel=1e-12)
+
+
+_MOE = {n: load_model(n) for n in ("mixtral-8x7b", "deepseek-v3", "qwen3-30b-a3b",
+                                   "gpt-oss-120b", "seed004-moe-4l")}
+_CLUSTERS = {n: load_cluster(n) for n in ("dgx-h100", "dgx-a100", "gb200-nvl72", "tpu-v5p-pod")}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(name=st.sampled_from(sorted(_MOE)), cluster=st.sampled_from(sorted(_CLUSTERS)),
+       tp=st.sampled_from([1, 2, 4, 8]), pp=st.sampled_from([1, 2]),
+       g=st.sampled_from([1, 2, 3, 4, 6, 8, 16]), k=st.sampled_from([1, 2]),
+       folded=st.booleans(), overlap=st.booleans(), per=st.sampled_from([1, 2, 3, 8, 64]),
+       prompt=st.sampled_from([1, 7, 128, 2048]), out=st.sampled_from([1, 16, 512]),
+       fp8=st.booleans())
+def test_any_moe_serving_plan_is_scored_or_refused_and_its_parts_add_up(
+        name: str, cluster: str, tp: int, pp: int, g: int, k: int, folded: bool,
+        overlap: bool, per: int, prompt: int, out: int, fp8: bool) -> None:
+    """Folded, over-replica (with or without redundant slots) and overlapped plans on GPU and
+    TPU clusters: either a one-line PlanError/SpecError or an estimate whose TTFT and TPOT
+    parts are non-negative and add up (found a job_view hang once)."""
+    model, dp = _MOE[name], g * k
+    ep = tp * g if g > 1 and not folded else (tp if folded else 1)
+    plan_kw = dict(tp=tp, pp=pp, dp=dp, ep=ep, ep_overlap=overlap and ep > tp)
+    wl = InferenceWorkload(batch_size=dp * per, prompt_len=prompt, output_len=out,
+                           dtype=DType.FP8 if fp8 else DType.BF16)
+    try:
+        c = _CLUSTERS[cluster].job_view(tp * pp * dp)
+        est = estimate_inference(model, c, wl, Plan(**plan_kw))
+    except (PlanError, SpecError) as e:
+        assert "\n" not in str(e) and str(e)
+        return
+    for parts, total in ((est.tpot_breakdown, est.tpot_s), (est.ttft_breakdown, est.ttft_s)):
+        assert all(v >= 0 for v in parts.values()) and total > 0
+        assert math.isclose(sum(parts.values()), total, rel_tol=1e-9)
+    assert est.peak_memory_gib > 0 and est.max_batch_size >= 0
