@@ -21,19 +21,22 @@ Layout and degrees (kept simple, stated here once):
   Prefill's expert FLOPs are taken as balanced (many tokens hit every expert).
 - Or the experts spread over replicas (ep > tp: ep = tp x g for g dividing dp, "wide" expert
   parallelism with data-parallel attention, as DeepSeek-V3 serves, arXiv:2412.19437 Sec. 3.4:
-  attention TP4 x DP8 with MoE EP32 for prefill; SGLang --enable-dp-attention, vLLM
+  attention TP4 x DP8 with MoE EP32 for prefill; SGLang --attn-dp-size, vLLM
   --data-parallel-size with --enable-expert-parallel). Each replica's attention and dense
   layers run its own batch over its tp ranks; each device holds E/ep whole experts
-  (`expert_split`), and the ep ranks of g replicas exchange tokens every MoE block: each tp
+  (`expert_split`; ceil(E/ep) slots with redundant copies where ep does not divide E,
+  `expert_slots`), and the ep ranks of g replicas exchange tokens every MoE block: each tp
   rank dispatches its 1/tp of the replica's tokens to their top_k experts and combines the
   results (fp8 rows with scales out, bf16 back: `dispatch_row_bytes`), then the tp ranks
   all-gather the combined slices. Decode uses DeepEP's low-latency all-to-all
   (`comm.moe_low_latency_s`, checked against DeepEP's measurements), prefill its normal
   kernels (`comm.moe_dispatch_s`, one network crossing per destination node). The experts'
   weight read and FLOPs are those of the g replicas' tokens on the busiest rank; prefill's
-  expert GEMMs take training's expected-maximum load over the ep ranks. The breakdown key
-  ep_comm holds the all-to-all time, not overlapped with compute (engines' two-batch overlap
-  is not modelled, so wide-EP prefill is pessimistic); it is 0 when ep is folded into tp.
+  expert GEMMs take training's expected-maximum load over the ep ranks (even, with redundant
+  slots). The breakdown key ep_comm holds the all-to-all time that compute does not hide: all
+  of it, unless the plan sets ep_overlap=on (two-batch overlap, `_prefill_overlapped`,
+  `_decode_overlapped`); it is 0 when ep is folded into tp. DeepEP's communication buffers
+  are not counted in memory.
 - cp > 1 is rejected (context parallelism is not modelled for inference); etp is ignored.
 
 Time (Pope et al. 2022, "Efficiently Scaling Transformer Inference", Sec. 2-3):
