@@ -24,8 +24,7 @@ Layout and degrees (kept simple, stated here once):
   attention TP4 x DP8 with MoE EP32 for prefill; SGLang --attn-dp-size, vLLM
   --data-parallel-size with --enable-expert-parallel). Each replica's attention and dense
   layers run its own batch over its tp ranks; each device holds E/ep whole experts
-  (`expert_split`; ceil(E/ep) slots with redundant copies where ep does not divide E,
-  `expert_slots`), and the ep ranks of g replicas exchange tokens every MoE block: each tp
+  (`expert_slots`: ceil(E/ep), with redundant copies where ep does not divide E), and the ep ranks of g replicas exchange tokens every MoE block: each tp
   rank dispatches its 1/tp of the replica's tokens to their top_k experts and combines the
   results (fp8 rows with scales out, bf16 back: `dispatch_row_bytes`), then the tp ranks
   all-gather the combined slices. Decode uses DeepEP's low-latency all-to-all
@@ -177,15 +176,27 @@ def _check(model: ModelSpec, workload: InferenceWorkload, plan: Plan) -> None:
     if workload.batch_size < plan.dp:
         raise PlanError(f"batch {workload.batch_size} leaves some of the dp={plan.dp} replicas idle")
     if plan.ep_overlap:
-        if model.moe is None or plan.ep <= plan.tp:
+        if not experts_over_replicas(model, plan):
             raise PlanError(
                 f"ep_overlap=on overlaps one half of the batch's expert all-to-all with the "
                 f"other half's compute; with ep={plan.ep} <= tp={plan.tp} there is no all-to-all "
                 f"(use ep = tp x a divisor of dp on an MoE model, or drop ep_overlap)")
-        if math.ceil(workload.batch_size / plan.dp) < 2:
+        if not splits_in_two(workload, plan.dp):
             raise PlanError(f"ep_overlap=on splits each replica's batch in two; batch "
                             f"{workload.batch_size} over dp={plan.dp} leaves one sequence per "
                             "replica (raise --batch or drop ep_overlap)")
+
+
+def experts_over_replicas(model: ModelSpec, plan: Plan) -> bool:
+    """Whether a serving plan spreads the experts over replicas (ep > tp on an MoE model:
+    data-parallel attention, an all-to-all per MoE block) rather than folding ep into tp."""
+    return model.moe is not None and plan.ep > plan.tp
+
+
+def splits_in_two(workload: InferenceWorkload, dp: int) -> bool:
+    """Whether each of dp replicas serves at least two sequences, as two-batch overlap
+    (ep_overlap=on) needs."""
+    return math.ceil(workload.batch_size / dp) >= 2
 
 
 def wide_ep_choices(model: ModelSpec, tp: int, dp: int) -> list[int]:
@@ -202,14 +213,15 @@ def expert_slots(model: ModelSpec, plan: Plan) -> int:
     "redundant experts", placed by its expert-parallel load balancer, EPLB; SGLang
     --ep-num-redundant-experts, vLLM --enable-eplb, whose default is exactly this minimum).
     Their purpose is balance, so the estimate takes such a layout's expert load as even."""
-    assert model.moe is not None and plan.ep > plan.tp
+    assert model.moe is not None and experts_over_replicas(model, plan)
     return -(-model.moe.num_experts // plan.ep)
 
 
 def redundant_experts(model: ModelSpec, plan: Plan) -> int:
     """Redundant expert slots of a serving plan (0 unless ep > tp does not divide E)."""
-    if model.moe is None or plan.ep <= plan.tp:
+    if not experts_over_replicas(model, plan):
         return 0
+    assert model.moe is not None
     return plan.ep * expert_slots(model, plan) - model.moe.num_experts
 
 
@@ -291,7 +303,7 @@ def kv_tokens_per_sequence(workload: InferenceWorkload) -> int:
 def _stage_weight_params(model: ModelSpec, plan: Plan, stage: int, first: int, last: int) -> float:
     """Parameters one device of `stage` holds: the stage's blocks / tp, the embedding on the
     first stage, the LM head on the last (a second copy of a tied embedding when pp > 1); of
-    the routed experts 1 / `expert_split` (E/ep whole experts when they spread over replicas)."""
+    the routed experts 1/tp, or `expert_slots` whole experts when they spread over replicas."""
     common = routed = 0
     for i in range(first, last + 1):
         c, r = _layer_params(model, i)
@@ -302,10 +314,10 @@ def _stage_weight_params(model: ModelSpec, plan: Plan, stage: int, first: int, l
         common += model.lm_head_params
         if model.tied_embeddings and plan.pp > 1:
             common += model.vocab_size * model.hidden_size
-    if routed and plan.ep > plan.tp:            # whole experts, redundant copies included
+    if routed and experts_over_replicas(model, plan):   # whole experts, redundant copies too
         assert model.moe is not None
-        routed = routed // model.moe.num_experts * expert_slots(model, plan) * plan.ep
-    return common / plan.tp + routed / expert_split(plan)
+        return common / plan.tp + routed // model.moe.num_experts * expert_slots(model, plan)
+    return common / plan.tp + routed / plan.tp
 
 
 def _workspace_bytes(model: ModelSpec, plan: Plan, prompt_len: int, batch: int,
@@ -447,7 +459,7 @@ def _decode_stage(model: ModelSpec, plan: Plan, workload: InferenceWorkload, roo
         common_params += common
         n_moe += routed > 0
     if n_moe:
-        slots = expert_slots(model, plan) if plan.ep > plan.tp else None
+        slots = expert_slots(model, plan) if experts_over_replicas(model, plan) else None
         routed_params = (n_moe * busiest_rank_touched_experts(model, group_tokens, plan.ep, slots)
                          * _routed_expert_params(model))
     if head and model.vocab_size:
@@ -477,19 +489,19 @@ def _decode_stage(model: ModelSpec, plan: Plan, workload: InferenceWorkload, roo
     return {
         "weights_read": t_weights, "kv_read": t_kv,
         "compute": max(0.0, t_math - (t_weights + t_kv)),
-        "tp_comm": _tp_comm(plan, tp_links, act, n_layers, n_moe),
+        "tp_comm": _tp_comm(model, plan, tp_links, act, n_layers, n_moe),
         "launch": kernels * eff.kernel_floor_s,
         "ep_comm": n_moe * _ep_decode_s(model, plan, dt, ep_links, cluster, batch),
         "_weight_bytes": weight_bytes, "_kv_bytes": kv_bytes, "_math_s": t_math,
     }
 
 
-def _tp_comm(plan: Plan, tp_links: comm.GroupLinks, act: float, n_layers: int,
-             n_moe: int) -> float:
+def _tp_comm(model: ModelSpec, plan: Plan, tp_links: comm.GroupLinks, act: float,
+             n_layers: int, n_moe: int) -> float:
     """Megatron's two all-reduces per block of `act` bytes (Shoeybi et al. 2019 Sec. 3); in an
     MoE block whose experts spread over replicas, the second becomes an all-gather of the
     combined tp slices (each tp rank dispatched its 1/tp of the tokens)."""
-    if plan.ep <= plan.tp:
+    if not experts_over_replicas(model, plan):
         return 2 * n_layers * comm.all_reduce_s(tp_links, act)
     return (2 * (n_layers - n_moe) + n_moe) * comm.all_reduce_s(tp_links, act) + \
         n_moe * comm.all_gather_s(tp_links, act)
@@ -500,7 +512,7 @@ def _ep_decode_s(model: ModelSpec, plan: Plan, dtype: DType, ep_links: comm.Grou
     """One MoE block's dispatch and combine in a decode step when the experts spread over
     replicas (DeepEP low-latency kernels, `comm.moe_low_latency_s`); each tp rank sends its
     1/tp of the replica's batch. 0 when ep is folded into tp (no all-to-all)."""
-    if plan.ep <= plan.tp:
+    if not experts_over_replicas(model, plan):
         return 0.0
     assert model.moe is not None
     d_row, c_row = dispatch_row_bytes(model, dtype)
@@ -514,7 +526,7 @@ def _ep_prefill_s(model: ModelSpec, plan: Plan, dtype: DType, ep_links: comm.Gro
     """One MoE block's dispatch and combine of the prompt tokens when the experts spread over
     replicas: DeepEP's normal (throughput) kernels, which cross the network once per
     destination node (`comm.moe_dispatch_s`, as in training's flex dispatcher)."""
-    if plan.ep <= plan.tp:
+    if not experts_over_replicas(model, plan):
         return 0.0
     assert model.moe is not None
     m, (d_row, c_row) = model.moe, dispatch_row_bytes(model, dtype)
@@ -533,7 +545,7 @@ def _prefill_stage(model: ModelSpec, plan: Plan, workload: InferenceWorkload, ro
     head, embed = ends and stage == plan.pp - 1, ends and stage == 0
     sh = Shard(mbs=batch, seq_len=workload.prompt_len, tp=t, attn=plan.attn, dtype=dt)
     moe_sh = sh
-    if model.moe is not None and plan.ep > plan.tp:
+    if experts_over_replicas(model, plan):
         # Experts over replicas: each tp rank routes its 1/tp of the tokens to E/ep whole
         # experts per device, the group's tokens spread over them with the expected maximum
         # load of random routing: training's expert arithmetic with etp = 1
@@ -566,7 +578,7 @@ def _prefill_stage(model: ModelSpec, plan: Plan, workload: InferenceWorkload, ro
     weight_bytes = _stage_weight_params(model, plan, stage, first, last) * dt.bytes
     return {
         "compute": secs,
-        "tp_comm": _tp_comm(plan, tp_links, act, last - first + 1, n_moe),
+        "tp_comm": _tp_comm(model, plan, tp_links, act, last - first + 1, n_moe),
         "ep_comm": n_moe * _ep_prefill_s(model, plan, dt, ep_links, cluster, sh.tokens),
         "_flops": flops, "_math_s": flops / _math_rate(roof.peak, eff, dt),
         "_mem_s": weight_bytes / roof.bw,

@@ -6,8 +6,9 @@ The space (small; enumerated in full, in a fixed order, so results are determini
   divides the attention heads; pp at most the blocks; dp at most the batch (an idle replica
   is a plan error in the cost model).
 - ep: 1 for a dense model; for an MoE model every divisor of tp that divides the experts
-  (ep folded into tp), then every tp x g for g > 1 dividing dp that divides the experts
-  (the experts spread over g replicas whose attention stays data-parallel); see
+  (ep folded into tp), then every tp x g for g > 1 dividing dp (the experts spread over g
+  replicas whose attention stays data-parallel, with redundant expert slots where ep does not
+  divide the experts); see
   cost_models/inference.py. Each of the latter also with ep_overlap (two-batch overlap of
   the experts' all-to-all) when a replica serves at least two sequences.
 - cp = 1 and the training-only keys (mbs, vpp, zero, recompute, sp) keep their defaults.
@@ -25,7 +26,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cost_models.inference import InferenceEstimate, estimate_inference, wide_ep_choices
+from cost_models.inference import (InferenceEstimate, estimate_inference, splits_in_two,
+                                   wide_ep_choices)
 from planner.errors import InfeasibleError, SpecError
 from planner.hardware import ClusterSpec
 from planner.model import ModelSpec
@@ -116,7 +118,7 @@ def enumerate_plans(model: ModelSpec, cluster: ClusterSpec, workload: InferenceW
                     continue
                 # two-batch overlap: only where the experts' all-to-all exists (ep > tp) and
                 # each replica's batch splits in two
-                overlaps = ((False, True) if ep > tp and -(-workload.batch_size // dp) >= 2
+                overlaps = ((False, True) if ep > tp and splits_in_two(workload, dp)
                             else (False,))
                 for overlap in overlaps:
                     if "ep_overlap" in fixed and bool(fixed["ep_overlap"]) != overlap:

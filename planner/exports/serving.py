@@ -35,7 +35,7 @@ ep > tp, spread over ep/tp replicas whose attention stays data-parallel:
 
 from __future__ import annotations
 
-from cost_models.inference import redundant_experts
+from cost_models.inference import experts_over_replicas, redundant_experts
 from planner.exports.common import (ExportInputs, refuse, require_inference,
                                     torch_dtype_name)
 from planner.workload import InferenceWorkload
@@ -68,7 +68,7 @@ def vllm_flags(inp: ExportInputs) -> Flags:
     """
     require_inference(inp, "vLLM")
     p, moe = inp.plan, inp.model.moe
-    wide = moe is not None and p.ep > p.tp
+    wide = experts_over_replicas(inp.model, p)
     if wide:
         _check_wide(inp, "vLLM")
         if p.ep != p.tp * p.dp:
@@ -118,7 +118,7 @@ def sglang_flags(inp: ExportInputs, *, model_path: str) -> Flags:
     require_inference(inp, "SGLang")
     p = inp.plan
     batch, context = _limits(inp)
-    if inp.model.moe is not None and p.ep > p.tp:
+    if experts_over_replicas(inp.model, p):
         _check_wide(inp, "SGLang")
         g = p.ep // p.tp                     # replicas (attention-DP groups) per engine
         batch *= g                           # the engine's cap, split over its g workers
