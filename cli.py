@@ -43,6 +43,9 @@ from meshplan_cli.common import (  # noqa: F401 - re-exported for tests and entr
     DtypeOpt,
     GradDtypeOpt,
     OptimizerOpt,
+    check_mode,
+    check_mode_options,
+    inference_workload,
     training_workload,
 )
 
@@ -180,19 +183,16 @@ def evaluate_cmd(
     inference, the TTFT, TPOT, tokens/s and memory of one serving plan."""
     from planner.api import evaluate
 
-    if mode not in ("training", "inference"):
-        raise planner.SpecError(f"--mode '{mode}' is not one of training, inference")
+    check_mode(mode)
     given = {"--global-batch": global_batch, "--seq-len": seq_len, "--grad-dtype": grad_dtype,
              "--batch": batch, "--prompt-len": prompt_len, "--output-len": output_len,
              "--prefill-chunk": prefill_chunk}
     if mode == "inference":
-        _check_mode_options(mode, given, required=("--batch", "--prompt-len", "--output-len"),
-                            allowed=("--prefill-chunk",))
+        check_mode_options(mode, given, allowed=("--prefill-chunk",))
         _evaluate_inference_cmd(model, cluster, plan, gpus, nodes, dtype, batch, prompt_len,  # type: ignore[arg-type]
                                 output_len, prefill_chunk, as_json)
         return
-    _check_mode_options(mode, given, required=("--global-batch", "--seq-len"),
-                        allowed=("--grad-dtype",))
+    check_mode_options(mode, given, allowed=("--grad-dtype",))
     assert global_batch is not None and seq_len is not None
     spec, clus = presets.load_model(model), presets.load_cluster(cluster)
     n = clus.devices_for(gpus=gpus, nodes=nodes)
@@ -202,17 +202,6 @@ def evaluate_cmd(
         print_json(est.model_dump(mode="json"))
         return
     render_estimate(est, title=f"{spec.name} on {n}x {clus.device.name} ({clus.name})")
-
-
-def inference_workload(batch: int, prompt_len: int, output_len: int, dtype: str,
-                       prefill_chunk: int | None = None) -> planner.InferenceWorkload:
-    """The --mode inference workload from CLI values (one message for a bad --dtype)."""
-    allowed = ("bf16", "fp16", "fp8", "fp32", "tf32")
-    if dtype not in allowed:
-        raise planner.SpecError(f"--dtype '{dtype}' is not one of {', '.join(allowed)}")
-    return planner.InferenceWorkload(batch_size=batch, prompt_len=prompt_len,
-                                     output_len=output_len, dtype=planner.DType(dtype),
-                                     prefill_chunk_tokens=prefill_chunk)
 
 
 def _evaluate_inference_cmd(model: str, cluster: str, plan: str, gpus: int | None,
@@ -352,8 +341,7 @@ def search_cmd(
     with --mode inference, the best serving plans for a request batch."""
     from planner.api import search
 
-    if mode not in ("training", "inference"):
-        raise planner.SpecError(f"--mode '{mode}' is not one of training, inference")
+    check_mode(mode)
     outputs = _Outputs(as_json=as_json, export=export, report=report, overwrite=overwrite)
     given = {"--max-tp": max_tp, "--max-cp": max_cp, "--max-pp": max_pp, "--max-mbs": max_mbs,
              "--time-limit": time_limit, "--global-batch": global_batch, "--seq-len": seq_len,
@@ -362,14 +350,14 @@ def search_cmd(
              "--memory-fraction": memory_fraction,
              "--prefill-chunk": prefill_chunk, "--grad-dtype": grad_dtype}
     if mode == "inference":
-        _check_mode_options(mode, given, required=("--batch", "--prompt-len", "--output-len"),
-                            allowed=("--max-tpot-ms", "--max-ttft-ms", "--prefill-chunk"))
+        check_mode_options(mode, given, allowed=("--max-tpot-ms", "--max-ttft-ms",
+                                                 "--prefill-chunk"))
         _search_inference_cmd(model, cluster, gpus, nodes, dtype, top, fix, batch, prompt_len,  # type: ignore[arg-type]
                               output_len, max_tpot_ms, outputs, prefill_chunk, max_ttft_ms)
         return
-    _check_mode_options(mode, given, required=("--global-batch", "--seq-len"),
-                        allowed=("--max-tp", "--max-cp", "--max-pp", "--max-mbs", "--time-limit",
-                                 "--memory-fraction", "--grad-dtype"))
+    check_mode_options(mode, given, allowed=("--max-tp", "--max-cp", "--max-pp", "--max-mbs",
+                                             "--time-limit", "--memory-fraction",
+                                             "--grad-dtype"))
     assert global_batch is not None and seq_len is not None
     spec, clus = presets.load_model(model), presets.load_cluster(cluster)
     n = clus.devices_for(gpus=gpus, nodes=nodes)
@@ -447,17 +435,6 @@ class _Outputs:
             sys.stdout.write(text if text.endswith("\n") else text + "\n")
         else:
             render()
-
-
-def _check_mode_options(mode: str, given: dict[str, Any], *, required: tuple[str, ...],
-                        allowed: tuple[str, ...]) -> None:
-    """One-line SpecError when --mode lacks a required option or got another mode's option."""
-    missing = [k for k in required if given[k] is None]
-    if missing:
-        raise planner.SpecError(f"--mode {mode} needs {', '.join(missing)}")
-    extra = [k for k, v in given.items() if v is not None and k not in required + allowed]
-    if extra:
-        raise planner.SpecError(f"--mode {mode} does not use {', '.join(extra)}")
 
 
 def _search_inference_cmd(model: str, cluster: str, gpus: int | None, nodes: int | None,

@@ -21,21 +21,11 @@ from meshplan_cli.common import (
     NodesOpt,
     app,
     err,
+    inference_workload,
     handle_errors,
     out,
     print_json,
 )
-
-_DTYPES = ("bf16", "fp16", "fp8", "fp32", "tf32")
-
-
-def _workload(batch: int, prompt_len: int, output_len: int,
-              dtype: str) -> planner.InferenceWorkload:
-    if dtype not in _DTYPES:
-        raise planner.SpecError(f"--dtype '{dtype}' is not one of {', '.join(_DTYPES)}")
-    return planner.InferenceWorkload(batch_size=batch, prompt_len=prompt_len,
-                                     output_len=output_len, dtype=planner.DType(dtype))
-
 
 @app.command("cache-fit")
 @handle_errors
@@ -59,7 +49,7 @@ def cache_fit_cmd(
 
     spec, clus = presets.load_model(model), presets.load_cluster(cluster)
     n = clus.devices_for(gpus=gpus, nodes=nodes)
-    wl = _workload(batch, prompt_len, output_len, dtype)
+    wl = inference_workload(batch, prompt_len, output_len, dtype)
     p = planner.parse_plan(plan, devices=n)
     if p.devices != n:
         raise planner.PlanError(f"plan '{plan}' uses {p.devices} devices but {n} were given; "

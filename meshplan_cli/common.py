@@ -104,12 +104,50 @@ GradDtypeOpt = Annotated[str | None, typer.Option(
     "fp16 for fp16)")]
 
 
+DTYPES = ("bf16", "fp16", "fp8", "fp32", "tf32")
+"""The --dtype values (planner.DType)."""
+
+MODE_OPTIONS = {"training": ("--global-batch", "--seq-len"),
+                "inference": ("--batch", "--prompt-len", "--output-len")}
+"""The options each --mode requires."""
+
+
+def check_mode(mode: str) -> None:
+    """One-line SpecError for a --mode that is neither training nor inference."""
+    if mode not in MODE_OPTIONS:
+        raise planner.SpecError(f"--mode '{mode}' is not one of {', '.join(MODE_OPTIONS)}")
+
+
+def check_mode_options(mode: str, given: dict[str, Any], *, allowed: tuple[str, ...] = ()) -> None:
+    """One-line SpecError when --mode lacks one of its required options (MODE_OPTIONS) or got
+    an option in `given` that is neither required nor `allowed` for it."""
+    required = MODE_OPTIONS[mode]
+    missing = [k for k in required if given[k] is None]
+    if missing:
+        raise planner.SpecError(f"--mode {mode} needs {', '.join(missing)}")
+    extra = [k for k, v in given.items() if v is not None and k not in required + allowed]
+    if extra:
+        raise planner.SpecError(f"--mode {mode} does not use {', '.join(extra)}")
+
+
+def _check_dtype(dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise planner.SpecError(f"--dtype '{dtype}' is not one of {', '.join(DTYPES)}")
+
+
+def inference_workload(batch: int, prompt_len: int, output_len: int, dtype: str,
+                       prefill_chunk: int | None = None) -> planner.InferenceWorkload:
+    """The --mode inference workload from CLI values (one message for a bad --dtype)."""
+    _check_dtype(dtype)
+    return planner.InferenceWorkload(batch_size=batch, prompt_len=prompt_len,
+                                     output_len=output_len, dtype=planner.DType(dtype),
+                                     prefill_chunk_tokens=prefill_chunk)
+
+
 def training_workload(global_batch: int, seq_len: int, dtype: str, optimizer: str,
                       grad_dtype: str | None = None) -> planner.TrainingWorkload:
     """Build the workload, turning unknown dtypes/optimizers into one-line errors."""
-    allowed = ("bf16", "fp16", "fp8", "fp32", "tf32")
-    if dtype not in allowed:
-        raise planner.SpecError(f"--dtype '{dtype}' is not one of {', '.join(allowed)}")
+    _check_dtype(dtype)
     opts = [o.value for o in planner.Optimizer]
     if optimizer not in opts:
         raise planner.SpecError(f"--optimizer '{optimizer}' is not one of {', '.join(opts)}")

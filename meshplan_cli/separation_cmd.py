@@ -19,6 +19,8 @@ from meshplan_cli.common import (
     NodesOpt,
     OptimizerOpt,
     app,
+    check_mode,
+    check_mode_options,
     err,
     handle_errors,
     out,
@@ -29,17 +31,10 @@ from planner import presets
 
 
 def _workload(mode: str, given: dict[str, int | None], dtype: str, optimizer: str) -> Any:
-    """The training or inference workload, refusing missing or other-mode options."""
-    need = {"training": ("--global-batch", "--seq-len"),
-            "inference": ("--batch", "--prompt-len", "--output-len")}
-    if mode not in need:
-        raise planner.SpecError(f"--mode '{mode}' is not one of training, inference")
-    missing = [k for k in need[mode] if given[k] is None]
-    if missing:
-        raise planner.SpecError(f"--mode {mode} needs {', '.join(missing)}")
-    extra = [k for k, v in given.items() if v is not None and k not in need[mode]]
-    if extra:
-        raise planner.SpecError(f"--mode {mode} does not use {', '.join(extra)}")
+    """The training or inference workload, refusing missing or other-mode options (the
+    optimizer is checked in either mode, as the training workload checks it)."""
+    check_mode(mode)
+    check_mode_options(mode, given)
     wl = training_workload(given["--global-batch"] or 1, given["--seq-len"] or 1, dtype, optimizer)
     if mode == "training":
         return wl
