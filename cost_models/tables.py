@@ -112,10 +112,14 @@ class StageTables:
         as one call per stage, element by element); the first and last stages, which hold the
         embedding and the head, one call each."""
         pp, m = len(ranges), self.num_microbatches
+
+        def one(k: int) -> tuple[float, float, float]:      # a stage on its own
+            ak, bk = ranges[k]
+            return (float(self.time(k, ak, bk)), sum(float(x) for x in self.tail(k, ak, bk)),
+                    float(self.memory_total(k, ak, bk)))
+
         if pp <= 2:
-            times = [float(self.time(k, a, b)) for k, (a, b) in enumerate(ranges)]
-            tails = [sum(float(x) for x in self.tail(k, a, b)) for k, (a, b) in enumerate(ranges)]
-            mems = [float(self.memory_total(k, a, b)) for k, (a, b) in enumerate(ranges)]
+            times, tails, mems = (list(col) for col in zip(*(one(k) for k in range(pp))))
             return times, tails, mems
         a = np.array([r[0] for r in ranges])
         b = np.array([r[1] for r in ranges])
@@ -125,10 +129,7 @@ class StageTables:
         tails = [float(t) for t in sum(self.tail(1, a, b, sp))]
         mems = [float(x) for x in self.memory_total(1, a, b, sp, in_flight=flights)]
         for k in (0, pp - 1):
-            ak, bk = ranges[k]
-            times[k] = float(self.time(k, ak, bk))
-            tails[k] = sum(float(x) for x in self.tail(k, ak, bk))
-            mems[k] = float(self.memory_total(k, ak, bk))
+            times[k], tails[k], mems[k] = one(k)
         return times, tails, mems
 
     def params(self, k: int, i: Arr, j: Arr, span: dict[str, Arr] | None = None) -> tuple[Arr, Arr]:
