@@ -331,6 +331,7 @@ def search_cmd(
     max_tpot_ms: Annotated[float | None, typer.Option("--max-tpot-ms", min=0, help="drop plans slower than this per output token (inference)")] = None,
     max_ttft_ms: Annotated[float | None, typer.Option("--max-ttft-ms", min=0, help="drop plans whose prefill (time to first token) takes longer (inference)")] = None,
     prefill_chunk: Annotated[int | None, typer.Option("--prefill-chunk", min=1, help="prefill at most this many prompt tokens at a time, as engines with chunked prefill do, e.g. 8192 (inference; default: all prompts at once)")] = None,
+    disaggregate: Annotated[bool, typer.Option("--disaggregate", help="search a prefill pool and a decode pool of separate instances, matched in requests/s, next to the best colocated plan (inference; needs --max-ttft-ms)")] = False,
     export: Annotated[str | None, typer.Option("--export", help="print the best plan as launch settings for megatron, torchtitan, deepspeed, vllm or sglang (the table goes to stderr)")] = None,
     report: Annotated[Path | None, typer.Option("--report", help="also write a self-contained HTML report to this file")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="let --report replace an existing file")] = False,
@@ -338,10 +339,18 @@ def search_cmd(
     debug: DebugOpt = False,
 ) -> None:
     """Find the best training plans, with the published baselines scored the same way;
-    with --mode inference, the best serving plans for a request batch."""
+    with --mode inference, the best serving plans for a request batch (with --disaggregate,
+    separate prefill and decode pools)."""
     from planner.api import search
 
     check_mode(mode)
+    if disaggregate:
+        from meshplan_cli import disaggregation_cmd
+
+        if mode != "inference":
+            raise planner.SpecError("--disaggregate separates a serving deployment's prefill "
+                                    "and decode: use it with --mode inference")
+        disaggregation_cmd.refuse_options(fix=fix, export=export, report=report)
     outputs = _Outputs(as_json=as_json, export=export, report=report, overwrite=overwrite)
     given = {"--max-tp": max_tp, "--max-cp": max_cp, "--max-pp": max_pp, "--max-mbs": max_mbs,
              "--time-limit": time_limit, "--global-batch": global_batch, "--seq-len": seq_len,
@@ -352,6 +361,11 @@ def search_cmd(
     if mode == "inference":
         check_mode_options(mode, given, allowed=("--max-tpot-ms", "--max-ttft-ms",
                                                  "--prefill-chunk"))
+        if disaggregate:
+            disaggregation_cmd.search_disaggregated_cmd(
+                model, cluster, gpus, nodes, dtype, top, batch, prompt_len, output_len,  # type: ignore[arg-type]
+                max_tpot_ms, max_ttft_ms, prefill_chunk, as_json)
+            return
         _search_inference_cmd(model, cluster, gpus, nodes, dtype, top, fix, batch, prompt_len,  # type: ignore[arg-type]
                               output_len, max_tpot_ms, outputs, prefill_chunk, max_ttft_ms)
         return

@@ -20,6 +20,10 @@ from planner.plan import Dispatcher, LossKernel, Plan, parse_plan_fields
 from planner.workload import InferenceWorkload, TrainingWorkload
 
 SAVE_HINT = "save the output of `meshplan search ... --json` to a file and export that"
+DISAGGREGATED_HINT = ("a disaggregated deployment has two plans (prefill and decode pools): "
+                      "export each pool's plan from 'meshplan search --mode inference --gpus G "
+                      "--batch B --fix PLAN --export FORMAT' with that pool's instance size and "
+                      "batch")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -111,6 +115,8 @@ def read_result(result: dict[str, Any], *, rank: int) -> ExportInputs:
     """
     if not isinstance(result, dict) or "top" not in result or "best" not in result:
         raise SpecError(f"not a meshplan search result (no 'best'/'top' keys); {SAVE_HINT}")
+    if result.get("disaggregated"):
+        raise SpecError(f"this is a disaggregated search result: {DISAGGREGATED_HINT}")
     inputs = result.get("inputs") or {}
     missing = [k for k in ("model", "cluster", "workload", "devices") if k not in inputs]
     if missing:

@@ -1,0 +1,103 @@
+"""`meshplan search --mode inference --disaggregate`: prefill and decode pools searched
+together (search/disaggregation.py), next to the best colocated plan."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.markup import escape
+from rich.table import Table
+
+import planner
+from meshplan_cli.common import err, inference_workload, out, print_json
+from planner import presets
+
+
+def refuse_options(*, fix: str, export: str | None, report: Any) -> None:
+    """One-line SpecErrors for the search options a disaggregated search does not take."""
+    if fix:
+        raise planner.SpecError("--fix is not used with --disaggregate (it searches both pools' "
+                                "plans); drop --fix, or evaluate one pool's plan with "
+                                "'meshplan evaluate --mode inference --plan ...'")
+    if export is not None:
+        from planner.exports.common import DISAGGREGATED_HINT
+
+        raise planner.SpecError(f"--export is not used with --disaggregate: {DISAGGREGATED_HINT}")
+    if report is not None:
+        raise planner.SpecError("--report is not available with --disaggregate; use --json")
+
+
+def search_disaggregated_cmd(model: str, cluster: str, gpus: int | None, nodes: int | None,
+                             dtype: str, top: int, batch: int, prompt_len: int, output_len: int,
+                             max_tpot_ms: float | None, max_ttft_ms: float | None,
+                             prefill_chunk: int | None, as_json: bool) -> None:
+    """Run the search and print its table (or JSON)."""
+    from search.disaggregation import search_disaggregated
+
+    if max_ttft_ms is None:
+        raise planner.SpecError("--disaggregate needs --max-ttft-ms: the prefill pool's batch "
+                                "is the largest that meets it (e.g. --max-ttft-ms 1000)")
+    spec, clus = presets.load_model(model), presets.load_cluster(cluster)
+    n = clus.devices_for(gpus=gpus, nodes=nodes)
+    wl = inference_workload(batch, prompt_len, output_len, dtype, prefill_chunk)
+    result = search_disaggregated(spec, clus, wl, devices=n, max_ttft_ms=max_ttft_ms,
+                                  max_tpot_ms=max_tpot_ms, top_k=top)
+    if as_json:
+        print_json(result.model_dump(mode="json"))
+        return
+    limits = f"TTFT <= {max_ttft_ms:g} ms" + (
+        f", TPOT <= {max_tpot_ms:g} ms" if max_tpot_ms is not None else "")
+    render(result, title=f"{spec.name} on {n}x {clus.device.name} ({clus.name}), "
+           f"prefill/decode disaggregated, batch {batch}, prompt {prompt_len}, output "
+           f"{output_len} tokens, {limits}")
+
+
+def pool_text(pool: Any) -> str:
+    """'7x16 tp=1,dp=16,ep=16 b=32': instances x devices each, the plan without its degrees
+    of 1 (tp always), the batch of one instance."""
+    keys = [f"{k}={v}" for k, v in pool.plan.items()
+            if k in ("tp", "pp", "dp", "ep") and (k == "tp" or v != 1)]
+    if pool.plan.get("ep_overlap"):
+        keys.append("ep_overlap=on")
+    return (f"{pool.instances}x{pool.devices_per_instance} {','.join(keys)} "
+            f"b={pool.batch_per_instance}")
+
+
+def render(result: Any, *, title: str) -> None:
+    """The ranked deployments, the colocated comparison, statistics and notes."""
+    out.print(f"[bold]{escape(title)}[/bold]")
+    t = Table(title="best deployments (by output tokens/s)", title_justify="left")
+    for col, just in (("#", "right"), ("prefill", "left"), ("decode", "left"),
+                      ("GPUs", "right"), ("TTFT ms", "right"), ("KV ms", "right"),
+                      ("TPOT ms", "right"), ("tokens/s", "right"), ("bound", "left")):
+        t.add_column(col, justify=just, overflow="fold", no_wrap=col in ("TTFT ms", "KV ms",
+                                                                          "TPOT ms", "bound"))
+    for i, d in enumerate(result.top, 1):
+        t.add_row(str(i), pool_text(d.prefill), pool_text(d.decode),
+                  str(d.devices), f"{d.ttft_s * 1e3:.1f}", f"{d.kv_transfer_s * 1e3:.2f}",
+                  f"{d.tpot_s * 1e3:.2f}", f"{d.tokens_per_s:,.0f}", d.bound)
+    out.print(t)
+    out.print("pools: instances x devices each, one instance's plan, b= its batch (prompts per "
+              "prefill batch, sequences per decode instance); KV ms: one prefill batch's KV "
+              "cache moving to decode", markup=False, soft_wrap=True)
+    c = result.colocated
+    if c is None:
+        out.print("colocated: no plan on all the devices fits and meets the limits",
+                  markup=False, soft_wrap=True)
+    else:
+        from search.inference import plan_text
+
+        out.print(f"colocated on all {result.inputs['devices']} devices (continuous batching, "
+                  f"chunked prefill): {plan_text(c.plan.plan)}, TTFT {c.ttft_s * 1e3:.1f} ms, "
+                  f"TPOT {c.tpot_s * 1e3:.2f} ms, {c.tokens_per_s:,.0f} tokens/s; the best "
+                  f"deployment serves {result.speedup:.2f}x that", markup=False, soft_wrap=True)
+    st = result.stats
+    pruned = ", ".join(f"{k} {v}" for k, v in st.pruned.items())
+    out.print(f"{st.prefill_candidates} prefill, {st.decode_candidates} decode and "
+              f"{st.colocated_candidates} colocated candidates scored, pruned: {pruned}; "
+              f"{st.search_time_s:.2f} s", markup=False, soft_wrap=True)
+    for note in result.notes:
+        err.print(f"note: {note}", markup=False, soft_wrap=True)
+    for w in dict.fromkeys(result.best.prefill.estimate.warnings
+                           + result.best.decode.estimate.warnings):
+        err.print(f"warning: {w}", markup=False, soft_wrap=True)

@@ -1,0 +1,409 @@
+"""Prefill/decode disaggregated serving: one pool of instances prefills the prompts, another
+decodes, each with its own parallelism, searched together under latency limits and set next
+to the best colocated plan on the same devices.
+
+Why (Zhong et al. 2024, DistServe, OSDI, Sec. 2-3; Patel et al. 2024, Splitwise, ISCA): in a
+colocated engine every decode step also carries new prompts' prefill, so each running
+sequence's time per output token grows by that prefill; on separate instances decode steps
+carry only decode, prefill and decode each get the parallelism that suits them, and the KV
+cache of each prompt moves from the prefill to the decode instance. DeepSeek-V3 serves this
+way (arXiv:2412.19437 Sec. 3.4: prefill units of 32 GPUs, decode units of 320).
+
+The model, in steady state (every quantity from `cost_models.inference.estimate_inference`;
+no queueing: arrivals are taken as keeping both pools busy):
+- Decode pool: n_d instances of g_d devices with plan D, each decoding B / n_d of the
+  workload's B concurrent sequences (n_d must divide B). A step takes TPOT_d (the estimate at
+  that batch, prompt P, output O); each sequence leaves after O steps, so the pool completes
+  R_d = B / (O * TPOT_d) requests per second.
+- Prefill pool: n_p instances of g_p devices with plan F, each prefilling b_p prompts at a
+  time (b_p a power of two up to B, dp dividing it). The batch's prefill takes t_p (the
+  estimate's TTFT at batch b_p, output 1). Its KV cache, b_p * P tokens
+  (`ModelSpec.kv_cache_bytes_per_token`, a sliding-window layer only its window), moves to
+  the decode pool while the next batch prefills (DistServe Sec. 4.3, Mooncake: layer by
+  layer, overlapped): each of the prefill instance's distinct KV shards (KV heads over tp,
+  layers over pp, sequences over dp) sends its share over its own link, at most as many
+  links as receive it (a decode replica's shards, times the replicas the batch's b_p
+  sequences spread over: at most b_p, at most the pool's), taking t_kv; over the inter-node
+  network unless the whole deployment fits one node or NVLink domain (where the pools are
+  placed is not chosen here, so a multi-node deployment is scored on the network). An
+  instance completes r_p = b_p / max(t_p, t_kv) requests per second.
+- The pools are matched: n_p is the fewest instances with n_p * r_p >= R_d, at most the
+  devices left; the deployment serves R = min(R_d, n_p * r_p) requests per second, O * R
+  output tokens per second, on n_p * g_p + n_d * g_d <= N devices.
+- Latency: TTFT = t_p (the first token comes out of prefill); the second token follows
+  after t_kv and one decode step. TPOT = TPOT_d.
+- Instance sizes g: the divisors of N below N that the cluster can hold as a job
+  (`ClusterSpec.job_view`); plans on an instance are the inference search's space
+  (`search.inference.enumerate_plans`) with one replica, or with the experts spread over
+  replicas exactly the replicas that share them (`one_group`): more replicas are more
+  instances, which n_p and n_d count.
+
+Colocated, on all N devices, for comparison: continuous batching with chunked prefill
+(Agrawal et al. 2024, Sarathi-Serve, OSDI, "stall-free batching"): each step decodes the B
+running sequences and prefills the B / O prompts that replace the sequences finishing, so a
+step takes TPOT + TTFT / O of the static-batch estimate (its TTFT prefills all B prompts,
+B / dp per replica; a step prefills B / (dp * O) of them per replica, at the same cost per
+prompt), the deployment serves B * O / (O * TPOT + TTFT) output tokens per second (the
+estimate's e2e_tokens_per_s), and a new prompt's prefill is spread over
+max(1, dp * O / B) steps, its TTFT. The colocated plan shown is the one with the most output
+tokens per second within the same limits.
+
+Ranked by output tokens per second (descending), then fewer devices, lower TPOT, lower TTFT
+and the plan strings. Deterministic: every space is enumerated in a fixed order.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cost_models import comm
+from cost_models.compute import memoised_blocks
+from cost_models.inference import InferenceEstimate, estimate_inference, kv_split
+from planner.errors import InfeasibleError, SpecError
+from planner.hardware import ClusterSpec
+from planner.model import ModelSpec
+from planner.plan import Plan
+from planner.validate import divisors
+from planner.workload import InferenceWorkload
+from search.inference import ScoredInferencePlan, enumerate_plans, plan_text
+
+
+class Pool(BaseModel):
+    """One pool of identical instances."""
+
+    model_config = ConfigDict(frozen=True)
+
+    plan: dict[str, int | bool] = Field(description="each instance's tp, pp, dp, ep, ep_overlap")
+    devices_per_instance: int
+    instances: int
+    batch_per_instance: int = Field(description="prefill: prompts per prefill batch; decode: "
+                                                "concurrent sequences")
+    estimate: InferenceEstimate = Field(description="one instance at that batch")
+
+
+class DisaggregatedPlan(BaseModel):
+    """A prefill pool and a decode pool, matched in requests per second."""
+
+    model_config = ConfigDict(frozen=True)
+
+    prefill: Pool
+    decode: Pool
+    devices: int = Field(description="devices the two pools use (at most the devices asked)")
+    ttft_s: float = Field(description="prefill of one prefill batch: time to first token")
+    kv_transfer_s: float = Field(description="moving one prefill batch's KV cache to decode")
+    tpot_s: float = Field(description="decode time per output token")
+    requests_per_s: float
+    tokens_per_s: float = Field(description="output tokens per second of the deployment")
+    tokens_per_s_per_device: float
+    bound: Literal["prefill", "decode"] = Field(description="the pool that limits the rate")
+    prefill_utilisation: float = Field(description="share of the prefill pool's rate used")
+    kv_link: Literal["network", "intra-node"]
+
+
+class ColocatedPlan(BaseModel):
+    """The best colocated plan on all devices, in continuous-batching steady state."""
+
+    model_config = ConfigDict(frozen=True)
+
+    plan: ScoredInferencePlan = Field(description="the plan and its static-batch estimate")
+    ttft_s: float = Field(description="max(1, dp * O / B) steps")
+    tpot_s: float = Field(description="one step: decode plus the piggybacked prefill")
+    tokens_per_s: float
+    tokens_per_s_per_device: float
+
+
+class DisaggregationStats(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    prefill_candidates: int = Field(description="prefill (plan, batch) pairs scored")
+    decode_candidates: int = Field(description="decode plans scored")
+    colocated_candidates: int
+    pruned: dict[str, int] = Field(description="candidates dropped, by reason")
+    search_time_s: float = Field(description="wall time (the only field that varies between runs)")
+
+
+class DisaggregatedSearchResult(BaseModel):
+    """The best disaggregated deployments for one workload, and the best colocated plan."""
+
+    model_config = ConfigDict(frozen=True)
+
+    disaggregated: Literal[True] = True
+    best: DisaggregatedPlan
+    top: list[DisaggregatedPlan]
+    colocated: ColocatedPlan | None = Field(description="None when no colocated plan fits "
+                                                        "and meets the limits")
+    speedup: float | None = Field(description="best tokens/s over the colocated plan's")
+    stats: DisaggregationStats
+    notes: list[str] = Field(default_factory=list)
+    inputs: dict[str, Any] = Field(default_factory=dict, description=(
+        "what was searched: model and cluster specs (as data), workload, device count and limits"))
+
+
+@dataclass(frozen=True)
+class _Prefill:
+    g: int
+    plan: Plan
+    batch: int
+    est: InferenceEstimate
+    senders: int          # links the batch's KV leaves on
+    kv_bytes: float       # KV bytes of the whole batch
+
+
+@dataclass(frozen=True)
+class _Decode:
+    g: int
+    n: int
+    plan: Plan
+    est: InferenceEstimate
+    receivers: int        # KV shards of one decode replica (`shards`)
+    rate: float           # requests per second of the pool
+
+
+def _plan_dict(plan: Plan) -> dict[str, int | bool]:
+    return {"tp": plan.tp, "pp": plan.pp, "dp": plan.dp, "ep": plan.ep,
+            "ep_overlap": plan.ep_overlap}
+
+
+def shards(model: ModelSpec, plan: Plan) -> int:
+    """Devices of one replica holding distinct parts of a sequence's KV cache."""
+    return kv_split(model, plan.tp) * plan.pp
+
+
+def kv_bytes_per_prompt(model: ModelSpec, workload: InferenceWorkload) -> float:
+    """KV cache of one prompt after prefill (the same per-token bytes the memory model counts;
+    a sliding-window layer keeps its window)."""
+    return model.kv_cache_bytes_per_token(workload.dtype) * model.attended_context(
+        workload.prompt_len)
+
+
+def kv_transfer_s(cluster: ClusterSpec, nbytes: float, links: int, *, network: bool) -> float:
+    """One prefill batch's KV cache over `links` links in parallel (`comm.p2p_s` each)."""
+    return comm.p2p_s(cluster, nbytes / links, crosses_nodes=network)
+
+
+def instance_sizes(cluster: ClusterSpec, devices: int) -> list[int]:
+    """Devices per instance: the divisors of `devices` below it that the cluster can hold."""
+    sizes = []
+    for g in divisors(devices):
+        if g == devices:
+            continue
+        try:
+            cluster.job_view(g)
+        except SpecError:
+            continue
+        sizes.append(g)
+    return sizes
+
+
+def one_group(plan: Plan) -> bool:
+    """Whether the plan is one instance: a single replica, or with the experts spread over
+    replicas exactly the replicas that share them. Any other dp runs independent copies of
+    such an instance, which the pool's instance count already covers."""
+    return plan.dp == (plan.ep // plan.tp if plan.ep > plan.tp else 1)
+
+
+def _fits_plans(model: ModelSpec, cluster: ClusterSpec, wl: InferenceWorkload, g: int,
+                pruned: Counter[str], reason: str = "memory", *, instances_only: bool = True,
+                ) -> list[tuple[Plan, InferenceEstimate]]:
+    """Every plan on g devices scored at `wl` (with `instances_only`, those that are one
+    instance: `one_group`); those that do not fit are counted as `reason`."""
+    view = cluster.job_view(g)
+    out = []
+    for plan in enumerate_plans(model, view, wl, g, {}, Counter()):
+        if instances_only and not one_group(plan):
+            continue
+        est = estimate_inference(model, view, wl, plan)
+        if not est.fits:
+            pruned[reason] += 1
+            continue
+        out.append((plan, est))
+    return out
+
+
+def _prefill_candidates(model: ModelSpec, cluster: ClusterSpec, workload: InferenceWorkload,
+                        sizes: list[int], max_ttft_s: float,
+                        pruned: Counter[str]) -> list[_Prefill]:
+    """(plan, batch) of each prefill instance size within the TTFT limit. Batches double from
+    1 to B; a size stops doubling once no plan fits or meets the limit (both only grow)."""
+    out = []
+    per_prompt = kv_bytes_per_prompt(model, workload)
+    for g in sizes:
+        b = 1
+        while b <= workload.batch_size:
+            wl = workload.model_copy(update={"batch_size": b, "output_len": 1})
+            scored = _fits_plans(model, cluster, wl, g, pruned)
+            within = [(p, e) for p, e in scored if e.ttft_s <= max_ttft_s]
+            pruned["ttft"] += len(scored) - len(within)
+            if not within:
+                break
+            out += [_Prefill(g, p, b, e, shards(model, p) * p.dp, per_prompt * b)
+                    for p, e in within]
+            b *= 2
+    return out
+
+
+def _decode_candidates(model: ModelSpec, cluster: ClusterSpec, workload: InferenceWorkload,
+                       sizes: list[int], devices: int, max_tpot_s: float | None,
+                       pruned: Counter[str]) -> tuple[list[_Decode], int]:
+    """Per (instance size, instance count) the decode plan with the lowest TPOT (the highest
+    rate at that batch), leaving at least one device for prefill; and how many were scored."""
+    out, scored_n = [], 0
+    B, O = workload.batch_size, workload.output_len
+    for g in sizes:
+        for n in range(1, (devices - 1) // g + 1):
+            if B % n:
+                continue
+            wl = workload.model_copy(update={"batch_size": B // n})
+            scored = _fits_plans(model, cluster, wl, g, pruned)
+            scored_n += len(scored)
+            ok = [(p, e) for p, e in scored if max_tpot_s is None or e.tpot_s <= max_tpot_s]
+            pruned["tpot"] += len(scored) - len(ok)
+            if not ok:
+                continue
+            p, e = min(ok, key=lambda pe: (pe[1].tpot_s, pe[1].plan))
+            out.append(_Decode(g, n, p, e, shards(model, p), B / (O * e.tpot_s)))
+    return out, scored_n
+
+
+def _combine(cluster: ClusterSpec, devices: int, pre: list[_Prefill], dec: list[_Decode],
+             output_len: int) -> list[DisaggregatedPlan]:
+    """Every decode choice with the prefill choice that serves it best in the devices left."""
+    network = devices > cluster.devices_per_node
+    out = []
+    for d in dec:
+        left = devices - d.n * d.g
+        best: tuple[Any, ...] | None = None
+        for p in pre:
+            if p.g > left:
+                continue
+            receivers = d.receivers * min(p.batch, d.n * d.plan.dp)
+            t_kv = kv_transfer_s(cluster, p.kv_bytes, min(p.senders, receivers),
+                                 network=network)
+            r_p = p.batch / max(p.est.ttft_s, t_kv)
+            n_p = min(math.ceil(d.rate / r_p - 1e-12), left // p.g)
+            rate = min(d.rate, n_p * r_p)
+            used = n_p * p.g + d.n * d.g
+            key = (-rate, used, p.est.ttft_s, p.est.plan, p.g, p.batch)
+            if best is None or key < best[0]:
+                best = (key, p, n_p, t_kv, rate, used, r_p)
+        if best is None:
+            continue
+        _, p, n_p, t_kv, rate, used, r_p = best
+        kv_link: Literal["network", "intra-node"] = "network" if network else "intra-node"
+        out.append(DisaggregatedPlan(
+            prefill=Pool(plan=_plan_dict(p.plan), devices_per_instance=p.g, instances=n_p,
+                         batch_per_instance=p.batch, estimate=p.est),
+            decode=Pool(plan=_plan_dict(d.plan), devices_per_instance=d.g, instances=d.n,
+                        batch_per_instance=d.est.batch_per_replica * d.plan.dp,
+                        estimate=d.est),
+            devices=used, ttft_s=p.est.ttft_s, kv_transfer_s=t_kv, tpot_s=d.est.tpot_s,
+            requests_per_s=rate, tokens_per_s=rate * output_len,
+            tokens_per_s_per_device=rate * output_len / used,
+            bound="decode" if rate >= d.rate * (1 - 1e-12) else "prefill",
+            prefill_utilisation=rate / (n_p * r_p), kv_link=kv_link))
+    out.sort(key=lambda c: (-c.tokens_per_s, c.devices, c.tpot_s, c.ttft_s,
+                            plan_text(c.decode.plan), plan_text(c.prefill.plan)))
+    return out
+
+
+def colocated(model: ModelSpec, cluster: ClusterSpec, workload: InferenceWorkload, devices: int,
+              max_ttft_s: float, max_tpot_s: float | None,
+              pruned: Counter[str]) -> tuple[ColocatedPlan | None, int]:
+    """The colocated plan on all devices with the most output tokens/s in steady state
+    (module docstring) within the limits, and how many plans were scored."""
+    B, O = workload.batch_size, workload.output_len
+    best: ColocatedPlan | None = None
+    scored = _fits_plans(model, cluster, workload, devices, pruned, "colocated_memory",
+                         instances_only=False)
+    for plan, est in scored:
+        step = est.tpot_s + est.ttft_s / O
+        ttft = max(1.0, plan.dp * O / B) * step
+        if max_tpot_s is not None and step > max_tpot_s:
+            pruned["colocated_tpot"] += 1
+            continue
+        if ttft > max_ttft_s:
+            pruned["colocated_ttft"] += 1
+            continue
+        cand = ColocatedPlan(
+            plan=ScoredInferencePlan(plan=_plan_dict(plan), estimate=est,
+                                     max_batch_size=est.max_batch_size * plan.dp),
+            ttft_s=ttft, tpot_s=step, tokens_per_s=B / step,
+            tokens_per_s_per_device=B / step / devices)
+        if best is None or (-cand.tokens_per_s, cand.tpot_s, est.plan) < (
+                -best.tokens_per_s, best.tpot_s, best.plan.estimate.plan):
+            best = cand
+    return best, len(scored)
+
+
+def search_disaggregated(model: ModelSpec, cluster: ClusterSpec, workload: InferenceWorkload, *,
+                         devices: int, max_ttft_ms: float, max_tpot_ms: float | None = None,
+                         top_k: int = 5) -> DisaggregatedSearchResult:
+    """The best prefill/decode disaggregated deployments on at most `devices` devices
+    (module docstring), and the best colocated plan on all of them.
+
+    Raises:
+        SpecError: top_k < 1, or fewer than two devices.
+        InfeasibleError: no prefill instance meets max_ttft_ms, no decode instance fits or
+            meets max_tpot_ms, or no pair fits the devices (the message says which).
+    """
+    with memoised_blocks():      # the same blocks recur across instance sizes and batches
+        return _search(model, cluster, workload, devices, max_ttft_ms, max_tpot_ms, top_k)
+
+
+def _search(model: ModelSpec, cluster: ClusterSpec, workload: InferenceWorkload, devices: int,
+            max_ttft_ms: float, max_tpot_ms: float | None,
+            top_k: int) -> DisaggregatedSearchResult:
+    start = time.perf_counter()
+    if top_k < 1:
+        raise SpecError(f"top_k must be at least 1, got {top_k}")
+    if devices < 2:
+        raise SpecError("disaggregated serving needs at least 2 devices (one per pool); "
+                        "use --gpus 2 or more")
+    cluster.job_view(devices)
+    ttft_s = max_ttft_ms / 1e3
+    tpot_s = None if max_tpot_ms is None else max_tpot_ms / 1e3
+    sizes = instance_sizes(cluster, devices)
+    pruned: Counter[str] = Counter(memory=0, ttft=0, tpot=0)
+    pre = _prefill_candidates(model, cluster, workload, sizes, ttft_s, pruned)
+    if not pre:
+        raise InfeasibleError(
+            f"no prefill instance of {model.name} (of {', '.join(map(str, sizes))} devices) "
+            f"prefills one {workload.prompt_len}-token prompt within --max-ttft-ms "
+            f"{max_ttft_ms:g}; raise the limit, shorten the prompt or add devices")
+    dec, dec_scored = _decode_candidates(model, cluster, workload, sizes, devices, tpot_s, pruned)
+    if not dec:
+        within = f" within --max-tpot-ms {max_tpot_ms:g}" if max_tpot_ms is not None else ""
+        raise InfeasibleError(
+            f"no decode pool of {model.name} on fewer than {devices} devices serves batch "
+            f"{workload.batch_size}{within} (in instances that divide the batch); lower "
+            "--batch, raise the limit or add devices")
+    plans = _combine(cluster, devices, pre, dec, workload.output_len)
+    if not plans:
+        raise InfeasibleError(
+            f"no prefill and decode pools fit together on {devices} devices; add devices")
+    colo, colo_n = colocated(model, cluster, workload, devices, ttft_s, tpot_s, pruned)
+    best = plans[0]
+    notes = []
+    if colo is None:
+        notes.append("no colocated plan on all the devices fits and meets the limits in "
+                     "steady state")
+    if best.devices < devices:
+        notes.append(f"the best deployment uses {best.devices} of the {devices} devices: "
+                     "more would not raise its rate")
+    return DisaggregatedSearchResult(
+        best=best, top=plans[:top_k], colocated=colo,
+        speedup=None if colo is None else best.tokens_per_s / colo.tokens_per_s,
+        stats=DisaggregationStats(
+            prefill_candidates=len(pre), decode_candidates=dec_scored,
+            colocated_candidates=colo_n, pruned=dict(sorted(pruned.items())),
+            search_time_s=time.perf_counter() - start),
+        notes=notes,
+        inputs={"model": model.model_dump(mode="json"), "cluster": cluster.model_dump(mode="json"),
+                "workload": workload.model_dump(mode="json"), "devices": devices,
+                "max_ttft_ms": max_ttft_ms, "max_tpot_ms": max_tpot_ms})
