@@ -197,17 +197,11 @@ def test_same_inputs_give_the_same_deployments_in_the_same_order() -> None:
 def test_instance_sizes_are_the_divisors_the_cluster_can_hold() -> None:
     c = load_cluster("dgx-b200")
     assert instance_sizes(c, 32) == [1, 2, 4, 8, 16]
+    # inside one 72-GPU domain any count is a job (3 and 9 included); beyond it a job spreads
+    # evenly over the fewest racks in whole 4-GPU trays (ClusterSpec.job_view): 128 = 2 x 64
     assert instance_sizes(load_cluster("gb200-nvl72"), 144) == [
-        g for g in (1, 2, 3, 4, 6, 8, 9, 12, 16, 18, 24, 36, 48, 72)
-        if _holds(load_cluster("gb200-nvl72"), g)]
-
-
-def _holds(cluster: Any, g: int) -> bool:
-    try:
-        cluster.job_view(g)
-    except SpecError:
-        return False
-    return True
+        1, 2, 3, 4, 6, 8, 9, 12, 16, 18, 24, 36, 48, 72]
+    assert instance_sizes(load_cluster("gb200-nvl72"), 256) == [1, 2, 4, 8, 16, 32, 64, 128]
 
 
 def test_wide_ep_instances_keep_exactly_the_replicas_that_share_the_experts() -> None:
