@@ -110,3 +110,20 @@ def test_any_malformed_cluster_file(tmp_path: Path, spec: dict[str, Any]) -> Non
     path.write_text(json.dumps(spec))
     _check(["evaluate", "--model", "llama3-8b", "--cluster", str(path), "--gpus", "16",
             "--global-batch", "64", "--seq-len", "2048", "--plan", "tp=8"])
+
+
+NUMBERS = ["0", "1", "2", "3", "7", "8", "1e-9", "0.5", "50", "1e9", "-1", "abc"]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(["1", "2", "3", "4", "6", "0"]), st.sampled_from(NUMBERS),
+       st.sampled_from(NUMBERS), st.sampled_from(NUMBERS), st.sampled_from(NUMBERS),
+       st.sampled_from(NUMBERS + [None]))
+def test_disaggregated_search_any_numbers(gpus: str, batch: str, prompt: str, output: str,
+                                          ttft: str, tpot: str | None) -> None:
+    data = ROOT / "tests" / "data"
+    args = ["search", "--mode", "inference", "--disaggregate",
+            "--model", str(data / "tiny-gpt.toml"), "--cluster", str(data / "tiny-cluster.toml"),
+            "--gpus", gpus, "--batch", batch, "--prompt-len", prompt, "--output-len", output,
+            "--max-ttft-ms", ttft]
+    _check(args + ([] if tpot is None else ["--max-tpot-ms", tpot]))
