@@ -176,17 +176,38 @@ def evaluate_cmd(
     prompt_len: Annotated[int | None, typer.Option("--prompt-len", min=1, help="prompt tokens per sequence (inference)")] = None,
     output_len: Annotated[int | None, typer.Option("--output-len", min=1, help="generated tokens per sequence (inference)")] = None,
     prefill_chunk: Annotated[int | None, typer.Option("--prefill-chunk", min=1, help="prefill at most this many prompt tokens at a time (inference)")] = None,
+    disaggregate: Annotated[bool, typer.Option("--disaggregate", help="score a prefill pool and a decode pool of separate instances (inference; with --prefill-plan, --prefill-batch, --decode-plan)")] = False,
+    prefill_plan: Annotated[str | None, typer.Option("--prefill-plan", help="one prefill instance's plan, e.g. 'tp=4,dp=8,ep=32' (--disaggregate)")] = None,
+    prefill_batch: Annotated[int | None, typer.Option("--prefill-batch", min=1, help="prompts one prefill instance prefills at a time (--disaggregate)")] = None,
+    prefill_instances: Annotated[int | None, typer.Option("--prefill-instances", min=1, help="prefill instances (--disaggregate; default: the fewest that keep up with decode)")] = None,
+    decode_plan: Annotated[str | None, typer.Option("--decode-plan", help="one decode instance's plan, e.g. 'tp=4,ep=320' (--disaggregate)")] = None,
+    decode_instances: Annotated[int | None, typer.Option("--decode-instances", min=1, help="decode instances sharing --batch (--disaggregate; default 1)")] = None,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Predict the step time, throughput, MFU and memory of one training plan; with --mode
-    inference, the TTFT, TPOT, tokens/s and memory of one serving plan."""
+    inference, the TTFT, TPOT, tokens/s and memory of one serving plan (with --disaggregate,
+    of separate prefill and decode pools)."""
     from planner.api import evaluate
 
     check_mode(mode)
     given = {"--global-batch": global_batch, "--seq-len": seq_len, "--grad-dtype": grad_dtype,
              "--batch": batch, "--prompt-len": prompt_len, "--output-len": output_len,
              "--prefill-chunk": prefill_chunk}
+    pools = {"--prefill-plan": prefill_plan, "--prefill-batch": prefill_batch,
+             "--prefill-instances": prefill_instances, "--decode-plan": decode_plan,
+             "--decode-instances": decode_instances}
+    if disaggregate or any(v is not None for v in pools.values()):
+        from meshplan_cli import disaggregation_cmd
+
+        if mode != "inference":
+            raise planner.SpecError("--disaggregate and the pool options score a serving "
+                                    "deployment: use them with --mode inference")
+        check_mode_options(mode, given, allowed=("--prefill-chunk",))
+        disaggregation_cmd.evaluate_disaggregated_cmd(
+            model, cluster, plan, gpus, nodes, dtype, batch, prompt_len, output_len,  # type: ignore[arg-type]
+            prefill_chunk, pools, disaggregate, as_json)
+        return
     if mode == "inference":
         check_mode_options(mode, given, allowed=("--prefill-chunk",))
         _evaluate_inference_cmd(model, cluster, plan, gpus, nodes, dtype, batch, prompt_len,  # type: ignore[arg-type]

@@ -101,6 +101,7 @@ from planner.errors import PlanError
 from planner.hardware import ClusterSpec
 from planner.model import DType, ModelSpec
 from planner.plan import Plan
+from planner.validate import divisors, nearest
 from planner.workload import InferenceWorkload
 
 KERNELS_PER_BLOCK = 10
@@ -160,6 +161,10 @@ def _check(model: ModelSpec, workload: InferenceWorkload, plan: Plan) -> None:
         raise PlanError("context parallelism (cp > 1) is not modelled for inference; use cp=1")
     if plan.pp > model.num_layers:
         raise PlanError(f"pp={plan.pp} exceeds the {model.num_layers} blocks of '{model.name}'")
+    heads = model.num_attention_heads
+    if heads % plan.tp:      # the search's tp_heads rule, for a plan given by hand
+        raise PlanError(f"tp={plan.tp} must divide the {heads} attention heads; nearest valid "
+                        f"tp: {nearest(plan.tp, divisors(heads))}")
     if plan.ep > 1:
         if model.moe is None:
             raise PlanError(f"ep={plan.ep} needs an MoE model; '{model.name}' is dense")
@@ -746,8 +751,9 @@ def _warnings(model: ModelSpec, cluster: ClusterSpec, workload: InferenceWorkloa
         out.append("etp is ignored for inference (experts are split over tp/ep ranks)")
     if redundant_experts(model, plan):
         assert model.moe is not None
+        slots = expert_slots(model, plan)
         out.append(f"ep={plan.ep} does not divide the {model.moe.num_experts} experts: each "
-                   f"device holds {expert_slots(model, plan)} expert slots, "
+                   f"device holds {slots} expert slot{'s' if slots > 1 else ''}, "
                    f"{redundant_experts(model, plan)} of them in all redundant copies that an "
                    "expert-parallel load balancer places (SGLang --ep-num-redundant-experts "
                    "with --enable-eplb, vLLM --enable-eplb); their load is taken as even")

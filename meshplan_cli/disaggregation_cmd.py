@@ -52,6 +52,83 @@ def search_disaggregated_cmd(model: str, cluster: str, gpus: int | None, nodes: 
            f"{output_len} tokens, {limits}")
 
 
+def evaluate_disaggregated_cmd(model: str, cluster: str, plan: str, gpus: int | None,
+                               nodes: int | None, dtype: str, batch: int, prompt_len: int,
+                               output_len: int, prefill_chunk: int | None,
+                               pools: dict[str, Any], disaggregate: bool, as_json: bool) -> None:
+    """`meshplan evaluate --mode inference --disaggregate`: one deployment
+    (search.disaggregation.evaluate_disaggregated)."""
+    from search.disaggregation import evaluate_disaggregated, pool_plan
+
+    if not disaggregate:
+        given = next(k for k, v in pools.items() if v is not None)
+        raise planner.SpecError(f"{given} is for --disaggregate: add it, or use --plan for one "
+                                "colocated plan")
+    if plan:
+        raise planner.SpecError("--plan is not used with --disaggregate: give each pool's "
+                                "instance plan with --prefill-plan and --decode-plan")
+    missing = [k for k in ("--prefill-plan", "--prefill-batch", "--decode-plan")
+               if pools[k] is None]
+    if missing:
+        raise planner.SpecError(f"--disaggregate needs {', '.join(missing)} (e.g. "
+                                "--prefill-plan 'tp=4,dp=8,ep=32' --prefill-batch 64 "
+                                "--decode-plan 'tp=4,ep=320')")
+    spec, clus = presets.load_model(model), presets.load_cluster(cluster)
+    n = None if gpus is None and nodes is None else clus.devices_for(gpus=gpus, nodes=nodes)
+    wl = inference_workload(batch, prompt_len, output_len, dtype, prefill_chunk)
+    d = evaluate_disaggregated(
+        spec, clus, wl, prefill=pool_plan(pools["--prefill-plan"]),
+        prefill_batch=pools["--prefill-batch"], decode=pool_plan(pools["--decode-plan"]),
+        decode_instances=pools["--decode-instances"] or 1,
+        prefill_instances=pools["--prefill-instances"], devices=n)
+    if as_json:
+        print_json(d.model_dump(mode="json"))
+        return
+    out.print(f"[bold]{escape(spec.name)} on {clus.device.name} ({escape(clus.name)}), "
+              f"prefill/decode disaggregated, batch {batch}, prompt {prompt_len}, output "
+              f"{output_len} tokens[/bold]")
+    out.print(_table("deployment", [d]))
+    out.print(LEGEND, markup=False, soft_wrap=True)
+    p, dec = d.prefill, d.decode
+    for name, pool, work in (
+            ("prefill", p, f"prefills {p.batch_per_instance} prompts in "
+                           f"{p.estimate.ttft_s * 1e3:.1f} ms"),
+            ("decode", dec, f"decodes {dec.batch_per_instance} sequences at "
+                            f"{dec.estimate.tpot_s * 1e3:.2f} ms per step")):
+        e = pool.estimate
+        fit = "fits" if e.fits else f"does not fit (at most {e.max_batch_size} per replica)"
+        out.print(f"{name} instance: {work}; {e.peak_memory_gib:.1f} / {e.capacity_gib:.1f} "
+                  f"GiB, {fit}", markup=False, soft_wrap=True)
+    out.print(f"{d.requests_per_s:,.1f} requests/s, {d.tokens_per_s_per_device:,.0f} output "
+              f"tokens/s per device; prefill pool {d.prefill_utilisation:.0%} busy; KV cache "
+              f"over the {d.kv_link} links", markup=False, soft_wrap=True)
+    _warnings(d)
+
+
+LEGEND = ("pools: instances x devices each, one instance's plan, b= its batch (prompts per "
+          "prefill batch, sequences per decode instance); KV ms: one prefill batch's KV cache "
+          "moving to decode")
+
+
+def _table(title: str, rows: list[Any]) -> Table:
+    t = Table(title=title, title_justify="left")
+    for col, just in (("#", "right"), ("prefill", "left"), ("decode", "left"),
+                      ("GPUs", "right"), ("TTFT ms", "right"), ("KV ms", "right"),
+                      ("TPOT ms", "right"), ("tokens/s", "right"), ("bound", "left")):
+        t.add_column(col, justify=just, overflow="fold", no_wrap=col in ("TTFT ms", "KV ms",
+                                                                          "TPOT ms", "bound"))
+    for i, d in enumerate(rows, 1):
+        t.add_row(str(i), pool_text(d.prefill), pool_text(d.decode),
+                  str(d.devices), f"{d.ttft_s * 1e3:.1f}", f"{d.kv_transfer_s * 1e3:.2f}",
+                  f"{d.tpot_s * 1e3:.2f}", f"{d.tokens_per_s:,.0f}", d.bound)
+    return t
+
+
+def _warnings(d: Any) -> None:
+    for w in dict.fromkeys(d.prefill.estimate.warnings + d.decode.estimate.warnings):
+        err.print(f"warning: {w}", markup=False, soft_wrap=True)
+
+
 def pool_text(pool: Any) -> str:
     """'7x16 tp=1,dp=16,ep=16 b=32': instances x devices each, the plan without its degrees
     of 1 (tp always), the batch of one instance."""
@@ -66,20 +143,8 @@ def pool_text(pool: Any) -> str:
 def render(result: Any, *, title: str) -> None:
     """The ranked deployments, the colocated comparison, statistics and notes."""
     out.print(f"[bold]{escape(title)}[/bold]")
-    t = Table(title="best deployments (by output tokens/s)", title_justify="left")
-    for col, just in (("#", "right"), ("prefill", "left"), ("decode", "left"),
-                      ("GPUs", "right"), ("TTFT ms", "right"), ("KV ms", "right"),
-                      ("TPOT ms", "right"), ("tokens/s", "right"), ("bound", "left")):
-        t.add_column(col, justify=just, overflow="fold", no_wrap=col in ("TTFT ms", "KV ms",
-                                                                          "TPOT ms", "bound"))
-    for i, d in enumerate(result.top, 1):
-        t.add_row(str(i), pool_text(d.prefill), pool_text(d.decode),
-                  str(d.devices), f"{d.ttft_s * 1e3:.1f}", f"{d.kv_transfer_s * 1e3:.2f}",
-                  f"{d.tpot_s * 1e3:.2f}", f"{d.tokens_per_s:,.0f}", d.bound)
-    out.print(t)
-    out.print("pools: instances x devices each, one instance's plan, b= its batch (prompts per "
-              "prefill batch, sequences per decode instance); KV ms: one prefill batch's KV "
-              "cache moving to decode", markup=False, soft_wrap=True)
+    out.print(_table("best deployments (by output tokens/s)", result.top))
+    out.print(LEGEND, markup=False, soft_wrap=True)
     c = result.colocated
     if c is None:
         out.print("colocated: no plan on all the devices fits and meets the limits",
@@ -98,6 +163,4 @@ def render(result: Any, *, title: str) -> None:
               f"{st.search_time_s:.2f} s", markup=False, soft_wrap=True)
     for note in result.notes:
         err.print(f"note: {note}", markup=False, soft_wrap=True)
-    for w in dict.fromkeys(result.best.prefill.estimate.warnings
-                           + result.best.decode.estimate.warnings):
-        err.print(f"warning: {w}", markup=False, soft_wrap=True)
+    _warnings(result.best)

@@ -65,7 +65,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cost_models import comm
 from cost_models.compute import memoised_blocks
 from cost_models.inference import InferenceEstimate, estimate_inference, kv_split
-from planner.errors import InfeasibleError, SpecError
+from planner.errors import InfeasibleError, PlanError, SpecError
 from planner.hardware import ClusterSpec
 from planner.model import ModelSpec
 from planner.plan import Plan
@@ -104,6 +104,8 @@ class DisaggregatedPlan(BaseModel):
     bound: Literal["prefill", "decode"] = Field(description="the pool that limits the rate")
     prefill_utilisation: float = Field(description="share of the prefill pool's rate used")
     kv_link: Literal["network", "intra-node"]
+    fits: bool = Field(True, description="both pools' instances fit in memory (a searched "
+                                         "deployment always does)")
 
 
 class ColocatedPlan(BaseModel):
@@ -271,6 +273,36 @@ def _decode_candidates(model: ModelSpec, cluster: ClusterSpec, workload: Inferen
     return out, scored_n
 
 
+def _pair(cluster: ClusterSpec, network: bool, p: _Prefill, d: _Decode) -> tuple[float, float]:
+    """(t_kv, r_p): one prefill batch's KV transfer to the decode pool, and one prefill
+    instance's requests per second (module docstring)."""
+    receivers = d.receivers * min(p.batch, d.n * d.plan.dp)
+    t_kv = kv_transfer_s(cluster, p.kv_bytes, min(p.senders, receivers), network=network)
+    return t_kv, p.batch / max(p.est.ttft_s, t_kv)
+
+
+def _deployment(p: _Prefill, d: _Decode, n_p: int, t_kv: float, r_p: float, output_len: int,
+                network: bool) -> DisaggregatedPlan:
+    rate = min(d.rate, n_p * r_p)
+    used = n_p * p.g + d.n * d.g
+    return DisaggregatedPlan(
+        prefill=Pool(plan=_plan_dict(p.plan), devices_per_instance=p.g, instances=n_p,
+                     batch_per_instance=p.batch, estimate=p.est),
+        decode=Pool(plan=_plan_dict(d.plan), devices_per_instance=d.g, instances=d.n,
+                    batch_per_instance=d.est.batch_per_replica * d.plan.dp, estimate=d.est),
+        devices=used, ttft_s=p.est.ttft_s, kv_transfer_s=t_kv, tpot_s=d.est.tpot_s,
+        requests_per_s=rate, tokens_per_s=rate * output_len,
+        tokens_per_s_per_device=rate * output_len / used,
+        bound="decode" if rate >= d.rate * (1 - 1e-12) else "prefill",
+        prefill_utilisation=rate / (n_p * r_p),
+        kv_link="network" if network else "intra-node", fits=p.est.fits and d.est.fits)
+
+
+def _matched(d: _Decode, r_p: float, room: int) -> int:
+    """The fewest prefill instances whose rate reaches the decode pool's, at most `room`."""
+    return min(math.ceil(d.rate / r_p - 1e-12), room)
+
+
 def _combine(cluster: ClusterSpec, devices: int, pre: list[_Prefill], dec: list[_Decode],
              output_len: int) -> list[DisaggregatedPlan]:
     """Every decode choice with the prefill choice that serves it best in the devices left."""
@@ -282,31 +314,13 @@ def _combine(cluster: ClusterSpec, devices: int, pre: list[_Prefill], dec: list[
         for p in pre:
             if p.g > left:
                 continue
-            receivers = d.receivers * min(p.batch, d.n * d.plan.dp)
-            t_kv = kv_transfer_s(cluster, p.kv_bytes, min(p.senders, receivers),
-                                 network=network)
-            r_p = p.batch / max(p.est.ttft_s, t_kv)
-            n_p = min(math.ceil(d.rate / r_p - 1e-12), left // p.g)
-            rate = min(d.rate, n_p * r_p)
-            used = n_p * p.g + d.n * d.g
-            key = (-rate, used, p.est.ttft_s, p.est.plan, p.g, p.batch)
+            t_kv, r_p = _pair(cluster, network, p, d)
+            n_p = _matched(d, r_p, left // p.g)
+            key = (-min(d.rate, n_p * r_p), n_p * p.g, p.est.ttft_s, p.est.plan, p.g, p.batch)
             if best is None or key < best[0]:
-                best = (key, p, n_p, t_kv, rate, used, r_p)
-        if best is None:
-            continue
-        _, p, n_p, t_kv, rate, used, r_p = best
-        kv_link: Literal["network", "intra-node"] = "network" if network else "intra-node"
-        out.append(DisaggregatedPlan(
-            prefill=Pool(plan=_plan_dict(p.plan), devices_per_instance=p.g, instances=n_p,
-                         batch_per_instance=p.batch, estimate=p.est),
-            decode=Pool(plan=_plan_dict(d.plan), devices_per_instance=d.g, instances=d.n,
-                        batch_per_instance=d.est.batch_per_replica * d.plan.dp,
-                        estimate=d.est),
-            devices=used, ttft_s=p.est.ttft_s, kv_transfer_s=t_kv, tpot_s=d.est.tpot_s,
-            requests_per_s=rate, tokens_per_s=rate * output_len,
-            tokens_per_s_per_device=rate * output_len / used,
-            bound="decode" if rate >= d.rate * (1 - 1e-12) else "prefill",
-            prefill_utilisation=rate / (n_p * r_p), kv_link=kv_link))
+                best = (key, p, n_p, t_kv, r_p)
+        if best is not None:
+            out.append(_deployment(best[1], d, *best[2:], output_len, network))
     out.sort(key=lambda c: (-c.tokens_per_s, c.devices, c.tpot_s, c.ttft_s,
                             plan_text(c.decode.plan), plan_text(c.prefill.plan)))
     return out
@@ -407,3 +421,74 @@ def _search(model: ModelSpec, cluster: ClusterSpec, workload: InferenceWorkload,
         inputs={"model": model.model_dump(mode="json"), "cluster": cluster.model_dump(mode="json"),
                 "workload": workload.model_dump(mode="json"), "devices": devices,
                 "max_ttft_ms": max_ttft_ms, "max_tpot_ms": max_tpot_ms})
+
+
+def pool_plan(text: str) -> Plan:
+    """A pool's instance plan from a --plan-style string of tp, pp, dp, ep and ep_overlap; dp
+    defaults to one instance: 1, or ep / tp when the experts spread over replicas."""
+    from planner.api import SERVING_KEYS
+    from planner.plan import parse_plan_fields
+
+    fields = parse_plan_fields(text)
+    extra = [k for k in fields if k not in SERVING_KEYS]
+    if extra:
+        raise PlanError(f"plan key(s) {', '.join(extra)} apply to training only; a serving "
+                        f"plan takes {', '.join(SERVING_KEYS[:5])}")
+    tp, ep = int(fields.get("tp", 1)), int(fields.get("ep", 1))  # type: ignore[call-overload]
+    fields.setdefault("dp", ep // tp if ep > tp and ep % tp == 0 else 1)
+    return Plan(**fields)  # type: ignore[arg-type]
+
+
+def evaluate_disaggregated(model: ModelSpec, cluster: ClusterSpec, workload: InferenceWorkload,
+                           *, prefill: Plan, prefill_batch: int, decode: Plan,
+                           decode_instances: int = 1, prefill_instances: int | None = None,
+                           devices: int | None = None) -> DisaggregatedPlan:
+    """Score one disaggregated deployment (module docstring): instances of the `prefill` plan,
+    each prefilling `prefill_batch` prompts at a time, and `decode_instances` instances of the
+    `decode` plan sharing the workload's batch. Without `prefill_instances`, the fewest that
+    keep up with decode (within `devices` when given). `devices` defaults to what the pools
+    use; the KV cache crosses the network when that exceeds one node.
+
+    Raises:
+        SpecError: a batch that does not split over the instances, an instance size the
+            cluster cannot hold, or pools that need more than `devices`.
+        PlanError: a plan the inference model rejects (see estimate_inference).
+    """
+    B, O = workload.batch_size, workload.output_len
+    if decode_instances < 1 or B % decode_instances:
+        raise SpecError(f"--decode-instances {decode_instances} does not divide the batch {B}; "
+                        "use a divisor of --batch")
+    if prefill_batch < 1 or prefill_batch % prefill.dp:
+        raise SpecError(f"--prefill-batch {prefill_batch} is not a multiple of the prefill "
+                        f"plan's dp={prefill.dp}; every replica prefills the same number of "
+                        "prompts")
+    if prefill_instances is not None and prefill_instances < 1:
+        raise SpecError(f"--prefill-instances must be at least 1, got {prefill_instances}")
+    g_p, g_d = prefill.devices, decode.devices
+    with memoised_blocks():
+        pe = estimate_inference(model, cluster.job_view(g_p), workload.model_copy(
+            update={"batch_size": prefill_batch, "output_len": 1}), prefill)
+        de = estimate_inference(model, cluster.job_view(g_d), workload.model_copy(
+            update={"batch_size": B // decode_instances}), decode)
+    p = _Prefill(g_p, prefill, prefill_batch, pe, shards(model, prefill) * prefill.dp,
+                 kv_bytes_per_prompt(model, workload) * prefill_batch)
+    d = _Decode(g_d, decode_instances, decode, de, shards(model, decode), B / (O * de.tpot_s))
+    room = None if devices is None else (devices - d.n * g_d) // g_p
+
+    def solve(network: bool) -> tuple[int, float, float]:
+        t_kv, r_p = _pair(cluster, network, p, d)
+        if prefill_instances is not None:
+            return prefill_instances, t_kv, r_p
+        n_p = math.ceil(d.rate / r_p - 1e-12)
+        return (n_p if room is None else min(n_p, room)), t_kv, r_p
+
+    n_p, t_kv, r_p = solve(False)
+    network = (devices or n_p * g_p + d.n * g_d) > cluster.devices_per_node
+    if network:
+        n_p, t_kv, r_p = solve(True)
+    used = n_p * g_p + d.n * g_d
+    if n_p < 1 or (devices is not None and used > devices):
+        raise SpecError(f"the pools need {max(n_p, 1) * g_p + d.n * g_d} devices "
+                        f"({max(n_p, 1)} x {g_p} prefill, {d.n} x {g_d} decode) but {devices} "
+                        "were given; add devices or use fewer instances")
+    return _deployment(p, d, n_p, t_kv, r_p, O, network)

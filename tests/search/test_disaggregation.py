@@ -24,11 +24,13 @@ from cli import app
 from cost_models import comm
 from cost_models.inference import estimate_inference
 from planner import InferenceWorkload, load_cluster, load_model
-from planner.errors import InfeasibleError, SpecError
+from planner.errors import InfeasibleError, PlanError, SpecError
 from search.disaggregation import (
+    evaluate_disaggregated,
     instance_sizes,
     kv_bytes_per_prompt,
     one_group,
+    pool_plan,
     search_disaggregated,
     shards,
 )
@@ -273,3 +275,82 @@ def test_export_refuses_a_disaggregated_result(tmp_path: Path) -> None:
     f.write_text(res.stdout)
     res = RUNNER.invoke(app, ["export", str(f), "--to", "vllm"])
     assert res.exit_code == 2 and "disaggregated" in res.output
+
+
+# ----- evaluating one deployment ---------------------------------------------------------------
+def test_evaluating_the_searched_best_reproduces_it() -> None:
+    m = load_model("llama3-8b")
+    c = load_cluster("dgx-h100")
+    wl = InferenceWorkload(batch_size=256, prompt_len=1000, output_len=200)
+    best = search_disaggregated(m, c, wl, devices=16, max_ttft_ms=300.0).best
+    again = evaluate_disaggregated(
+        m, c, wl, prefill=_plan(best.prefill.plan),
+        prefill_batch=best.prefill.batch_per_instance, decode=_plan(best.decode.plan),
+        decode_instances=best.decode.instances, devices=16)
+    assert again == best
+    # given the instance count instead of the device count: the same deployment
+    again = evaluate_disaggregated(
+        m, c, wl, prefill=_plan(best.prefill.plan),
+        prefill_batch=best.prefill.batch_per_instance, decode=_plan(best.decode.plan),
+        decode_instances=best.decode.instances, prefill_instances=best.prefill.instances,
+        devices=16)
+    assert again == best
+
+
+def test_evaluate_fills_the_prefill_pool_to_keep_up_and_flags_a_misfit() -> None:
+    m, c = tiny()
+    wl = InferenceWorkload(batch_size=8, prompt_len=256, output_len=4)
+    d = evaluate_disaggregated(m, c, wl, prefill=pool_plan("tp=1"), prefill_batch=1,
+                               decode=pool_plan("tp=1"), decode_instances=1)
+    r_p = 1 / max(d.prefill.estimate.ttft_s, d.kv_transfer_s)
+    r_d = 8 / (4 * d.decode.estimate.tpot_s)
+    assert d.prefill.instances == math.ceil(r_d / r_p)          # the fewest that keep up
+    assert d.bound == "decode" and d.devices == d.prefill.instances + 1
+    # one prefill instance only: prefill-bound at its own rate
+    one = evaluate_disaggregated(m, c, wl, prefill=pool_plan("tp=1"), prefill_batch=1,
+                                 decode=pool_plan("tp=1"), prefill_instances=1)
+    assert one.bound == "prefill" and one.requests_per_s == pytest.approx(r_p)
+    big = InferenceWorkload(batch_size=65536, prompt_len=256, output_len=4)   # 68 GB of KV
+    assert not evaluate_disaggregated(m, c, big, prefill=pool_plan("tp=1"), prefill_batch=1,
+                                      decode=pool_plan("tp=1")).fits
+
+
+def test_pool_plan_defaults_to_one_instance() -> None:
+    assert pool_plan("tp=2").dp == 1
+    assert pool_plan("tp=4,ep=320").dp == 80          # the replicas that share the experts
+    assert pool_plan("tp=4,dp=8,ep=32,ep_overlap=on").ep_overlap
+    with pytest.raises(PlanError, match="training only"):
+        pool_plan("tp=2,mbs=2")
+
+
+EVAL = ("evaluate", "--mode", "inference", "--model", TINY_MODEL, "--cluster", TINY_CLUSTER,
+        "--batch", "8", "--prompt-len", "128", "--output-len", "32")
+
+
+def test_cli_evaluate_one_deployment() -> None:
+    res = RUNNER.invoke(app, [*EVAL, "--disaggregate", "--prefill-plan", "tp=1",
+                              "--prefill-batch", "2", "--decode-plan", "tp=2"])
+    assert res.exit_code == 0, res.output
+    assert "prefill instance: prefills 2 prompts in" in res.stdout
+    res = RUNNER.invoke(app, [*EVAL, "--disaggregate", "--prefill-plan", "tp=1",
+                              "--prefill-batch", "2", "--decode-plan", "tp=2", "--json"])
+    data = json.loads(res.stdout)
+    assert data["prefill"]["batch_per_instance"] == 2 and data["decode"]["instances"] == 1
+
+
+@pytest.mark.parametrize("extra, text", [
+    (("--prefill-plan", "tp=1"), "--prefill-plan is for --disaggregate"),
+    (("--disaggregate", "--prefill-plan", "tp=1"), "--disaggregate needs --prefill-batch"),
+    (("--disaggregate", "--plan", "tp=1", "--prefill-plan", "tp=1", "--prefill-batch", "1",
+      "--decode-plan", "tp=1"), "--plan is not used with --disaggregate"),
+    (("--disaggregate", "--prefill-plan", "tp=1", "--prefill-batch", "1", "--decode-plan",
+      "tp=1", "--decode-instances", "3"), "does not divide the batch 8"),
+    (("--disaggregate", "--prefill-plan", "tp=2", "--prefill-batch", "1", "--decode-plan",
+      "tp=2", "--gpus", "2"), "the pools need 4 devices"),
+    (("--disaggregate", "--prefill-plan", "tp=1,pp=3", "--prefill-batch", "1", "--decode-plan",
+      "tp=1"), "do not spread evenly"),
+])
+def test_cli_evaluate_errors(extra: tuple[str, ...], text: str) -> None:
+    res = RUNNER.invoke(app, [*EVAL, *extra])
+    assert res.exit_code == 2, res.output
+    assert text in res.output and "Traceback" not in res.output
