@@ -384,19 +384,36 @@ def _search(model: ModelSpec, cluster: ClusterSpec, workload: InferenceWorkload,
     tpot_s = None if max_tpot_ms is None else max_tpot_ms / 1e3
     sizes = instance_sizes(cluster, devices)
     pruned: Counter[str] = Counter(memory=0, ttft=0, tpot=0)
-    pre = _prefill_candidates(model, cluster, workload, sizes, ttft_s, pruned)
+    sizes_text = ", ".join(map(str, sizes))
+    pre_pruned: Counter[str] = Counter()
+    pre = _prefill_candidates(model, cluster, workload, sizes, ttft_s, pre_pruned)
     if not pre:
+        if pre_pruned["ttft"]:
+            raise InfeasibleError(
+                f"no prefill instance of {model.name} (of {sizes_text} devices) prefills one "
+                f"{workload.prompt_len}-token prompt within --max-ttft-ms {max_ttft_ms:g}; "
+                "raise the limit, shorten the prompt or add devices")
         raise InfeasibleError(
-            f"no prefill instance of {model.name} (of {', '.join(map(str, sizes))} devices) "
-            f"prefills one {workload.prompt_len}-token prompt within --max-ttft-ms "
-            f"{max_ttft_ms:g}; raise the limit, shorten the prompt or add devices")
-    dec, dec_scored = _decode_candidates(model, cluster, workload, sizes, devices, tpot_s, pruned)
+            f"no instance of {model.name} smaller than the {devices} devices (of {sizes_text}) "
+            f"holds its weights and one {workload.prompt_len}-token prompt, and disaggregation "
+            "needs two; add devices or use a smaller --dtype")
+    dec_pruned: Counter[str] = Counter()
+    dec, dec_scored = _decode_candidates(model, cluster, workload, sizes, devices, tpot_s,
+                                         dec_pruned)
     if not dec:
-        within = f" within --max-tpot-ms {max_tpot_ms:g}" if max_tpot_ms is not None else ""
+        if dec_pruned["tpot"]:
+            raise InfeasibleError(
+                f"no decode pool of {model.name} on fewer than {devices} devices (instances "
+                f"of {sizes_text}, their count dividing the batch) serves batch "
+                f"{workload.batch_size} within --max-tpot-ms {max_tpot_ms:g}; raise the limit, "
+                "lower --batch or add devices")
         raise InfeasibleError(
-            f"no decode pool of {model.name} on fewer than {devices} devices serves batch "
-            f"{workload.batch_size}{within} (in instances that divide the batch); lower "
-            "--batch, raise the limit or add devices")
+            f"no decode pool of {model.name} on fewer than {devices} devices (instances of "
+            f"{sizes_text}, their count dividing the batch) holds batch {workload.batch_size} "
+            f"of {workload.prompt_len + workload.output_len} tokens; lower --batch or add "
+            "devices")
+    pruned.update(pre_pruned)
+    pruned.update(dec_pruned)
     plans = _combine(cluster, devices, pre, dec, workload.output_len)
     if not plans:
         raise InfeasibleError(

@@ -226,6 +226,14 @@ def test_errors_name_the_problem() -> None:
         search_disaggregated(m, c, wl, devices=4, max_ttft_ms=50.0, max_tpot_ms=1e-6)
     with pytest.raises(SpecError, match="top_k"):
         search_disaggregated(m, c, wl, devices=4, max_ttft_ms=50.0, top_k=0)
+    # 140 GB of weights fit no single H100: memory, not the limit, is named
+    with pytest.raises(InfeasibleError, match="smaller than the 2 devices .* holds its weights"):
+        search_disaggregated(load_model("llama3-70b"), load_cluster("dgx-h100"), wl, devices=2,
+                             max_ttft_ms=1e6)
+    # a decode share that fits nowhere below 4 devices: memory again
+    big = InferenceWorkload(batch_size=65536, prompt_len=256, output_len=4)
+    with pytest.raises(InfeasibleError, match="holds batch 65536 of 260 tokens"):
+        search_disaggregated(m, c, big, devices=4, max_ttft_ms=50.0)
 
 
 # ----- CLI -------------------------------------------------------------------------------------
