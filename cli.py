@@ -371,7 +371,7 @@ def search_cmd(
         if mode != "inference":
             raise planner.SpecError("--disaggregate separates a serving deployment's prefill "
                                     "and decode: use it with --mode inference")
-        disaggregation_cmd.refuse_options(fix=fix, export=export, report=report)
+        disaggregation_cmd.refuse_options(fix=fix, export=export)
     outputs = _Outputs(as_json=as_json, export=export, report=report, overwrite=overwrite)
     given = {"--max-tp": max_tp, "--max-cp": max_cp, "--max-pp": max_pp, "--max-mbs": max_mbs,
              "--time-limit": time_limit, "--global-batch": global_batch, "--seq-len": seq_len,
@@ -385,7 +385,7 @@ def search_cmd(
         if disaggregate:
             disaggregation_cmd.search_disaggregated_cmd(
                 model, cluster, gpus, nodes, dtype, top, batch, prompt_len, output_len,  # type: ignore[arg-type]
-                max_tpot_ms, max_ttft_ms, prefill_chunk, as_json)
+                max_tpot_ms, max_ttft_ms, prefill_chunk, outputs)
             return
         _search_inference_cmd(model, cluster, gpus, nodes, dtype, top, fix, batch, prompt_len,  # type: ignore[arg-type]
                               output_len, max_tpot_ms, outputs, prefill_chunk, max_ttft_ms)

@@ -13,7 +13,7 @@ from meshplan_cli.common import err, inference_workload, out, print_json
 from planner import presets
 
 
-def refuse_options(*, fix: str, export: str | None, report: Any) -> None:
+def refuse_options(*, fix: str, export: str | None) -> None:
     """One-line SpecErrors for the search options a disaggregated search does not take."""
     if fix:
         raise planner.SpecError("--fix is not used with --disaggregate (it searches both pools' "
@@ -23,15 +23,14 @@ def refuse_options(*, fix: str, export: str | None, report: Any) -> None:
         from planner.exports.common import DISAGGREGATED_HINT
 
         raise planner.SpecError(f"--export is not used with --disaggregate: {DISAGGREGATED_HINT}")
-    if report is not None:
-        raise planner.SpecError("--report is not available with --disaggregate; use --json")
 
 
 def search_disaggregated_cmd(model: str, cluster: str, gpus: int | None, nodes: int | None,
                              dtype: str, top: int, batch: int, prompt_len: int, output_len: int,
                              max_tpot_ms: float | None, max_ttft_ms: float | None,
-                             prefill_chunk: int | None, as_json: bool) -> None:
-    """Run the search and print its table (or JSON)."""
+                             prefill_chunk: int | None, outputs: Any) -> None:
+    """Run the search and print its table (or JSON; and the --report file): `outputs` is
+    cli._Outputs."""
     from search.disaggregation import search_disaggregated
 
     if max_ttft_ms is None:
@@ -42,14 +41,12 @@ def search_disaggregated_cmd(model: str, cluster: str, gpus: int | None, nodes: 
     wl = inference_workload(batch, prompt_len, output_len, dtype, prefill_chunk)
     result = search_disaggregated(spec, clus, wl, devices=n, max_ttft_ms=max_ttft_ms,
                                   max_tpot_ms=max_tpot_ms, top_k=top)
-    if as_json:
-        print_json(result.model_dump(mode="json"))
-        return
     limits = f"TTFT <= {max_ttft_ms:g} ms" + (
         f", TPOT <= {max_tpot_ms:g} ms" if max_tpot_ms is not None else "")
-    render(result, title=f"{spec.name} on {n}x {clus.device.name} ({clus.name}), "
-           f"prefill/decode disaggregated, batch {batch}, prompt {prompt_len}, output "
-           f"{output_len} tokens, {limits}")
+    outputs.emit(result, lambda: render(
+        result, title=f"{spec.name} on {n}x {clus.device.name} ({clus.name}), prefill/decode "
+        f"disaggregated, batch {batch}, prompt {prompt_len}, output {output_len} tokens, "
+        f"{limits}"))
 
 
 def evaluate_disaggregated_cmd(model: str, cluster: str, plan: str, gpus: int | None,

@@ -14,7 +14,8 @@ no queueing: arrivals are taken as keeping both pools busy):
 - Decode pool: n_d instances of g_d devices with plan D, each decoding B / n_d of the
   workload's B concurrent sequences (n_d must divide B). A step takes TPOT_d (the estimate at
   that batch, prompt P, output O); each sequence leaves after O steps, so the pool completes
-  R_d = B / (O * TPOT_d) requests per second.
+  R_d = B / (O * TPOT_d) requests per second. Its memory holds the full-context KV cache but
+  no prefill activations, only one decode step's (`decode_workload`).
 - Prefill pool: n_p instances of g_p devices with plan F, each prefilling b_p prompts at a
   time (b_p a power of two up to B, dp dividing it). The batch's prefill takes t_p (the
   estimate's TTFT at batch b_p, output 1). Its KV cache, b_p * P tokens
@@ -210,17 +211,27 @@ def one_group(plan: Plan) -> bool:
     return plan.dp == (plan.ep // plan.tp if plan.ep > plan.tp else 1)
 
 
+def decode_workload(workload: InferenceWorkload, plan: Plan) -> InferenceWorkload:
+    """A decode instance's workload: it prefills nothing, so the activations it holds are one
+    decode step's, a token per sequence of its replica (`prefill_chunk_tokens` bounds the
+    live tokens of the workspace; times are unchanged by it)."""
+    return workload.model_copy(update={
+        "prefill_chunk_tokens": max(1, math.ceil(workload.batch_size / plan.dp))})
+
+
 def _fits_plans(model: ModelSpec, cluster: ClusterSpec, wl: InferenceWorkload, g: int,
                 pruned: Counter[str], reason: str = "memory", *, instances_only: bool = True,
-                ) -> list[tuple[Plan, InferenceEstimate]]:
+                decode_only: bool = False) -> list[tuple[Plan, InferenceEstimate]]:
     """Every plan on g devices scored at `wl` (with `instances_only`, those that are one
-    instance: `one_group`); those that do not fit are counted as `reason`."""
+    instance: `one_group`; with `decode_only`, as a decode instance: `decode_workload`);
+    those that do not fit are counted as `reason`."""
     view = cluster.job_view(g)
     out = []
     for plan in enumerate_plans(model, view, wl, g, {}, Counter()):
         if instances_only and not one_group(plan):
             continue
-        est = estimate_inference(model, view, wl, plan)
+        est = estimate_inference(model, view, decode_workload(wl, plan) if decode_only else wl,
+                                 plan)
         if not est.fits:
             pruned[reason] += 1
             continue
@@ -262,7 +273,7 @@ def _decode_candidates(model: ModelSpec, cluster: ClusterSpec, workload: Inferen
             if B % n:
                 continue
             wl = workload.model_copy(update={"batch_size": B // n})
-            scored = _fits_plans(model, cluster, wl, g, pruned)
+            scored = _fits_plans(model, cluster, wl, g, pruned, decode_only=True)
             scored_n += len(scored)
             ok = [(p, e) for p, e in scored if max_tpot_s is None or e.tpot_s <= max_tpot_s]
             pruned["tpot"] += len(scored) - len(ok)
@@ -485,8 +496,8 @@ def evaluate_disaggregated(model: ModelSpec, cluster: ClusterSpec, workload: Inf
     with memoised_blocks():
         pe = estimate_inference(model, cluster.job_view(g_p), workload.model_copy(
             update={"batch_size": prefill_batch, "output_len": 1}), prefill)
-        de = estimate_inference(model, cluster.job_view(g_d), workload.model_copy(
-            update={"batch_size": B // decode_instances}), decode)
+        de = estimate_inference(model, cluster.job_view(g_d), decode_workload(
+            workload.model_copy(update={"batch_size": B // decode_instances}), decode), decode)
     p = _Prefill(g_p, prefill, prefill_batch, pe, shards(model, prefill) * prefill.dp,
                  kv_bytes_per_prompt(model, workload) * prefill_batch)
     d = _Decode(g_d, decode_instances, decode, de, shards(model, decode), B / (O * de.tpot_s))

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from planner.errors import OutputExistsError, SpecError
+from planner.report.disaggregated import disaggregated_report
 from planner.report.inference import inference_report
 from planner.report.template import page
 from planner.report.training import training_report
@@ -24,7 +25,8 @@ def render_report(result: dict[str, Any]) -> str:
 
     Args:
         result: `SearchResult.model_dump(mode="json")` (training) or the inference search's
-            equivalent; `inputs.workload.mode` tells them apart.
+            equivalent; `inputs.workload.mode` tells them apart, and `disaggregated` marks a
+            `search --mode inference --disaggregate` result.
 
     Returns:
         The HTML text.
@@ -36,7 +38,10 @@ def render_report(result: dict[str, Any]) -> str:
     if mode not in ("training", "inference"):
         raise SpecError(f"inputs.workload.mode '{mode}' is not training or inference; rerun "
                         "'meshplan search ... --json'")
-    title, body = (inference_report if mode == "inference" else training_report)(result)
+    if result.get("disaggregated"):
+        title, body = disaggregated_report(result)
+    else:
+        title, body = (inference_report if mode == "inference" else training_report)(result)
     return page(title=title, body=body)
 
 

@@ -71,7 +71,9 @@ def brute_force_best(model: Any, cluster: Any, wl: InferenceWorkload, devices: i
                 continue
             w = wl.model_copy(update={"batch_size": B // n})
             for p in enumerate_plans(model, view, w, g, {}, Counter()):
-                e = estimate_inference(model, view, w, p)
+                # a decode instance holds one step's activations: a token per sequence
+                step = w.model_copy(update={"prefill_chunk_tokens": -(-w.batch_size // p.dp)})
+                e = estimate_inference(model, view, step, p)
                 if one_group(p) and e.fits and (tpot_ms is None or e.tpot_s * 1e3 <= tpot_ms):
                     decodes.append((g, n, p, e))
     best = None
@@ -99,9 +101,14 @@ def test_steady_state_arithmetic_is_the_cost_models_own_estimates() -> None:
     from planner import Plan
 
     d_plan = Plan(**d.plan)
-    d_est = estimate_inference(m, c.job_view(d.devices_per_instance),
-                               wl.model_copy(update={"batch_size": d.batch_per_instance}), d_plan)
+    d_wl = wl.model_copy(update={"batch_size": d.batch_per_instance,
+                                 "prefill_chunk_tokens": d.batch_per_instance // d_plan.dp})
+    d_est = estimate_inference(m, c.job_view(d.devices_per_instance), d_wl, d_plan)
     assert d_est == d.estimate
+    # no prefill activations in decode: the workspace is one step's tokens and the logits
+    full = estimate_inference(m, c.job_view(d.devices_per_instance),
+                              wl.model_copy(update={"batch_size": d.batch_per_instance}), d_plan)
+    assert d_est.workspace_gib < full.workspace_gib and d_est.tpot_s == full.tpot_s
     p_wl = wl.model_copy(update={"batch_size": p.batch_per_instance, "output_len": 1})
     p_est = estimate_inference(m, c.job_view(p.devices_per_instance), p_wl, Plan(**p.plan))
     assert p_est == p.estimate
@@ -234,9 +241,10 @@ def test_errors_name_the_problem() -> None:
     with pytest.raises(InfeasibleError, match="smaller than the 2 devices .* holds its weights"):
         search_disaggregated(load_model("llama3-70b"), load_cluster("dgx-h100"), wl, devices=2,
                              max_ttft_ms=1e6)
-    # a decode share that fits nowhere below 4 devices: memory again
-    big = InferenceWorkload(batch_size=65536, prompt_len=256, output_len=4)
-    with pytest.raises(InfeasibleError, match="holds batch 65536 of 260 tokens"):
+    # a decode share that fits nowhere below 4 devices (at best 131,072 sequences of 260
+    # tokens x 4 kB on one 40 GB device): memory again
+    big = InferenceWorkload(batch_size=262144, prompt_len=256, output_len=4)
+    with pytest.raises(InfeasibleError, match="holds batch 262144 of 260 tokens"):
         search_disaggregated(m, c, big, devices=4, max_ttft_ms=50.0)
 
 
@@ -265,7 +273,6 @@ def test_cli_table_and_json() -> None:
     ((), 2, "--disaggregate needs --max-ttft-ms"),
     (("--max-ttft-ms", "50", "--fix", "tp=1"), 2, "--fix is not used with --disaggregate"),
     (("--max-ttft-ms", "50", "--export", "vllm"), 2, "--export is not used with --disaggregate"),
-    (("--max-ttft-ms", "50", "--report", "x.html"), 2, "--report is not available"),
     (("--max-ttft-ms", "1e-6"), 3, "no prefill instance"),
 ])
 def test_cli_errors(extra: tuple[str, ...], code: int, text: str) -> None:
@@ -366,3 +373,20 @@ def test_cli_evaluate_errors(extra: tuple[str, ...], text: str) -> None:
     res = RUNNER.invoke(app, [*EVAL, *extra])
     assert res.exit_code == 2, res.output
     assert text in res.output and "Traceback" not in res.output
+
+
+def test_cli_report_of_a_disaggregated_search(tmp_path: Path) -> None:
+    out = tmp_path / "d.html"
+    res = RUNNER.invoke(app, [*ARGS, "--max-ttft-ms", "50", "--report", str(out)])
+    assert res.exit_code == 0, res.output
+    html = out.read_text()
+    for heading in ("Ranked deployments", "Output tokens per second",
+                    "Prefill instance: time to first token", "Decode instance: time per output "
+                    "token", "Memory per device", "device maps of one instance per pool"):
+        assert heading in html
+    assert "colocated on 4" in html and "search_time" not in html
+    # the same result gives the same bytes; an existing file is not replaced
+    res = RUNNER.invoke(app, [*ARGS, "--max-ttft-ms", "50", "--report", str(out)])
+    assert res.exit_code == 5
+    res = RUNNER.invoke(app, [*ARGS, "--max-ttft-ms", "50", "--report", str(out), "--overwrite"])
+    assert res.exit_code == 0 and out.read_text() == html
