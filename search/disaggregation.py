@@ -125,8 +125,8 @@ class DisaggregationStats(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     prefill_candidates: int = Field(description="prefill (plan, batch) pairs scored")
-    decode_candidates: int = Field(description="decode plans scored")
-    colocated_candidates: int
+    decode_candidates: int = Field(description="decode (plan, instance count) pairs scored")
+    colocated_candidates: int = Field(description="colocated plans scored")
     pruned: dict[str, int] = Field(description="candidates dropped, by reason")
     search_time_s: float = Field(description="wall time (the only field that varies between runs)")
 
@@ -243,7 +243,10 @@ def _prefill_candidates(model: ModelSpec, cluster: ClusterSpec, workload: Infere
                         sizes: list[int], max_ttft_s: float,
                         pruned: Counter[str]) -> list[_Prefill]:
     """(plan, batch) of each prefill instance size within the TTFT limit. Batches double from
-    1 to B; a size stops doubling once no plan fits or meets the limit (both only grow)."""
+    1 to B; a size stops doubling at the first batch where no plan fits and meets the limit:
+    a plan's memory and TTFT grow with its batch, and a plan that first appears at the larger
+    batch (more replicas) prefills each replica's share on fewer devices. The brute force of
+    tests/search/test_disaggregation.py, which does not stop, checks the rule."""
     out = []
     per_prompt = kv_bytes_per_prompt(model, workload)
     for g in sizes:
@@ -442,8 +445,12 @@ def _search(model: ModelSpec, cluster: ClusterSpec, workload: InferenceWorkload,
         best=best, top=plans[:top_k], colocated=colo,
         speedup=None if colo is None else best.tokens_per_s / colo.tokens_per_s,
         stats=DisaggregationStats(
-            prefill_candidates=len(pre), decode_candidates=dec_scored,
-            colocated_candidates=colo_n, pruned=dict(sorted(pruned.items())),
+            # every scored candidate fits (and is kept or dropped by a limit) or is counted
+            # under memory
+            prefill_candidates=len(pre) + pre_pruned["ttft"] + pre_pruned["memory"],
+            decode_candidates=dec_scored + dec_pruned["memory"],
+            colocated_candidates=colo_n + pruned["colocated_memory"],
+            pruned=dict(sorted(pruned.items())),
             search_time_s=time.perf_counter() - start),
         notes=notes,
         inputs={"model": model.model_dump(mode="json"), "cluster": cluster.model_dump(mode="json"),
