@@ -371,7 +371,7 @@ def search_cmd(
         if mode != "inference":
             raise planner.SpecError("--disaggregate separates a serving deployment's prefill "
                                     "and decode: use it with --mode inference")
-        disaggregation_cmd.refuse_options(fix=fix, export=export)
+        disaggregation_cmd.refuse_options(fix=fix)
     outputs = _Outputs(as_json=as_json, export=export, report=report, overwrite=overwrite)
     given = {"--max-tp": max_tp, "--max-cp": max_cp, "--max-pp": max_pp, "--max-mbs": max_mbs,
              "--time-limit": time_limit, "--global-batch": global_batch, "--seq-len": seq_len,

@@ -13,16 +13,13 @@ from meshplan_cli.common import err, inference_workload, out, print_json
 from planner import presets
 
 
-def refuse_options(*, fix: str, export: str | None) -> None:
-    """One-line SpecErrors for the search options a disaggregated search does not take."""
+def refuse_options(*, fix: str) -> None:
+    """One-line SpecError for the search option a disaggregated search does not take."""
     if fix:
         raise planner.SpecError("--fix is not used with --disaggregate (it searches both pools' "
-                                "plans); drop --fix, or evaluate one pool's plan with "
-                                "'meshplan evaluate --mode inference --plan ...'")
-    if export is not None:
-        from planner.exports.common import DISAGGREGATED_HINT
-
-        raise planner.SpecError(f"--export is not used with --disaggregate: {DISAGGREGATED_HINT}")
+                                "plans); drop --fix, or score one deployment with 'meshplan "
+                                "evaluate --mode inference --disaggregate --prefill-plan ... "
+                                "--decode-plan ...'")
 
 
 def search_disaggregated_cmd(model: str, cluster: str, gpus: int | None, nodes: int | None,

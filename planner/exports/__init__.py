@@ -33,7 +33,9 @@ _SERVING = ("vllm", "sglang")
 
 def export_result(result: dict[str, Any], fmt: str, *, rank: int = 0,
                   model_path: str | None = None) -> str:
-    """The launch settings of `result['top'][rank]` for engine `fmt`.
+    """The launch settings of `result['top'][rank]` for engine `fmt` (of a disaggregated
+    serving result, the SGLang prefill servers, decode servers and router:
+    planner/exports/disaggregated.py).
 
     Args:
         result: a search result as a dict (`SearchResult.model_dump(mode="json")` or the
@@ -52,6 +54,13 @@ def export_result(result: dict[str, Any], fmt: str, *, rank: int = 0,
     """
     if fmt not in _EXPORTERS:
         raise SpecError(f"export format '{fmt}' is not one of {', '.join(FORMATS)}")
+    if isinstance(result, dict) and result.get("disaggregated"):
+        from planner.exports.disaggregated import export_disaggregated
+
+        if model_path is not None and fmt not in _SERVING:
+            raise SpecError(f"--model-path is for vllm and sglang; the {fmt} export takes the "
+                            "model from the result's model spec")
+        return export_disaggregated(result, fmt, rank=rank, model_path=model_path)
     inp = read_result(result, rank=rank)
     if fmt in _SERVING:
         return _EXPORTERS[fmt](inp, model_path=model_path)

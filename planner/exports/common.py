@@ -21,9 +21,8 @@ from planner.workload import InferenceWorkload, TrainingWorkload
 
 SAVE_HINT = "save the output of `meshplan search ... --json` to a file and export that"
 DISAGGREGATED_HINT = ("a disaggregated deployment has two plans (prefill and decode pools): "
-                      "export each pool's plan from 'meshplan search --mode inference --gpus G "
-                      "--batch B --fix PLAN --export FORMAT' with that pool's instance size and "
-                      "batch")
+                      "export it with export_result (meshplan export FILE --to sglang), which "
+                      "prints both pools' servers and the router")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,7 +1,7 @@
 """Regenerate the search results the export tests read (tests/exports/data/*.json).
 
-Run from the repository root: `python tests/exports/make_fixtures.py`. Four come straight from
-`meshplan search ... --json`; the interleaved uneven-stage one takes a real search result and
+Run from the repository root: `python tests/exports/make_fixtures.py`. Five come straight from
+`meshplan search ... --json` (one a prefill/decode disaggregated serving search); the interleaved uneven-stage one takes a real search result and
 puts an explicit plan, scored by `planner.api.evaluate`, in front of its top list (the search
 does not pick an uneven interleaved split for any small case, and --fix cannot fix layers=).
 """
@@ -25,6 +25,10 @@ SEARCHES = {
     "moe-inference.json": ["--mode", "inference", "--model", "mixtral-8x7b", "--cluster",
                            "dgx-h100", "--gpus", "8", "--batch", "32", "--prompt-len", "1024",
                            "--output-len", "256"],
+    "disaggregated.json": ["--mode", "inference", "--disaggregate", "--model", "mixtral-8x7b",
+                           "--cluster", "dgx-h100", "--gpus", "32", "--batch", "256",
+                           "--prompt-len", "1024", "--output-len", "256", "--max-ttft-ms", "500",
+                           "--max-tpot-ms", "30"],
     "interleaved-base.json": ["--model", "llama3-8b", "--cluster", "dgx-a100", "--gpus", "32",
                               "--global-batch", "128", "--seq-len", "2048", "--fix",
                               "tp=2,pp=4,vpp=2,sp=on"],
@@ -70,7 +74,9 @@ def main() -> None:
         results[name] = with_plan_first(base, plan_text)
     for name, data in results.items():
         (DATA / name).write_text(json.dumps(data, indent=1) + "\n")
-        print(name, data["best"]["plan"].get("plan", data["best"]["plan"]))
+        best = data["best"]
+        print(name, best["prefill"]["plan"] | {"decode": best["decode"]["plan"]}
+              if data.get("disaggregated") else best["plan"].get("plan", best["plan"]))
 
 
 if __name__ == "__main__":

@@ -219,6 +219,37 @@ def test_sglang_server_args_accept_export(saved, variant, fixture: str, rank: in
     assert args.context_length == wl["prompt_len"] + wl["output_len"]
 
 
+@engine
+@pytest.mark.parametrize("rank", range(5))
+def test_sglang_and_its_router_accept_a_disaggregated_export(saved, rank: int) -> None:
+    """Both pools' servers parse with their --disaggregation-mode, and the router (sglang-router,
+    `pip install --no-deps sglang-router==0.3.2 setproctitle uvicorn fastapi orjson` beside
+    SGLang) reads one prefill URL with its bootstrap port per prefill server and one decode URL
+    per decode server."""
+    server_args = pytest.importorskip("sglang.srt.server_args")
+    launch_router = pytest.importorskip("sglang_router.launch_router")
+    data = saved("disaggregated")
+    dep = data["top"][rank]
+    head, *servers, router = [b for b in export_result(data, "sglang", rank=rank,
+                                                       model_path="org/model").split("\n\n")
+                              if b.strip()]
+    for block, role in zip(servers, ("prefill", "decode")):
+        _, flags = command_flags(block)
+        argv = [w for f, v in flags.items() for w in ((f,) if v is None else (f, v))]
+        parser = argparse.ArgumentParser()
+        server_args.ServerArgs.add_cli_args(parser)
+        args = server_args.ServerArgs.from_cli_args(parser.parse_args(argv))
+        assert args.disaggregation_mode == role
+        assert args.max_running_requests == dep[role]["batch_per_instance"]
+    words = [w for line in router.splitlines() if not line.lstrip().startswith("#")
+             for w in line.rstrip("\\").split()]
+    parsed = launch_router.parse_router_args(words[words.index("--pd-disaggregation"):])
+    assert parsed.pd_disaggregation
+    assert len(parsed.prefill_urls) == dep["prefill"]["instances"]
+    assert all(port == 8998 for _, port in parsed.prefill_urls)
+    assert len(parsed.decode_urls) == dep["decode"]["instances"]
+
+
 @pytest.fixture(scope="module")
 def titan_manager() -> Any:
     """torchtitan's config.manager module (skips unless torchtitan and tyro are installed)."""
