@@ -272,7 +272,7 @@ def test_cli_table_and_json() -> None:
 @pytest.mark.parametrize("extra, code, text", [
     ((), 2, "--disaggregate needs --max-ttft-ms"),
     (("--max-ttft-ms", "50", "--fix", "tp=1"), 2, "--fix is not used with --disaggregate"),
-    (("--max-ttft-ms", "50", "--export", "vllm"), 2, "--export is not used with --disaggregate"),
+    (("--max-ttft-ms", "50", "--export", "vllm"), 4, "vLLM cannot express this plan"),
     (("--max-ttft-ms", "1e-6"), 3, "no prefill instance"),
 ])
 def test_cli_errors(extra: tuple[str, ...], code: int, text: str) -> None:
@@ -288,12 +288,14 @@ def test_cli_refuses_disaggregate_for_training() -> None:
     assert res.exit_code == 2 and "use it with --mode inference" in res.output
 
 
-def test_export_refuses_a_disaggregated_result(tmp_path: Path) -> None:
+def test_export_of_a_disaggregated_result(tmp_path: Path) -> None:
     res = RUNNER.invoke(app, [*ARGS, "--max-ttft-ms", "50", "--json"])
     f = tmp_path / "d.json"
     f.write_text(res.stdout)
     res = RUNNER.invoke(app, ["export", str(f), "--to", "vllm"])
-    assert res.exit_code == 2 and "disaggregated" in res.output
+    assert res.exit_code == 4 and "disaggregated prefill" in res.output
+    res = RUNNER.invoke(app, ["export", str(f), "--to", "sglang"])
+    assert res.exit_code == 0 and "--disaggregation-mode decode" in res.stdout
 
 
 # ----- evaluating one deployment ---------------------------------------------------------------
