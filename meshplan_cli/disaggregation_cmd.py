@@ -88,7 +88,10 @@ def evaluate_disaggregated_cmd(model: str, cluster: str, plan: str, gpus: int | 
             ("prefill", p, f"prefills {p.batch_per_instance} prompts in "
                            f"{p.estimate.ttft_s * 1e3:.1f} ms"),
             ("decode", dec, f"decodes {dec.batch_per_instance} sequences at "
-                            f"{dec.estimate.tpot_s * 1e3:.2f} ms per step")):
+                            f"{dec.estimate.tpot_s * 1e3:.2f} ms per step"
+                            + ("" if d.bound == "decode" else
+                               f"; fed by prefill, {d.decode_sequences / dec.instances:,.0f} "
+                               f"at a time at {d.tpot_s * 1e3:.2f} ms"))):
         e = pool.estimate
         fit = "fits" if e.fits else f"does not fit (at most {e.max_batch_size} per replica)"
         out.print(f"{name} instance: {work}; {e.peak_memory_gib:.1f} / {e.capacity_gib:.1f} "
@@ -100,8 +103,9 @@ def evaluate_disaggregated_cmd(model: str, cluster: str, plan: str, gpus: int | 
 
 
 LEGEND = ("pools: instances x devices each, one instance's plan, b= its batch (prompts per "
-          "prefill batch, sequences per decode instance); KV ms: one prefill batch's KV cache "
-          "moving to decode")
+          "prefill batch; a decode instance's sequences at most); KV ms: one prefill batch's KV "
+          "cache moving to decode; TPOT at the sequences decoding in steady state (fewer than "
+          "b when prefill bounds the rate)")
 
 
 def _table(title: str, rows: list[Any]) -> Table:

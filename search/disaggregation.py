@@ -32,7 +32,9 @@ no queueing: arrivals are taken as keeping both pools busy):
   devices left; the deployment serves R = min(R_d, n_p * r_p) requests per second, O * R
   output tokens per second, on n_p * g_p + n_d * g_d <= N devices.
 - Latency: TTFT = t_p (the first token comes out of prefill); the second token follows
-  after t_kv and one decode step. TPOT = TPOT_d.
+  after t_kv and one decode step. TPOT = TPOT_d, except when prefill bounds the rate: then
+  fewer than B sequences decode at a time (Little's law) and TPOT is settled there (`settle`).
+  The search ranks and applies the TPOT limit at the full batch (the settled TPOT is lower).
 - Instance sizes g: the divisors of N below N that the cluster can hold as a job
   (`ClusterSpec.job_view`); plans on an instance are the inference search's space
   (`search.inference.enumerate_plans`) with one replica, or with the experts spread over
@@ -98,7 +100,10 @@ class DisaggregatedPlan(BaseModel):
     devices: int = Field(description="devices the two pools use (at most the devices asked)")
     ttft_s: float = Field(description="prefill of one prefill batch: time to first token")
     kv_transfer_s: float = Field(description="moving one prefill batch's KV cache to decode")
-    tpot_s: float = Field(description="decode time per output token")
+    tpot_s: float = Field(description="decode time per output token, at decode_sequences")
+    decode_sequences: float = Field(description="sequences decoding at a time in steady state: "
+                                    "requests_per_s x output_len x tpot_s (Little's law); the "
+                                    "batch when decode bounds the rate, fewer when prefill does")
     requests_per_s: float
     tokens_per_s: float = Field(description="output tokens per second of the deployment")
     tokens_per_s_per_device: float
@@ -305,11 +310,38 @@ def _deployment(p: _Prefill, d: _Decode, n_p: int, t_kv: float, r_p: float, outp
         decode=Pool(plan=_plan_dict(d.plan), devices_per_instance=d.g, instances=d.n,
                     batch_per_instance=d.est.batch_per_replica * d.plan.dp, estimate=d.est),
         devices=used, ttft_s=p.est.ttft_s, kv_transfer_s=t_kv, tpot_s=d.est.tpot_s,
-        requests_per_s=rate, tokens_per_s=rate * output_len,
+        decode_sequences=rate * output_len * d.est.tpot_s, requests_per_s=rate, tokens_per_s=rate * output_len,
         tokens_per_s_per_device=rate * output_len / used,
         bound="decode" if rate >= d.rate * (1 - 1e-12) else "prefill",
         prefill_utilisation=rate / (n_p * r_p),
         kv_link="network" if network else "intra-node", fits=p.est.fits and d.est.fits)
+
+
+def settle(model: ModelSpec, cluster: ClusterSpec, workload: InferenceWorkload,
+           dep: DisaggregatedPlan) -> DisaggregatedPlan:
+    """A prefill-bound deployment at its steady state: requests arrive at the prefill pool's
+    rate R, below what the decode pool could take, so fewer sequences decode at a time and
+    each step is quicker. By Little's law an instance holds R x O x TPOT / n_d sequences, and
+    TPOT grows with them: starting from the full batch, the batch per instance is lowered to
+    that count, TPOT re-estimated there, until it stops falling (at least one sequence per
+    replica, two with ep_overlap). The rate is unchanged; tpot_s and decode_sequences are the
+    settled ones. A decode-bound deployment is returned as it is."""
+    if dep.bound == "decode":
+        return dep
+    pool, O = dep.decode, workload.output_len
+    plan = Plan(**pool.plan)
+    view = cluster.job_view(pool.devices_per_instance)
+    floor = plan.dp * (2 if plan.ep_overlap else 1)
+    per, tpot = pool.batch_per_instance, pool.estimate.tpot_s
+    while True:
+        want = max(floor, math.ceil(dep.requests_per_s * O * tpot / pool.instances - 1e-9))
+        if want >= per:
+            break
+        per = want
+        wl = workload.model_copy(update={"batch_size": per})
+        tpot = estimate_inference(model, view, decode_workload(wl, plan), plan).tpot_s
+    return dep.model_copy(update={"tpot_s": tpot,
+                                  "decode_sequences": dep.requests_per_s * O * tpot})
 
 
 def _matched(d: _Decode, r_p: float, room: int) -> int:
@@ -432,6 +464,7 @@ def _search(model: ModelSpec, cluster: ClusterSpec, workload: InferenceWorkload,
     if not plans:
         raise InfeasibleError(
             f"no prefill and decode pools fit together on {devices} devices; add devices")
+    plans = [settle(model, cluster, workload, d) for d in plans[:top_k]]
     colo, colo_n = colocated(model, cluster, workload, devices, ttft_s, tpot_s, pruned)
     best = plans[0]
     notes = []
@@ -442,7 +475,7 @@ def _search(model: ModelSpec, cluster: ClusterSpec, workload: InferenceWorkload,
         notes.append(f"the best deployment uses {best.devices} of the {devices} devices: "
                      "more would not raise its rate")
     return DisaggregatedSearchResult(
-        best=best, top=plans[:top_k], colocated=colo,
+        best=best, top=plans, colocated=colo,
         speedup=None if colo is None else best.tokens_per_s / colo.tokens_per_s,
         stats=DisaggregationStats(
             # every scored candidate fits (and is kept or dropped by a limit) or is counted
@@ -526,4 +559,4 @@ def evaluate_disaggregated(model: ModelSpec, cluster: ClusterSpec, workload: Inf
         raise SpecError(f"the pools need {max(n_p, 1) * g_p + d.n * g_d} devices "
                         f"({max(n_p, 1)} x {g_p} prefill, {d.n} x {g_d} decode) but {devices} "
                         "were given; add devices or use fewer instances")
-    return _deployment(p, d, n_p, t_kv, r_p, O, network)
+    return settle(model, cluster, workload, _deployment(p, d, n_p, t_kv, r_p, O, network))

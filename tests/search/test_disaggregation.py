@@ -392,3 +392,28 @@ def test_cli_report_of_a_disaggregated_search(tmp_path: Path) -> None:
     assert res.exit_code == 5
     res = RUNNER.invoke(app, [*ARGS, "--max-ttft-ms", "50", "--report", str(out), "--overwrite"])
     assert res.exit_code == 0 and out.read_text() == html
+
+
+def test_a_prefill_bound_deployment_settles_its_decode_concurrency() -> None:
+    """Prefill feeds fewer requests than decode could take, so fewer sequences decode at a
+    time (Little's law) and each step is quicker than at the full batch."""
+    m, c = load_model("llama3-70b"), load_cluster("dgx-h100")
+    wl = InferenceWorkload(batch_size=256, prompt_len=2000, output_len=500)
+    best = search_disaggregated(m, c, wl, devices=16, max_ttft_ms=1000.0).best
+    assert best.bound == "prefill"
+    full = best.decode.estimate.tpot_s                      # at 256 / n sequences per instance
+    assert best.tpot_s < full
+    assert best.decode_sequences < wl.batch_size
+    assert best.decode_sequences == pytest.approx(best.requests_per_s * 500 * best.tpot_s)
+    # the settled TPOT is the estimate's at the settled batch: one more sequence per instance
+    # than Little's law needs would not lower the count below it
+    per = math.ceil(best.decode_sequences / best.decode.instances - 1e-9)
+    plan = _plan(best.decode.plan)
+    step = wl.model_copy(update={"batch_size": per, "prefill_chunk_tokens": per})
+    again = estimate_inference(m, c.job_view(best.decode.devices_per_instance), step, plan)
+    assert again.tpot_s <= best.tpot_s + 1e-12
+    # a decode-bound deployment keeps the full batch
+    d = search_disaggregated(m, c, wl, devices=16, max_ttft_ms=1000.0, top_k=5).top
+    for dep in d:
+        if dep.bound == "decode":
+            assert dep.decode_sequences == pytest.approx(wl.batch_size)
