@@ -51,8 +51,8 @@ estimate's e2e_tokens_per_s), and a new prompt's prefill is spread over
 max(1, dp * O / B) steps, its TTFT. The colocated plan shown is the one with the most output
 tokens per second within the same limits.
 
-Ranked by output tokens per second (descending), then fewer devices, lower TPOT, lower TTFT
-and the plan strings. Deterministic: every space is enumerated in a fixed order.
+Ranked by output tokens per second (descending), then fewer devices, lower TPOT at the full
+batch, lower TTFT and the plan strings. Deterministic: every space is enumerated in a fixed order.
 """
 
 from __future__ import annotations
