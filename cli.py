@@ -197,19 +197,19 @@ def evaluate_cmd(
     pools = {"--prefill-plan": prefill_plan, "--prefill-batch": prefill_batch,
              "--prefill-instances": prefill_instances, "--decode-plan": decode_plan,
              "--decode-instances": decode_instances}
-    if disaggregate or any(v is not None for v in pools.values()):
-        from meshplan_cli import disaggregation_cmd
-
-        if mode != "inference":
-            raise planner.SpecError("--disaggregate and the pool options score a serving "
-                                    "deployment: use them with --mode inference")
-        check_mode_options(mode, given, allowed=("--prefill-chunk",))
-        disaggregation_cmd.evaluate_disaggregated_cmd(
-            model, cluster, plan, gpus, nodes, dtype, batch, prompt_len, output_len,  # type: ignore[arg-type]
-            prefill_chunk, pools, disaggregate, as_json)
-        return
+    deployment = disaggregate or any(v is not None for v in pools.values())
+    if deployment and mode != "inference":
+        raise planner.SpecError("--disaggregate and the pool options score a serving "
+                                "deployment: use them with --mode inference")
     if mode == "inference":
         check_mode_options(mode, given, allowed=("--prefill-chunk",))
+        if deployment:
+            from meshplan_cli import disaggregation_cmd
+
+            disaggregation_cmd.evaluate_disaggregated_cmd(
+                model, cluster, plan, gpus, nodes, dtype, batch, prompt_len, output_len,  # type: ignore[arg-type]
+                prefill_chunk, pools, disaggregate, as_json)
+            return
         _evaluate_inference_cmd(model, cluster, plan, gpus, nodes, dtype, batch, prompt_len,  # type: ignore[arg-type]
                                 output_len, prefill_chunk, as_json)
         return

@@ -31,8 +31,8 @@ def search_disaggregated_cmd(model: str, cluster: str, gpus: int | None, nodes: 
     from search.disaggregation import search_disaggregated
 
     if max_ttft_ms is None:
-        raise planner.SpecError("--disaggregate needs --max-ttft-ms: the prefill pool's batch "
-                                "is the largest that meets it (e.g. --max-ttft-ms 1000)")
+        raise planner.SpecError("--disaggregate needs --max-ttft-ms: the prefill batches are "
+                                "chosen within it (e.g. --max-ttft-ms 1000)")
     spec, clus = presets.load_model(model), presets.load_cluster(cluster)
     n = clus.devices_for(gpus=gpus, nodes=nodes)
     wl = inference_workload(batch, prompt_len, output_len, dtype, prefill_chunk)

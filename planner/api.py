@@ -69,6 +69,17 @@ SERVING_KEYS = ("tp", "pp", "dp", "ep", "ep_overlap", "cp")
 """--plan keys a serving plan takes (cp only as 1; the rest are training-only)."""
 
 
+def serving_plan_fields(text: str) -> dict[str, object]:
+    """The fields of a serving plan's --plan string (`parse_plan_fields`), refusing a
+    training-only key with a PlanError that names the serving keys."""
+    fields = parse_plan_fields(text)
+    extra = [k for k in fields if k not in SERVING_KEYS]
+    if extra:
+        raise PlanError(f"plan key(s) {', '.join(extra)} apply to training only; a serving "
+                        f"plan takes {', '.join(SERVING_KEYS[:5])}")
+    return fields
+
+
 def evaluate_inference(model: ModelSpec | str, cluster: ClusterSpec | str,
                        workload: InferenceWorkload, plan: Plan | str, *,
                        devices: int | None = None) -> InferenceEstimate:
@@ -96,10 +107,7 @@ def evaluate_inference(model: ModelSpec | str, cluster: ClusterSpec | str,
     if isinstance(plan, str):
         if devices is None:
             raise ValueError("a plan string needs devices= to fill in dp")
-        extra = [k for k in parse_plan_fields(plan) if k not in SERVING_KEYS]
-        if extra:
-            raise PlanError(f"plan key(s) {', '.join(extra)} apply to training only; a serving "
-                            f"plan takes {', '.join(SERVING_KEYS[:5])}")
+        serving_plan_fields(plan)
         plan = parse_plan(plan, devices=devices)
     n = plan.devices if devices is None else devices
     if plan.devices != n:

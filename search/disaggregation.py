@@ -68,13 +68,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from cost_models import comm
 from cost_models.compute import memoised_blocks
 from cost_models.inference import InferenceEstimate, estimate_inference, kv_split
-from planner.errors import InfeasibleError, PlanError, SpecError
+from planner.errors import InfeasibleError, SpecError
 from planner.hardware import ClusterSpec
 from planner.model import ModelSpec
 from planner.plan import Plan
 from planner.validate import divisors
 from planner.workload import InferenceWorkload
-from search.inference import ScoredInferencePlan, enumerate_plans, plan_text
+from search.inference import (ScoredInferencePlan, enumerate_plans, plan_text,
+                              serving_plan_dict)
 
 
 class Pool(BaseModel):
@@ -171,11 +172,6 @@ class _Decode:
     est: InferenceEstimate
     receivers: int        # KV shards of one decode replica (`shards`)
     rate: float           # requests per second of the pool
-
-
-def _plan_dict(plan: Plan) -> dict[str, int | bool]:
-    return {"tp": plan.tp, "pp": plan.pp, "dp": plan.dp, "ep": plan.ep,
-            "ep_overlap": plan.ep_overlap}
 
 
 def shards(model: ModelSpec, plan: Plan) -> int:
@@ -305,9 +301,9 @@ def _deployment(p: _Prefill, d: _Decode, n_p: int, t_kv: float, r_p: float, outp
     rate = min(d.rate, n_p * r_p)
     used = n_p * p.g + d.n * d.g
     return DisaggregatedPlan(
-        prefill=Pool(plan=_plan_dict(p.plan), devices_per_instance=p.g, instances=n_p,
+        prefill=Pool(plan=serving_plan_dict(p.plan), devices_per_instance=p.g, instances=n_p,
                      batch_per_instance=p.batch, estimate=p.est),
-        decode=Pool(plan=_plan_dict(d.plan), devices_per_instance=d.g, instances=d.n,
+        decode=Pool(plan=serving_plan_dict(d.plan), devices_per_instance=d.g, instances=d.n,
                     batch_per_instance=d.est.batch_per_replica * d.plan.dp, estimate=d.est),
         devices=used, ttft_s=p.est.ttft_s, kv_transfer_s=t_kv, tpot_s=d.est.tpot_s,
         decode_sequences=rate * output_len * d.est.tpot_s, requests_per_s=rate, tokens_per_s=rate * output_len,
@@ -344,9 +340,11 @@ def settle(model: ModelSpec, cluster: ClusterSpec, workload: InferenceWorkload,
                                   "decode_sequences": dep.requests_per_s * O * tpot})
 
 
-def _matched(d: _Decode, r_p: float, room: int) -> int:
-    """The fewest prefill instances whose rate reaches the decode pool's, at most `room`."""
-    return min(math.ceil(d.rate / r_p - 1e-12), room)
+def _matched(d: _Decode, r_p: float, room: int | None) -> int:
+    """The fewest prefill instances whose rate reaches the decode pool's, at most `room`
+    (None: no bound)."""
+    need = math.ceil(d.rate / r_p - 1e-12)
+    return need if room is None else min(need, room)
 
 
 def _combine(cluster: ClusterSpec, devices: int, pre: list[_Prefill], dec: list[_Decode],
@@ -391,7 +389,7 @@ def colocated(model: ModelSpec, cluster: ClusterSpec, workload: InferenceWorkloa
             pruned["colocated_ttft"] += 1
             continue
         cand = ColocatedPlan(
-            plan=ScoredInferencePlan(plan=_plan_dict(plan), estimate=est,
+            plan=ScoredInferencePlan(plan=serving_plan_dict(plan), estimate=est,
                                      max_batch_size=est.max_batch_size * plan.dp),
             ttft_s=ttft, tpot_s=step, tokens_per_s=B / step,
             tokens_per_s_per_device=B / step / devices)
@@ -494,14 +492,9 @@ def _search(model: ModelSpec, cluster: ClusterSpec, workload: InferenceWorkload,
 def pool_plan(text: str) -> Plan:
     """A pool's instance plan from a --plan-style string of tp, pp, dp, ep and ep_overlap; dp
     defaults to one instance: 1, or ep / tp when the experts spread over replicas."""
-    from planner.api import SERVING_KEYS
-    from planner.plan import parse_plan_fields
+    from planner.api import serving_plan_fields
 
-    fields = parse_plan_fields(text)
-    extra = [k for k in fields if k not in SERVING_KEYS]
-    if extra:
-        raise PlanError(f"plan key(s) {', '.join(extra)} apply to training only; a serving "
-                        f"plan takes {', '.join(SERVING_KEYS[:5])}")
+    fields = serving_plan_fields(text)
     tp, ep = int(fields.get("tp", 1)), int(fields.get("ep", 1))  # type: ignore[call-overload]
     fields.setdefault("dp", ep // tp if ep > tp and ep % tp == 0 else 1)
     return Plan(**fields)  # type: ignore[arg-type]
@@ -545,10 +538,8 @@ def evaluate_disaggregated(model: ModelSpec, cluster: ClusterSpec, workload: Inf
 
     def solve(network: bool) -> tuple[int, float, float]:
         t_kv, r_p = _pair(cluster, network, p, d)
-        if prefill_instances is not None:
-            return prefill_instances, t_kv, r_p
-        n_p = math.ceil(d.rate / r_p - 1e-12)
-        return (n_p if room is None else min(n_p, room)), t_kv, r_p
+        n_p = prefill_instances if prefill_instances is not None else _matched(d, r_p, room)
+        return n_p, t_kv, r_p
 
     n_p, t_kv, r_p = solve(False)
     network = (devices or n_p * g_p + d.n * g_d) > cluster.devices_per_node

@@ -127,10 +127,15 @@ def enumerate_plans(model: ModelSpec, cluster: ClusterSpec, workload: InferenceW
     return plans
 
 
+def serving_plan_dict(plan: Plan) -> dict[str, int | bool]:
+    """The keys an inference plan searches, as a result's plan object holds them."""
+    return {"tp": plan.tp, "pp": plan.pp, "dp": plan.dp, "ep": plan.ep,
+            "ep_overlap": plan.ep_overlap}
+
+
 def _scored(plan: Plan, est: InferenceEstimate) -> ScoredInferencePlan:
-    return ScoredInferencePlan(plan={"tp": plan.tp, "pp": plan.pp, "dp": plan.dp, "ep": plan.ep,
-                                     "ep_overlap": plan.ep_overlap},
-                               estimate=est, max_batch_size=est.max_batch_size * plan.dp)
+    return ScoredInferencePlan(plan=serving_plan_dict(plan), estimate=est,
+                               max_batch_size=est.max_batch_size * plan.dp)
 
 
 def search_inference(model: ModelSpec, cluster: ClusterSpec, workload: InferenceWorkload, *,

@@ -112,10 +112,24 @@ def read_result(result: dict[str, Any], *, rank: int) -> ExportInputs:
     Raises:
         SpecError: the dict is not a saved search result, or `rank` is out of range.
     """
+    if isinstance(result, dict) and result.get("disaggregated"):
+        raise SpecError(f"this is a disaggregated search result: {DISAGGREGATED_HINT}")
+    model, cluster, workload, devices, entry = read_entry(result, rank=rank)
+    plan = _plan_of(entry.get("plan") if isinstance(entry, dict) else None)
+    return ExportInputs(plan=plan, model=model, cluster=cluster, workload=workload,
+                        devices=devices, rank=rank)
+
+
+def read_entry(result: dict[str, Any], *, rank: int) -> tuple[
+        ModelSpec, ClusterSpec, TrainingWorkload | InferenceWorkload, int, Any]:
+    """(model, cluster, workload, device count, `result['top'][rank]`) of a saved search result
+    of any kind, its `inputs` block validated.
+
+    Raises:
+        SpecError: the dict is not a saved search result, or `rank` is out of range.
+    """
     if not isinstance(result, dict) or "top" not in result or "best" not in result:
         raise SpecError(f"not a meshplan search result (no 'best'/'top' keys); {SAVE_HINT}")
-    if result.get("disaggregated"):
-        raise SpecError(f"this is a disaggregated search result: {DISAGGREGATED_HINT}")
     inputs = result.get("inputs") or {}
     missing = [k for k in ("model", "cluster", "workload", "devices") if k not in inputs]
     if missing:
@@ -137,9 +151,7 @@ def read_result(result: dict[str, Any], *, rank: int) -> ExportInputs:
     except (ValueError, TypeError, AttributeError) as e:
         raise SpecError(f"the search result's inputs do not validate ({_first_line(e)}); "
                         f"{SAVE_HINT}") from None
-    plan = _plan_of(top[rank].get("plan") if isinstance(top[rank], dict) else None)
-    return ExportInputs(plan=plan, model=model, cluster=cluster, workload=workload,
-                        devices=devices, rank=rank)
+    return model, cluster, workload, devices, top[rank]
 
 
 def _first_line(e: Exception) -> str:

@@ -24,11 +24,11 @@ from __future__ import annotations
 from typing import Any
 
 from planner.errors import SpecError
-from planner.exports.common import SAVE_HINT, ExportInputs, _first_line, refuse
+from planner.exports.common import (SAVE_HINT, ExportInputs, _first_line, _plan_of, read_entry,
+                                    refuse)
 from planner.exports.serving import MODEL_VAR, _model_note, _render, sglang_flags
 from planner.hardware import ClusterSpec
 from planner.model import ModelSpec
-from planner.plan import Plan
 from planner.workload import InferenceWorkload
 
 SERVER_PORT = 30000
@@ -38,12 +38,15 @@ BOOTSTRAP_PORT = 8998
 ROUTER = "python -m sglang_router.launch_router"
 
 
-def _pool_inputs(pool: dict[str, Any], model: ModelSpec, cluster: ClusterSpec,
-                 workload: InferenceWorkload, rank: int, *, prefill: bool) -> ExportInputs:
-    """One instance of a pool as a single-plan export's inputs: its plan on its devices, at its
-    batch (a prefill batch's prompts; a decode instance's sequences, with no prefill chunk)."""
+def _pool_inputs(pool: Any, model: ModelSpec, cluster: ClusterSpec, workload: InferenceWorkload,
+                 rank: int, *, prefill: bool) -> tuple[ExportInputs, int]:
+    """One instance of a pool as a single-plan export's inputs (its plan on its devices, at its
+    batch: a prefill batch's prompts; a decode instance's sequences, with no prefill chunk),
+    and the pool's instance count."""
+    if not isinstance(pool, dict):
+        raise SpecError(f"a pool of the disaggregated result is not an object; {SAVE_HINT}")
+    plan = _plan_of(pool.get("plan"))
     try:
-        plan = Plan(**{k: pool["plan"][k] for k in ("tp", "pp", "dp", "ep", "ep_overlap")})
         g, batch, n = (int(pool[k]) for k in ("devices_per_instance", "batch_per_instance",
                                               "instances"))
     except (KeyError, TypeError, ValueError) as e:
@@ -56,7 +59,7 @@ def _pool_inputs(pool: dict[str, Any], model: ModelSpec, cluster: ClusterSpec,
     if not prefill:
         update["prefill_chunk_tokens"] = None
     return ExportInputs(plan=plan, model=model, cluster=cluster,
-                        workload=workload.model_copy(update=update), devices=g, rank=rank)
+                        workload=workload.model_copy(update=update), devices=g, rank=rank), n
 
 
 def export_disaggregated(result: dict[str, Any], fmt: str, *, rank: int = 0,
@@ -70,27 +73,17 @@ def export_disaggregated(result: dict[str, Any], fmt: str, *, rank: int = 0,
                   "it is a serving deployment and this export writes a training launch; "
                   "export it --to sglang")
         raise refuse(engine, reason)
-    top = result.get("top")
-    if not isinstance(top, list) or not top:
-        raise SpecError(f"the search result lists no deployments under 'top'; {SAVE_HINT}")
-    if not 0 <= rank < len(top):
-        raise SpecError(f"--rank {rank} is out of range: the result holds deployments 0 to "
-                        f"{len(top) - 1}")
-    inputs = result.get("inputs") or {}
-    try:
-        model = ModelSpec.model_validate(inputs["model"])
-        cluster = ClusterSpec.model_validate(inputs["cluster"])
-        workload = InferenceWorkload.model_validate(inputs["workload"])
-    except (KeyError, ValueError, TypeError) as e:
-        raise SpecError(f"the search result's inputs do not validate ({_first_line(e)}); "
-                        f"{SAVE_HINT}") from None
-    dep = top[rank]
-    pools = [_pool_inputs(dep[role], model, cluster, workload, rank, prefill=role == "prefill")
-             for role in ("prefill", "decode")]
-    counts = [int(dep[role]["instances"]) for role in ("prefill", "decode")]
+    model, cluster, workload, _, dep = read_entry(result, rank=rank)
+    if not isinstance(workload, InferenceWorkload) or not isinstance(dep, dict):
+        raise SpecError(f"the disaggregated result's workload or deployment does not validate; "
+                        f"{SAVE_HINT}")
+    read = [_pool_inputs(dep.get(role), model, cluster, workload, rank,
+                         prefill=role == "prefill") for role in ("prefill", "decode")]
+    pools, counts = [inp for inp, _ in read], [n for _, n in read]
+    devices = sum(inp.devices * n for inp, n in read)
     path = model_path or MODEL_VAR
     wl = workload
-    head = [f"# meshplan export --to sglang: {model.name} on {dep['devices']}x "
+    head = [f"# meshplan export --to sglang: {model.name} on {devices}x "
             f"{cluster.device.name} ({cluster.name}), prefill/decode disaggregated, batch "
             f"{wl.batch_size}, prompt {wl.prompt_len} + output {wl.output_len} tokens, "
             f"{wl.dtype.value}",
