@@ -107,12 +107,15 @@ def model_for(record: dict[str, Any]) -> ModelSpec:
 
 
 def dtype_for(record: dict[str, Any]) -> DType:
-    """The number format of the record's GEMMs; a format meshplan does not model (NVFP4,
-    MXFP4, int8: 4- and 8-bit integer or FP4 training) is reported, not read as bf16."""
+    """The number format of the record's GEMMs: NVFP4 is meshplan's fp4 (Transformer Engine's
+    NVFP4BlockScaling recipe); a format meshplan does not model (MXFP4, int8, int4) is
+    reported, not read as bf16."""
     p = record["precision"].lower()
+    if p == "nvfp4":
+        return DType.FP4
     if any(k in p for k in ("fp4", "int8", "int4")):
         raise UnmappedRecord(f"precision '{record['precision']}' is not modelled (meshplan "
-                             "trains in fp32, tf32, bf16, fp16 or fp8)")
+                             "trains in fp32, tf32, bf16, fp16, fp8 or NVFP4)")
     if "fp8" in p:
         return DType.FP8
     return DType.FP16 if "fp16" in p else DType.BF16

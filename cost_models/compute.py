@@ -27,9 +27,9 @@ from collections.abc import Iterator
 
 from dataclasses import dataclass
 
-from cost_models.efficiency import DeviceEfficiency, gemm_efficiency
+from cost_models.efficiency import DeviceEfficiency, gemm_efficiency, matmul_rate, shape_efficiency
 from planner.hardware import DeviceSpec
-from planner.model import DType, ModelSpec
+from planner.model import NVFP4_BYTES, DType, ModelSpec
 from planner.plan import Attention, LossKernel
 
 ELEMENTWISE_H_TENSORS = 10.0
@@ -52,6 +52,25 @@ Transformer Engine", MXFP8: "both rowwise and columnwise usages"; on Hopper the 
 GEMMs take only the TN layout, so TE's fused cast-transpose writes the same two copies).
 The E8M0 scales add 1 byte per 32 elements per copy (OCP Microscaling spec v1.0), ~0.06:
 2 + 1 + 1 (+0.06) = 4 bytes per element, at memory bandwidth (the casts are elementwise)."""
+
+NVFP4_CAST_BYTES_PER_ELEMENT = 2.0 + 2.0 + 2 * NVFP4_BYTES
+"""NVFP4 training quantises the same operands as FP8 (FP8_CAST_BYTES_PER_ELEMENT), with two
+differences (Transformer Engine, `NVFP4BlockScaling` and its NVFP4 docs). Its two-level scaling
+multiplies each 16-element block's E4M3 scale by one FP32 scale per tensor, taken from the
+tensor's amax, so the amax must be known before any block is written: one more read of the
+bf16 tensor (the GEMM profiling tutorial names "the extra memory pass for per-tensor amax
+computation"; the column-wise copy's amax, over the random-Hadamard-transformed values, comes
+from the same pass). Then one pass reads the tensor and writes the row-wise copy and the
+column-wise copy for the weight-gradient GEMM (random Hadamard transform applied, "RHT is
+currently only applied to column-wise usage so that it can be used for wgrad GEMM"; the
+incoming gradient with stochastic rounding), each 0.5625 bytes per element
+(planner.model.NVFP4_BYTES): 2 + 2 + 2 x 0.5625 = 5.125 bytes per element."""
+
+
+def cast_bytes_per_element(dtype: DType) -> float:
+    """Memory traffic per element of quantising one GEMM operand in `dtype` training."""
+    return NVFP4_CAST_BYTES_PER_ELEMENT if dtype == DType.FP4 else FP8_CAST_BYTES_PER_ELEMENT
+
 
 WGRAD_ACCUMULATOR_BYTES = 8.0
 """Memory traffic per weight element of a weight-gradient GEMM: every micro-batch adds its
@@ -123,24 +142,26 @@ class Roofline:
     """Times operators on one device: FLOPs at the GEMM efficiency, bytes at memory speed."""
 
     def __init__(self, device: DeviceSpec, eff: DeviceEfficiency, dtype: DType) -> None:
+        dtype = DType(dtype)
         self.device = device
-        self.peak = device.peak_flops(dtype)
+        self.peak, self.matmul_fraction = matmul_rate(device, eff, dtype)
         # Non-tensor-core fp32 rate (softmax arithmetic inside fused attention); None when the
         # device file lists none (then fused attention is not scaled by head dimension).
         self.vector_peak = device.peak_flops_per_s.get(DType.FP32)
         self.bw = device.memory_bandwidth_bytes_per_s * eff.memory
         self.eff = eff
         self.dtype = dtype
-        self.elem_bytes = 2 if dtype in (DType.FP8, DType.BF16, DType.FP16) else 4
+        self.elem_bytes = 2 if dtype in (DType.FP8, DType.FP4, DType.BF16, DType.FP16) else 4
 
     def high_precision(self) -> Roofline:
-        """The roofline of the operators FP8 training leaves in bf16: Transformer Engine's FP8
-        autocast quantises only its Linear/LayerNormLinear/GroupedLinear GEMMs; the attention
-        core stays bf16 unless FP8 dot-product attention is asked for (TE `fp8_dpa`,
-        Megatron `--fp8-dot-product-attention`, off by default), Megatron's output layer is
-        its own ColumnParallelLinear outside TE, and the MoE router multiplies in bf16/fp32
+        """The roofline of the operators FP8 and NVFP4 training leave in bf16: Transformer
+        Engine's autocast quantises only its Linear/LayerNormLinear/GroupedLinear GEMMs; the
+        attention core stays bf16 unless FP8 dot-product attention is asked for (TE `fp8_dpa`,
+        Megatron `--fp8-dot-product-attention`, off by default; TE's NVFP4BlockScaling recipe:
+        "Not applying quantization to attention for now"), Megatron's output layer is its own
+        ColumnParallelLinear outside TE, and the MoE router multiplies in bf16/fp32
         (TopKRouter, `--moe-router-dtype`). Any other dtype is its own high precision."""
-        if self.dtype != DType.FP8:
+        if not self.dtype.quantised:
             return self
         return Roofline(self.device, self.eff, DType.BF16)
 
@@ -151,7 +172,8 @@ class Roofline:
         if m <= 0 or n <= 0 or k <= 0:
             return 0.0, 0.0
         flops = 2.0 * m * n * k * batch
-        e = gemm_efficiency(self.eff, m * batch, n, k, self.dtype)
+        e = shape_efficiency(self.eff, self.matmul_fraction * self.eff.sustained_clock,
+                             m * batch, n, k)
         t_math = flops / (self.peak * e)
         ob = self.elem_bytes if out_bytes is None else out_bytes
         t_mem = ((m * k + k * n) * self.elem_bytes + m * n * ob) * batch / self.bw
@@ -271,11 +293,12 @@ def _block_compute(model: ModelSpec, roof: Roofline, sh: Shard, *, moe: bool) ->
         act = roof.stream(_expert_activation_bytes(model, sh))
         mlp_f, mlp_b = mlp_f + act, mlp_b + 2 * act
     cast_f = cast_b = 0.0
-    if sh.dtype == DType.FP8:
-        cast_f = roof.stream(FP8_CAST_BYTES_PER_ELEMENT * cast_in)
-        cast_b = roof.stream(FP8_CAST_BYTES_PER_ELEMENT * cast_grad)
-        mlp_f += roof.stream(FP8_CAST_BYTES_PER_ELEMENT * routed_in)
-        mlp_b += roof.stream(FP8_CAST_BYTES_PER_ELEMENT * routed_grad)
+    if DType(sh.dtype).quantised:
+        per = cast_bytes_per_element(DType(sh.dtype))
+        cast_f = roof.stream(per * cast_in)
+        cast_b = roof.stream(per * cast_grad)
+        mlp_f += roof.stream(per * routed_in)
+        mlp_b += roof.stream(per * routed_grad)
     attn_t, attn_f, attn_bt, attn_bf = _attention_core(model, roof, sh)
     elem = _elementwise_bytes(model, sh, moe=moe)
     ring_f, ring_b = ring_merge_bytes(model, sh)

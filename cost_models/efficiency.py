@@ -42,6 +42,7 @@ class DeviceEfficiency:
     flash1_attention: float  # FlashAttention-1 / Triton fraction of dense peak
     kernel_floor_s: float    # shortest time any kernel takes (launch + ramp), seconds
     sustained_clock: float = 1.0  # sustained tensor-core clock under the power cap / boost clock
+    fp4_over_fp8: float = 0.0     # achievable FP4 GEMM rate / achievable FP8 rate (0: no FP4 units)
     collective_sms: int = 16      # compute units a running NCCL collective occupies (0: none)
     intra_link: float = INTRA_NODE_LINK_EFFICIENCY  # achievable fraction of the node's links
 
@@ -150,15 +151,62 @@ AMD_FP8_TO_BF16 = (1159.2 / 2614.9) / (668.4 / 1307.4)
 """MI300X's measured fp8 fraction over its measured bf16 fraction (0.87; source note above),
 carried to the AMD devices with no fp8 measurement."""
 
+# - Blackwell at training shapes. MAMF is the best of a sweep over shapes; on Blackwell the GEMMs
+#   a training step runs, through Transformer Engine, reach well below it. TE's GEMM profiling
+#   tutorial (NVIDIA/TransformerEngine docs/examples/gemm_profiling/gemm_profiling.rst at
+#   8f2e6357, and its later copy docs/features/low_precision_training/gemm_profiling/ at
+#   ce616e1f) times the 12 GEMMs of one layer (hidden 4096, FFN 16384, M = 15,872 tokens:
+#   QKV 15872x4096x12288, output 15872x4096x4096, MLP up 15872x4096x16384, down
+#   15872x16384x4096, each as forward, data- and weight-gradient GEMM) on an "NVIDIA B300 SXM6
+#   AC" with pre-quantised inputs (kernel time only), per-layer totals BF16 13.102 / 12.835 ms,
+#   MXFP8 7.161 / 7.324 ms, NVFP4 3.764 / 3.754 ms in the two revisions. Over the 1.917e13
+#   FLOPs of those GEMMs that is 1.48, 2.65 and 5.10 PFLOP/s: 0.657 of the bf16 peak and 0.588
+#   of the fp8 peak, against B300's MAMF 0.786 and 0.745, so 0.836 and 0.790 of MAMF at
+#   training shapes (`TRAINING_SHAPE_BF16`, `TRAINING_SHAPE_FP8`). PyTorch's own sweep on a B200
+#   (pytorch/ao PR 2427, benchmarks/float8/bench_matmul.py, torch bf16 matmul) agrees: 0.627,
+#   0.646 and 0.631 of the bf16 peak at 4096^3, 6144^3 and 8192^3, against 0.776 x 0.836 =
+#   0.649 here. Every Blackwell device (B200, GB200, B300, GB300) takes its MAMF times those
+#   two factors; Hopper and Ampere keep MAMF (no measurement of the training library's GEMMs
+#   at training shapes on H100 SXM or A100 was found).
+# - FP4 (NVFP4) GEMMs: the same tutorial's NVFP4 over MXFP8 kernel rate, 5.10 / 2.65 = 1.93
+#   (`FP4_OVER_FP8`), is taken on every Blackwell device over its fp8 rate: B200 4.5 PF x
+#   0.763 x 0.790 x 1.93 = 5.2 PFLOP/s, where pytorch/ao's sweep measures NVFP4 _scaled_mm on
+#   a B200 at 5.50 and 5.37 PFLOP/s (6144^3, 8192^3). Devices without FP4 tensor cores: 0.
+_TE_B300_LAYER_FLOPS = 3 * 2 * 15872 * 4096 * (12288 + 4096 + 16384 + 16384)
+"""FLOPs of the tutorial's 12 GEMMs of one layer (forward, data and weight gradient)."""
+_TE_B300_LAYER_MS = {"bf16": (13.102, 12.835), "mxfp8": (7.161, 7.324), "nvfp4": (3.764, 3.754)}
+"""The tutorial's pre-quantised per-layer GEMM totals on B300, ms, in its two revisions."""
+
+
+def _te_b300_rate(fmt: str) -> float:
+    """Mean FLOP/s of the tutorial's per-layer GEMMs on B300 in format `fmt`."""
+    times = _TE_B300_LAYER_MS[fmt]
+    return sum(_TE_B300_LAYER_FLOPS / (ms * 1e-3) for ms in times) / len(times)
+
+
+TRAINING_SHAPE_BF16 = (_te_b300_rate("bf16") / 2.25e15) / (1769.0 / 2250)
+"""Blackwell: bf16 GEMM rate at training shapes over MAMF (B300: 0.657 / 0.786 = 0.836)."""
+TRAINING_SHAPE_FP8 = (_te_b300_rate("mxfp8") / 4.5e15) / (3353.3 / 4500)
+"""Blackwell: MXFP8 GEMM rate at training shapes over MAMF (B300: 0.588 / 0.745 = 0.790)."""
+FP4_OVER_FP8 = _te_b300_rate("nvfp4") / _te_b300_rate("mxfp8")
+"""Blackwell: NVFP4 over MXFP8 GEMM kernel rate at the same shapes (B300: 1.93)."""
+
+
+def _blackwell(bf16_mamf: float, fp8_mamf: float, sms: int) -> DeviceEfficiency:
+    """A Blackwell device's fractions from its MAMF (source notes above)."""
+    return DeviceEfficiency(bf16_mamf * TRAINING_SHAPE_BF16, fp8_mamf * TRAINING_SHAPE_FP8, sms,
+                            128, 0.85, 0.5, 0.30, 4e-6, fp4_over_fp8=FP4_OVER_FP8)
+
+
 _BY_NAME: dict[str, DeviceEfficiency] = {
     "v100": DeviceEfficiency(0.80, 0.80, 80, 128, 0.85, 0.45, 0.30, 4e-6),
     "a100": DeviceEfficiency(0.859, 0.859, 108, 128, 0.85, 0.55, 0.30, 4e-6, 1305 / 1410),
     "h100": DeviceEfficiency(0.801, 0.709, 132, 128, 0.85, 0.55, HOPPER_FLASH1_ATTENTION, 4e-6),
     "h200": DeviceEfficiency(0.803, 0.734, 132, 128, 0.85, 0.55, HOPPER_FLASH1_ATTENTION, 4e-6),
-    "b200": DeviceEfficiency(0.776, 0.763, 148, 128, 0.85, 0.5, 0.30, 4e-6),
-    "gb200": DeviceEfficiency(0.729, 0.723, 148, 128, 0.85, 0.5, 0.30, 4e-6),
-    "b300": DeviceEfficiency(0.786, 0.745, 160, 128, 0.85, 0.5, 0.30, 4e-6),
-    "gb300": DeviceEfficiency(0.729, 0.723, 160, 128, 0.85, 0.5, 0.30, 4e-6),
+    "b200": _blackwell(1745 / 2250, 3432.5 / 4500, 148),
+    "gb200": _blackwell(1822.0 / 2500, 3615.6 / 5000, 148),
+    "b300": _blackwell(1769.0 / 2250, 3353.3 / 4500, 160),
+    "gb300": _blackwell(1822.0 / 2500, 3615.6 / 5000, 160),
     "mi300x": DeviceEfficiency(668.4 / 1307.4, 1159.2 / 2614.9, 304, 128, 0.775, 0.27, 0.27,
                                4e-6, intra_link=0.71),
     "mi325x": DeviceEfficiency(784.9 / 1307.4, 784.9 / 1307.4 * AMD_FP8_TO_BF16, 304, 128,
@@ -185,8 +233,12 @@ def precision_warning(device: DeviceSpec, dtype: DType, *, training: bool = True
         return None
     text = (f"device '{device.name}' has no {dtype.value} tensor-core rate: {dtype.value} math "
             f"is scored at its {fallback.value} rate")
-    if dtype == DType.FP8 and not training:
-        text += " with fp8 weights (weight-only FP8)"
+    if dtype.quantised and not training:
+        text += f" with {dtype.value} weights (weight-only {dtype.value.upper()})"
+    elif dtype == DType.FP4:
+        # Transformer Engine's NVFP4BlockScaling runs on Blackwell's FP4 tensor cores only
+        text += (", with the casts on top, and Transformer Engine's NVFP4 recipe needs Blackwell "
+                 "(B200, GB200, B300, GB300): use --dtype fp8 or bf16 on this device")
     elif dtype == DType.FP8:
         # the casts and fp8 copies are then pure overhead, and the software refuses it:
         # Transformer Engine's FP8 needs compute capability 8.9 (Ada) or 9.0+ (Hopper)
@@ -225,9 +277,30 @@ def gemm_efficiency(eff: DeviceEfficiency, m: float, n: float, k: float, dtype: 
     compute units (a partly filled last wave runs as long as a full one), times the depth
     factor relative to the MAMF shape (never above 1: MAMF is the ceiling). Dimensions may be
     fractional (an expert's expected tokens); any positive dimension occupies whole tiles."""
-    base = (eff.matmul_fp8 if dtype == DType.FP8 else eff.matmul) * eff.sustained_clock
+    base = eff.matmul_fp8 if dtype in (DType.FP8, DType.FP4) else eff.matmul
+    return shape_efficiency(eff, base * eff.sustained_clock, m, n, k)
+
+
+def shape_efficiency(eff: DeviceEfficiency, base: float, m: float, n: float, k: float) -> float:
+    """`base` (a large GEMM's fraction) times the wave quantisation and depth factors of an
+    m x n x k GEMM (gemm_efficiency)."""
     tiles = math.ceil(m / eff.tile) * math.ceil(n / eff.tile)
     waves = math.ceil(tiles / eff.compute_units)
     depth = min(1.0, (k / (k + TILE_OVERHEAD_DEPTH))
                 / (MAMF_DEPTH / (MAMF_DEPTH + TILE_OVERHEAD_DEPTH)))
     return base * tiles / (waves * eff.compute_units) * depth
+
+
+def matmul_rate(device: DeviceSpec, eff: DeviceEfficiency, dtype: DType) -> tuple[float, float]:
+    """(peak FLOP/s, large-GEMM fraction of it) of `dtype` GEMMs on `device`. FP4 on a device
+    with FP4 tensor cores runs at its FP8 rate times `fp4_over_fp8` (measured kernel ratio),
+    expressed as a fraction of its FP4 peak (a device file with an fp4 peak but no measured
+    ratio takes its fp8 fraction); a device without them runs FP4 at the rate of the 16-bit
+    dtype it falls back to (DeviceSpec.fallback_dtype), with that dtype's fraction."""
+    peak = device.peak_flops(dtype)
+    if dtype == DType.FP4:
+        if device.fallback_dtype(dtype) is None and eff.fp4_over_fp8 > 0:
+            fp8_rate = device.peak_flops(DType.FP8) * eff.matmul_fp8
+            return peak, fp8_rate * eff.fp4_over_fp8 / peak
+        return peak, eff.matmul if device.fallback_dtype(dtype) else eff.matmul_fp8
+    return peak, eff.matmul_fp8 if dtype == DType.FP8 else eff.matmul

@@ -410,10 +410,10 @@ def max_batch_size(model: ModelSpec, plan: Plan, workload: InferenceWorkload,
 
 
 # ----- time ------------------------------------------------------------------------------
-def _math_rate(dev_peak: float, eff: DeviceEfficiency, dtype: DType) -> float:
-    """Achievable FLOP/s of large GEMMs (MAMF fraction at the sustained clock)."""
-    frac = eff.matmul_fp8 if dtype == DType.FP8 else eff.matmul
-    return dev_peak * frac * eff.sustained_clock
+def _math_rate(roof: Roofline) -> float:
+    """Achievable FLOP/s of large GEMMs on `roof` (its large-GEMM fraction at the sustained
+    clock)."""
+    return roof.peak * roof.matmul_fraction * roof.eff.sustained_clock
 
 
 def dispatch_row_bytes(model: ModelSpec, dtype: DType) -> tuple[float, float]:
@@ -423,7 +423,7 @@ def dispatch_row_bytes(model: ModelSpec, dtype: DType) -> tuple[float, float]:
     1 x 128 tile scales; DeepEP's benchmark rows are 7168 + 56 x 4 bytes); otherwise both
     directions carry the activation dtype."""
     h, e = model.hidden_size, roof_bytes(dtype)
-    if dtype == DType.FP8:
+    if DType(dtype).quantised:
         return h + math.ceil(h / FP8_SCALE_TILE) * 4, h * e
     return h * e, h * e
 
@@ -487,7 +487,7 @@ def _decode_stage(model: ModelSpec, plan: Plan, workload: InferenceWorkload, roo
     flops = (batch * (2.0 * active + score) / t
              + group_tokens * 2.0 * routed_active * n_moe / split)
     t_weights, t_kv = weight_bytes / roof.bw, kv_bytes / roof.bw
-    t_math = flops / _math_rate(roof.peak, eff, dt)
+    t_math = flops / _math_rate(roof)
     act = batch * h * roof_bytes(dt)
     kernels = (n_layers * KERNELS_PER_BLOCK + (HEAD_KERNELS if head else 0)
                + (EMBEDDING_KERNELS if embed else 0))
@@ -585,7 +585,7 @@ def _prefill_stage(model: ModelSpec, plan: Plan, workload: InferenceWorkload, ro
         "compute": secs,
         "tp_comm": _tp_comm(model, plan, tp_links, act, last - first + 1, n_moe),
         "ep_comm": n_moe * _ep_prefill_s(model, plan, dt, ep_links, cluster, sh.tokens),
-        "_flops": flops, "_math_s": flops / _math_rate(roof.peak, eff, dt),
+        "_flops": flops, "_math_s": flops / _math_rate(roof),
         "_mem_s": weight_bytes / roof.bw,
     }
 

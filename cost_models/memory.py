@@ -89,16 +89,18 @@ def state_bytes(params: StageParams, plan: Plan, dtype: DType, optimizer: Optimi
 
 @functools.lru_cache(maxsize=None)
 def _per_param_bytes(dtype: DType, optimizer: Optimizer,
-                     grad_dtype: DType | None) -> tuple[int, int, int]:
+                     grad_dtype: DType | None) -> tuple[float, float, float]:
     """(weight, gradient, optimizer-state) bytes per parameter (planner.model)."""
     return (weight_bytes_per_param(dtype), grad_bytes_per_param(dtype, grad_dtype),
             optimizer_bytes_per_param(optimizer, dtype))
 
 
-def saved_input_bytes(dtype: DType) -> int:
+def saved_input_bytes(dtype: DType) -> float:
     """Bytes per element of the input a linear layer keeps for its weight gradient: the fp8
-    cast in fp8 training (Transformer Engine; module docstring), else the activation's own."""
-    return 1 if dtype == DType.FP8 else roof_bytes(dtype)
+    cast in fp8 training (Transformer Engine; module docstring), the column-wise NVFP4 copy
+    (0.5625 bytes, planner.model.NVFP4_BYTES) in fp4 training, else the activation's own."""
+    dtype = DType(dtype)
+    return dtype.bytes if dtype.quantised else roof_bytes(dtype)
 
 
 def block_activation_bytes(model: ModelSpec, plan: Plan, *, seq_len: int, moe: bool,
@@ -119,7 +121,7 @@ def block_activation_bytes(model: ModelSpec, plan: Plan, *, seq_len: int, moe: b
     v_dim = model.kv_heads * d_v if model.mla is None else a * d_v
     # Q and K of Q.K^T, V, the attention output (the output projection's input; in fp8 the
     # projection also keeps its own 1-byte copy).
-    proj_copy = q * a * d_v if dtype == DType.FP8 else 0.0
+    proj_copy = q * a * d_v if DType(dtype).quantised else 0.0
     attn_split = s * b * (e * (a * d_qk + k_dim + v_dim + a * d_v) + proj_copy)
     # Softmax output, dropout mask and dropout output: 2e + 1 bytes per score (e without
     # dropout: scores.V then reads the softmax output itself); with cp each device holds its

@@ -483,7 +483,7 @@ def _training_memory(st: Setup, wl: TrainingWorkload, attn_p: float,
 def _roofline_s(st: Setup, nbytes: float, flops: float, kernels: int) -> float:
     """Decode roofline of one kernel group: max(bytes / bandwidth, FLOPs / achievable rate)
     plus the kernel-launch floor of each kernel (cost_models/inference.py)."""
-    rate = _math_rate(st.roof.peak, st.roof.eff, st.roof.dtype)
+    rate = _math_rate(st.roof)
     return max(nbytes / st.roof.bw, flops / rate) + kernels * st.roof.eff.kernel_floor_s
 
 

@@ -96,7 +96,7 @@ GpusOpt = Annotated[int | None, typer.Option("--gpus", help="number of devices")
 NodesOpt = Annotated[int | None, typer.Option("--nodes", help="number of nodes (instead of --gpus)")]
 BatchOpt = Annotated[int, typer.Option("--global-batch", min=1, help="sequences per step")]
 SeqOpt = Annotated[int, typer.Option("--seq-len", min=1, help="tokens per sequence")]
-DtypeOpt = Annotated[str, typer.Option("--dtype", help="bf16, fp16 or fp8")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="bf16, fp16, fp8 or fp4 (NVFP4, Blackwell)")]
 OptimizerOpt = Annotated[str, typer.Option("--optimizer", help="adam, adamw, sgd or adafactor")]
 GradDtypeOpt = Annotated[str | None, typer.Option(
     "--grad-dtype", help="fp32, bf16 or fp16: the dtype gradients are accumulated and reduced "
@@ -104,7 +104,7 @@ GradDtypeOpt = Annotated[str | None, typer.Option(
     "fp16 for fp16)")]
 
 
-DTYPES = ("bf16", "fp16", "fp8", "fp32", "tf32")
+DTYPES = ("bf16", "fp16", "fp8", "fp4", "fp32", "tf32")
 """The --dtype values (planner.DType)."""
 
 MODE_OPTIONS = {"training": ("--global-batch", "--seq-len"),

@@ -183,10 +183,11 @@ def lower_bound_step_s(model: ModelSpec, cluster: ClusterSpec, workload: Trainin
                        devices: int) -> float:
     """Model FLOPs of one step spread over every device at the best matmul rate the cost
     model allows (MAMF x sustained clock): no plan the model scores can be faster."""
-    from cost_models.efficiency import device_efficiency
+    from cost_models.efficiency import device_efficiency, matmul_rate
 
     eff, _ = device_efficiency(cluster.device)
-    rate = cluster.device.peak_flops(workload.dtype) * max(eff.matmul, eff.matmul_fp8) * eff.sustained_clock
+    peak, fraction = matmul_rate(cluster.device, eff, workload.dtype)
+    rate = peak * max(eff.matmul, eff.matmul_fp8, fraction) * eff.sustained_clock
     flops = 3 * model.training_forward_flops_per_token(workload.seq_len) * workload.tokens_per_step
     return flops / (devices * rate)
 

@@ -77,6 +77,7 @@ class DeviceSpec(Spec):
 
 
 _FALLBACK: dict[DType, tuple[DType, ...]] = {
+    DType.FP4: (DType.BF16, DType.FP16),
     DType.FP8: (DType.BF16, DType.FP16),
     DType.BF16: (DType.FP16,),
     DType.FP16: (DType.BF16,),

@@ -73,14 +73,28 @@ class DType(StrEnum):
     BF16 = "bf16"
     FP16 = "fp16"
     FP8 = "fp8"
+    FP4 = "fp4"
 
     @property
-    def bytes(self) -> int:
-        """Storage bytes per element (tf32 is stored as fp32)."""
+    def bytes(self) -> float:
+        """Storage bytes per element (tf32 is stored as fp32; fp4 with its block scales)."""
         return _DTYPE_BYTES[self.value]
 
+    @property
+    def quantised(self) -> bool:
+        """Whether the GEMMs run quantised (fp8, fp4) around 16-bit activations and weights
+        (Transformer Engine's FP8 and NVFP4 recipes)."""
+        return self in (DType.FP8, DType.FP4)
 
-_DTYPE_BYTES = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
+
+NVFP4_BYTES = 0.5 + 1 / 16
+"""Bytes per NVFP4 element: a 4-bit E2M1 value plus one 1-byte E4M3 scale per block of 16
+(Transformer Engine, `NVFP4BlockScaling`: "each group of 16 consecutive values is scaled
+together using their own scaling factor. The type of the scaling factor is E4M3"; the one FP32
+per-tensor scale is negligible)."""
+
+_DTYPE_BYTES: dict[str, float] = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1,
+                                  "fp4": NVFP4_BYTES}
 
 
 class Optimizer(StrEnum):
@@ -466,20 +480,31 @@ class ModelSpec(Spec):
         return self.forward_flops_per_token(seq_len) + self.mtp_forward_flops_per_token(seq_len)
 
     # ----- bytes -----------------------------------------------------------------------
-    def kv_cache_bytes_per_token(self, dtype: DType = DType.BF16) -> int:
+    def kv_cache_bytes_per_token(self, dtype: DType = DType.BF16) -> float:
         """KV-cache bytes one token adds over all layers: K and V per KV head (MHA/GQA/MQA);
-        the latent plus the shared RoPE key for MLA (DeepSeek-V2 Sec. 2.1.2)."""
+        the latent plus the shared RoPE key for MLA (DeepSeek-V2 Sec. 2.1.2), in the KV-cache
+        dtype of a `dtype` deployment (kv_cache_dtype)."""
         if self.mla is not None:
             per_layer = self.mla.kv_lora_rank_dim + self.mla.qk_rope_head_dim
         else:
             per_layer = 2 * self.kv_heads * self.d_head
-        return self.num_layers * per_layer * dtype.bytes
+        return self.num_layers * per_layer * kv_cache_dtype(dtype).bytes
 
 
-def weight_bytes_per_param(dtype: DType) -> int:
-    """Bytes of the working copy of each weight. fp8 training keeps bf16 weights and casts
-    per GEMM (Transformer Engine, NVIDIA FP8 primer), so fp8 counts 2 bytes here."""
-    return 2 if dtype == DType.FP8 else dtype.bytes
+def kv_cache_dtype(dtype: DType) -> DType:
+    """The KV cache's dtype when serving in `dtype`: its own, except fp4, whose checkpoints
+    keep an FP8 KV cache (NVIDIA ModelOpt's NVFP4 exports write `"quant_algo": "NVFP4",
+    "kv_cache_quant_algo": "FP8"` into hf_quant_config.json, which TensorRT-LLM, vLLM and
+    SGLang read)."""
+    return DType.FP8 if dtype == DType.FP4 else dtype
+
+
+def weight_bytes_per_param(dtype: DType) -> float:
+    """Bytes of the working copy of each weight in training. FP8 and NVFP4 training keep bf16
+    weights and quantise them per GEMM (Transformer Engine, NVIDIA FP8 primer; Megatron-Bridge's
+    mixed-precision config: "fp4_param and fp4_param_gather are not supported for now"), so
+    both count 2 bytes here."""
+    return 2 if dtype.quantised else dtype.bytes
 
 
 def default_grad_dtype(dtype: DType) -> DType:
@@ -493,7 +518,7 @@ def default_grad_dtype(dtype: DType) -> DType:
     return DType.FP16 if dtype == DType.FP16 else DType.FP32
 
 
-def grad_bytes_per_param(dtype: DType, grad_dtype: DType | None = None) -> int:
+def grad_bytes_per_param(dtype: DType, grad_dtype: DType | None = None) -> float:
     """Bytes of each gradient: `grad_dtype`, or the default for the training dtype
     (`default_grad_dtype`)."""
     return (grad_dtype or default_grad_dtype(dtype)).bytes

@@ -283,19 +283,21 @@ def test_mpt_models_have_the_tables_parameter_counts() -> None:
 
 
 def test_a_precision_meshplan_does_not_model_is_listed_not_read_as_bf16(tmp_path: Path) -> None:
-    """NVFP4 (or int8) training is not a meshplan number format: the record is listed with the
-    reason instead of being scored as bf16 (which put NVIDIA's NVFP4 Llama runs 30-110% off)."""
+    """MXFP4 (or int8) training is not a meshplan number format: the record is listed with the
+    reason instead of being scored as bf16; NVFP4 is meshplan's fp4 and is scored as such."""
     path = tmp_path / "runs.json"
-    path.write_text(json.dumps([record(precision="NVFP4"), record(id="x_fp8", precision="FP8-CS")]))
+    path.write_text(json.dumps([record(precision="MXFP4"), record(id="x_fp8", precision="FP8-CS"),
+                                record(id="x_fp4", precision="NVFP4")]))
     rows = vp.run(path, None)
-    assert "precision 'NVFP4' is not modelled" in rows[0]["skipped"]
+    assert "precision 'MXFP4' is not modelled" in rows[0]["skipped"]
     assert "skipped" not in rows[1] and rows[1]["device"].endswith("fp8")
+    assert "skipped" not in rows[2] and rows[2]["device"].endswith("fp4")
 
 
 def test_nvidia_out_of_sample_runs_are_new_and_evaluate() -> None:
     """benchmarks/data/nemo_dense_runs.json and nemo_moe_more_runs.json: runs of NVIDIA's
     Megatron-Bridge performance summaries that the calibration records do not hold; every one
-    is scored except the NVFP4 rows, which are listed with the reason."""
+    is scored, the NVFP4 rows as fp4."""
     data = ROOT / "benchmarks" / "data"
     dense = json.loads((data / "nemo_dense_runs.json").read_text())
     moe = json.loads((data / "nemo_moe_more_runs.json").read_text())
@@ -303,8 +305,7 @@ def test_nvidia_out_of_sample_runs_are_new_and_evaluate() -> None:
     ids = [r["id"] for r in dense + moe]
     assert len(ids) == len(set(ids)) and not set(ids) & known
     _assert_table_invariants(dense + moe)
-    skipped = _assert_only_nvfp4_skipped(data / "nemo_dense_runs.json", dense)
-    assert skipped
+    _assert_all_scored(data / "nemo_dense_runs.json", dense)
     assert not [r for r in vm.run(data / "nemo_moe_more_runs.json", None) if "skipped" in r]
 
 
@@ -317,13 +318,12 @@ def _assert_table_invariants(recs: list[dict]) -> None:
         assert b["global"] == b["grad_accum"] * p["dp"] * b["micro"], r["id"]
 
 
-def _assert_only_nvfp4_skipped(path: Path, recs: list[dict]) -> list[dict]:
-    """Every dense record of `path` is scored except the NVFP4 ones; returns the skipped rows."""
+def _assert_all_scored(path: Path, recs: list[dict]) -> None:
+    """Every dense record of `path` is scored, and exactly the NVFP4 ones in fp4."""
     rows = vp.run(path, None)
-    skipped = [r for r in rows if "skipped" in r]
-    assert all("NVFP4" in r["skipped"] for r in skipped)
-    assert len(rows) - len(skipped) == sum("NVFP4" not in r["precision"] for r in recs)
-    return skipped
+    assert not [r for r in rows if "skipped" in r]
+    fp4 = [r for r in rows if r["device"].endswith("fp4")]
+    assert fp4 and len(fp4) == sum(r["precision"] == "NVFP4" for r in recs)
 
 
 def test_blackwell_ultra_runs_map_to_their_presets_and_evaluate() -> None:
@@ -340,7 +340,7 @@ def test_blackwell_ultra_runs_map_to_their_presets_and_evaluate() -> None:
     assert len(ids) == len(set(ids)) and not set(ids) & known
     _assert_table_invariants(dense + moe)
     assert {records.cluster_name(r) for r in dense + moe} == {"gb300-nvl72", "dgx-b300"}
-    _assert_only_nvfp4_skipped(data / "nemo_blackwell_ultra_dense_runs.json", dense)
+    _assert_all_scored(data / "nemo_blackwell_ultra_dense_runs.json", dense)
     mrows = vm.run(data / "nemo_blackwell_ultra_moe_runs.json", None)
     assert not [r for r in mrows if "skipped" in r]
     assert {r["device"].split(",")[0] for r in mrows} == {"gb300", "b300"}

@@ -73,7 +73,8 @@ def _precision(dtype: DType) -> dict[str, Any]:
     if dtype == DType.FP32:
         return {}
     raise refuse("the DeepSpeed config", f"dtype {dtype.value}: the JSON's precision sections "
-                 "are bf16 and fp16 (FP8 is Transformer Engine code, not a ds_config key)")
+                 "are bf16 and fp16 (FP8 and NVFP4 are Transformer Engine code, not ds_config "
+                 "keys)")
 
 
 def export_deepspeed(inp: ExportInputs) -> str:

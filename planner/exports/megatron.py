@@ -299,8 +299,13 @@ def _dtype_flags(inp: ExportInputs) -> Flags:
         # (attention core, LM head and router stay bf16: Roofline.high_precision)
         fmt, recipe = fp8_recipe(inp.cluster.device.name)
         return [("--bf16", None), ("--fp8-format", fmt), ("--fp8-recipe", recipe)]
-    raise refuse("Megatron-LM", f"dtype {dtype.value}: meshplan prints Megatron's bf16, fp16, fp8 "
-                 "and fp32 modes only (tf32 is not a Megatron-LM training mode)")
+    if dtype == DType.FP4:
+        # Transformer Engine's NVFP4BlockScaling around bf16 parameters (E2M1 values, E4M3
+        # scales per 16 elements), on Blackwell only; Megatron's _add_transformer_engine_args
+        # at the commit in options/megatron.toml: --fp4-format {e2m1}, --fp4-recipe {nvfp4,custom}
+        return [("--bf16", None), ("--fp4-format", "e2m1"), ("--fp4-recipe", "nvfp4")]
+    raise refuse("Megatron-LM", f"dtype {dtype.value}: meshplan prints Megatron's bf16, fp16, fp8, "
+                 "fp4 and fp32 modes only (tf32 is not a Megatron-LM training mode)")
 
 
 def export_megatron(inp: ExportInputs) -> str:

@@ -68,6 +68,10 @@ def _training(inp: ExportInputs) -> dict[str, Any]:
     gb = wl.global_batch_size  # type: ignore[union-attr]
     local = gb // p.dp if p.pp > 1 else p.mbs
     param = {DType.BF16: "bfloat16", DType.FP8: "bfloat16", DType.FP32: "float32"}.get(wl.dtype)
+    if wl.dtype == DType.FP4:
+        raise refuse("torchtitan", "dtype fp4: meshplan's NVFP4 estimate is Transformer Engine's "
+                     "recipe, which torchtitan's converters (float8, mx) do not run; use "
+                     "--to megatron, or --dtype fp8")
     if param is None:
         raise refuse("torchtitan", f"dtype {wl.dtype.value}: training.mixed_precision_param "
                      "takes bfloat16 or float32")

@@ -1,6 +1,7 @@
 """The Megatron export's precision flags: bf16/fp16 as Megatron-LM modes, fp8 as Transformer
 Engine's FP8 around bf16 parameters with the recipe whose casts the estimate counts (MXFP8 on
-Blackwell, delayed scaling before it), tf32 refused."""
+Blackwell, delayed scaling before it), fp4 as its NVFP4 recipe (refused by the other trainers),
+tf32 refused."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from planner.exports import export_result
 from planner.exports.megatron import fp8_recipe
 from planner.exports.parse import command_flags
 
-from .conftest import result
+from .conftest import result, with_plan
 
 
 def _with_dtype(dtype: str, device: str | None = None) -> dict:
@@ -57,3 +58,26 @@ def test_megatron_core_names_the_fp8_fields_and_recipes() -> None:
     for device in (None, "b200"):
         _, flags = command_flags(export_result(_with_dtype("fp8", device), "megatron"))
         assert flags["--fp8-recipe"] in recipes
+
+
+def _fp4_result(name: str = "moe", plan: str | None = None) -> dict:
+    data = result(name) if plan is None else with_plan(name, plan)
+    data["inputs"]["workload"]["dtype"] = "fp4"
+    data["inputs"]["cluster"]["device"]["name"] = "gb200"
+    return data
+
+
+def test_megatron_export_prints_the_nvfp4_recipe() -> None:
+    _, flags = command_flags(export_result(_fp4_result(), "megatron"))
+    assert "--bf16" in flags
+    assert (flags["--fp4-format"], flags["--fp4-recipe"]) == ("e2m1", "nvfp4")
+    assert "--fp8-format" not in flags
+
+
+@pytest.mark.parametrize(("fmt", "needle"), [("torchtitan", "--to megatron"),
+                                             ("deepspeed", "FP8 and NVFP4")])
+def test_other_trainers_refuse_fp4(fmt: str, needle: str) -> None:
+    # a plan both can otherwise express (tests/exports/test_engines.py)
+    plan = "tp=2,pp=1,dp=8,mbs=2,zero=1" + (",sp=on" if fmt == "torchtitan" else "")
+    with pytest.raises(UnsupportedPlanError, match=needle):
+        export_result(_fp4_result("dense", plan), fmt)
