@@ -2,6 +2,8 @@
 
 Usage:
     python benchmarks/validate_inference.py [--data benchmarks/data/trtllm_inference_runs.json]
+    python benchmarks/validate_inference.py --data benchmarks/data/trtllm_inference_fp4_runs.json \
+        --out benchmarks/results/validation_inference_fp4.md
         [--out benchmarks/results/validation_inference.md] [--only SUBSTRING]
 
 The records are TensorRT-LLM's offline maximum-throughput runs (`trtllm-bench throughput`:
@@ -11,7 +13,10 @@ the job's total output tokens per second). Each is mapped from what it states, n
 - Model: the built-in preset the record names (Llama 3.3 70B has the Llama 3.1 70B
   architecture); device and links: the record's DGX cluster preset.
 - Plan: the record's tp, pp = 1, one replica (dp = 1) on tp devices.
-- Precision: dtype fp8 for weights, activations and the KV cache (ModelOpt FP8 checkpoints).
+- Precision: dtype fp8 for weights, activations and the KV cache (ModelOpt FP8 checkpoints);
+  NVFP4 records (benchmarks/data/trtllm_inference_fp4_runs.json) as dtype fp4: NVFP4 block
+  weights, an FP8 KV cache. Either way the LM head and embedding stay 16-bit (ModelOpt's
+  exclude_modules; cost_models.inference.vocab_weight_bytes).
 - Batch: a maximum-throughput run keeps as many requests in flight as memory allows, so the
   batch is the largest meshplan's memory model admits for the plan (`max_batch_size`), and
   never more than the run's requests. The overview does not state the batch TensorRT-LLM ran:
@@ -61,7 +66,9 @@ LONG_PROMPT = 2048
 def predict(record: dict[str, Any]) -> dict[str, Any]:
     """The record's plan at the largest batch that fits: batch, TTFT, TPOT, output tokens/s."""
     model, cluster = load_model(record["model"]), load_cluster(record["cluster"])
-    dtype = DType.FP8 if "fp8" in record["precision"].lower() else DType.BF16
+    precision = record["precision"].lower()
+    dtype = (DType.FP4 if "fp4" in precision else DType.FP8 if "fp8" in precision
+             else DType.BF16)
     plan = Plan(tp=record["tp"], pp=record.get("pp", 1), dp=1)
     wl = InferenceWorkload(batch_size=1, prompt_len=record["prompt_len"],
                            output_len=record["output_len"], dtype=dtype,

@@ -305,24 +305,41 @@ def kv_tokens_per_sequence(workload: InferenceWorkload) -> int:
 
 
 # ----- memory ----------------------------------------------------------------------------
-def _stage_weight_params(model: ModelSpec, plan: Plan, stage: int, first: int, last: int) -> float:
-    """Parameters one device of `stage` holds: the stage's blocks / tp, the embedding on the
-    first stage, the LM head on the last (a second copy of a tied embedding when pp > 1); of
-    the routed experts 1/tp, or `expert_slots` whole experts when they spread over replicas."""
+def vocab_weight_bytes(dtype: DType) -> float:
+    """Bytes per parameter of the embedding table, the final norm and the LM head when serving
+    in `dtype`.
+    Quantised checkpoints keep both in 16 bits: NVIDIA ModelOpt's FP8 and NVFP4 exports write
+    `"exclude_modules": ["lm_head"]` into hf_quant_config.json (modelopt/torch/export), which
+    TensorRT-LLM, vLLM and SGLang honour, and the embedding is a lookup table, not one of the
+    Linear layers quantisation replaces. Other dtypes store them in their own width."""
+    dtype = DType(dtype)
+    return 2.0 if dtype.quantised else dtype.bytes
+
+
+def _stage_weight_bytes(model: ModelSpec, plan: Plan, stage: int, first: int, last: int,
+                        dtype: DType) -> float:
+    """Weight bytes one device of `stage` holds: the stage's blocks / tp in `dtype`, the
+    embedding on the first stage and the LM head on the last (a second copy of a tied embedding
+    when pp > 1) at `vocab_weight_bytes`; of the routed experts 1/tp, or `expert_slots` whole
+    experts when they spread over replicas."""
     common = routed = 0
     for i in range(first, last + 1):
         c, r = _layer_params(model, i)
         common, routed = common + c, routed + r
+    vocab = 0
     if stage == 0:
-        common += model.embedding_params
+        vocab += model.embedding_params
     if stage == plan.pp - 1:
-        common += model.lm_head_params
+        vocab += model.lm_head_params
         if model.tied_embeddings and plan.pp > 1:
-            common += model.vocab_size * model.hidden_size
+            vocab += model.vocab_size * model.hidden_size
+    vocab_bytes = vocab / plan.tp * vocab_weight_bytes(dtype)
     if routed and experts_over_replicas(model, plan):   # whole experts, redundant copies too
         assert model.moe is not None
-        return common / plan.tp + routed // model.moe.num_experts * expert_slots(model, plan)
-    return common / plan.tp + routed / plan.tp
+        body = common / plan.tp + routed // model.moe.num_experts * expert_slots(model, plan)
+    else:
+        body = common / plan.tp + routed / plan.tp
+    return body * DType(dtype).bytes + vocab_bytes
 
 
 def _workspace_bytes(model: ModelSpec, plan: Plan, prompt_len: int, batch: int,
@@ -365,7 +382,7 @@ def _stage_memory(model: ModelSpec, plan: Plan, workload: InferenceWorkload, sta
           * (last - first + 1)
           / kv_split(model, plan.tp))
     return {
-        "weights": _stage_weight_params(model, plan, stage, first, last) * dt.bytes,
+        "weights": _stage_weight_bytes(model, plan, stage, first, last, dt),
         "kv_cache": kv,
         "workspace": _workspace_bytes(model, plan, workload.prompt_len, batch, dt,
                                       workload.prefill_chunk_tokens),
@@ -467,9 +484,10 @@ def _decode_stage(model: ModelSpec, plan: Plan, workload: InferenceWorkload, roo
         slots = expert_slots(model, plan) if experts_over_replicas(model, plan) else None
         routed_params = (n_moe * busiest_rank_touched_experts(model, group_tokens, plan.ep, slots)
                          * _routed_expert_params(model))
-    if head and model.vocab_size:
-        common_params += model.vocab_size * h + model.norm_params    # final norm + LM head
-    weight_bytes = (common_params / t + routed_params / split) * dt.bytes
+    head_bytes = 0.0
+    if head and model.vocab_size:                                    # final norm + LM head
+        head_bytes = (model.vocab_size * h + model.norm_params) / t * vocab_weight_bytes(dt)
+    weight_bytes = (common_params / t + routed_params / split) * dt.bytes + head_bytes
     kv_ctx = model.attended_context(ctx)     # a sliding-window layer keeps and reads its window
     kv_bytes = (batch * kv_ctx * model.kv_cache_bytes_per_token(dt) / model.num_layers * n_layers
                 / kv_split(model, t))
@@ -580,7 +598,7 @@ def _prefill_stage(model: ModelSpec, plan: Plan, workload: InferenceWorkload, ro
         th, fh = roof.gemm(batch, model.vocab_size / t, h)            # last position only
         secs, flops = secs + th, flops + fh
     act = sh.tokens * h * roof_bytes(dt)
-    weight_bytes = _stage_weight_params(model, plan, stage, first, last) * dt.bytes
+    weight_bytes = _stage_weight_bytes(model, plan, stage, first, last, dt)
     return {
         "compute": secs,
         "tp_comm": _tp_comm(model, plan, tp_links, act, last - first + 1, n_moe),

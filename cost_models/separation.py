@@ -78,6 +78,7 @@ from cost_models.inference import (
     kv_split,
     kv_tokens_per_sequence,
     touched_experts,
+    vocab_weight_bytes,
 )
 from cost_models.memory import (
     FRAGMENTATION,
@@ -525,7 +526,7 @@ def _decode_extras_s(st: Setup, wl: InferenceWorkload, seqs: int) -> tuple[float
                          seqs * (2 * dense_p + score) / p.attn_tp, KERNELS_PER_BLOCK)
              + 2 * comm.all_reduce_s(st.tp_links, seqs * h * roof_bytes(dt)))
     head_p = model.vocab_size * h + model.norm_params if model.vocab_size else 0
-    head = (_roofline_s(st, head_p / p.attn_tp * dt.bytes, seqs * 2 * head_p / p.attn_tp,
+    head = (_roofline_s(st, head_p / p.attn_tp * vocab_weight_bytes(dt), seqs * 2 * head_p / p.attn_tp,
                         HEAD_KERNELS) + EMBEDDING_KERNELS * st.roof.eff.kernel_floor_s)
     return dense, head
 
@@ -588,5 +589,8 @@ def _inference_memory(st: Setup, wl: InferenceWorkload,
     tokens_dev = p.attn_dp * tokens * mo.top_k / p.ep
     work_e = tokens_dev * (h + mats * mo.expert_ffn_hidden_size / p.etp) * e
     oh = float(FRAMEWORK_OVERHEAD_BYTES)
-    return ({"weights": attn_p * dt.bytes, "kv_cache": kv, "workspace": work_a, "overhead": oh},
+    # the embedding, final norm and LM head in 16 bits when quantised (vocab_weight_bytes)
+    vocab_p = (model.embedding_params + model.lm_head_params) / t
+    attn_w = (attn_p - vocab_p) * dt.bytes + vocab_p * vocab_weight_bytes(dt)
+    return ({"weights": attn_w, "kv_cache": kv, "workspace": work_a, "overhead": oh},
             {"weights": exp_p * dt.bytes, "kv_cache": 0.0, "workspace": work_e, "overhead": oh})

@@ -434,8 +434,10 @@ def test_redundant_slots_hold_ceil_e_over_ep_experts_by_hand() -> None:
     est = estimate_inference(model, cluster, wl, plan)
     p_e = model.mlp_params(model.moe.expert_ffn_hidden_size)
     routed = model.num_moe_layers * model.moe.num_experts * p_e
-    common = model.params - routed                       # embedding and head on the one stage
-    assert est.weights_gib == pytest.approx((common + model.num_moe_layers * 11 * p_e) * 1 / GIB)
+    vocab = model.embedding_params + model.lm_head_params   # on the one stage, kept bf16
+    common = model.params - routed - vocab
+    assert est.weights_gib == pytest.approx(
+        ((common + model.num_moe_layers * 11 * p_e) * 1 + vocab * 2) / GIB)
     assert any("ep=24 does not divide the 256 experts" in w and "11 expert slots" in w
                for w in est.warnings)
     # decode reads the busiest rank's hit slots: 192 tokens x top-8 over the 264 copies

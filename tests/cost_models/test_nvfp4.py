@@ -125,3 +125,21 @@ def test_cli_evaluate_takes_fp4() -> None:
     out = json.loads(res.stdout)
     assert out["step_time_s"] > 0
     assert not any("tensor-core" in w for w in out["warnings"])
+
+
+def test_quantised_serving_keeps_the_lm_head_and_embedding_16_bit() -> None:
+    """Decode streams every block weight in the serving dtype and the LM head in bf16 (ModelOpt
+    checkpoints exclude lm_head); the embedding is a lookup, not streamed, but held in bf16."""
+    from cost_models.inference import estimate_inference, vocab_weight_bytes
+    from cost_models.memory import GIB
+    from planner import InferenceWorkload
+
+    model, cluster = load_model("llama3-8b"), load_cluster("dgx-b200")
+    body = model.params - model.embedding_params - model.lm_head_params
+    for dt in (DType.BF16, DType.FP8, DType.FP4):
+        wl = InferenceWorkload(batch_size=1, prompt_len=128, output_len=16, dtype=dt)
+        est = estimate_inference(model, cluster, wl, Plan())
+        assert vocab_weight_bytes(dt) == 2
+        assert est.decode_weight_bytes == pytest.approx(body * dt.bytes + model.lm_head_params * 2)
+        assert est.weights_gib == pytest.approx(
+            (body * dt.bytes + (model.embedding_params + model.lm_head_params) * 2) / GIB)
