@@ -518,3 +518,33 @@ def test_serving_records_map_and_score_as_stated() -> None:
                                              / row["published_output_tokens_per_s"] - 1)
     text = vi.render(rows, skipped)
     assert "| llama3-405b on H100 SXM 80GB, tp=8 | 10 |" in text
+
+
+def test_fp4_serving_records_score_as_nvfp4() -> None:
+    """benchmarks/data/trtllm_inference_fp4_runs.json: the overview's FP4 columns, every record
+    scored (none skipped) with dtype fp4 on its Blackwell cluster, at a batch its requests
+    allow."""
+    import validate_inference as vi
+
+    path = ROOT / "benchmarks" / "data" / "trtllm_inference_fp4_runs.json"
+    runs = json.loads(path.read_text())["runs"]
+    assert len(runs) == 40 and len({r["id"] for r in runs}) == 40
+    assert {r["cluster"] for r in runs} == {"dgx-b200", "gb200-nvl72"}
+    for r in runs:
+        assert r["precision"] == "NVFP4" and r["checkpoint"].endswith("-FP4")
+        assert r["id"].endswith(f"_tp{r['tp']}_fp4_{r['prompt_len']}x{r['output_len']}")
+    rows, skipped = vi.run(path, None)
+    assert not skipped and len(rows) == 40
+    fp4 = vi.predict(runs[0])
+    from cost_models.inference import estimate_inference
+    from planner import DType, load_cluster, load_model
+    from planner.plan import Plan
+    from planner.workload import InferenceWorkload
+
+    r = runs[0]
+    est = estimate_inference(load_model(r["model"]), load_cluster(r["cluster"]),
+                             InferenceWorkload(batch_size=fp4["batch"], prompt_len=r["prompt_len"],
+                                               output_len=r["output_len"], dtype=DType.FP4,
+                                               prefill_chunk_tokens=vi.PREFILL_CHUNK_TOKENS),
+                             Plan(tp=r["tp"], dp=1))
+    assert fp4["tpot_s"] == pytest.approx(est.tpot_s)
