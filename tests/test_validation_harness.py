@@ -498,8 +498,9 @@ def test_every_moe_record_has_a_cuda_graph_reading_with_its_source() -> None:
 
 def test_serving_records_map_and_score_as_stated() -> None:
     """benchmarks/data/trtllm_inference_runs.json: each id names its device, model, tp and
-    lengths; every record evaluates at the largest batch that fits (never above its requests),
-    and the prediction is batch x output / (TTFT + output x TPOT)."""
+    lengths; every record evaluates at the largest batch that fits (never above its requests
+    nor trtllm-bench's batch), and the prediction is the job's: requests x output over its full
+    batches' and remainder's TTFT + output x TPOT."""
     import validate_inference as vi
 
     data = json.loads((ROOT / "benchmarks" / "data" / "trtllm_inference_runs.json").read_text())
@@ -511,9 +512,14 @@ def test_serving_records_map_and_score_as_stated() -> None:
     rows, skipped = vi.run(ROOT / "benchmarks" / "data" / "trtllm_inference_runs.json", None)
     assert not skipped and len(rows) == 60
     for row in rows:
-        assert 1 <= row["batch"] <= row["num_requests"]
+        assert 1 <= row["batch"] <= min(row["num_requests"], row["max_batch"], row["fits"])
         e2e = row["ttft_s"] + row["output_len"] * row["tpot_s"]
-        assert row["predicted"] == pytest.approx(row["batch"] * row["output_len"] / e2e)
+        assert row["batch_tokens_per_s"] == pytest.approx(row["batch"] * row["output_len"] / e2e)
+        assert row["waves"] == -(-row["num_requests"] // row["batch"])
+        if row["num_requests"] % row["batch"] == 0:
+            assert row["predicted"] == pytest.approx(row["batch_tokens_per_s"])
+        else:    # a smaller last batch never decodes more tokens per second than a full one
+            assert row["predicted"] < row["batch_tokens_per_s"]
         assert row["error"] == pytest.approx(row["predicted"]
                                              / row["published_output_tokens_per_s"] - 1)
     text = vi.render(rows, skipped)
@@ -545,6 +551,23 @@ def test_fp4_serving_records_score_as_nvfp4() -> None:
     est = estimate_inference(load_model(r["model"]), load_cluster(r["cluster"]),
                              InferenceWorkload(batch_size=fp4["batch"], prompt_len=r["prompt_len"],
                                                output_len=r["output_len"], dtype=DType.FP4,
-                                               prefill_chunk_tokens=vi.PREFILL_CHUNK_TOKENS),
+                                               prefill_chunk_tokens=fp4["chunk"]),
                              Plan(tp=r["tp"], dp=1))
     assert fp4["tpot_s"] == pytest.approx(est.tpot_s)
+
+
+def test_trtllm_bench_settings_by_hand() -> None:
+    """trtllm-bench's own batch and token settings (tensorrt_llm/bench/build/tuning.py) for
+    Llama 3.1 8B FP8 on one H200 at 128/2048: KV 2 x 32 x 8 x 128 x 1 = 65,536 bytes per token;
+    (141 GiB - 8.03e9 weight bytes) x 0.95 / (65,536 x 2,176) = 955 requests, rounded up to 1,024;
+    955 x (1 + 128 / 2048) = 1,015 tokens, at least 2,048. At 128/128 the 4,096 cap binds."""
+    import validate_inference as vi
+
+    from planner import load_model
+
+    model, h200 = load_model("llama3-8b"), 141 * 2**30
+    free = (h200 - model.params) * 0.95
+    assert free / (65536 * 2176) == pytest.approx(955, abs=1)
+    assert vi.trtllm_bench_settings(model, 1, 1, 128, 2048, 1, 1, h200) == (1024, 2048)
+    assert vi.trtllm_bench_settings(model, 1, 1, 128, 128, 1, 1, h200) == (4096, 8192)
+    assert vi.trtllm_bench_settings(model, 1, 2, 128, 128, 1, 1, h200) == (2048, 4096)
