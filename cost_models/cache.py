@@ -217,7 +217,8 @@ def cached_tpot(model: ModelSpec, cluster: ClusterSpec, workload: InferenceWorkl
                           ep_links_of(cluster, plan), cluster, s, a, z, batch)
         w = d["_weight_bytes"]
         t_w = w / roof.bw / out_len + w / bw_cache * (out_len - 1) / out_len
-        compute = max(0.0, d["_math_s"] - (t_w + d["kv_read"]))
+        compute = (max(0.0, d["_gemm_math_s"] - t_w)                  # per-kernel rooflines
+                   + max(0.0, d["_attn_math_s"] - d["kv_read"]))
         saved += (d["weights_read"] - t_w) + (d["compute"] - compute)
     return base, base - saved, est.tpot_breakdown["weights_read"]
 

@@ -502,20 +502,30 @@ def _decode_stage(model: ModelSpec, plan: Plan, workload: InferenceWorkload, roo
     if head:
         active += model.vocab_size * h
     score = model.attention_score_flops_per_token(1) * kv_ctx / model.num_layers * n_layers
-    flops = (batch * (2.0 * active + score) / t
-             + group_tokens * 2.0 * routed_active * n_moe / split)
+    gemm_flops = (batch * 2.0 * active / t
+                  + group_tokens * 2.0 * routed_active * n_moe / split)
+    attn_flops = batch * score / t
     t_weights, t_kv = weight_bytes / roof.bw, kv_bytes / roof.bw
-    t_math = flops / _math_rate(roof)
+    # A roofline per kernel (Williams et al. 2009), as training times each operator: the
+    # GEMMs stream the weights and do the weight FLOPs, the attention kernel (FlashDecoding,
+    # TensorRT-LLM's XQA, FlashInfer, FlashMLA) streams the KV cache and does the score FLOPs,
+    # one after the other. At large batch the GEMMs turn compute-bound while attention stays
+    # bound by its KV reads, so their times add; one roofline over the step's total bytes and
+    # FLOPs would let one hide under the other.
+    t_gemm, t_attn = gemm_flops / _math_rate(roof), attn_flops / _math_rate(roof)
     act = batch * h * roof_bytes(dt)
     kernels = (n_layers * KERNELS_PER_BLOCK + (HEAD_KERNELS if head else 0)
                + (EMBEDDING_KERNELS if embed else 0))
     return {
         "weights_read": t_weights, "kv_read": t_kv,
-        "compute": max(0.0, t_math - (t_weights + t_kv)),
+        "compute": max(0.0, t_gemm - t_weights) + max(0.0, t_attn - t_kv),
         "tp_comm": _tp_comm(model, plan, tp_links, act, n_layers, n_moe),
         "launch": kernels * eff.kernel_floor_s,
         "ep_comm": n_moe * _ep_decode_s(model, plan, dt, ep_links, cluster, batch),
-        "_weight_bytes": weight_bytes, "_kv_bytes": kv_bytes, "_math_s": t_math,
+        "_weight_bytes": weight_bytes, "_kv_bytes": kv_bytes, "_math_s": t_gemm + t_attn,
+        "_gemm_math_s": t_gemm, "_attn_math_s": t_attn,
+        "_compute_bound_s": (t_gemm if t_gemm > t_weights else 0.0)
+        + (t_attn if t_attn > t_kv else 0.0),
     }
 
 
@@ -720,8 +730,10 @@ def estimate_inference(model: ModelSpec, cluster: ClusterSpec, workload: Inferen
     worst = max(range(plan.pp), key=lambda s: (sum(mems[s].values()), -s))
     peak, cap = sum(mems[worst].values()), float(cluster.device.memory_bytes)
     busiest = max(range(plan.pp), key=lambda s: (dec[s]["_weight_bytes"] + dec[s]["_kv_bytes"], -s))
-    dec_mem = sum(d["_weight_bytes"] + d["_kv_bytes"] for d in dec) / roof.bw
-    dec_math = sum(d["_math_s"] for d in dec)
+    # decode is compute-bound when the kernels that their FLOPs bound take most of the step's
+    # kernel time (per-kernel rooflines, _decode_stage)
+    dec_math = sum(d["_compute_bound_s"] for d in dec)
+    dec_mem = sum(d["weights_read"] + d["kv_read"] + d["compute"] for d in dec) - dec_math
     fits = peak <= cap
     mbs = max_batch_size(model, plan, workload, cap)
     return InferenceEstimate(

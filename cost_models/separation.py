@@ -488,6 +488,15 @@ def _roofline_s(st: Setup, nbytes: float, flops: float, kernels: int) -> float:
     return max(nbytes / st.roof.bw, flops / rate) + kernels * st.roof.eff.kernel_floor_s
 
 
+def _attention_decode_s(st: Setup, weight_bytes: float, gemm_flops: float, kv_bytes: float,
+                        score_flops: float, kernels: int) -> float:
+    """An attention block's decode step as its kernels run: the projections' GEMMs (weights,
+    weight FLOPs) and the attention kernel (KV cache, score FLOPs), one roofline each
+    (inference._decode_stage)."""
+    return (_roofline_s(st, weight_bytes, gemm_flops, kernels)
+            + _roofline_s(st, kv_bytes, score_flops, 0))
+
+
 def decode_layer(st: Setup, wl: InferenceWorkload, seqs: int) -> LayerTimes:
     """One decode step of one MoE block for a micro-batch of `seqs` sequences per attention
     replica: attention reads its weights and the micro-batch's KV cache at the mean context
@@ -501,8 +510,8 @@ def decode_layer(st: Setup, wl: InferenceWorkload, seqs: int) -> LayerTimes:
     attn_p = model.moe_layer_params - model.moe.num_experts * expert_p
     kv = seqs * ctx * model.kv_cache_bytes_per_token(dt) / model.num_layers / kv_split(model, p.attn_tp)
     score = model.attention_score_flops_per_token(1) * ctx / model.num_layers
-    a = (_roofline_s(st, attn_p / p.attn_tp * dt.bytes + kv,
-                     seqs * (2 * attn_p + score) / p.attn_tp, ATTENTION_KERNELS)
+    a = (_attention_decode_s(st, attn_p / p.attn_tp * dt.bytes, seqs * 2 * attn_p / p.attn_tp,
+                             kv, seqs * score / p.attn_tp, ATTENTION_KERNELS)
          + comm.all_reduce_s(st.tp_links, seqs * h * e))
     tokens = p.attn_dp * seqs
     used = touched_experts(model, tokens)
@@ -522,8 +531,9 @@ def _decode_extras_s(st: Setup, wl: InferenceWorkload, seqs: int) -> tuple[float
     kv = seqs * ctx * model.kv_cache_bytes_per_token(dt) / model.num_layers / kv_split(model, p.attn_tp)
     score = model.attention_score_flops_per_token(1) * ctx / model.num_layers
     dense_p = model.dense_layer_params
-    dense = (_roofline_s(st, dense_p / p.attn_tp * dt.bytes + kv,
-                         seqs * (2 * dense_p + score) / p.attn_tp, KERNELS_PER_BLOCK)
+    dense = (_attention_decode_s(st, dense_p / p.attn_tp * dt.bytes,
+                                 seqs * 2 * dense_p / p.attn_tp, kv, seqs * score / p.attn_tp,
+                                 KERNELS_PER_BLOCK)
              + 2 * comm.all_reduce_s(st.tp_links, seqs * h * roof_bytes(dt)))
     head_p = model.vocab_size * h + model.norm_params if model.vocab_size else 0
     head = (_roofline_s(st, head_p / p.attn_tp * vocab_weight_bytes(dt), seqs * 2 * head_p / p.attn_tp,

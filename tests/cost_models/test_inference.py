@@ -63,6 +63,28 @@ def test_decode_at_batch_one_is_weights_plus_kv_over_bandwidth_plus_launch(
     assert fast.tpot_breakdown["launch"] == bd["launch"]
 
 
+def test_large_batch_decode_adds_compute_bound_gemms_to_kv_bound_attention() -> None:
+    """Llama 3.1 8B in fp8 on one H200 at batch 1024: the GEMMs' 2 x active FLOPs per token
+    outlast their weight reads, the attention kernel's KV reads outlast its score FLOPs, and
+    the step takes both (one roofline per kernel), not the larger of the totals."""
+    model, cluster = load_model("llama3-8b"), load_cluster("dgx-h200")
+    wl = InferenceWorkload(batch_size=1024, prompt_len=128, output_len=2048, dtype=DType.FP8)
+    est = estimate_inference(model, cluster, wl, Plan())
+    eff, _ = device_efficiency(cluster.device)
+    rate = cluster.device.peak_flops(DType.FP8) * eff.matmul_fp8 * eff.sustained_clock
+    bw = cluster.device.memory_bandwidth_bytes_per_s * eff.memory
+    ctx = 128 + 2048 / 2
+    active = model.num_layers * model.dense_layer_params + model.vocab_size * model.hidden_size
+    t_gemm = 1024 * 2 * active / rate
+    t_attn = 1024 * model.attention_score_flops_per_token(1) * ctx / rate
+    t_w, t_kv = est.decode_weight_bytes / bw, est.decode_kv_bytes / bw
+    assert t_gemm > t_w and t_kv > t_attn                  # each kernel bound differently
+    bd = est.tpot_breakdown
+    assert bd["weights_read"] + bd["kv_read"] + bd["compute"] == pytest.approx(t_gemm + t_kv)
+    assert bd["weights_read"] + bd["kv_read"] + bd["compute"] > max(t_w + t_kv, t_gemm + t_attn)
+    assert est.decode_bound == ("compute" if t_gemm > t_kv else "memory")
+
+
 # (2) KV cache bytes -------------------------------------------------------------------------
 @pytest.mark.parametrize("name, kind, tp_split", [
     ("llama3-70b", "GQA", 8), ("gpt3-175b", "MHA", 8), ("deepseek-v3", "MLA", 1)])
