@@ -31,7 +31,7 @@ from cost_models.memory import (
     state_bytes,
 )
 from planner.model import ModelSpec, weight_bytes_per_param
-from planner.plan import Recompute
+from planner.plan import Plan, Recompute
 
 Arr = Any  # a float or a numpy array of floats (broadcast over stage ranges)
 
@@ -79,7 +79,8 @@ class StageTables:
                 out[kind] = out[kind] + e[f"head_{kind}"]
             for kind in (*KINDS, "fwd", "bwd"):
                 out[kind] = out[kind] + e[f"mtp_{kind}"]
-        out["pp_comm"] = e["p2p"] + 0 * out["compute"]
+        out["pp_comm"] = steady_p2p_s(self.ctx.plan, self.num_microbatches, e["p2p"],
+                                      out["fwd"], out["bwd"])
         out["offload"] = self._offload_exposed(sp, out["fwd"], out["bwd"])
         return out
 
@@ -390,3 +391,24 @@ def _extras(ctx: Any, model: ModelSpec, p2p: float) -> dict[str, Any]:
         # buffer, and the framework's fixed overhead (memory.py).
         "static_buffers": buckets + p2p_buf + FRAMEWORK_OVERHEAD_BYTES,
     }
+
+
+def interleaved_warmup_chunks(plan: Plan, m: int) -> int:
+    """Forward chunks the first pipeline rank runs before the interleaved schedule's steady
+    state, as many backward chunks after it (Megatron-Core schedules.get_pp_rank_microbatches:
+    2 (pp - rank - 1) + (vpp - 1) x microbatch_group_size_per_vp_stage, that group size
+    defaulting to pp), at most every chunk of the step."""
+    return min(2 * (plan.pp - 1) + (plan.vpp - 1) * plan.pp, m * plan.vpp)
+
+
+def steady_p2p_s(plan: Plan, m: int, p2p_per_microbatch: float, fwd: Any, bwd: Any) -> Any:
+    """Exposed exchange time per micro-batch of a stage whose forward and backward compute
+    windows are `fwd` and `bwd`: all of p2p_s under 1F1B; under interleaving, of the
+    steady-state exchanges (the chunks outside warmup and cooldown) only what one transfer
+    outlasts the chunk it overlaps (fwd / vpp or bwd / vpp)."""
+    if plan.pp == 1 or plan.vpp == 1:
+        return p2p_per_microbatch + 0 * fwd
+    v = plan.vpp
+    one = p2p_per_microbatch / (2 * v)
+    steady = 1.0 - interleaved_warmup_chunks(plan, m) / (m * v)
+    return steady * v * (np.maximum(0.0, one - fwd / v) + np.maximum(0.0, one - bwd / v))

@@ -14,6 +14,13 @@ Overlap rules:
 - TP communication is on the critical path (no overlap is modelled); so is EP communication
   unless the plan sets ep_overlap (Megatron-Core's combined 1F1B: each MoE block's
   all-to-alls hide behind the adjacent micro-batch's compute, tables.ep_overlap_exposed).
+- Pipeline point-to-point: the 1F1B schedule exchanges activations and gradients blocking,
+  so every exchange is exposed. The interleaved schedule overlaps its steady-state exchanges
+  with the next chunk's compute (Megatron-Core `overlap_p2p_comm`, on by default for
+  interleaving: megatron/training/arguments.py turns it off only without virtual stages, and
+  Megatron-Bridge's CommOverlapConfig sets it whenever pp > 1 and vpp > 1), leaving what a
+  transfer outlasts its chunk; the warmup and cooldown exchanges stay blocking (unless
+  --overlap-p2p-communication-warmup-flush, not modelled): `p2p_sync_s`.
 - Context-parallel K/V exchange overlaps the attention core; only the excess is exposed.
 - Data-parallel gradient reduction overlaps the backward pass of the last micro-batch
   (Megatron-Core --overlap-grad-reduce, PyTorch DDP buckets); the last block's bucket
@@ -40,7 +47,7 @@ from cost_models import comm
 from cost_models.compute import BlockCompute, Roofline, Shard, roof_bytes
 from cost_models.efficiency import device_efficiency, precision_warning
 from cost_models.memory import GIB
-from cost_models.tables import StageTables, build_tables
+from cost_models.tables import StageTables, build_tables, interleaved_warmup_chunks
 from planner.errors import SpecError
 from planner.hardware import ClusterSpec
 from planner.model import ModelSpec
@@ -140,6 +147,15 @@ def p2p_s(ctx: Context) -> float:
     return 2 * plan.vpp * comm.p2p_s(ctx.cluster, nbytes, crosses_nodes=ctx.pp_crosses_nodes)
 
 
+def p2p_sync_s(plan: Plan, m: int, p2p_per_microbatch: float) -> float:
+    """Exposed seconds per step of the interleaved schedule's blocking exchanges: one transfer
+    (p2p_s / (2 vpp)) after each warmup forward chunk and each cooldown backward chunk; 0 for
+    1F1B, whose exchanges are all in the per-micro-batch time (p2p_s)."""
+    if plan.pp == 1 or plan.vpp == 1:
+        return 0.0
+    return 2 * interleaved_warmup_chunks(plan, m) * p2p_per_microbatch / (2 * plan.vpp)
+
+
 def pipeline_time(plan: Plan, m: int, stage_times: list[float],
                   chunk_fraction: float | None = None) -> float:
     """1F1B: (m-1)*max C + sum C; interleaved: m*max C + (p-1)*max C/v (module docstring).
@@ -161,9 +177,10 @@ def step_time_of(tables: StageTables, ranges: list[tuple[int, int]]) -> float:
 def step_from_stages(tables: StageTables, times: list[float], tails: list[float]) -> float:
     """The step time of stages with these per-micro-batch times and tails
     (StageTables.stage_profile): the pipeline schedule plus the slowest tail."""
-    plan = tables.ctx.plan
+    plan, m = tables.ctx.plan, tables.num_microbatches
     frac = plan.max_chunk_fraction(tables.num_layers)
-    return pipeline_time(plan, tables.num_microbatches, times, frac) + max(tails)
+    return (pipeline_time(plan, m, times, frac) + max(tails)
+            + p2p_sync_s(plan, m, tables.extras["p2p"]))
 
 
 def estimate_training(model: ModelSpec, cluster: ClusterSpec, workload: TrainingWorkload,
@@ -183,6 +200,7 @@ def estimate_training(model: ModelSpec, cluster: ClusterSpec, workload: Training
     tail_k = max(range(plan.pp), key=lambda s: (sum(tails[s]), -s))
     breakdown = {key: m * crit[key] for key in
                  ("compute", "recompute", "tp_comm", "cp_comm", "pp_comm", "ep_comm", "offload")}
+    breakdown["pp_comm"] += p2p_sync_s(plan, m, tables.extras["p2p"])
     # max(0, .): with no bubble (pp=1) rounding can leave pipe - m*cmax at -1e-20.
     breakdown |= {"dp_comm": tails[tail_k][0], "bubble": max(0.0, pipe - m * cmax),
                   "optimizer": tails[tail_k][1]}

@@ -246,16 +246,20 @@ def _band(tables: StageTables, pp: int, L: int, width: int, cap: float
 
 def _candidate_bound(tables: StageTables, plan: Plan, m: int) -> float:
     """Lower bound on the step time of any split: sum_k C_k is split-invariant, and the
-    pipeline is at least (m-1) * sum/pp + sum (1F1B) or (m + (pp-1)/v) * sum/pp."""
+    pipeline is at least (m-1) * sum/pp + sum (1F1B) or (m + (pp-1)/v) * sum/pp, plus the
+    interleaved schedule's blocking warmup/cooldown exchanges (its steady-state exchanges,
+    hidden behind compute, count 0 here: training.steady_p2p_s never goes below it)."""
+    from cost_models.training import p2p_sync_s
+
     pp = plan.pp
     # all blocks: the last prefix sum (prefix[0] is 0, so this equals span(0, L - 1))
     layers = sum(float(tables.prefix[kind][-1])
                  for kind in ("compute", "recompute", "tp_comm", "cp_comm", "ep_comm"))
     e = tables.extras
-    total = layers + e["emb_compute"] + e["emb_tp_comm"] + e["head_compute"] + pp * e["p2p"]
+    total = layers + e["emb_compute"] + e["emb_tp_comm"] + e["head_compute"]
     if plan.vpp > 1:
-        return (m + (pp - 1) / plan.vpp) * total / pp
-    return (m - 1) * total / pp + total
+        return (m + (pp - 1) / plan.vpp) * total / pp + p2p_sync_s(plan, m, e["p2p"])
+    return (m - 1) * (total + pp * e["p2p"]) / pp + total + pp * e["p2p"]
 
 
 def _with_zero(tables: StageTables, plan: Plan) -> StageTables:

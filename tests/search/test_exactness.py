@@ -39,7 +39,7 @@ import pytest
 
 from cost_models.compute import block_compute
 from cost_models.tables import build_tables
-from cost_models.training import make_context, pipeline_time, step_time_of
+from cost_models.training import make_context, p2p_sync_s, pipeline_time, step_time_of
 from planner import ClusterSpec, DeviceSpec, LinkSpec, ModelSpec
 from planner.api import evaluate, search
 from planner.errors import InfeasibleError, PlanError
@@ -261,7 +261,7 @@ def _score(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload, plan: P
         # cost_models.training.step_time_of, element by element of the arrays
         step = (pipeline_time(plan, m, [float(t[s]) for t in times],
                               plan.max_chunk_fraction(L))
-                + max(float(g[s]) for g in tails))
+                + max(float(g[s]) for g in tails) + p2p_sync_s(plan, m, tables.extras["p2p"]))
         out.scored += 1
         out.best_any = min(out.best_any, step)
         if not fits[s]:
