@@ -248,7 +248,7 @@ def _candidate_bound(tables: StageTables, plan: Plan, m: int) -> float:
     """Lower bound on the step time of any split: sum_k C_k is split-invariant, and the
     pipeline is at least (m-1) * sum/pp + sum (1F1B) or (m + (pp-1)/v) * sum/pp, plus the
     interleaved schedule's blocking warmup/cooldown exchanges (its steady-state exchanges,
-    hidden behind compute, count 0 here: training.steady_p2p_s never goes below it)."""
+    hidden behind compute, count 0 here: tables.steady_p2p_s never goes below it)."""
     from cost_models.training import p2p_sync_s
 
     pp = plan.pp
