@@ -85,6 +85,29 @@ def test_large_batch_decode_adds_compute_bound_gemms_to_kv_bound_attention() -> 
     assert est.decode_bound == ("compute" if t_gemm > t_kv else "memory")
 
 
+@settings(max_examples=30, deadline=None)
+@given(batch=st.integers(1, 2048), prompt=st.integers(16, 8192), output=st.integers(2, 4096))
+def test_per_kernel_decode_lies_between_the_two_lumped_rooflines(batch: int, prompt: int,
+                                                                 output: int) -> None:
+    """Per-kernel rooflines (GEMMs, attention) are never faster than one roofline over the
+    step's totals, max(bytes / bw, FLOPs / rate), and never slower than bytes / bw + FLOPs /
+    rate."""
+    model, cluster = load_model("llama3-8b"), load_cluster("dgx-h200")
+    wl = InferenceWorkload(batch_size=batch, prompt_len=prompt, output_len=output,
+                           dtype=DType.FP8)
+    est = estimate_inference(model, cluster, wl, Plan())
+    eff, _ = device_efficiency(cluster.device)
+    rate = cluster.device.peak_flops(DType.FP8) * eff.matmul_fp8 * eff.sustained_clock
+    bw = cluster.device.memory_bandwidth_bytes_per_s * eff.memory
+    ctx = model.attended_context(prompt + output / 2)
+    active = model.num_layers * model.dense_layer_params + model.vocab_size * model.hidden_size
+    math_s = batch * (2 * active + model.attention_score_flops_per_token(1) * ctx) / rate
+    mem_s = (est.decode_weight_bytes + est.decode_kv_bytes) / bw
+    bd = est.tpot_breakdown
+    step = bd["weights_read"] + bd["kv_read"] + bd["compute"]
+    assert max(mem_s, math_s) * (1 - 1e-9) <= step <= (mem_s + math_s) * (1 + 1e-9)
+
+
 # (2) KV cache bytes -------------------------------------------------------------------------
 @pytest.mark.parametrize("name, kind, tp_split", [
     ("llama3-70b", "GQA", 8), ("gpt3-175b", "MHA", 8), ("deepseek-v3", "MLA", 1)])
