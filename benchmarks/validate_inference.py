@@ -13,7 +13,8 @@ the job's total output tokens per second). Each is mapped from what it states, n
 - Model: the built-in preset the record names (Llama 3.3 70B has the Llama 3.1 70B
   architecture); device and links: the record's DGX cluster preset.
 - Plan: the record's tp, pp = 1, one replica (dp = 1) on tp devices.
-- Precision: dtype fp8 for weights, activations and the KV cache (ModelOpt FP8 checkpoints);
+- Precision (validate_published.dtype_for, as the training records): dtype fp8 for weights,
+  activations and the KV cache (ModelOpt FP8 checkpoints);
   NVFP4 records (benchmarks/data/trtllm_inference_fp4_runs.json) as dtype fp4: NVFP4 block
   weights, an FP8 KV cache. Either way the LM head and embedding stay 16-bit (ModelOpt's
   exclude_modules; cost_models.inference.vocab_weight_bytes).
@@ -55,11 +56,14 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from cost_models.inference import estimate_inference, max_batch_size  # noqa: E402
-from planner import DType, load_cluster, load_model  # noqa: E402
+from planner import load_cluster, load_model  # noqa: E402
 from planner.errors import PlannerError  # noqa: E402
 from planner.model import kv_cache_dtype  # noqa: E402
+from records import UnmappedRecord  # noqa: E402
+from validate_published import dtype_for  # noqa: E402
 from planner.plan import Plan  # noqa: E402
 from planner.workload import InferenceWorkload  # noqa: E402
 
@@ -110,9 +114,7 @@ LONG_PROMPT = 2048
 def predict(record: dict[str, Any]) -> dict[str, Any]:
     """The record's plan at the largest batch that fits: batch, TTFT, TPOT, output tokens/s."""
     model, cluster = load_model(record["model"]), load_cluster(record["cluster"])
-    precision = record["precision"].lower()
-    dtype = (DType.FP4 if "fp4" in precision else DType.FP8 if "fp8" in precision
-             else DType.BF16)
+    dtype = dtype_for(record)
     plan = Plan(tp=record["tp"], pp=record.get("pp", 1), dp=1)
     cap, tokens = trtllm_bench_settings(
         model, plan.tp, plan.pp, record["prompt_len"], record["output_len"], dtype.bytes,
@@ -147,7 +149,7 @@ def run(data: Path, only: str | None) -> tuple[list[dict[str, Any]], list[tuple[
             continue
         try:
             p = predict(r)
-        except PlannerError as e:
+        except (PlannerError, UnmappedRecord) as e:
             skipped.append((r["id"], str(e)))
             continue
         pub = r["published_output_tokens_per_s"]

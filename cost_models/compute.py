@@ -27,7 +27,7 @@ from collections.abc import Iterator
 
 from dataclasses import dataclass
 
-from cost_models.efficiency import DeviceEfficiency, gemm_efficiency, matmul_rate, shape_efficiency
+from cost_models.efficiency import DeviceEfficiency, matmul_rate, shape_efficiency
 from planner.hardware import DeviceSpec
 from planner.model import NVFP4_BYTES, DType, ModelSpec
 from planner.plan import Attention, LossKernel
@@ -153,6 +153,12 @@ class Roofline:
         self.dtype = dtype
         self.elem_bytes = 2 if dtype in (DType.FP8, DType.FP4, DType.BF16, DType.FP16) else 4
 
+    def efficiency(self, m: float, n: float, k: float) -> float:
+        """Fraction of this roofline's peak an m x n x k GEMM reaches: its large-GEMM
+        fraction at the sustained clock, shaped by efficiency.shape_efficiency."""
+        return shape_efficiency(self.eff, self.matmul_fraction * self.eff.sustained_clock,
+                                m, n, k)
+
     def high_precision(self) -> Roofline:
         """The roofline of the operators FP8 and NVFP4 training leave in bf16: Transformer
         Engine's autocast quantises only its Linear/LayerNormLinear/GroupedLinear GEMMs; the
@@ -172,9 +178,7 @@ class Roofline:
         if m <= 0 or n <= 0 or k <= 0:
             return 0.0, 0.0
         flops = 2.0 * m * n * k * batch
-        e = shape_efficiency(self.eff, self.matmul_fraction * self.eff.sustained_clock,
-                             m * batch, n, k)
-        t_math = flops / (self.peak * e)
+        t_math = flops / (self.peak * self.efficiency(m * batch, n, k))
         ob = self.elem_bytes if out_bytes is None else out_bytes
         t_mem = ((m * k + k * n) * self.elem_bytes + m * n * ob) * batch / self.bw
         return max(t_math, t_mem, self.eff.kernel_floor_s), flops

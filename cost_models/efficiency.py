@@ -271,19 +271,13 @@ about as much as 128 elements of K (3-4 stages of 32-deep slices in CUTLASS's Am
 mainloops, plus the epilogue): a GEMM of depth K runs at K / (K + 128) of its asymptote."""
 
 
-def gemm_efficiency(eff: DeviceEfficiency, m: float, n: float, k: float, dtype: DType) -> float:
-    """Fraction of peak for an m x n x k GEMM: the large-GEMM fraction, at the sustained
-    clock, times the wave quantisation of ceil(m/tile)*ceil(n/tile) output tiles over the
-    compute units (a partly filled last wave runs as long as a full one), times the depth
-    factor relative to the MAMF shape (never above 1: MAMF is the ceiling). Dimensions may be
-    fractional (an expert's expected tokens); any positive dimension occupies whole tiles."""
-    base = eff.matmul_fp8 if dtype in (DType.FP8, DType.FP4) else eff.matmul
-    return shape_efficiency(eff, base * eff.sustained_clock, m, n, k)
-
-
 def shape_efficiency(eff: DeviceEfficiency, base: float, m: float, n: float, k: float) -> float:
-    """`base` (a large GEMM's fraction) times the wave quantisation and depth factors of an
-    m x n x k GEMM (gemm_efficiency)."""
+    """Fraction of peak for an m x n x k GEMM whose large-GEMM fraction at the sustained clock
+    is `base` (compute.Roofline.efficiency): `base` times the wave quantisation of
+    ceil(m/tile)*ceil(n/tile) output tiles over the compute units (a partly filled last wave
+    runs as long as a full one), times the depth factor relative to the MAMF shape (never above
+    1: MAMF is the ceiling). Dimensions may be fractional (an expert's expected tokens); any
+    positive dimension occupies whole tiles."""
     tiles = math.ceil(m / eff.tile) * math.ceil(n / eff.tile)
     waves = math.ceil(tiles / eff.compute_units)
     depth = min(1.0, (k / (k + TILE_OVERHEAD_DEPTH))
@@ -299,8 +293,9 @@ def matmul_rate(device: DeviceSpec, eff: DeviceEfficiency, dtype: DType) -> tupl
     dtype it falls back to (DeviceSpec.fallback_dtype), with that dtype's fraction."""
     peak = device.peak_flops(dtype)
     if dtype == DType.FP4:
-        if device.fallback_dtype(dtype) is None and eff.fp4_over_fp8 > 0:
+        has_fp4 = device.fallback_dtype(dtype) is None
+        if has_fp4 and eff.fp4_over_fp8 > 0:
             fp8_rate = device.peak_flops(DType.FP8) * eff.matmul_fp8
             return peak, fp8_rate * eff.fp4_over_fp8 / peak
-        return peak, eff.matmul if device.fallback_dtype(dtype) else eff.matmul_fp8
+        return peak, eff.matmul_fp8 if has_fp4 else eff.matmul
     return peak, eff.matmul_fp8 if dtype == DType.FP8 else eff.matmul

@@ -512,7 +512,8 @@ def _decode_stage(model: ModelSpec, plan: Plan, workload: InferenceWorkload, roo
     # one after the other. At large batch the GEMMs turn compute-bound while attention stays
     # bound by its KV reads, so their times add; one roofline over the step's total bytes and
     # FLOPs would let one hide under the other.
-    t_gemm, t_attn = gemm_flops / _math_rate(roof), attn_flops / _math_rate(roof)
+    rate = _math_rate(roof)
+    t_gemm, t_attn = gemm_flops / rate, attn_flops / rate
     act = batch * h * roof_bytes(dt)
     kernels = (n_layers * KERNELS_PER_BLOCK + (HEAD_KERNELS if head else 0)
                + (EMBEDDING_KERNELS if embed else 0))
@@ -522,7 +523,7 @@ def _decode_stage(model: ModelSpec, plan: Plan, workload: InferenceWorkload, roo
         "tp_comm": _tp_comm(model, plan, tp_links, act, n_layers, n_moe),
         "launch": kernels * eff.kernel_floor_s,
         "ep_comm": n_moe * _ep_decode_s(model, plan, dt, ep_links, cluster, batch),
-        "_weight_bytes": weight_bytes, "_kv_bytes": kv_bytes, "_math_s": t_gemm + t_attn,
+        "_weight_bytes": weight_bytes, "_kv_bytes": kv_bytes,
         "_gemm_math_s": t_gemm, "_attn_math_s": t_attn,
         "_compute_bound_s": (t_gemm if t_gemm > t_weights else 0.0)
         + (t_attn if t_attn > t_kv else 0.0),

@@ -100,7 +100,7 @@ def test_weight_gradient_reads_and_writes_an_fp32_accumulator() -> None:
     roof = _roof(DType.BF16)
     m, n, k = 256.0, 2048.0, 7168.0
     flops = 2 * m * n * k
-    math_s = flops / (roof.peak * cc.gemm_efficiency(roof.eff, k, n, m, DType.BF16))
+    math_s = flops / (roof.peak * roof.efficiency(k, n, m))
     # operands in bf16 (m x k activations, m x n gradients), the k x n accumulator in fp32
     mem_s = ((m * k + m * n) * 2 + k * n * (4 + 4)) / roof.bw
     assert mem_s > math_s                      # bound by the accumulator, not the FLOPs

@@ -68,7 +68,7 @@ def random_problem(rng: random.Random) -> tuple[ModelSpec, ClusterSpec, Training
     ffn = rng.choice([2 * hidden, 4 * hidden, 3 * hidden, hidden + 8 * rng.randint(1, 20),
                       rng.randint(hidden, 4 * hidden)])
     # vocab >= 8: a vocabulary smaller than tp gives a sub-unit GEMM width, on which the cost
-    # model divides by zero (reported, cost_models/efficiency.gemm_efficiency).
+    # model divides by zero (reported, cost_models/efficiency.shape_efficiency).
     vocab = rng.choice([0, rng.randint(8, 1000), 1000])
     model = ModelSpec(
         name="rand", num_layers=rng.randint(2, 6), hidden_size=hidden,
