@@ -6,8 +6,9 @@ speed, source). Sources the harness knows (Megatron-LM 2020-2021, MosaicML MPT) 
 architecture facts of their code base; every other record is mapped from what it states, with
 the same rules for all records:
 
-- Device: the GPU/TPU named in `hardware.gpu` (A100 40/80 GB, V100, H100, H200, B200, GB200,
-  B300, GB300, AMD MI300X/MI325X/MI355X, TPU v3/v4/v5e/v5p/v6e). A device meshplan has no
+- Device: the GPU/TPU named in `hardware.gpu` (A100 40/80 GB, A800, V100, H100, H800, H200,
+  B200, GB200, B300, GB300, AMD MI300X/MI325X/MI355X, TPU v3/v4/v5e/v5p/v6e; the export parts
+  H800 and A800 on their own nodes, whose NVLink is cut to 400 GB/s). A device meshplan has no
   preset for is reported, not guessed.
 - Node size: `hardware.gpus_per_node` when stated, else the preset's. Network: the inter-node
   bandwidth stated in `hardware.inter_node_link` ("8x 200 Gb/s ... per node", "1600 Gbps
@@ -61,9 +62,9 @@ _DEVICE_CLUSTERS = (
     ("b200", "dgx-b200"),
     ("h200", "dgx-h200"),
     ("h100", "dgx-h100"),
-    ("h800", "dgx-h100"),          # H100 silicon, export NVLink (bandwidth from the record)
+    ("h800", "hgx-h800"),          # H100 silicon, NVLink cut to 400 GB/s
     ("a100", None),                # 40 or 80 GB: cluster_name() decides
-    ("a800", None),
+    ("a800", "hgx-a800"),          # A100 80GB silicon, NVLink cut to 400 GB/s
     ("v100", None),
     ("mi355x", "mi355x-platform"),
     ("mi325x", "mi325x-platform"),
@@ -89,7 +90,7 @@ def cluster_name(record: dict[str, Any]) -> str:
             return preset
         if key == "v100":
             return "dgx2-v100" if hw.get("gpus_per_node") == 16 else "v100x4"
-        # A100/A800: the 2020 Megatron README ran on the DGX A100 of 2020 (A100-SXM4-40GB).
+        # A100: the 2020 Megatron README ran on the DGX A100 of 2020 (A100-SXM4-40GB).
         if "40gb" in gpu or "40 gb" in gpu or record["id"].startswith("megatron_readme2020"):
             return "dgx-a100-40gb"
         return "dgx-a100"

@@ -151,6 +151,10 @@ AMD_FP8_TO_BF16 = (1159.2 / 2614.9) / (668.4 / 1307.4)
 """MI300X's measured fp8 fraction over its measured bf16 fraction (0.87; source note above),
 carried to the AMD devices with no fp8 measurement."""
 
+# - Export parts (H800, A800): the same GH100 / GA100 dies at the same clocks and power as the
+#   H100 SXM5 and A100 SXM4 80GB, with NVLink cut to 400 GB/s (their datasheets list the same
+#   tensor, memory and TDP figures); no MAMF measurement of them was found, so they take the
+#   H100 / A100 fractions. The link cut is in their cluster files (hgx-h800, hgx-a800).
 # - Blackwell at training shapes. MAMF is the best of a sweep over shapes; on Blackwell the GEMMs
 #   a training step runs, through Transformer Engine, reach well below it. TE's GEMM profiling
 #   tutorial (NVIDIA/TransformerEngine docs/examples/gemm_profiling/gemm_profiling.rst at
@@ -203,6 +207,9 @@ _BY_NAME: dict[str, DeviceEfficiency] = {
     "a100": DeviceEfficiency(0.859, 0.859, 108, 128, 0.85, 0.55, 0.30, 4e-6, 1305 / 1410),
     "h100": DeviceEfficiency(0.801, 0.709, 132, 128, 0.85, 0.55, HOPPER_FLASH1_ATTENTION, 4e-6),
     "h200": DeviceEfficiency(0.803, 0.734, 132, 128, 0.85, 0.55, HOPPER_FLASH1_ATTENTION, 4e-6),
+    # the export parts: H100 / A100 silicon and clocks with less NVLink (source note above)
+    "h800": DeviceEfficiency(0.801, 0.709, 132, 128, 0.85, 0.55, HOPPER_FLASH1_ATTENTION, 4e-6),
+    "a800": DeviceEfficiency(0.859, 0.859, 108, 128, 0.85, 0.55, 0.30, 4e-6, 1305 / 1410),
     "b200": _blackwell(1745 / 2250, 3432.5 / 4500, 148),
     "gb200": _blackwell(1822.0 / 2500, 3615.6 / 5000, 148),
     "b300": _blackwell(1769.0 / 2250, 3353.3 / 4500, 160),

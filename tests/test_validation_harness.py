@@ -62,6 +62,8 @@ def record(**over: Any) -> dict[str, Any]:
     ("NVIDIA H100 80GB HBM3", 8, "dgx-h100"),
     ("NVIDIA A100-SXM4-40GB", 8, "dgx-a100-40gb"),
     ("NVIDIA A100 80GB", 8, "dgx-a100"),
+    ("NVIDIA H800 80GB", 8, "hgx-h800"),
+    ("NVIDIA A800-SXM4-80GB", 8, "hgx-a800"),
     ("NVIDIA V100 32GB (DGX-1)", 8, "v100x4"),
     ("NVIDIA V100 (DGX-2)", 16, "dgx2-v100"),
     ("Google TPU v4", 4, "tpu-v4-pod"),

@@ -19,14 +19,14 @@ GiB = 2**30
 REQUIRED_DEVICES = {
     "v100-sxm2-32gb", "a100-sxm4-40gb", "a100-sxm4-80gb", "h100-sxm5-80gb", "h200", "b200",
     "gb200", "b300", "gb300", "mi300x", "mi325x", "mi355x", "tpu-v3", "tpu-v4", "tpu-v5p",
-    "tpu-v5e", "tpu-v6e",
+    "tpu-v5e", "tpu-v6e", "h800-sxm5-80gb", "a800-sxm4-80gb",
 }
 REQUIRED_CLUSTERS = {
     "dgx-a100", "dgx-h100", "dgx-h200", "dgx-b200", "gb200-nvl72", "dgx-b300", "gb300-nvl72",
     "dgx2-v100", "v100x4", "mi300x-platform", "mi325x-platform", "mi355x-platform",
-    "tpu-v3-pod", "tpu-v4-pod", "tpu-v5p-pod", "tpu-v5e-pod", "tpu-v6e-pod",
+    "tpu-v3-pod", "tpu-v4-pod", "tpu-v5p-pod", "tpu-v5e-pod", "tpu-v6e-pod", "hgx-h800", "hgx-a800",
 }
-FP8_DEVICES = {"h100-sxm5-80gb", "h200", "b200", "gb200", "b300", "gb300", "mi300x", "mi325x",
+FP8_DEVICES = {"h100-sxm5-80gb", "h800-sxm5-80gb", "h200", "b200", "gb200", "b300", "gb300", "mi300x", "mi325x",
                "mi355x", "tpu-v5p"}
 
 UNPUBLISHED_POWER = {"tpu-v5p", "tpu-v5e", "tpu-v6e"}
@@ -106,6 +106,29 @@ def test_known_datasheet_values() -> None:
     assert load_device("mi300x").peak_flops(DType.BF16) == pytest.approx(2100e6 * 304 * 2048, rel=1e-4)
     assert load_device("mi355x").peak_flops(DType.BF16) == pytest.approx(2400e6 * 256 * 4096, rel=1e-4)
     assert load_device("mi355x").peak_flops(DType.TF32) == load_device("mi355x").peak_flops(DType.FP32)
+
+
+@pytest.mark.parametrize(("export", "full", "export_node", "full_node"), [
+    ("h800-sxm5-80gb", "h100-sxm5-80gb", "hgx-h800", "dgx-h100"),
+    ("a800-sxm4-80gb", "a100-sxm4-80gb", "hgx-a800", "dgx-a100"),
+])
+def test_export_parts_differ_from_their_silicon_only_in_nvlink(export: str, full: str,
+                                                               export_node: str,
+                                                               full_node: str) -> None:
+    """H800 and A800 are the H100 SXM5 and A100 80GB dies with NVLink cut to 400 GB/s
+    (bidirectional): same math, memory, cache and power; 200 GB/s per direction in the node."""
+    a, b = load_device(export), load_device(full)
+    assert a.peak_flops_per_s == b.peak_flops_per_s
+    for field in ("memory_bytes", "memory_bandwidth_bytes_per_s", "onchip_cache_bytes",
+                  "onchip_cache_bandwidth_bytes_per_s", "power_w"):
+        assert getattr(a, field) == getattr(b, field), field
+    from cost_models.efficiency import device_efficiency
+    assert device_efficiency(a) == device_efficiency(b)    # same silicon, same fractions
+    node, full_cluster = load_cluster(export_node), load_cluster(full_node)
+    assert node.intra_node.bandwidth_bytes_per_s == 200e9
+    assert node.intra_node.bandwidth_bytes_per_s < full_cluster.intra_node.bandwidth_bytes_per_s
+    assert node.inter_node.bandwidth_bytes_per_s == full_cluster.inter_node.bandwidth_bytes_per_s
+    assert node.devices_per_node == full_cluster.devices_per_node == 8
 
 
 @pytest.mark.parametrize("name", CLUSTERS)
@@ -286,3 +309,19 @@ def test_newer_instinct_is_never_slower(old: str, new: str) -> None:
         b = evaluate("llama3-70b", new, wl, plan, devices=16)
         assert b.step_time_s <= a.step_time_s * (1 + 1e-9)
         assert not any("generic" in w or "default" in w for w in b.warnings)
+
+
+def test_h800_node_pays_for_its_nvlink_cut_only_in_communication() -> None:
+    """The same tp=8 plan on HGX H800 and DGX H100: the same compute, slower TP collectives
+    (they run over NVLink, cut from 450 to 200 GB/s per direction)."""
+    from planner import TrainingWorkload, load_model
+    from planner.api import evaluate
+    from planner.plan import Plan
+    model = load_model("llama3-70b")
+    work = TrainingWorkload(global_batch_size=16, seq_len=4096)
+    plan = Plan.model_validate({"tp": 8, "pp": 2, "dp": 1, "sp": True})
+    h100 = evaluate(model, load_cluster("dgx-h100").job_view(16), work, plan)
+    h800 = evaluate(model, load_cluster("hgx-h800").job_view(16), work, plan)
+    assert h800.breakdown["compute"] == pytest.approx(h100.breakdown["compute"])
+    assert h800.breakdown["tp_comm"] > 2 * h100.breakdown["tp_comm"]
+    assert h800.step_time_s > h100.step_time_s
