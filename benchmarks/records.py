@@ -7,7 +7,7 @@ architecture facts of their code base; every other record is mapped from what it
 the same rules for all records:
 
 - Device: the GPU/TPU named in `hardware.gpu` (A100 40/80 GB, A800, V100, H100, H800, H200,
-  B200, GB200, B300, GB300, AMD MI300X/MI325X/MI355X, TPU v3/v4/v5e/v5p/v6e; the export parts
+  B200, GB200, B300, GB300, AMD MI300X/MI325X/MI355X, TPU v3/v4/v5e/v5p/v6e/7x; the export parts
   H800 and A800 on their own nodes, whose NVLink is cut to 400 GB/s). A device meshplan has no
   preset for is reported, not guessed.
 - Node size: `hardware.gpus_per_node` when stated, else the preset's. Network: the inter-node
@@ -74,9 +74,21 @@ _DEVICE_CLUSTERS = (
     ("v5 lite", "tpu-v5e-pod"), ("v5litepod", "tpu-v5e-pod"),
     ("tpu v6e", "tpu-v6e-pod"), ("tpu-v6e", "tpu-v6e-pod"), ("v6e", "tpu-v6e-pod"),
     ("trillium", "tpu-v6e-pod"),
+    ("tpu7x", "tpu7x-pod"), ("tpu v7", "tpu7x-pod"), ("tpu-v7", "tpu7x-pod"), ("v7x", "tpu7x-pod"),
+    ("ironwood", "tpu7x-pod"),
     ("tpu v4", "tpu-v4-pod"), ("tpu-v4", "tpu-v4-pod"), ("tpuv4", "tpu-v4-pod"),
     ("tpu v3", "tpu-v3-pod"), ("tpu-v3", "tpu-v3-pod"), ("tpuv3", "tpu-v3-pod"),
 )
+
+
+def require_mapped(record: dict[str, Any]) -> None:
+    """Raise UnmappedRecord when the record itself says why meshplan cannot evaluate it as
+    stated (its `unmapped` field: a model shape meshplan has no term for, a parallel layout the
+    source leaves ambiguous). Such a record stays in the data, with its published figures, and
+    is listed under the table with that reason."""
+    why = record.get("unmapped")
+    if why:
+        raise UnmappedRecord(str(why))
 
 
 def cluster_name(record: dict[str, Any]) -> str:

@@ -71,6 +71,7 @@ from records import (  # noqa: E402
     even_chunks,
     generic_moe_model,
     grad_dtype_for,
+    require_mapped,
 )
 from validate_published import (  # noqa: E402
     config_key,
@@ -84,7 +85,10 @@ from validate_published import (  # noqa: E402
 
 PRESETS = (("DeepSeekV3", "deepseek-v3"), ("Qwen3_235B", "qwen3-235b-a22b"),
            ("Qwen3_30B", "qwen3-30b-a3b"), ("GPTOSS120B", "gpt-oss-120b"),
-           ("Mixtral-8x7B", "mixtral-8x7b"))
+           ("Mixtral-8x7B", "mixtral-8x7b"),
+           # MaxText's model names (tpu-recipes record ids)
+           ("deepseek3-671b", "deepseek-v3"), ("qwen3-235b-a22b", "qwen3-235b-a22b"),
+           ("gpt-oss-120b", "gpt-oss-120b"))
 """Record-id fragment -> model preset."""
 
 
@@ -189,7 +193,11 @@ def preset_for(record: dict[str, Any]) -> tuple[bool, tuple[str, ...] | None]:
 
 def mtp_layers_for(record: dict[str, Any], model: ModelSpec) -> int:
     """DeepSeek-V3 trains its MTP module in Megatron-Bridge's recipe (`mtp_num_layers = 1`,
-    same file); a row the source labels 'w/o MTP' ran without it."""
+    same file); a row the source labels 'w/o MTP' ran without it, and a record that states
+    `model.mtp_layers` (MaxText's configs set none) is taken at its word."""
+    stated = record["model"].get("mtp_layers")
+    if stated is not None:
+        return int(stated)
     if "w/o MTP" in record.get("notes", ""):
         return 0
     return model.mtp_layers
@@ -230,6 +238,7 @@ def plan_for(record: dict[str, Any], model: ModelSpec) -> Plan:
 
 
 def mapped_model(record: dict[str, Any]) -> ModelSpec:
+    require_mapped(record)
     model = model_for(record)
     return model.model_copy(update={"mtp_layers": mtp_layers_for(record, model)})
 

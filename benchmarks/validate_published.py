@@ -67,6 +67,7 @@ from records import (  # noqa: E402
     generic_model,
     grad_dtype_for,
     interleaved_layout,
+    require_mapped,
     zero_stage,
 )
 
@@ -126,6 +127,10 @@ def plan_fields(record: dict[str, Any]) -> dict[str, Any]:
     rec = str(p.get("recompute") or "none").lower()
     recompute = (Recompute.FULL if rec.startswith("full") else
                  Recompute.SELECTIVE if rec.startswith("selective") else Recompute.NONE)
+    # a record that names the modules it recomputes (MaxText's custom remat policy: the
+    # tensors it names are saved, the norms and the MLP recomputed) is taken at its word
+    modules = tuple(p["recompute_modules"]) if recompute == Recompute.SELECTIVE and \
+        p.get("recompute_modules") else None
     stage = zero_stage(p.get("zero") if p.get("zero") is not None else p.get("fsdp"))
     if rid.startswith(("narayanan2021", "megatron_readme2020")):
         recompute, attn = Recompute.FULL, Attention.UNFUSED
@@ -139,7 +144,7 @@ def plan_fields(record: dict[str, Any]) -> dict[str, Any]:
     pp, vpp = p.get("pp") or 1, p.get("vpp") or 1
     fields = dict(loss=loss, tp=p.get("tp") or 1, pp=pp, dp=p.get("dp") or 1,
                   cp=p.get("cp") or 1, vpp=vpp, sp=bool(p.get("sp")),
-                  recompute=recompute, zero=stage, attn=attn,
+                  recompute=recompute, recompute_modules=modules, zero=stage, attn=attn,
                   offload=int(p.get("cpu_offload_layers") or 0))
     layout = interleaved_layout(record["model"]["layers"], pp, vpp)
     if layout is not None:
@@ -159,6 +164,7 @@ def published_step_s(record: dict[str, Any]) -> float:
 
 def predict(record: dict[str, Any]) -> tuple[Estimate, int]:
     """Evaluate the record's configuration; choose mbs only when the record lacks it."""
+    require_mapped(record)
     model, cluster = model_for(record), cluster_spec(record)
     gb = record["batch"]["global"]
     wl = TrainingWorkload(global_batch_size=gb, seq_len=record["model"]["seq_len"],

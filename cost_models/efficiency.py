@@ -74,6 +74,10 @@ class DeviceEfficiency:
 #   chapter: "TPU v6e (Trillium) has a 256x256 MXU, while all previous generations use
 #   128x128"). The TPU v5p/v5e/v6e fractions take v3/v4's engineering estimates (no public
 #   matmul measurement; MaxText reports 55-71% MFU for whole training steps on v5e/v5p).
+#   TPU7x (Ironwood): 2 TensorCores per chip (Google Cloud TPU7x docs); Google publishes no MXU
+#   count or size for it, so each TensorCore is taken as v6e's, two 256x256 MXUs: 4 units of
+#   256 per chip (an extrapolation: it only sets the wave quantisation of small GEMMs). Its
+#   fractions are the other TPUs' engineering estimates, the fp8 one too (no measurement).
 # - Memory: STREAM-like copies reach ~90% of HBM peak (ml-engineering "memory copy 90.6% of
 #   peak" measurement on a Hopper card); elementwise framework kernels do a little worse: 0.85.
 # - Flash attention: Dao 2023 (FlashAttention-2, Sec. 4.1, Fig. 4-6, A100, causal, fwd+bwd)
@@ -225,6 +229,7 @@ _BY_NAME: dict[str, DeviceEfficiency] = {
     "tpu-v5p": DeviceEfficiency(0.85, 0.85, 8, 128, 0.85, 0.5, 0.5, 4e-6, collective_sms=0),
     "tpu-v5e": DeviceEfficiency(0.85, 0.85, 4, 128, 0.85, 0.5, 0.5, 4e-6, collective_sms=0),
     "tpu-v6e": DeviceEfficiency(0.85, 0.85, 2, 256, 0.85, 0.5, 0.5, 4e-6, collective_sms=0),
+    "tpu7x": DeviceEfficiency(0.85, 0.85, 4, 256, 0.85, 0.5, 0.5, 4e-6, collective_sms=0),
 }
 _DEFAULT = DeviceEfficiency(0.75, 0.70, 100, 128, 0.8, 0.45, 0.30, 5e-6)
 """Used for a user device whose name matches none above (stated in the estimate's warnings)."""

@@ -71,6 +71,8 @@ def record(**over: Any) -> dict[str, Any]:
     ("Google Cloud TPU v5p", 4, "tpu-v5p-pod"),
     ("TPU v5e (v5litepod-256)", 8, "tpu-v5e-pod"),
     ("Google TPU v6e (Trillium)", 4, "tpu-v6e-pod"),
+    ("Google TPU7x (Ironwood)", 128, "tpu7x-pod"),
+    ("TPU v7x", 4, "tpu7x-pod"),
     ("AMD Instinct MI300X", 8, "mi300x-platform"),
     ("AMD Instinct MI355X OAM", 8, "mi355x-platform"),
     ("NVIDIA GB200 (NVL72 rack)", 4, "gb200-nvl72"),
@@ -394,6 +396,77 @@ def test_tpu_v6e_runs_map_to_their_preset_and_evaluate() -> None:
     skipped = [r for r in rows if "skipped" in r]
     assert [r["id"] for r in skipped] == [r["id"] for r in recs if r["precision"] == "INT8"]
     assert len(rows) - len(skipped) == len(recs) - 1
+
+
+def test_tpu7x_runs_map_to_their_preset_and_evaluate() -> None:
+    """benchmarks/data/maxtext_tpu7x_runs.json: the Ironwood summary table of tpu-recipes,
+    scored per chip on tpu7x-pod with FSDP; each chip is two JAX devices, so MaxText's
+    per_device_batch_size x 2 x chips is the global batch. Rows the project cannot state at
+    chip level (context parallelism over devices) or whose model has no single layer shape
+    (Gemma 4) are listed with their reason, never scored."""
+    data = ROOT / "benchmarks" / "data" / "maxtext_tpu7x_runs.json"
+    recs = json.loads(data.read_text())
+    _assert_table_invariants([r for r in recs if r["parallel"]["dp"] is not None])
+    assert {records.cluster_name(r) for r in recs} == {"tpu7x-pod"}
+    for r in recs:
+        m = r["measured"]
+        tokens = m["tokens_per_s_per_device"] * r["hardware"]["gpus"] * m["step_time_s"]
+        assert tokens == pytest.approx(r["batch"]["global"] * r["model"]["seq_len"], rel=7e-3)
+        pdbs = float(r["id"].rsplit("_pdbs", 1)[1])
+        assert pdbs * 2 * r["hardware"]["gpus"] == r["batch"]["global"]
+    rows = vp.run(data, None)
+    skipped = {r["id"]: r["skipped"] for r in rows if "skipped" in r}
+    assert set(skipped) == {r["id"] for r in recs if r.get("unmapped")}
+    assert all(why.startswith("UnmappedRecord") for why in skipped.values())
+    scored = [r for r in rows if "skipped" not in r]
+    assert len(scored) == 6 and all(r["device"].startswith("tpu7x") for r in scored)
+
+
+def test_tpu7x_moe_runs_score_on_the_presets_without_expert_parallelism() -> None:
+    """benchmarks/data/maxtext_tpu7x_moe_runs.json: MaxText shards the experts over the FSDP
+    axis and sets no expert parallelism, so every row is ep=1 with zero=3 on the model preset;
+    MaxText's DeepSeek-V3 config trains no MTP module; Gemma 4 is listed, not scored."""
+    data = ROOT / "benchmarks" / "data" / "maxtext_tpu7x_moe_runs.json"
+    recs = json.loads(data.read_text())
+    _assert_table_invariants(recs)
+    assert {records.cluster_name(r) for r in recs} == {"tpu7x-pod"}
+    for r in recs:
+        assert r["parallel"]["ep"] == 1
+        pdbs = float(r["id"].rsplit("_pdbs", 1)[1])
+        assert pdbs * 2 * r["hardware"]["gpus"] == r["batch"]["global"]
+    scored = [r for r in recs if not r.get("unmapped")]
+    for r in scored:
+        model = vm.mapped_model(r)
+        assert model.name in {"deepseek-v3", "qwen3-235b-a22b", "gpt-oss-120b"}
+        plan = vm.plan_for(r, model)
+        assert plan.ep == 1 and plan.zero == 3 and plan.recompute.value == "full"
+        if model.name == "deepseek-v3":
+            assert model.mtp_layers == 0
+    rows = vm.run(data, None)
+    assert {r["id"] for r in rows if "skipped" in r} == {r["id"] for r in recs if r.get("unmapped")}
+    assert len([r for r in rows if "skipped" not in r]) == len(scored) == 8
+
+
+def test_a_record_stating_why_it_cannot_be_scored_is_listed_with_that_reason(
+        tmp_path: Path) -> None:
+    path = tmp_path / "runs.json"
+    path.write_text(json.dumps([record(unmapped="layers of two shapes"), record(id="ok")]))
+    rows = vp.run(path, None)
+    assert rows[0]["skipped"] == "UnmappedRecord: layers of two shapes"
+    assert "skipped" not in rows[1]
+    with pytest.raises(records.UnmappedRecord, match="two shapes"):
+        vm.mapped_model(record(unmapped="layers of two shapes"))
+
+
+def test_recompute_modules_a_record_names_are_scored_as_named() -> None:
+    """MaxText's custom remat (named tensors saved, the norms and MLP recomputed) reaches the
+    plan as selective recomputation of those modules; without a list, Megatron's default."""
+    named = record(parallel={"recompute": "selective", "recompute_modules": ["mlp", "layernorm"]})
+    assert vp.plan_fields(named)["recompute_modules"] == ("mlp", "layernorm")
+    assert vp.plan_fields(record())["recompute_modules"] is None
+    est_named, _ = vp.predict(named)
+    est_default, _ = vp.predict(record())
+    assert est_named.breakdown["recompute"] > est_default.breakdown["recompute"]
 
 
 # --- repeated configurations and scaling inversions (what a source says against itself) ----

@@ -19,18 +19,18 @@ GiB = 2**30
 REQUIRED_DEVICES = {
     "v100-sxm2-32gb", "a100-sxm4-40gb", "a100-sxm4-80gb", "h100-sxm5-80gb", "h200", "b200",
     "gb200", "b300", "gb300", "mi300x", "mi325x", "mi355x", "tpu-v3", "tpu-v4", "tpu-v5p",
-    "tpu-v5e", "tpu-v6e", "h800-sxm5-80gb", "a800-sxm4-80gb",
+    "tpu-v5e", "tpu-v6e", "tpu7x", "h800-sxm5-80gb", "a800-sxm4-80gb",
 }
 REQUIRED_CLUSTERS = {
     "dgx-a100", "dgx-h100", "dgx-h200", "dgx-b200", "gb200-nvl72", "dgx-b300", "gb300-nvl72",
     "dgx2-v100", "v100x4", "mi300x-platform", "mi325x-platform", "mi355x-platform",
-    "tpu-v3-pod", "tpu-v4-pod", "tpu-v5p-pod", "tpu-v5e-pod", "tpu-v6e-pod", "hgx-h800", "hgx-a800",
+    "tpu-v3-pod", "tpu-v4-pod", "tpu-v5p-pod", "tpu-v5e-pod", "tpu-v6e-pod", "tpu7x-pod", "hgx-h800", "hgx-a800",
 }
 FP8_DEVICES = {"h100-sxm5-80gb", "h800-sxm5-80gb", "h200", "b200", "gb200", "b300", "gb300", "mi300x", "mi325x",
-               "mi355x", "tpu-v5p"}
+               "mi355x", "tpu-v5p", "tpu7x"}
 
-UNPUBLISHED_POWER = {"tpu-v5p", "tpu-v5e", "tpu-v6e"}
-UNPUBLISHED_CACHE = {"tpu-v5p", "tpu-v6e"}
+UNPUBLISHED_POWER = {"tpu-v5p", "tpu-v5e", "tpu-v6e", "tpu7x"}
+UNPUBLISHED_CACHE = {"tpu-v5p", "tpu-v6e", "tpu7x"}
 
 DEVICES = list_presets("device")
 CLUSTERS = list_presets("cluster")
@@ -101,6 +101,9 @@ def test_known_datasheet_values() -> None:
     assert h200.peak_flops_per_s == h100.peak_flops_per_s
     assert h200.memory_bandwidth_bytes_per_s > h100.memory_bandwidth_bytes_per_s
     assert load_device("tpu-v4").peak_flops(DType.BF16) == 275e12
+    tpu7x = load_device("tpu7x")    # Ironwood: fp8 at twice bf16, 192 GiB per chip
+    assert tpu7x.peak_flops(DType.FP8) == 2 * tpu7x.peak_flops(DType.BF16) == 4614e12
+    assert tpu7x.memory_bytes == 192 * GiB
     assert load_device("tpu-v3").peak_flops(DType.FP16) == 123e12  # fp16 falls back to bf16
     # AMD: 2100 MHz x 304 CUs x 2048 (CDNA 3), 2400 MHz x 256 CUs x 4096 (CDNA 4) per clock
     assert load_device("mi300x").peak_flops(DType.BF16) == pytest.approx(2100e6 * 304 * 2048, rel=1e-4)
