@@ -156,21 +156,55 @@ def all_to_all_s(links: GroupLinks, cluster: ClusterSpec, nbytes: float) -> floa
     return max(intra_part, inter_part) + (n - 1) * cluster.inter_node.latency_s
 
 
-def remote_nodes_per_token(experts: int, top_k: int, nodes: int) -> float:
+def _miss(pool: float, held: float, top_k: int) -> float:
+    """C(pool - held, k) / C(pool, k): the chance that k distinct draws from `pool` experts
+    miss the `held` of them, as a product."""
+    miss = 1.0
+    for i in range(top_k):
+        miss *= max(0.0, (pool - held - i) / (pool - i))
+    return miss
+
+
+def remote_nodes_per_token(experts: int, top_k: int, nodes: int, *,
+                           groups: int | None = None, group_topk: int | None = None) -> float:
     """Expected number of other nodes a token's top_k distinct experts fall on, with the
-    experts spread evenly over `nodes` nodes and routing uniform at random (what forced load
-    balancing does): (nodes - 1) * (1 - C(E - E/nodes, k) / C(E, k))."""
+    experts spread evenly over `nodes` nodes (consecutive experts per node, Megatron-Core's
+    layout) and routing uniform at random (what forced load balancing does):
+    (nodes - 1) * (1 - C(E - E/nodes, k) / C(E, k)).
+
+    Group-limited routing (`groups`, `group_topk`: DeepSeek-V3's n_group 8 and topk_group 4,
+    arXiv:2412.19437 Sec. 2.1.2, node-limited routing) first picks group_topk of the groups
+    (uniformly, under random routing) and then the top_k experts among theirs. By symmetry
+    every other node is touched with the same probability p, and the answer is (nodes - 1) p:
+    - a node holding r = groups/nodes whole groups: x of them are picked with the
+      hypergeometric chance C(r, x) C(groups - r, t - x) / C(groups, t), and the node is then
+      missed with chance C(pool - x E/groups, k) / C(pool, k), pool = t E/groups;
+    - a node holding part of one group (nodes a multiple of groups): its group is picked with
+      chance t/groups, and the node is then missed with chance C(pool - E/nodes, k) / C(pool, k).
+    Group boundaries that do not align with nodes fall back to the unrestricted formula (an
+    upper bound). With t = groups both cases are the unrestricted formula."""
     if nodes <= 1:
         return 0.0
     per_node = experts / nodes
-    miss = 1.0
-    for i in range(top_k):        # C(E - E/N, k) / C(E, k) as a product
-        miss *= max(0.0, (experts - per_node - i) / (experts - i))
-    return (nodes - 1) * (1.0 - miss)
+    if not groups or not group_topk or group_topk >= groups:
+        return (nodes - 1) * (1.0 - _miss(experts, per_node, top_k))
+    t, per_group = group_topk, experts / groups
+    pool = t * per_group
+    if groups % nodes == 0:
+        r = groups // nodes
+        touched = sum(math.comb(r, x) * math.comb(groups - r, t - x) / math.comb(groups, t)
+                      * (1.0 - _miss(pool, x * per_group, top_k))
+                      for x in range(max(0, t - (groups - r)), min(r, t) + 1))
+    elif nodes % groups == 0:
+        touched = t / groups * (1.0 - _miss(pool, per_node, top_k))
+    else:
+        return (nodes - 1) * (1.0 - _miss(experts, per_node, top_k))
+    return (nodes - 1) * touched
 
 
 def moe_dispatch_s(links: GroupLinks, cluster: ClusterSpec, *, tokens: float, top_k: int,
-                   experts: int, row_bytes: float, per_node: bool = True) -> float:
+                   experts: int, row_bytes: float, per_node: bool = True,
+                   groups: int | None = None, group_topk: int | None = None) -> float:
     """One MoE dispatch (or combine) over an expert-parallel group: each of the rank's
     `tokens` goes to its top_k experts as a `row_bytes` row.
 
@@ -184,7 +218,8 @@ def moe_dispatch_s(links: GroupLinks, cluster: ClusterSpec, *, tokens: float, to
     kernels and used by Megatron-Core's flex dispatcher (DeepEP / HybridEP backends) for
     cross-node expert parallelism. The network carries tokens x the expected number of other
     nodes a token's experts fall on (`remote_nodes_per_token`) through the rank's own NIC; in
-    parallel NVLink carries the copies that end on another GPU of a node.
+    parallel NVLink carries the copies that end on another GPU of a node. Group-limited
+    routing (`groups`, `group_topk`) lowers the nodes a token reaches (remote_nodes_per_token).
 
     per_node=False is Megatron-Core's `alltoall` dispatcher (plan key dispatcher=alltoall):
     one NCCL all-to-all of the tokens*top_k rows across nodes too, (n - local)/n of them
@@ -197,7 +232,8 @@ def moe_dispatch_s(links: GroupLinks, cluster: ClusterSpec, *, tokens: float, to
     local = links.members_per_node
     nodes = max(1, n // local)
     inter_bw = cluster.inter_node.bandwidth_bytes_per_s * INTER_NODE_LINK_EFFICIENCY
-    inter = tokens * remote_nodes_per_token(experts, top_k, nodes) * row_bytes / inter_bw
+    inter = tokens * remote_nodes_per_token(experts, top_k, nodes, groups=groups,
+                                            group_topk=group_topk) * row_bytes / inter_bw
     intra = tokens * top_k * (local - 1) / local * row_bytes / intra_bandwidth(cluster, local)
     return max(intra, inter) + (n - 1) * cluster.inter_node.latency_s
 

@@ -564,7 +564,8 @@ def _ep_prefill_s(model: ModelSpec, plan: Plan, dtype: DType, ep_links: comm.Gro
         return 0.0
     assert model.moe is not None
     m, (d_row, c_row) = model.moe, dispatch_row_bytes(model, dtype)
-    kw = {"tokens": tokens / plan.tp, "top_k": m.top_k, "experts": m.num_experts}
+    kw = {"tokens": tokens / plan.tp, "top_k": m.top_k, "experts": m.num_experts,
+          "groups": m.route_groups, "group_topk": m.route_group_topk}
     return (comm.moe_dispatch_s(ep_links, cluster, row_bytes=d_row, **kw)
             + comm.moe_dispatch_s(ep_links, cluster, row_bytes=c_row, **kw))
 

@@ -131,7 +131,9 @@ def block_comm(ctx: Context, moe: bool, bc: BlockCompute) -> tuple[float, ...]:
         ep = 2 * comm.moe_dispatch_s(ctx.ep_links, ctx.cluster, tokens=sh.moe_tokens,
                                      top_k=m.moe.top_k, experts=m.moe.num_experts,
                                      row_bytes=m.hidden_size * roof_bytes(sh.dtype),
-                                     per_node=ctx.plan.dispatcher == Dispatcher.FLEX)
+                                     per_node=ctx.plan.dispatcher == Dispatcher.FLEX,
+                                     groups=m.moe.route_groups,
+                                     group_topk=m.moe.route_group_topk)
     return tp, tp, cp_f, cp_b, ep, ep
 
 

@@ -695,6 +695,13 @@ def _deepseek_v3(cfg: _Config, build: _Build) -> None:
                        "moe.expert_ffn_hidden_size": "moe_intermediate_size",
                        "moe.num_shared_experts": "n_shared_experts",
                        "moe.first_k_dense": "first_k_dense_replace"})
+    groups, group_topk = cfg.opt_integer("n_group"), cfg.opt_integer("topk_group")
+    if (cfg.text("topk_method", "greedy") in ("group_limited_greedy", "noaux_tc")
+            and groups and group_topk and group_topk < groups):
+        # Group-limited routing: top_k experts inside the topk_group best of n_group groups
+        # (DeepSeek-V2 Sec. 2.2.2 device-limited routing; DeepSeek-V3 Sec. 2.1.2 node-limited).
+        build.fields["moe"] |= {"route_groups": groups, "route_group_topk": group_topk}
+        build.keys.update({"moe.route_groups": "n_group", "moe.route_group_topk": "topk_group"})
     if cfg.text("topk_method", "greedy") == "noaux_tc":
         # The router's e_score_correction_bias (one per routed expert and MoE layer).
         build.uncounted("router e_score_correction_bias", sum(is_moe) * experts)

@@ -135,6 +135,14 @@ class MoESpec(Spec):
     capacity_factor: float | None = Field(
         None, gt=0, description="expert capacity factor; None = dropless routing"
     )
+    route_groups: int | None = Field(
+        None, ge=1, description="group-limited routing: the routed experts form this many "
+        "equal groups of consecutive experts (DeepSeek-V2/V3 n_group, Megatron-Core "
+        "--moe-router-num-groups); None = every expert is open to every token")
+    route_group_topk: int | None = Field(
+        None, ge=1, description="with route_groups: a token picks its top_k experts inside "
+        "this many groups (DeepSeek-V3 topk_group 4: with one group per node, at most 4 nodes; "
+        "Megatron-Core --moe-router-group-topk)")
 
     @property
     def shared_ffn(self) -> int:
@@ -223,6 +231,17 @@ class ModelSpec(Spec):
                     f"model '{self.name}': first_k_dense {m.first_k_dense} exceeds the "
                     f"{self.num_layers} layers"
                 )
+            if (m.route_groups is None) != (m.route_group_topk is None):
+                raise SpecError(
+                    f"model '{self.name}': group-limited routing needs both moe.route_groups "
+                    "and moe.route_group_topk (or neither)")
+            if m.route_groups is not None and m.route_group_topk is not None:
+                g, t = m.route_groups, m.route_group_topk
+                if m.num_experts % g or t > g or m.top_k > t * (m.num_experts // g):
+                    raise SpecError(
+                        f"model '{self.name}': route_groups {g} must divide the "
+                        f"{m.num_experts} experts, route_group_topk {t} be at most {g}, and "
+                        f"top_k {m.top_k} fit in {t} groups of {m.num_experts // max(1, g)}")
         return self
 
     # ----- shape helpers ---------------------------------------------------------------

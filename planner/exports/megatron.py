@@ -252,6 +252,10 @@ def _moe_flags(m: ModelSpec) -> Flags:
         out.append(("--moe-layer-freq", moe_layer_pattern(m.moe_layer_mask)))
     if e.capacity_factor is not None:
         out.append(("--moe-expert-capacity-factor", repr(e.capacity_factor)))
+    if e.route_groups is not None and e.route_group_topk is not None:
+        # group-limited routing (DeepSeek-V3's node-limited routing), part of the model
+        out += [("--moe-router-num-groups", str(e.route_groups)),
+                ("--moe-router-group-topk", str(e.route_group_topk))]
     return out
 
 

@@ -94,3 +94,62 @@ def test_search_holds_a_fixed_dispatcher() -> None:
                devices=16, top_k=3, fixed={"dispatcher": Dispatcher.ALLTOALL})
     assert all("dispatcher=alltoall" in t.plan["plan"] for t in r.top)
     assert all(t.plan["dispatcher"] == "alltoall" for t in r.top)
+
+
+# --- group-limited routing (DeepSeek-V3's node-limited routing) -----------------------------
+
+import itertools  # noqa: E402
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+def _enumerated_remote_nodes(experts: int, top_k: int, nodes: int, groups: int,
+                             group_topk: int) -> float:
+    """By enumeration: every choice of group_topk groups (equally likely), then every choice
+    of top_k experts among theirs (equally likely); count the nodes touched, and take the
+    (nodes - 1) / nodes share of them that are another node than the token's own (by symmetry
+    every node is equally likely to be touched)."""
+    per_group, per_node = experts // groups, experts // nodes
+    total, count = 0.0, 0
+    for chosen in itertools.combinations(range(groups), group_topk):
+        pool = [e for g in chosen for e in range(g * per_group, (g + 1) * per_group)]
+        for picks in itertools.combinations(pool, top_k):
+            total += len({e // per_node for e in picks})
+            count += 1
+    return (nodes - 1) / nodes * total / count
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from([(8, 2), (8, 4), (8, 8), (4, 2), (4, 4), (2, 2)]),   # (groups, nodes)
+       st.integers(1, 3), st.integers(1, 4), st.integers(1, 2))
+def test_group_limited_routing_matches_enumeration(gn: tuple[int, int], group_topk: int,
+                                                    top_k: int, per_group: int) -> None:
+    groups, nodes = gn
+    group_topk = min(group_topk, groups)
+    experts = groups * per_group
+    top_k = min(top_k, group_topk * per_group)
+    got = comm.remote_nodes_per_token(experts, top_k, nodes, groups=groups,
+                                      group_topk=group_topk)
+    assert got == pytest.approx(_enumerated_remote_nodes(experts, top_k, nodes, groups,
+                                                         group_topk))
+    # limiting the groups never sends a token to more nodes
+    assert got <= comm.remote_nodes_per_token(experts, top_k, nodes) + 1e-12
+
+
+def test_groups_spanning_nodes_match_enumeration() -> None:
+    """Groups of 4 experts over 2 nodes each (8 nodes, 4 groups): only the chosen groups'
+    nodes can be touched."""
+    got = comm.remote_nodes_per_token(16, 3, 8, groups=4, group_topk=2)
+    assert got == pytest.approx(_enumerated_remote_nodes(16, 3, 8, 4, 2))
+
+
+def test_deepseek_v3_reaches_at_most_four_nodes() -> None:
+    """256 experts in 8 groups, top-8 inside 4 groups; EP over 8 nodes (one group each): at
+    most 4 nodes, 4 x (1 - C(96, 8)/C(128, 8)) = 3.63 of them on average, 7/8 of which are
+    another node than the token's own, against 4.63 other nodes without the limit."""
+    touched = 4 * (1 - math.comb(96, 8) / math.comb(128, 8))
+    got = comm.remote_nodes_per_token(256, 8, 8, groups=8, group_topk=4)
+    assert got == pytest.approx(7 / 8 * touched)
+    assert comm.remote_nodes_per_token(256, 8, 8) == pytest.approx(4.6328, rel=1e-4)
+    assert got < 3.2

@@ -210,3 +210,12 @@ def test_megatron_export_states_the_sliding_window() -> None:
     _, plain = command_flags(export_result(with_plan("moe", "tp=1,pp=2,dp=8,cp=2,ep=8,mbs=1,zero=1"),
                                            "megatron"))
     assert "--window-size" not in plain and "--window-attn-skip-freq" not in plain
+
+
+def test_megatron_states_group_limited_routing() -> None:
+    """A model with group-limited routing (DeepSeek-V3's 4 of 8 groups) exports it as
+    Megatron-Core's --moe-router-num-groups / --moe-router-group-topk."""
+    data = with_plan("moe", "tp=1,pp=2,dp=8,cp=2,ep=8,mbs=1,zero=1")
+    data["inputs"]["model"]["moe"] |= {"route_groups": 4, "route_group_topk": 2}
+    _, flags = command_flags(export_result(data, "megatron"))
+    assert (flags["--moe-router-num-groups"], flags["--moe-router-group-topk"]) == ("4", "2")

@@ -75,6 +75,11 @@ def test_megatron_flags_state_the_plan(name: str, rank: int, saved) -> None:
     if m.moe is not None:
         assert flags["--num-experts"] == str(m.moe.num_experts)
         assert flags["--expert-tensor-parallel-size"] == str(p.expert_tp)
+        if m.moe.route_groups is not None:     # group-limited routing is part of the model
+            assert (flags["--moe-router-num-groups"], flags["--moe-router-group-topk"]) == (
+                str(m.moe.route_groups), str(m.moe.route_group_topk))
+        else:
+            assert "--moe-router-num-groups" not in flags
 
 
 def test_megatron_interleaved_uneven_shapes(saved) -> None:

@@ -154,6 +154,13 @@ def test_field_mapping_details() -> None:
     assert ds.moe is not None
     assert (ds.moe.first_k_dense, ds.moe.num_shared_experts, ds.num_moe_layers) == (3, 1, 58)
     assert ds.description == "DeepseekV3ForCausalLM"       # no _name_or_path in its config
+    # group-limited routing: n_group 8, topk_group 4 (topk_method noaux_tc), as the preset
+    assert (ds.moe.route_groups, ds.moe.route_group_topk) == (8, 4)
+    preset = load_model("deepseek-v3").moe
+    assert preset is not None and (preset.route_groups, preset.route_group_topk) == (8, 4)
+    greedy = model_from_hf_config({**read("deepseek-v3"), "topk_method": "greedy"},
+                                  name="d", where="test")
+    assert greedy.moe is not None and greedy.moe.route_groups is None
     assert hf("opt-1.3b").description == "facebook/opt-1.3b (OPTForCausalLM)"
 
 

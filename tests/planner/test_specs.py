@@ -71,6 +71,12 @@ def test_optimizer_bytes() -> None:
          "top_k 5 exceeds the 4 experts"),
         ({"moe": {"num_experts": 4, "top_k": 1, "expert_ffn_hidden_size": 8, "first_k_dense": 9}},
          "first_k_dense 9 exceeds the 2 layers"),
+        ({"moe": {"num_experts": 8, "top_k": 2, "expert_ffn_hidden_size": 8, "route_groups": 4}},
+         "needs both moe.route_groups and moe.route_group_topk"),
+        ({"moe": {"num_experts": 8, "top_k": 2, "expert_ffn_hidden_size": 8, "route_groups": 3,
+                  "route_group_topk": 1}}, "route_groups 3 must divide the 8 experts"),
+        ({"moe": {"num_experts": 8, "top_k": 3, "expert_ffn_hidden_size": 8, "route_groups": 4,
+                  "route_group_topk": 1}}, "top_k 3 fit in 1 groups of 2"),
     ],
 )
 def test_inconsistent_models_are_rejected(change: dict, message: str) -> None:
