@@ -252,7 +252,8 @@ def moe_low_latency_s(links: GroupLinks, cluster: ClusterSpec, *, tokens: float,
     node and (n - local)/n leave it. Check (tests/cost_models/test_inference.py): DeepEP's
     README measures 128 tokens, hidden 7168, top-8, FP8 dispatch / BF16 combine on H800 with
     a 400 Gb/s CX7 NIC per GPU at 155-194 us (dispatch) and 273-369 us (combine) for EP 32 to
-    256; this formula gives 8-16% less there on the DGX H100 preset (same NIC). Its EP 8 and 16
+    256; this formula gives 8-16% less there on the hgx-h800 preset (the same on DGX H100, whose
+    NIC is the same: the exchange is NIC-bound). Its EP 8 and 16
     rows were measured before PR #173, over RDMA only, so they are not compared."""
     n = links.size
     if n <= 1 or tokens <= 0:

@@ -334,7 +334,7 @@ DEEPEP_LOW_LATENCY = [(32, 155, 273), (64, 173, 314), (128, 192, 369), (256, 194
 @pytest.mark.parametrize("ep, dispatch_us, combine_us", DEEPEP_LOW_LATENCY)
 def test_low_latency_all_to_all_matches_deepep(ep: int, dispatch_us: float,
                                                combine_us: float) -> None:
-    cluster = load_cluster("dgx-h100").job_view(ep)        # same NIC as the H800 test
+    cluster = load_cluster("hgx-h800").job_view(ep)        # the H800 node DeepEP measured on
     links = comm.group_links(cluster, size=ep, stride=1)
     assert links.spans_nodes
     d = comm.moe_low_latency_s(links, cluster, tokens=128, top_k=8, row_bytes=7168 + 56 * 4)
