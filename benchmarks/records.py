@@ -288,6 +288,10 @@ def generic_moe_model(record: dict[str, Any]) -> ModelSpec:
     if str(m.get("attention", "")).upper().startswith("MLA") and not isinstance(m.get("mla"), dict):
         raise UnmappedRecord(f"{record['id']}: MLA attention without its dimensions "
                              "(kv_lora_rank, q_lora_rank, qk_nope/rope and v head dims)")
+    mla = m.get("mla")
+    if isinstance(mla, dict):    # MaxText's names (q_lora_rank, ...) or ModelSpec's (..._dim)
+        mla = {(k + "_dim" if k in ("q_lora_rank", "kv_lora_rank") else k): v
+               for k, v in mla.items()}
     try:
         spec = ModelSpec(
             name=record["id"], num_layers=m["layers"], hidden_size=m["hidden"],
@@ -295,11 +299,14 @@ def generic_moe_model(record: dict[str, Any]) -> ModelSpec:
             head_dim=m.get("head_dim") or None, ffn_hidden_size=m["ffn_hidden"],
             vocab_size=m["vocab"], activation="swiglu", norm="rmsnorm", positional="rope",
             dropout=False, **attention_window(m),
-            mla=m.get("mla"),
+            mla=mla,
             moe={"num_experts": moe["experts"], "top_k": moe["top_k"],
                  "expert_ffn_hidden_size": moe["expert_ffn_hidden"],
                  "num_shared_experts": moe.get("shared_experts") or 0,
-                 "first_k_dense": moe.get("dense_layers_first") or 0})
+                 "first_k_dense": (moe.get("dense_layers_first")
+                                   or moe.get("first_dense_layers") or 0),
+                 # every n-th layer MoE (Llama 4 Maverick's interleave_moe_layer_step 2)
+                 "layer_freq": moe.get("moe_layer_step") or 1})
     except (KeyError, PlannerError) as e:
         raise UnmappedRecord(f"{record['id']}: cannot build the MoE model ({e})") from None
     return spec

@@ -447,6 +447,32 @@ def test_tpu7x_moe_runs_score_on_the_presets_without_expert_parallelism() -> Non
     assert len([r for r in rows if "skipped" not in r]) == len(scored) == 8
 
 
+def test_tpu_v5p_runs_map_and_evaluate() -> None:
+    """benchmarks/data/maxtext_tpu_v5p_runs.json and ..._moe_runs.json: MaxText's logged steps on
+    TPU v5p (one JAX device per chip: pdbs x chips is the global batch). The int8 GPT-3 row and
+    the Scout row whose slice size is not stated are listed, not scored; Llama 4 Maverick is
+    built from its record, every other layer an MoE layer."""
+    data = ROOT / "benchmarks" / "data"
+    dense = json.loads((data / "maxtext_tpu_v5p_runs.json").read_text())
+    moe = json.loads((data / "maxtext_tpu_v5p_moe_runs.json").read_text())
+    _assert_table_invariants(dense + moe)
+    assert {records.cluster_name(r) for r in dense + moe} == {"tpu-v5p-pod"}
+    for r in dense + moe:
+        m = r["measured"]
+        tokens = m["tokens_per_s_per_device"] * r["hardware"]["gpus"] * m["step_time_s"]
+        assert tokens == pytest.approx(r["batch"]["global"] * r["model"]["seq_len"], rel=1e-3)
+    rows = vp.run(data / "maxtext_tpu_v5p_runs.json", None)
+    assert [r["id"] for r in rows if "skipped" in r] == [
+        r["id"] for r in dense if r["precision"] == "INT8"]
+    mrows = vm.run(data / "maxtext_tpu_v5p_moe_runs.json", None)
+    assert [r["id"] for r in mrows if "skipped" in r] == [r["id"] for r in moe if r.get("unmapped")]
+    maverick = vm.mapped_model(next(r for r in moe if "17b-128e" in r["id"]))
+    assert maverick.moe is not None and maverick.moe.layer_freq == 2
+    assert maverick.num_moe_layers == 24
+    ds = vm.mapped_model(next(r for r in moe if "deepseek3" in r["id"]))
+    assert ds.name == "deepseek-v3" and ds.mtp_layers == 0
+
+
 def test_a_record_stating_why_it_cannot_be_scored_is_listed_with_that_reason(
         tmp_path: Path) -> None:
     path = tmp_path / "runs.json"
