@@ -287,14 +287,18 @@ def shape_efficiency(eff: DeviceEfficiency, base: float, m: float, n: float, k: 
     """Fraction of peak for an m x n x k GEMM whose large-GEMM fraction at the sustained clock
     is `base` (compute.Roofline.efficiency): `base` times the wave quantisation of
     ceil(m/tile)*ceil(n/tile) output tiles over the compute units (a partly filled last wave
-    runs as long as a full one), times the depth factor relative to the MAMF shape (never above
-    1: MAMF is the ceiling). Dimensions may be fractional (an expert's expected tokens); any
-    positive dimension occupies whole tiles."""
+    runs as long as a full one), times their tile quantisation (a partly filled tile computes
+    as much as a full one, so the m x n outputs cost ceil(m/tile) ceil(n/tile) tile^2 of work:
+    `fill`), times the depth factor relative to the MAMF shape (never above 1: MAMF is the
+    ceiling). Both quantisations: NVIDIA, "Matrix Multiplication Background User's Guide"
+    (DU-09799-001, 2023), Sec. 3.1 (tile) and 3.2 (wave). Dimensions may be fractional (an
+    expert's expected tokens); any positive dimension occupies whole tiles."""
     tiles = math.ceil(m / eff.tile) * math.ceil(n / eff.tile)
     waves = math.ceil(tiles / eff.compute_units)
     depth = min(1.0, (k / (k + TILE_OVERHEAD_DEPTH))
                 / (MAMF_DEPTH / (MAMF_DEPTH + TILE_OVERHEAD_DEPTH)))
-    return base * tiles / (waves * eff.compute_units) * depth
+    fill = m * n / (tiles * eff.tile * eff.tile)
+    return base * tiles / (waves * eff.compute_units) * depth * fill
 
 
 def matmul_rate(device: DeviceSpec, eff: DeviceEfficiency, dtype: DType) -> tuple[float, float]:

@@ -1,0 +1,58 @@
+"""GEMM dimension quantization (efficiency.shape_efficiency): output tiles fill waves over the
+compute units, and a partial tile computes as much as a full one (NVIDIA, "Matrix
+Multiplication Background User's Guide", Sec. 3.1 tile and 3.2 wave quantization)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cost_models.compute import Roofline
+from cost_models.efficiency import device_efficiency, shape_efficiency
+from planner import DType
+from planner.presets import load_device
+
+DEV = load_device("h100-sxm5-80gb")
+EFF = device_efficiency(DEV)[0]
+
+
+def _math_s(m: float, n: float, k: float) -> float:
+    return 2 * m * n * k / (DEV.peak_flops(DType.BF16) * shape_efficiency(EFF, 0.8, m, n, k))
+
+
+def test_a_partial_tile_costs_a_full_one() -> None:
+    """129 rows take as long as 256 (two row tiles), and 128 rows half as long: n spans 4 x
+    132 column tiles, so 128 rows fill exactly 4 waves of the 132 SMs and 256 rows 8."""
+    n, k = 4 * EFF.compute_units * EFF.tile, 4096
+    assert _math_s(129, n, k) == pytest.approx(_math_s(256, n, k))
+    assert _math_s(128, n, k) == pytest.approx(_math_s(256, n, k) / 2)
+
+
+def test_fill_by_hand() -> None:
+    """m = 415 (a decode batch), n = 1000: 4 x 8 tiles of 128 x 128 hold 415 x 1000 outputs."""
+    full = shape_efficiency(EFF, 0.8, 512, 1024, 4096)
+    part = shape_efficiency(EFF, 0.8, 415, 1000, 4096)
+    assert part == pytest.approx(full * 415 * 1000 / (512 * 1024))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 20_000), st.integers(1, 20_000), st.integers(1, 20_000),
+       st.integers(1, 2_000))
+def test_more_rows_never_take_less_time(m: int, n: int, k: int, extra: int) -> None:
+    """Adding rows (or columns) to a GEMM never makes its math faster."""
+    assert _math_s(m + extra, n, k) >= _math_s(m, n, k) * (1 - 1e-12)
+    assert _math_s(m, n + extra, k) >= _math_s(m, n, k) * (1 - 1e-12)
+
+
+def test_whole_tiles_are_unchanged() -> None:
+    """Multiples of the tile pay no fill: the fraction is the wave term alone."""
+    m, n, k = 8192, 8192, 8192
+    tiles = math.ceil(m / EFF.tile) * math.ceil(n / EFF.tile)
+    waves = math.ceil(tiles / EFF.compute_units)
+    roof = Roofline(DEV, EFF, DType.BF16)
+    assert roof.efficiency(m, n, k) == pytest.approx(
+        roof.matmul_fraction * EFF.sustained_clock * tiles / (waves * EFF.compute_units)
+        * min(1.0, (k / (k + 128)) / (2048 / (2048 + 128))))
