@@ -289,16 +289,28 @@ def shape_efficiency(eff: DeviceEfficiency, base: float, m: float, n: float, k: 
     ceil(m/tile)*ceil(n/tile) output tiles over the compute units (a partly filled last wave
     runs as long as a full one), times their tile quantisation (a partly filled tile computes
     as much as a full one, so the m x n outputs cost ceil(m/tile) ceil(n/tile) tile^2 of work:
-    `fill`), times the depth factor relative to the MAMF shape (never above 1: MAMF is the
-    ceiling). Both quantisations: NVIDIA, "Matrix Multiplication Background User's Guide"
-    (DU-09799-001, 2023), Sec. 3.1 (tile) and 3.2 (wave). Dimensions may be fractional (an
+    `fill`, `tile_fill`: only a dimension longer than one tile), times the depth factor
+    relative to the MAMF shape (never above 1: MAMF is the ceiling). Both quantisations:
+    NVIDIA, "Matrix Multiplication Background User's Guide" (DU-09799-001, 2023), Sec. 3.1
+    (tile) and 3.2 (wave). Dimensions may be fractional (an
     expert's expected tokens); any positive dimension occupies whole tiles."""
     tiles = math.ceil(m / eff.tile) * math.ceil(n / eff.tile)
     waves = math.ceil(tiles / eff.compute_units)
     depth = min(1.0, (k / (k + TILE_OVERHEAD_DEPTH))
                 / (MAMF_DEPTH / (MAMF_DEPTH + TILE_OVERHEAD_DEPTH)))
-    fill = m * n / (tiles * eff.tile * eff.tile)
+    fill = tile_fill(m, eff.tile) * tile_fill(n, eff.tile)
     return base * tiles / (waves * eff.compute_units) * depth * fill
+
+
+def tile_fill(dim: float, tile: int) -> float:
+    """Share of the output tiles along one GEMM dimension that holds real rows: dim over
+    ceil(dim / tile) tiles of `tile` (tile quantization, `shape_efficiency`). A dimension of one
+    tile or less pays nothing: the libraries choose a smaller tile for it (the guide's Sec. 2.3
+    lists cuBLAS tiles down to 64), and a decode step's few rows run as matrix-vector kernels
+    (or with the token dimension swapped onto the short side), not as a padded 128-row tile."""
+    if dim <= tile:
+        return 1.0
+    return dim / (math.ceil(dim / tile) * tile)
 
 
 def matmul_rate(device: DeviceSpec, eff: DeviceEfficiency, dtype: DType) -> tuple[float, float]:

@@ -94,7 +94,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cost_models import comm
 from cost_models.compute import Roofline, Shard, block_compute, roof_bytes
-from cost_models.efficiency import DeviceEfficiency, device_efficiency, precision_warning
+from cost_models.efficiency import DeviceEfficiency, device_efficiency, precision_warning, tile_fill
 from cost_models.memory import FRAMEWORK_OVERHEAD_BYTES, GIB
 from cost_models.training import strides
 from planner.errors import PlanError
@@ -502,8 +502,9 @@ def _decode_stage(model: ModelSpec, plan: Plan, workload: InferenceWorkload, roo
     if head:
         active += model.vocab_size * h
     score = model.attention_score_flops_per_token(1) * kv_ctx / model.num_layers * n_layers
-    gemm_flops = (batch * 2.0 * active / t
-                  + group_tokens * 2.0 * routed_active * n_moe / split)
+    dense_flops = batch * 2.0 * active / t
+    routed_flops = group_tokens * 2.0 * routed_active * n_moe / split
+    gemm_flops = dense_flops + routed_flops
     attn_flops = batch * score / t
     t_weights, t_kv = weight_bytes / roof.bw, kv_bytes / roof.bw
     # A roofline per kernel (Williams et al. 2009), as training times each operator: the
@@ -513,7 +514,15 @@ def _decode_stage(model: ModelSpec, plan: Plan, workload: InferenceWorkload, roo
     # bound by its KV reads, so their times add; one roofline over the step's total bytes and
     # FLOPs would let one hide under the other.
     rate = _math_rate(roof)
-    t_gemm, t_attn = gemm_flops / rate, attn_flops / rate
+    # The GEMMs' rows are the step's tokens: `batch` for the blocks' weights, each routed
+    # expert's share of the group's tokens for the experts. Past one tile of rows, a partial
+    # last tile computes a full one (tile quantization, efficiency.tile_fill: 415 rows cost
+    # 512); the weight dimensions are whole tiles.
+    routed_rows = (group_tokens * model.moe.top_k / model.moe.num_experts
+                   if model.moe is not None else 0.0)
+    t_gemm = (dense_flops / (rate * tile_fill(batch, eff.tile))
+              + (routed_flops / (rate * tile_fill(routed_rows, eff.tile)) if routed_flops else 0.0))
+    t_attn = attn_flops / rate
     act = batch * h * roof_bytes(dt)
     kernels = (n_layers * KERNELS_PER_BLOCK + (HEAD_KERNELS if head else 0)
                + (EMBEDDING_KERNELS if embed else 0))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -113,13 +112,13 @@ def test_meshplan_predictions_respect_the_bounds():
             assert est.tokens_per_s * fpt <= c["gpus"] * cl.device.peak_flops(st.DType.BF16)
 
 
-def test_script_runs_fast(tmp_path):
+def test_script_writes_the_committed_tables(tmp_path):
+    """The script runs (the 60 s timeout only guards against a hang: speed is measured in
+    benchmarks/, not asserted) and writes exactly the committed results file."""
     out = tmp_path / "t.md"
-    t0 = time.perf_counter()
     res = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out)], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
-    assert time.perf_counter() - t0 < 10
     text = out.read_text()
     for seed in ("Seed 001", "Seed 002", "Seed 004"):
         assert f"## {seed}" in text

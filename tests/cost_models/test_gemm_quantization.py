@@ -47,6 +47,15 @@ def test_more_rows_never_take_less_time(m: int, n: int, k: int, extra: int) -> N
     assert _math_s(m, n + extra, k) >= _math_s(m, n, k) * (1 - 1e-12)
 
 
+def test_a_dimension_within_one_tile_pays_no_fill() -> None:
+    """Below one tile the library picks a smaller tile (or a matrix-vector kernel): 100 rows
+    are not padded to 128, 129 rows are (to 256)."""
+    from cost_models.efficiency import tile_fill
+    assert tile_fill(100, 128) == tile_fill(128, 128) == 1.0
+    assert tile_fill(129, 128) == pytest.approx(129 / 256)
+    assert tile_fill(415, 128) == pytest.approx(415 / 512)
+
+
 def test_whole_tiles_are_unchanged() -> None:
     """Multiples of the tile pay no fill: the fraction is the wave term alone."""
     m, n, k = 8192, 8192, 8192
@@ -56,3 +65,25 @@ def test_whole_tiles_are_unchanged() -> None:
     assert roof.efficiency(m, n, k) == pytest.approx(
         roof.matmul_fraction * EFF.sustained_clock * tiles / (waves * EFF.compute_units)
         * min(1.0, (k / (k + 128)) / (2048 / (2048 + 128))))
+
+
+def test_decode_gemm_rows_pay_tile_quantization() -> None:
+    """A decode step's GEMMs have the batch as rows: 129 sequences cost the math of 256 (two
+    row tiles), 100 the math of 100 (one tile or less: no padding)."""
+    from cost_models import comm
+    from cost_models.inference import _decode_stage, ep_links_of
+    from planner import InferenceWorkload, load_cluster, load_model
+    from planner.plan import Plan
+    model, cluster, plan = load_model("llama3-70b"), load_cluster("dgx-h100"), Plan()
+    eff = device_efficiency(cluster.device)[0]
+    roof = Roofline(cluster.device, eff, DType.BF16)
+    tp = comm.group_links(cluster, size=1, stride=1)
+    wl = InferenceWorkload(batch_size=256, prompt_len=128, output_len=128)
+
+    def math_s(batch: int) -> float:
+        st = _decode_stage(model, plan, wl, roof, eff, tp, ep_links_of(cluster, plan), cluster,
+                           0, 0, model.num_layers - 1, batch)
+        return st["_gemm_math_s"]
+
+    assert math_s(129) == pytest.approx(math_s(256))
+    assert math_s(100) == pytest.approx(math_s(128) * 100 / 128)
