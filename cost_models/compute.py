@@ -153,11 +153,12 @@ class Roofline:
         self.dtype = dtype
         self.elem_bytes = 2 if dtype in (DType.FP8, DType.FP4, DType.BF16, DType.FP16) else 4
 
-    def efficiency(self, m: float, n: float, k: float) -> float:
+    def efficiency(self, m: float, n: float, k: float, m_sd: float = 0.0) -> float:
         """Fraction of this roofline's peak an m x n x k GEMM reaches: its large-GEMM
-        fraction at the sustained clock, shaped by efficiency.shape_efficiency."""
+        fraction at the sustained clock, shaped by efficiency.shape_efficiency (`m_sd`: the
+        standard deviation of a random row count)."""
         return shape_efficiency(self.eff, self.matmul_fraction * self.eff.sustained_clock,
-                                m, n, k)
+                                m, n, k, m_sd=m_sd)
 
     def high_precision(self) -> Roofline:
         """The roofline of the operators FP8 and NVFP4 training leave in bf16: Transformer
@@ -172,21 +173,25 @@ class Roofline:
         return Roofline(self.device, self.eff, DType.BF16)
 
     def gemm(self, m: float, n: float, k: float, batch: float = 1.0,
-             out_bytes: float | None = None) -> tuple[float, float]:
+             out_bytes: float | None = None, m_sd: float = 0.0) -> tuple[float, float]:
         """(seconds, FLOPs) of `batch` GEMMs of m x k times k x n; `out_bytes` is the memory
-        traffic per output element when it is not one write in the GEMM's dtype."""
+        traffic per output element when it is not one write in the GEMM's dtype; `m_sd` the
+        standard deviation of m when it is a random row count (shape_efficiency)."""
         if m <= 0 or n <= 0 or k <= 0:
             return 0.0, 0.0
         flops = 2.0 * m * n * k * batch
-        t_math = flops / (self.peak * self.efficiency(m * batch, n, k))
+        t_math = flops / (self.peak * self.efficiency(m * batch, n, k, m_sd))
         ob = self.elem_bytes if out_bytes is None else out_bytes
         t_mem = ((m * k + k * n) * self.elem_bytes + m * n * ob) * batch / self.bw
         return max(t_math, t_mem, self.eff.kernel_floor_s), flops
 
-    def gemm_fwd_bwd(self, m: float, n: float, k: float) -> tuple[float, float, float, float]:
-        """Forward and backward (data and weight gradient) of one linear layer."""
-        tf, ff = self.gemm(m, n, k)
-        t_dgrad, f_dgrad = self.gemm(m, k, n)
+    def gemm_fwd_bwd(self, m: float, n: float, k: float,
+                     m_sd: float = 0.0) -> tuple[float, float, float, float]:
+        """Forward and backward (data and weight gradient) of one linear layer of m rows (a
+        random count of standard deviation `m_sd`: it sets the output rows of the forward and
+        data-gradient GEMMs; the weight gradient reduces over them)."""
+        tf, ff = self.gemm(m, n, k, m_sd=m_sd)
+        t_dgrad, f_dgrad = self.gemm(m, k, n, m_sd=m_sd)
         t_wgrad, f_wgrad = self.gemm(k, n, m, out_bytes=WGRAD_ACCUMULATOR_BYTES)
         return tf, ff, t_dgrad + t_wgrad, f_dgrad + f_wgrad
 
@@ -391,7 +396,13 @@ def _add_experts(model: ModelSpec, roof: Roofline, sh: Shard, fwd: float, f_fwd:
     meet at the combine all-to-all, so the time is the most loaded rank's: the mean load times
     the expected-maximum factor of random routing over ep ranks (cost_models/moe_balance.py;
     a router trained with a balancing loss, or Megatron's forced balancing, routes like this),
-    capped by the capacity factor when the model drops tokens. FLOPs stay the mean's."""
+    capped by the capacity factor when the model drops tokens. FLOPs stay the mean's.
+
+    Each expert's rows are a random count (dropless): of the moe_tokens x ep tokens its EP
+    group routes, each picks it with probability top_k / E, so binomial with standard deviation
+    sqrt(N p (1 - p)). Its GEMMs pay the expected partial last tile of that count
+    (efficiency.expected_tiles), about half a tile each, which a mean that happens to be a
+    tile multiple would hide. A capacity factor fixes the rows (no spread)."""
     assert model.moe is not None
     m = model.moe
     local_experts = m.num_experts / sh.ep
@@ -400,8 +411,11 @@ def _add_experts(model: ModelSpec, roof: Roofline, sh: Shard, fwd: float, f_fwd:
     whole = abs(sh.ep - ranks) < 1e-9 and ranks >= 1 and m.num_experts % ranks == 0
     slowest = per_expert * (load_factor(max(1, round(sh.moe_tokens * sh.ep)), m.num_experts,
                                         m.top_k, ranks, m.capacity_factor) if whole else 1.0)
+    p = m.top_k / m.num_experts
+    row_sd = (math.sqrt(sh.moe_tokens * sh.ep * p * (1 - p))
+              if m.capacity_factor is None else 0.0)
     for n, k in _mlp_shapes(model, m.expert_ffn_hidden_size, sh.etp):
-        tf, _, tb, _ = roof.gemm_fwd_bwd(slowest, n, k)
+        tf, _, tb, _ = roof.gemm_fwd_bwd(slowest, n, k, row_sd)
         _, ff, _, fb = roof.gemm_fwd_bwd(per_expert, n, k)
         fwd += tf * local_experts
         f_fwd += ff * local_experts

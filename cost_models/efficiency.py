@@ -283,7 +283,8 @@ about as much as 128 elements of K (3-4 stages of 32-deep slices in CUTLASS's Am
 mainloops, plus the epilogue): a GEMM of depth K runs at K / (K + 128) of its asymptote."""
 
 
-def shape_efficiency(eff: DeviceEfficiency, base: float, m: float, n: float, k: float) -> float:
+def shape_efficiency(eff: DeviceEfficiency, base: float, m: float, n: float, k: float, *,
+                     m_sd: float = 0.0) -> float:
     """Fraction of peak for an m x n x k GEMM whose large-GEMM fraction at the sustained clock
     is `base` (compute.Roofline.efficiency): `base` times the wave quantisation of
     ceil(m/tile)*ceil(n/tile) output tiles over the compute units (a partly filled last wave
@@ -293,13 +294,39 @@ def shape_efficiency(eff: DeviceEfficiency, base: float, m: float, n: float, k: 
     relative to the MAMF shape (never above 1: MAMF is the ceiling). Both quantisations:
     NVIDIA, "Matrix Multiplication Background User's Guide" (DU-09799-001, 2023), Sec. 3.1
     (tile) and 3.2 (wave). Dimensions may be fractional (an
-    expert's expected tokens); any positive dimension occupies whole tiles."""
-    tiles = math.ceil(m / eff.tile) * math.ceil(n / eff.tile)
-    waves = math.ceil(tiles / eff.compute_units)
+    expert's expected tokens); any positive dimension occupies whole tiles.
+
+    `m_sd` > 0 makes the row count random with mean m and that standard deviation (an
+    expert's rows under random routing): the row tiles are then their expectation
+    E[ceil(X / tile)] (`expected_tiles`), so a mean that happens to be a tile multiple still
+    pays the padding the rows' spread brings (about half a tile per GEMM once the spread
+    exceeds a tile)."""
+    row_tiles = (math.ceil(m / eff.tile) if m <= eff.tile
+                 else expected_tiles(m, m_sd, eff.tile))
+    tiles = row_tiles * math.ceil(n / eff.tile)
+    waves = math.ceil(tiles / eff.compute_units - 1e-9)
     depth = min(1.0, (k / (k + TILE_OVERHEAD_DEPTH))
                 / (MAMF_DEPTH / (MAMF_DEPTH + TILE_OVERHEAD_DEPTH)))
-    fill = tile_fill(m, eff.tile) * tile_fill(n, eff.tile)
+    rows = 1.0 if m <= eff.tile else m / (row_tiles * eff.tile)
+    fill = rows * tile_fill(n, eff.tile)
     return base * tiles / (waves * eff.compute_units) * depth * fill
+
+
+def expected_tiles(mean: float, sd: float, tile: int) -> float:
+    """E[ceil(X / tile)] for a row count X of this mean and standard deviation, taken as
+    normal (a binomial count of many routed tokens): sum over j >= 0 of P(X > j * tile)
+    (the tail-sum formula for the expectation of a nonnegative integer). sd = 0 gives
+    ceil(mean / tile) exactly; the normal tail sums are truncated 8 sd from the mean, where
+    each term is 1 or 0 to double precision."""
+    if mean <= 0:
+        return 0.0
+    if sd <= 0:
+        return float(math.ceil(mean / tile))
+    lo = max(0, math.floor((mean - 8 * sd) / tile))
+    hi = math.ceil((mean + 8 * sd) / tile)
+    # P(X > j tile) = 1 for every j below lo (j = 0 .. lo - 1)
+    return lo + sum(0.5 * math.erfc((j * tile - mean) / (sd * math.sqrt(2)))
+                    for j in range(lo, hi + 1))
 
 
 def tile_fill(dim: float, tile: int) -> float:

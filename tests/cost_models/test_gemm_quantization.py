@@ -87,3 +87,47 @@ def test_decode_gemm_rows_pay_tile_quantization() -> None:
 
     assert math_s(129) == pytest.approx(math_s(256))
     assert math_s(100) == pytest.approx(math_s(128) * 100 / 128)
+
+
+def _binomial_expected_tiles(n: int, p: float, tile: int) -> float:
+    """E[ceil(X / tile)] for X ~ Binomial(n, p), summed exactly over the pmf (log-space)."""
+    log_pmf = [math.lgamma(n + 1) - math.lgamma(x + 1) - math.lgamma(n - x + 1)
+               + x * math.log(p) + (n - x) * math.log1p(-p) for x in range(n + 1)]
+    return sum(math.exp(lp) * math.ceil(x / tile) for x, lp in enumerate(log_pmf) if lp > -60)
+
+
+@pytest.mark.parametrize(("n", "p"), [(20000, 8 / 128), (32768, 8 / 128), (4096, 0.5),
+                                      (65536 * 4, 4 / 128)])
+def test_expected_tiles_match_the_binomial(n: int, p: float) -> None:
+    """An expert's rows under random routing are binomial: the normal tail sum of
+    expected_tiles is within 0.01 tile of the exact expectation over the pmf."""
+    from cost_models.efficiency import expected_tiles
+
+    mean, sd = n * p, math.sqrt(n * p * (1 - p))
+    assert expected_tiles(mean, sd, 128) == pytest.approx(
+        _binomial_expected_tiles(n, p, 128), abs=0.01)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.floats(1.0, 1e5), st.floats(0.0, 2e3))
+def test_expected_tiles_bounds(mean: float, sd: float) -> None:
+    """mean/tile <= E[ceil(X/tile)] (a ceiling never rounds down) and, for spreads far below
+    the mean, at most mean/tile + 1; no spread gives ceil(mean/tile) exactly."""
+    from cost_models.efficiency import expected_tiles
+
+    e = expected_tiles(mean, sd, 128)
+    assert e >= mean / 128 - 1e-9
+    if sd < mean / 10:
+        assert e <= mean / 128 + 1 + 1e-9
+    assert expected_tiles(mean, 0.0, 128) == math.ceil(mean / 128)
+
+
+def test_random_expert_rows_pay_half_a_tile() -> None:
+    """A mean of exactly 16 tiles with a spread of a third of a tile: half the time the rows
+    spill into a 17th tile, so the GEMM runs as 16.5 tiles' worth (fill 16 / 16.5)."""
+    n, k = 4 * EFF.compute_units * EFF.tile, 4096
+    exact = shape_efficiency(EFF, 0.8, 2048, n, k)
+    spread = shape_efficiency(EFF, 0.8, 2048, n, k, m_sd=45.0)
+    assert exact == pytest.approx(0.8 * min(1.0, (k / (k + 128)) / (2048 / (2048 + 128))))
+    assert spread < exact
+    assert 2048 / (spread / exact) == pytest.approx(16.5 * 128, rel=2e-3)
