@@ -312,6 +312,7 @@ def shape_efficiency(eff: DeviceEfficiency, base: float, m: float, n: float, k: 
     return base * tiles / (waves * eff.compute_units) * depth * fill
 
 
+@functools.lru_cache(maxsize=65536)
 def expected_tiles(mean: float, sd: float, tile: int) -> float:
     """E[ceil(X / tile)] for a row count X of this mean and standard deviation, taken as
     normal (a binomial count of many routed tokens): sum over j >= 0 of P(X > j * tile)
