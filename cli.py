@@ -111,18 +111,34 @@ def _preset_row(kind: str, name: str) -> dict[str, Any]:
 @app.command("show")
 @handle_errors
 def show_cmd(
-    model: Annotated[str, typer.Argument(help="model preset, meshplan model file, or HF config.json")],
+    model: Annotated[str | None, typer.Argument(
+        help="model preset, meshplan model file, or HF config.json")] = None,
+    model_opt: Annotated[str | None, typer.Option(
+        "--model", "-m", help="the model, as the other commands name it (instead of the argument)")] = None,
     seq_len: Annotated[int, typer.Option("--seq-len", min=1, help="sequence length for FLOPs")] = 2048,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Show a model's dimensions, parameters, FLOPs per token and memory."""
-    spec = presets.load_model(model)
+    spec = presets.load_model(_one_name("show", "model", model, model_opt, "--model"))
     data = model_summary(spec, seq_len=seq_len)
     if as_json:
         print_json(data)
         return
     _render_model(data)
+
+
+def _one_name(command: str, what: str, arg: str | None, opt: str | None, flag: str) -> str:
+    """The one name a show-style command was given, as its argument or as `flag` (the option
+    the planning commands use); a usage error (exit 2) when there is none or two differ."""
+    if arg is not None and opt is not None and arg != opt:
+        raise planner.SpecError(f"two {what}s given ('{arg}' and {flag} '{opt}'): give one, "
+                           f"e.g. 'meshplan {command} {opt}'")
+    name = arg if arg is not None else opt
+    if name is None:
+        raise planner.SpecError(f"no {what} given: 'meshplan {command} NAME' or 'meshplan {command} "
+                           f"{flag} NAME' ('meshplan presets' lists them)")
+    return name
 
 
 def _render_model(d: dict[str, Any]) -> None:
@@ -648,24 +664,31 @@ def _short_plan(plan: dict[str, Any]) -> str:
 @app.command("device")
 @handle_errors
 def device_cmd(
-    name: Annotated[str, typer.Argument(help="device preset or file")],
+    name: Annotated[str | None, typer.Argument(help="device preset or file")] = None,
+    name_opt: Annotated[str | None, typer.Option(
+        "--device", help="the device (instead of the argument)")] = None,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Show a device's datasheet numbers."""
-    data = device_summary(presets.load_device(name))
+    data = device_summary(presets.load_device(_one_name("device", "device", name, name_opt,
+                                                        "--device")))
     print_json(data) if as_json else _render_flat(data)
 
 
 @app.command("cluster")
 @handle_errors
 def cluster_cmd(
-    name: Annotated[str, typer.Argument(help="cluster preset or file")],
+    name: Annotated[str | None, typer.Argument(help="cluster preset or file")] = None,
+    name_opt: Annotated[str | None, typer.Option(
+        "--cluster", "-c", help="the cluster, as the other commands name it (instead of the "
+        "argument)")] = None,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Show a cluster's device, node size and links."""
-    data = cluster_summary(presets.load_cluster(name))
+    data = cluster_summary(presets.load_cluster(_one_name("cluster", "cluster", name, name_opt,
+                                                          "--cluster")))
     print_json(data) if as_json else _render_flat(data)
 
 

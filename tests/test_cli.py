@@ -128,6 +128,28 @@ def test_show_table() -> None:
     assert "gpt3-175b" in result.stdout
 
 
+@pytest.mark.parametrize(("command", "name", "flag"), [
+    ("show", "gpt3-175b", "--model"), ("show", "gpt3-175b", "-m"),
+    ("device", "h100-sxm5-80gb", "--device"),
+    ("cluster", "dgx-h100", "--cluster"), ("cluster", "dgx-h100", "-c")])
+def test_show_commands_take_the_planning_flag(command: str, name: str, flag: str) -> None:
+    """`meshplan show --model M` (the flag every planning command uses) prints what
+    `meshplan show M` prints; the same for device and cluster."""
+    assert run_json(command, flag, name, "--json") == run_json(command, name, "--json")
+
+
+@pytest.mark.parametrize(("command", "args", "needles"), [
+    ("show", [], ("no model given", "meshplan show --model NAME")),
+    ("show", ["gpt3-175b", "--model", "llama3-8b"], ("two models given", "gpt3-175b",
+                                                     "llama3-8b")),
+    ("device", [], ("no device given", "meshplan presets")),
+    ("cluster", ["dgx-h100", "-c", "dgx-a100"], ("two clusters given", "dgx-a100")),
+])
+def test_show_commands_need_exactly_one_name(command: str, args: list[str],
+                                             needles: tuple[str, ...]) -> None:
+    assert_one_line_error(run(command, *args), *needles)
+
+
 # ----- model files: TOML / JSON / YAML / HF -------------------------------------------------
 
 TOY = {"name": "toy", "num_layers": 4, "hidden_size": 256, "num_attention_heads": 8,
