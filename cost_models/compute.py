@@ -27,7 +27,8 @@ from collections.abc import Iterator
 
 from dataclasses import dataclass
 
-from cost_models.efficiency import DeviceEfficiency, matmul_rate, shape_efficiency
+from cost_models.efficiency import (DeviceEfficiency, grouped_rows_computed, matmul_rate,
+                                     shape_efficiency)
 from planner.hardware import DeviceSpec
 from planner.model import NVFP4_BYTES, DType, ModelSpec
 from planner.plan import Attention, LossKernel
@@ -402,7 +403,12 @@ def _add_experts(model: ModelSpec, roof: Roofline, sh: Shard, fwd: float, f_fwd:
     group routes, each picks it with probability top_k / E, so binomial with standard deviation
     sqrt(N p (1 - p)). Its GEMMs pay the expected partial last tile of that count
     (efficiency.expected_tiles), about half a tile each, which a mean that happens to be a
-    tile multiple would hide. A capacity factor fixes the rows (no spread)."""
+    tile multiple would hide. A capacity factor fixes the rows (no spread).
+
+    A device whose MoE kernels pack the experts' rows into one grouped matmul
+    (DeviceEfficiency.grouped_row_tile: the TPUs' Megablox) instead computes about one extra
+    tile of rows per expert, where a tile straddles two experts' rows
+    (efficiency.grouped_rows_computed)."""
     assert model.moe is not None
     m = model.moe
     local_experts = m.num_experts / sh.ep
@@ -414,8 +420,13 @@ def _add_experts(model: ModelSpec, roof: Roofline, sh: Shard, fwd: float, f_fwd:
     p = m.top_k / m.num_experts
     row_sd = (math.sqrt(sh.moe_tokens * sh.ep * p * (1 - p))
               if m.capacity_factor is None else 0.0)
+    grouped = roof.eff.grouped_row_tile
+    computed = (grouped_rows_computed(slowest, grouped, roof.eff.grouped_kernels)
+                if grouped else slowest)
     for n, k in _mlp_shapes(model, m.expert_ffn_hidden_size, sh.etp):
-        tf, _, tb, _ = roof.gemm_fwd_bwd(slowest, n, k, row_sd)
+        # a grouped kernel's tile visits are linear in the rows: no spread term
+        tf, _, tb, _ = (roof.gemm_fwd_bwd(computed, n, k) if grouped
+                        else roof.gemm_fwd_bwd(slowest, n, k, row_sd))
         _, ff, _, fb = roof.gemm_fwd_bwd(per_expert, n, k)
         fwd += tf * local_experts
         f_fwd += ff * local_experts

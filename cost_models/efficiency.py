@@ -45,6 +45,10 @@ class DeviceEfficiency:
     fp4_over_fp8: float = 0.0     # achievable FP4 GEMM rate / achievable FP8 rate (0: no FP4 units)
     collective_sms: int = 16      # compute units a running NCCL collective occupies (0: none)
     intra_link: float = INTRA_NODE_LINK_EFFICIENCY  # achievable fraction of the node's links
+    # Expert GEMMs as one grouped matmul over the experts' rows packed back to back, tiled by
+    # this many rows (0: each expert is its own GEMM, tiled by `tile`); `grouped_rows_computed`
+    grouped_row_tile: int = 0
+    grouped_kernels: int = 1      # grouped matmuls a device runs side by side on its own tokens
 
     @property
     def overlap_slowdown(self) -> float:
@@ -78,6 +82,15 @@ class DeviceEfficiency:
 #   count or size for it, so each TensorCore is taken as v6e's, two 256x256 MXUs: 4 units of
 #   256 per chip (an extrapolation: it only sets the wave quantisation of small GEMMs). Its
 #   fractions are the other TPUs' engineering estimates, the fp8 one too (no measurement).
+# - TPU expert GEMMs: MaxText runs a dropless MoE layer's experts as Megablox grouped matmuls
+#   (`megablox` and `sparse_matmul` on by default) over the routed rows sorted by expert, tiled
+#   by `tile_batch_seq` = 512 rows (its default, MaxText src/MaxText/configs/types.py
+#   MoEKernels; the tpu-recipes set the same 512), and the kernel visits a row tile once for
+#   every expert group it holds (JAX's Pallas Megablox gmm, `make_group_metadata`: a grid of
+#   tiles_m + num_groups - 1 steps, a boundary tile computed once per group), so each expert
+#   costs about one extra tile (`grouped_rows_computed`). The Pallas TPU kernels need TPU v4 or
+#   later, so v3 keeps per-expert GEMMs. TPU7x is two JAX devices per chip (tpu7x preset), each
+#   running its own grouped matmul over its own tokens: two kernels per chip.
 # - Memory: STREAM-like copies reach ~90% of HBM peak (ml-engineering "memory copy 90.6% of
 #   peak" measurement on a Hopper card); elementwise framework kernels do a little worse: 0.85.
 # - Flash attention: Dao 2023 (FlashAttention-2, Sec. 4.1, Fig. 4-6, A100, causal, fwd+bwd)
@@ -206,6 +219,11 @@ def _blackwell(bf16_mamf: float, fp8_mamf: float, sms: int) -> DeviceEfficiency:
                             128, 0.85, 0.5, 0.30, 4e-6, fp4_over_fp8=FP4_OVER_FP8)
 
 
+
+MEGABLOX_ROW_TILE = 512
+"""Rows per tile of MaxText's Megablox grouped matmul (`tile_batch_seq`, default 512: MaxText
+src/MaxText/configs/types.py MoEKernels; see the TPU expert GEMM note above)."""
+
 _BY_NAME: dict[str, DeviceEfficiency] = {
     "v100": DeviceEfficiency(0.80, 0.80, 80, 128, 0.85, 0.45, 0.30, 4e-6),
     "a100": DeviceEfficiency(0.859, 0.859, 108, 128, 0.85, 0.55, 0.30, 4e-6, 1305 / 1410),
@@ -225,11 +243,16 @@ _BY_NAME: dict[str, DeviceEfficiency] = {
     "mi355x": DeviceEfficiency(1565.0 / 2516.6, 1565.0 / 2516.6 * AMD_FP8_TO_BF16, 256, 128,
                                0.775, 0.27, 0.27, 4e-6, intra_link=0.71),
     "tpu-v3": DeviceEfficiency(0.85, 0.85, 4, 128, 0.85, 0.5, 0.5, 4e-6, collective_sms=0),
-    "tpu-v4": DeviceEfficiency(0.85, 0.85, 8, 128, 0.85, 0.5, 0.5, 4e-6, collective_sms=0),
-    "tpu-v5p": DeviceEfficiency(0.85, 0.85, 8, 128, 0.85, 0.5, 0.5, 4e-6, collective_sms=0),
-    "tpu-v5e": DeviceEfficiency(0.85, 0.85, 4, 128, 0.85, 0.5, 0.5, 4e-6, collective_sms=0),
-    "tpu-v6e": DeviceEfficiency(0.85, 0.85, 2, 256, 0.85, 0.5, 0.5, 4e-6, collective_sms=0),
-    "tpu7x": DeviceEfficiency(0.85, 0.85, 4, 256, 0.85, 0.5, 0.5, 4e-6, collective_sms=0),
+    "tpu-v4": DeviceEfficiency(0.85, 0.85, 8, 128, 0.85, 0.5, 0.5, 4e-6, collective_sms=0,
+                               grouped_row_tile=MEGABLOX_ROW_TILE),
+    "tpu-v5p": DeviceEfficiency(0.85, 0.85, 8, 128, 0.85, 0.5, 0.5, 4e-6, collective_sms=0,
+                                grouped_row_tile=MEGABLOX_ROW_TILE),
+    "tpu-v5e": DeviceEfficiency(0.85, 0.85, 4, 128, 0.85, 0.5, 0.5, 4e-6, collective_sms=0,
+                                grouped_row_tile=MEGABLOX_ROW_TILE),
+    "tpu-v6e": DeviceEfficiency(0.85, 0.85, 2, 256, 0.85, 0.5, 0.5, 4e-6, collective_sms=0,
+                                grouped_row_tile=MEGABLOX_ROW_TILE),
+    "tpu7x": DeviceEfficiency(0.85, 0.85, 4, 256, 0.85, 0.5, 0.5, 4e-6, collective_sms=0,
+                              grouped_row_tile=MEGABLOX_ROW_TILE, grouped_kernels=2),
 }
 _DEFAULT = DeviceEfficiency(0.75, 0.70, 100, 128, 0.8, 0.45, 0.30, 5e-6)
 """Used for a user device whose name matches none above (stated in the estimate's warnings)."""
@@ -310,6 +333,22 @@ def shape_efficiency(eff: DeviceEfficiency, base: float, m: float, n: float, k: 
     rows = 1.0 if m <= eff.tile else m / (row_tiles * eff.tile)
     fill = rows * tile_fill(n, eff.tile)
     return base * tiles / (waves * eff.compute_units) * depth * fill
+
+
+def grouped_rows_computed(mean: float, tile: int, kernels: int = 1) -> float:
+    """Rows a grouped matmul computes for one expert's `mean` routed rows, split over `kernels`
+    kernels (each over its own tokens, so mean/kernels rows apiece), when the experts' rows
+    are packed back to back and the kernel computes a whole `tile`-row tile for every group it
+    touches (Megablox: a tile holding two groups' rows is visited twice). A group of n >= 1
+    rows starting at a uniformly random offset within a tile touches (n + tile - 1) / tile
+    tiles on average: it crosses a boundary at (n - 1)/tile of the offsets more than at the
+    rest. Averaged over the count, (mean_i + (tile - 1) P(n_i >= 1)) / tile tiles, with
+    P(n_i >= 1) = 1 - exp(-mean_i) (a Poisson count: an empty group costs nothing). Packing
+    the groups end to end makes their offsets uniform once the rows' spread passes a tile."""
+    if mean <= 0:
+        return 0.0
+    per = mean / kernels
+    return mean + kernels * (tile - 1) * -math.expm1(-per)
 
 
 @functools.lru_cache(maxsize=65536)
