@@ -90,7 +90,12 @@ class DeviceEfficiency:
 #   tiles_m + num_groups - 1 steps, a boundary tile computed once per group), so each expert
 #   costs about one extra tile (`grouped_rows_computed`). The Pallas TPU kernels need TPU v4 or
 #   later, so v3 keeps per-expert GEMMs. TPU7x is two JAX devices per chip (tpu7x preset), each
-#   running its own grouped matmul over its own tokens: two kernels per chip.
+#   running its own grouped matmul over its own tokens: two kernels per chip. The TPU7x recipes
+#   run Tokamax's ragged_dot instead (`use_tokamax_gmm=True`), a Pallas kernel with the same
+#   group metadata (tokamax/_src/ops/ragged_dot/pallas_mosaic_tpu_kernel.py,
+#   `make_group_metadata`), to which MaxText passes no `tile_batch_seq`; the one recipe that
+#   states its tiles uses 256 rows (`wi_tile_fwd 256/7168/2048`, DeepSeek-V3 fp8), which is
+#   also the MXU's edge: 256 rows for TPU7x.
 # - Memory: STREAM-like copies reach ~90% of HBM peak (ml-engineering "memory copy 90.6% of
 #   peak" measurement on a Hopper card); elementwise framework kernels do a little worse: 0.85.
 # - Flash attention: Dao 2023 (FlashAttention-2, Sec. 4.1, Fig. 4-6, A100, causal, fwd+bwd)
@@ -223,6 +228,8 @@ def _blackwell(bf16_mamf: float, fp8_mamf: float, sms: int) -> DeviceEfficiency:
 MEGABLOX_ROW_TILE = 512
 """Rows per tile of MaxText's Megablox grouped matmul (`tile_batch_seq`, default 512: MaxText
 src/MaxText/configs/types.py MoEKernels; see the TPU expert GEMM note above)."""
+TOKAMAX_ROW_TILE_TPU7X = 256
+"""Rows per tile of the TPU7x recipes' Tokamax grouped matmul (the TPU expert GEMM note above)."""
 
 _BY_NAME: dict[str, DeviceEfficiency] = {
     "v100": DeviceEfficiency(0.80, 0.80, 80, 128, 0.85, 0.45, 0.30, 4e-6),
@@ -252,7 +259,7 @@ _BY_NAME: dict[str, DeviceEfficiency] = {
     "tpu-v6e": DeviceEfficiency(0.85, 0.85, 2, 256, 0.85, 0.5, 0.5, 4e-6, collective_sms=0,
                                 grouped_row_tile=MEGABLOX_ROW_TILE),
     "tpu7x": DeviceEfficiency(0.85, 0.85, 4, 256, 0.85, 0.5, 0.5, 4e-6, collective_sms=0,
-                              grouped_row_tile=MEGABLOX_ROW_TILE, grouped_kernels=2),
+                              grouped_row_tile=TOKAMAX_ROW_TILE_TPU7X, grouped_kernels=2),
 }
 _DEFAULT = DeviceEfficiency(0.75, 0.70, 100, 128, 0.8, 0.45, 0.30, 5e-6)
 """Used for a user device whose name matches none above (stated in the estimate's warnings)."""
