@@ -369,6 +369,10 @@ def expected_tiles(mean: float, sd: float, tile: int) -> float:
         return 0.0
     if sd <= 0:
         return float(math.ceil(mean / tile))
+    if sd >= 2 * tile and mean >= 8 * sd:
+        # X / tile's fractional part is uniform to within exp(-2 pi^2 (sd/tile)^2) < 1e-34
+        # (the Fourier series of a normal mod 1), so E[ceil] = mean/tile + 1/2
+        return mean / tile + 0.5
     lo = max(0, math.floor((mean - 8 * sd) / tile))
     hi = math.ceil((mean + 8 * sd) / tile)
     # P(X > j tile) = 1 for every j below lo (j = 0 .. lo - 1)

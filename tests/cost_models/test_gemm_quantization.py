@@ -172,3 +172,15 @@ def test_grouped_kernels_each_pay_their_boundary_tiles() -> None:
     assert grouped_rows_computed(4096, 512, 1) == pytest.approx(4096 + 511)
     assert grouped_rows_computed(0.0, 512) == 0.0
     assert grouped_rows_computed(1e-3, 512) == pytest.approx(1e-3 + 511 * 1e-3, rel=1e-3)
+
+
+@pytest.mark.parametrize(("mean", "sd"), [(1e5, 256.0), (12345.6, 300.0), (1e7, 3000.0)])
+def test_wide_spreads_take_the_uniform_remainder(mean: float, sd: float) -> None:
+    """Past two tiles of spread, expected_tiles returns mean/tile + 1/2 without the tail sum;
+    the sum agrees to 1e-9."""
+    from cost_models.efficiency import expected_tiles
+
+    lo, hi = math.floor((mean - 8 * sd) / 128), math.ceil((mean + 8 * sd) / 128)
+    tail = lo + sum(0.5 * math.erfc((j * 128 - mean) / (sd * math.sqrt(2)))
+                    for j in range(lo, hi + 1))
+    assert expected_tiles(mean, sd, 128) == pytest.approx(tail, abs=1e-9)
