@@ -184,3 +184,37 @@ def test_wide_spreads_take_the_uniform_remainder(mean: float, sd: float) -> None
     tail = lo + sum(0.5 * math.erfc((j * 128 - mean) / (sd * math.sqrt(2)))
                     for j in range(lo, hi + 1))
     assert expected_tiles(mean, sd, 128) == pytest.approx(tail, abs=1e-9)
+
+
+def test_tpu_experts_run_as_one_grouped_matmul() -> None:
+    """On TPU v5p (Megablox, 512-row tiles) an MoE block's routed experts cost exactly their
+    GEMMs over grouped_rows_computed rows; with per-expert GEMMs (grouped_row_tile = 0) the
+    same block is faster, and its FLOPs do not change (padding is not model FLOPs)."""
+    import dataclasses
+
+    from cost_models.compute import Shard, _add_experts, block_compute
+    from cost_models.efficiency import grouped_rows_computed
+    from planner.presets import load_model
+
+    model = load_model("qwen3-30b-a3b")
+    dev = load_device("tpu-v5p")
+    eff = device_efficiency(dev)[0]
+    assert eff.grouped_row_tile == 512 and eff.grouped_kernels == 1
+    per_expert_eff = dataclasses.replace(eff, grouped_row_tile=0)
+    sh = Shard(mbs=2, seq_len=4096)
+    grouped = block_compute(model, Roofline(dev, eff, DType.BF16), sh, moe=True)
+    separate = block_compute(model, Roofline(dev, per_expert_eff, DType.BF16), sh, moe=True)
+    assert grouped.fwd_s > separate.fwd_s and grouped.bwd_s > separate.bwd_s
+    assert grouped.fwd_flops == pytest.approx(separate.fwd_flops)
+
+    roof = Roofline(dev, eff, DType.BF16)
+    fwd, _, bwd, _ = _add_experts(model, roof, sh, 0.0, 0.0, 0.0, 0.0)
+    moe = model.moe
+    assert moe is not None
+    rows = grouped_rows_computed(sh.moe_tokens * moe.top_k / moe.num_experts, 512)
+    want_f = want_b = 0.0
+    for n, k in [(2 * moe.expert_ffn_hidden_size, model.hidden_size),
+                 (model.hidden_size, moe.expert_ffn_hidden_size)]:
+        tf, _, tb, _ = roof.gemm_fwd_bwd(rows, n, k)
+        want_f, want_b = want_f + tf * moe.num_experts, want_b + tb * moe.num_experts
+    assert fwd == pytest.approx(want_f) and bwd == pytest.approx(want_b)
