@@ -2,9 +2,9 @@
 
 Usage:
     python benchmarks/validate_inference.py [--data benchmarks/data/trtllm_inference_runs.json]
+        [--out benchmarks/results/validation_inference.md] [--only SUBSTRING]
     python benchmarks/validate_inference.py --data benchmarks/data/trtllm_inference_fp4_runs.json \
         --out benchmarks/results/validation_inference_fp4.md
-        [--out benchmarks/results/validation_inference.md] [--only SUBSTRING]
 
 The records are TensorRT-LLM's offline maximum-throughput runs (`trtllm-bench throughput`:
 every request queued at once, all of one prompt and one output length; the published figure is
@@ -62,10 +62,10 @@ from cost_models.inference import estimate_inference, max_batch_size  # noqa: E4
 from planner import load_cluster, load_model  # noqa: E402
 from planner.errors import PlannerError  # noqa: E402
 from planner.model import kv_cache_dtype  # noqa: E402
-from records import UnmappedRecord  # noqa: E402
-from validate_published import dtype_for  # noqa: E402
 from planner.plan import Plan  # noqa: E402
 from planner.workload import InferenceWorkload  # noqa: E402
+from records import UnmappedRecord  # noqa: E402
+from validate_published import dtype_for  # noqa: E402
 
 DATA = ROOT / "benchmarks" / "data" / "trtllm_inference_runs.json"
 OUT = ROOT / "benchmarks" / "results" / "validation_inference.md"
@@ -107,6 +107,8 @@ def trtllm_bench_settings(model: Any, tp: int, pp: int, prompt_len: int, output_
     else:
         tokens = _round_up(raw_tokens, 512 if raw_tokens < 8192 else 1024)
     return batch, tokens
+
+
 LONG_PROMPT = 2048
 """Prompt length from which a row counts as long-prompt in the summary."""
 

@@ -146,6 +146,8 @@ class Roofline:
         dtype = DType(dtype)
         self.device = device
         self.peak, self.matmul_fraction = matmul_rate(device, eff, dtype)
+        # the large-GEMM fraction at the sustained clock: what shape_efficiency scales down
+        self.large_gemm_fraction = self.matmul_fraction * eff.sustained_clock
         # Non-tensor-core fp32 rate (softmax arithmetic inside fused attention); None when the
         # device file lists none (then fused attention is not scaled by head dimension).
         self.vector_peak = device.peak_flops_per_s.get(DType.FP32)
@@ -158,8 +160,7 @@ class Roofline:
         """Fraction of this roofline's peak an m x n x k GEMM reaches: its large-GEMM
         fraction at the sustained clock, shaped by efficiency.shape_efficiency (`m_sd`: the
         standard deviation of a random row count)."""
-        return shape_efficiency(self.eff, self.matmul_fraction * self.eff.sustained_clock,
-                                m, n, k, m_sd=m_sd)
+        return shape_efficiency(self.eff, self.large_gemm_fraction, m, n, k, m_sd=m_sd)
 
     def high_precision(self) -> Roofline:
         """The roofline of the operators FP8 and NVFP4 training leave in bf16: Transformer

@@ -224,7 +224,6 @@ def _blackwell(bf16_mamf: float, fp8_mamf: float, sms: int) -> DeviceEfficiency:
                             128, 0.85, 0.5, 0.30, 4e-6, fp4_over_fp8=FP4_OVER_FP8)
 
 
-
 MEGABLOX_ROW_TILE = 512
 """Rows per tile of MaxText's Megablox grouped matmul (`tile_batch_seq`, default 512: MaxText
 src/MaxText/configs/types.py MoEKernels; see the TPU expert GEMM note above)."""
@@ -323,21 +322,23 @@ def shape_efficiency(eff: DeviceEfficiency, base: float, m: float, n: float, k: 
     `fill`, `tile_fill`: only a dimension longer than one tile), times the depth factor
     relative to the MAMF shape (never above 1: MAMF is the ceiling). Both quantisations:
     NVIDIA, "Matrix Multiplication Background User's Guide" (DU-09799-001, 2023), Sec. 3.1
-    (tile) and 3.2 (wave). Dimensions may be fractional (an
-    expert's expected tokens); any positive dimension occupies whole tiles.
+    (tile) and 3.2 (wave). Dimensions may be fractional (an expert's expected tokens); any
+    positive dimension occupies whole tiles.
 
     `m_sd` > 0 makes the row count random with mean m and that standard deviation (an
     expert's rows under random routing): the row tiles are then their expectation
     E[ceil(X / tile)] (`expected_tiles`), so a mean that happens to be a tile multiple still
     pays the padding the rows' spread brings (about half a tile per GEMM once the spread
     exceeds a tile)."""
-    row_tiles = (math.ceil(m / eff.tile) if m <= eff.tile
-                 else expected_tiles(m, m_sd, eff.tile))
+    if m <= eff.tile:           # one row tile, and no fill cost (tile_fill)
+        row_tiles, rows = float(math.ceil(m / eff.tile)), 1.0
+    else:
+        row_tiles = expected_tiles(m, m_sd, eff.tile)
+        rows = m / (row_tiles * eff.tile)
     tiles = row_tiles * math.ceil(n / eff.tile)
     waves = math.ceil(tiles / eff.compute_units - 1e-9)
     depth = min(1.0, (k / (k + TILE_OVERHEAD_DEPTH))
                 / (MAMF_DEPTH / (MAMF_DEPTH + TILE_OVERHEAD_DEPTH)))
-    rows = 1.0 if m <= eff.tile else m / (row_tiles * eff.tile)
     fill = rows * tile_fill(n, eff.tile)
     return base * tiles / (waves * eff.compute_units) * depth * fill
 

@@ -430,7 +430,7 @@ def max_batch_size(model: ModelSpec, plan: Plan, workload: InferenceWorkload,
 def _math_rate(roof: Roofline) -> float:
     """Achievable FLOP/s of large GEMMs on `roof` (its large-GEMM fraction at the sustained
     clock)."""
-    return roof.peak * roof.matmul_fraction * roof.eff.sustained_clock
+    return roof.peak * roof.large_gemm_fraction
 
 
 def dispatch_row_bytes(model: ModelSpec, dtype: DType) -> tuple[float, float]:

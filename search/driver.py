@@ -22,7 +22,7 @@ import numpy as np
 from cost_models.compute import memoised_blocks
 from cost_models.memory import in_flight_microbatches
 from cost_models.tables import StageTables, build_tables
-from cost_models.training import make_context, step_from_stages
+from cost_models.training import make_context, p2p_sync_s, step_from_stages
 from planner.hardware import ClusterSpec
 from planner.model import ModelSpec
 from planner.plan import Plan, Recompute
@@ -249,8 +249,6 @@ def _candidate_bound(tables: StageTables, plan: Plan, m: int) -> float:
     pipeline is at least (m-1) * sum/pp + sum (1F1B) or (m + (pp-1)/v) * sum/pp, plus the
     interleaved schedule's blocking warmup/cooldown exchanges (its steady-state exchanges,
     hidden behind compute, count 0 here: tables.steady_p2p_s never goes below it)."""
-    from cost_models.training import p2p_sync_s
-
     pp = plan.pp
     # all blocks: the last prefix sum (prefix[0] is 0, so this equals span(0, L - 1))
     layers = sum(float(tables.prefix[kind][-1])
