@@ -137,6 +137,8 @@ class BlockCompute:
     # other micro-batch's dispatch (tables.ep_overlap_exposed); 0 for a dense block
     mlp_fwd_s: float = 0.0
     mlp_bwd_s: float = 0.0
+    # the weight-gradient GEMMs inside bwd_s (_wgrad_s): DualPipe's W
+    wgrad_s: float = 0.0
 
 
 class Roofline:
@@ -321,6 +323,7 @@ def _block_compute(model: ModelSpec, roof: Roofline, sh: Shard, *, moe: bool) ->
         fwd_flops=f_fwd + attn_f, bwd_flops=f_bwd + attn_bf,
         attn_core_fwd_flops=0.0 if sh.attn.fused else attn_f,
         mlp_fwd_s=mlp_f, mlp_bwd_s=mlp_b,
+        wgrad_s=_wgrad_s(model, roof, sh, shapes, router, moe=moe),
     )
 
 
@@ -411,6 +414,23 @@ def _add_experts(model: ModelSpec, roof: Roofline, sh: Shard, fwd: float, f_fwd:
     tile of rows per expert, where a tile straddles two experts' rows
     (efficiency.grouped_rows_computed)."""
     assert model.moe is not None
+    local_experts, per_expert, rows, row_sd, grouped = _expert_rows(model, roof, sh)
+    for n, k in _mlp_shapes(model, model.moe.expert_ffn_hidden_size, sh.etp):
+        # a grouped kernel's tile visits are linear in the rows: no spread term
+        tf, _, tb, _ = roof.gemm_fwd_bwd(rows, n, k, 0.0 if grouped else row_sd)
+        _, ff, _, fb = roof.gemm_fwd_bwd(per_expert, n, k)
+        fwd += tf * local_experts
+        f_fwd += ff * local_experts
+        bwd += tb * local_experts
+        f_bwd += fb * local_experts
+    return fwd, f_fwd, bwd, f_bwd
+
+
+def _expert_rows(model: ModelSpec, roof: Roofline, sh: Shard
+                 ) -> tuple[float, float, float, float, bool]:
+    """(local experts, mean rows per expert, rows the slowest rank's GEMMs compute, their
+    standard deviation, whether a grouped kernel packs them): the row counts of _add_experts."""
+    assert model.moe is not None
     m = model.moe
     local_experts = m.num_experts / sh.ep
     per_expert = sh.moe_tokens * m.top_k * sh.ep / m.num_experts
@@ -422,18 +442,28 @@ def _add_experts(model: ModelSpec, roof: Roofline, sh: Shard, fwd: float, f_fwd:
     row_sd = (math.sqrt(sh.moe_tokens * sh.ep * p * (1 - p))
               if m.capacity_factor is None else 0.0)
     grouped = roof.eff.grouped_row_tile
-    computed = (grouped_rows_computed(slowest, grouped, roof.eff.grouped_kernels)
-                if grouped else slowest)
-    for n, k in _mlp_shapes(model, m.expert_ffn_hidden_size, sh.etp):
-        # a grouped kernel's tile visits are linear in the rows: no spread term
-        tf, _, tb, _ = (roof.gemm_fwd_bwd(computed, n, k) if grouped
-                        else roof.gemm_fwd_bwd(slowest, n, k, row_sd))
-        _, ff, _, fb = roof.gemm_fwd_bwd(per_expert, n, k)
-        fwd += tf * local_experts
-        f_fwd += ff * local_experts
-        bwd += tb * local_experts
-        f_bwd += fb * local_experts
-    return fwd, f_fwd, bwd, f_bwd
+    if grouped:
+        return (local_experts, per_expert,
+                grouped_rows_computed(slowest, grouped, roof.eff.grouped_kernels), row_sd, True)
+    return local_experts, per_expert, slowest, row_sd, False
+
+
+def _wgrad_s(model: ModelSpec, roof: Roofline, sh: Shard, shapes: list[tuple[float, float]],
+             router: tuple[float, float] | None, *, moe: bool) -> float:
+    """Seconds of the block's weight-gradient GEMMs for one micro-batch (the W of a
+    zero-bubble or DualPipe schedule, which runs them apart from the data gradients: Qi et
+    al. 2024, "Zero Bubble Pipeline Parallelism", Sec. 2): of each linear layer's backward
+    (Roofline.gemm_fwd_bwd) the k x n x m GEMM, routed experts included."""
+    T = sh.tokens
+    out = 0.0
+    for n, k in shapes:
+        r = roof.high_precision() if (n, k) == router else roof
+        out += r.gemm(k, n, T, out_bytes=WGRAD_ACCUMULATOR_BYTES)[0]
+    if moe and model.moe is not None:
+        local_experts, _, rows, _, _ = _expert_rows(model, roof, sh)
+        for n, k in _mlp_shapes(model, model.moe.expert_ffn_hidden_size, sh.etp):
+            out += local_experts * roof.gemm(k, n, rows, out_bytes=WGRAD_ACCUMULATOR_BYTES)[0]
+    return out
 
 
 @functools.lru_cache(maxsize=4096)

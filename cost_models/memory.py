@@ -53,7 +53,7 @@ from planner.model import (
     optimizer_bytes_per_param,
     weight_bytes_per_param,
 )
-from planner.plan import LossKernel, Plan, Recompute
+from planner.plan import LossKernel, Plan, Recompute, Schedule
 
 FRAMEWORK_OVERHEAD_BYTES = int(1.5 * GIB)
 """CUDA context, NCCL channel buffers and library workspaces: PyTorch's CUDA context alone
@@ -170,7 +170,13 @@ def block_activation_bytes(model: ModelSpec, plan: Plan, *, seq_len: int, moe: b
 
 
 def in_flight_microbatches(plan: Plan, stage: int, num_microbatches: int) -> float:
-    """Micro-batches whose activations stage `stage` holds at its peak (1F1B/interleaved)."""
+    """Micro-batches whose activations stage `stage` holds at its peak (1F1B/interleaved).
+    Under DualPipe each direction carries half the micro-batches and stage s holds pp - s of
+    them, as in 1F1B: its schedule (DualPipe's `step`) runs pp - h forward chunks of the
+    rank's earlier stage h and h + 1 of its later stage pp-1-h before the first backward of
+    each, pp + 1 in all, the "PP+1" of the DeepSeek-V3 report's Table 2."""
+    if plan.schedule == Schedule.DUALPIPE:
+        return min(num_microbatches / 2, float(plan.pp - stage))
     base = plan.pp - stage
     if plan.vpp > 1:
         base = base * (1 + (plan.pp - 1) / (plan.pp * plan.vpp))

@@ -31,7 +31,7 @@ from cost_models.memory import (
     state_bytes,
 )
 from planner.model import ModelSpec, weight_bytes_per_param
-from planner.plan import Plan, Recompute
+from planner.plan import Plan, Recompute, Schedule
 
 Arr = Any  # a float or a numpy array of floats (broadcast over stage ranges)
 
@@ -213,7 +213,7 @@ def _dp_exposed(ctx: Any, e: dict[str, Any], dense: Arr, expert: Arr, *, fwd: Ar
                 layers: Arr, g: int, w: int, m: int) -> Arr:
     """Exposed data-parallel (and ZeRO) seconds per step (overlap rules: training.py)."""
     plan = ctx.plan
-    if plan.dp * plan.cp == 1 and e["edp"] == 1:
+    if ctx.dp_links.size == 1 and e["exp_links"].size == 1:     # dp x cp = 1, edp = 1
         return 0.0 * dense
 
     def both(kind: str, per: int) -> Arr:
@@ -267,7 +267,8 @@ def _mtp_extras(ctx: Any, model: ModelSpec, row: dict[str, float] | None) -> dic
     of its type costs (times, comm, recomputation, activations); the head and embedding what
     the model's own cost. Parameters: the block, the projection and three norms, plus, with
     pp > 1 and untied embeddings, the last stage's copy of the input embedding (the first
-    stage holds the original; Megatron keeps the two in sync like tied embeddings)."""
+    stage holds the original; Megatron keeps the two in sync like tied embeddings; under
+    DualPipe both stages are on one rank, which holds one embedding)."""
     keys = (*KINDS, "fwd", "bwd")
     n = model.mtp_layers
     if not n:
@@ -290,8 +291,12 @@ def _mtp_extras(ctx: Any, model: ModelSpec, row: dict[str, float] | None) -> dic
         emb_tp = comm.all_reduce_s(ctx.tp_links, sh.tokens * h * roof_bytes(sh.dtype))
     routed = (model.moe.num_experts * model.mlp_params(model.moe.expert_ffn_hidden_size)
               if moe and model.moe is not None else 0)
+    # DualPipe puts the first stage (embedding) and the last (MTP, head) on one rank, which
+    # shares one embedding between the model and its MTP modules (DeepSeek-V3 report Sec.
+    # 3.2.3, "Shared Embedding and Output Head for Multi-Token Prediction"): no copy
     embedding_copy = (model.embedding_params / plan.tp
-                      if plan.pp > 1 and not model.tied_embeddings else 0.0)
+                      if plan.pp > 1 and not model.tied_embeddings
+                      and plan.schedule != Schedule.DUALPIPE else 0.0)
     out = {"mtp_compute": n * (fwd + bwd), "mtp_fwd": n * fwd, "mtp_bwd": n * bwd,
            "mtp_recompute": n * row["recompute"], "mtp_tp_comm": n * (row["tp_comm"] + emb_tp),
            "mtp_cp_comm": n * row["cp_comm"], "mtp_ep_comm": n * row["ep_comm"],
@@ -313,7 +318,7 @@ def _layer_row(ctx: Any, moe: bool, bc: Any, block_comm: Any) -> dict[str, float
     # compute plus its exposed context-parallel exchange, which the DP stream runs through.
     row = {"compute": bc.fwd_s + bc.bwd_s, "recompute": 0.0, "tp_comm": tpf + tpb,
            "cp_comm": cpf + cpb, "ep_comm": epf + epb, "fwd": bc.fwd_s + cpf,
-           "bwd": bc.bwd_s + cpb}
+           "bwd": bc.bwd_s + cpb, "wgrad": bc.wgrad_s}
     if plan.recompute == Recompute.FULL:
         row["recompute"] = bc.fwd_s
         row["tp_comm"] += tpf
@@ -324,11 +329,18 @@ def _layer_row(ctx: Any, moe: bool, bc: Any, block_comm: Any) -> dict[str, float
     elif plan.recompute == Recompute.SELECTIVE:
         row["recompute"] = module_recompute(model, ctx.roof, ctx.shard, plan.selective_modules,
                                             moe=moe)[0]
-    if plan.ep_overlap and moe:     # never with full recomputation (planner.validate)
+    # DualPipe pairs a forward and a backward chunk of two micro-batches the same way
+    # (DeepSeek-V3 report Sec. 3.2.1, Fig. 4: attention, dispatch, MLP and combine of one
+    # interleaved with those of the other), so its all-to-alls hide by the same rule.
+    if (plan.ep_overlap or plan.schedule == Schedule.DUALPIPE) and moe:
         row["ep_comm"] = ep_overlap_exposed(ctx.roof.eff.overlap_slowdown, fwd_comm=epf,
                                             bwd_comm=epb, fwd_window=bc.fwd_s,
                                             bwd_window=bc.bwd_s, fwd_mlp=bc.mlp_fwd_s,
                                             bwd_mlp=bc.mlp_bwd_s)
+        if plan.recompute == Recompute.FULL:
+            # (DualPipe only: planner.validate) the recomputed forward dispatches again,
+            # outside the pairs: exposed
+            row["ep_comm"] += epf
     row["act"] = block_activation_bytes(model, plan, seq_len=ctx.workload.seq_len, moe=moe,
                                         fused_attention=plan.attn.fused,
                                         dtype=ctx.workload.dtype)
@@ -406,6 +418,11 @@ def steady_p2p_s(plan: Plan, m: int, p2p_per_microbatch: float, fwd: Any, bwd: A
     windows are `fwd` and `bwd`: all of p2p_s under 1F1B; under interleaving, of the
     steady-state exchanges (the chunks outside warmup and cooldown) only what one transfer
     outlasts the chunk it overlaps (fwd / vpp or bwd / vpp)."""
+    if plan.schedule == Schedule.DUALPIPE:
+        # the paired chunks' exchanges hide behind their computation (DeepSeek-V3 report Sec.
+        # 3.2.1: "both all-to-all and PP communication can be fully hidden"); the single
+        # chunks of the ramps are training.p2p_sync_s
+        return 0 * fwd
     if plan.pp == 1 or plan.vpp == 1:
         return p2p_per_microbatch + 0 * fwd
     v = plan.vpp

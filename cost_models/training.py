@@ -8,7 +8,10 @@ Schedule (Narayanan et al. 2021 Sec. 2.2): with m micro-batches and per-micro-ba
 times C_k, 1F1B takes (m-1)*max_k C_k + sum_k C_k, which is (m + p - 1) * C for equal stages
 (bubble fraction (p-1)/m) and handles uneven stages (the same expression as Alpa's
 inter-operator DP objective, Zheng et al. 2022 Eq. 2). Interleaved 1F1B with v chunks per
-device takes m*max C + (p-1)*max C / v (bubble (p-1)/(v*m), Narayanan Sec. 2.2.2).
+device takes m*max C + (p-1)*max C / v (bubble (p-1)/(v*m), Narayanan Sec. 2.2.2). DualPipe
+(schedule=dualpipe, DeepSeek-V3 report Sec. 3.2.1 and Table 2) pairs stage r with stage p-1-r
+on one rank and takes m x the slowest rank's mean chunk + (p/2-1)(F&B + B - 3W):
+`dualpipe_ranks`.
 
 Overlap rules:
 - TP communication is on the critical path (no overlap is modelled); so is EP communication
@@ -39,7 +42,7 @@ Overlap rules:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -47,11 +50,11 @@ from cost_models import comm
 from cost_models.compute import BlockCompute, Roofline, Shard, roof_bytes
 from cost_models.efficiency import device_efficiency, precision_warning
 from cost_models.memory import GIB
-from cost_models.tables import StageTables, build_tables, interleaved_warmup_chunks
+from cost_models.tables import KINDS, StageTables, build_tables, interleaved_warmup_chunks
 from planner.errors import SpecError
 from planner.hardware import ClusterSpec
 from planner.model import ModelSpec
-from planner.plan import Dispatcher, Plan, Recompute
+from planner.plan import Dispatcher, Plan, Recompute, Schedule
 from planner.result import BREAKDOWN_KEYS, Estimate, StageEstimate
 from planner.workload import TrainingWorkload
 
@@ -152,7 +155,13 @@ def p2p_s(ctx: Context) -> float:
 def p2p_sync_s(plan: Plan, m: int, p2p_per_microbatch: float) -> float:
     """Exposed seconds per step of the interleaved schedule's blocking exchanges: one transfer
     (p2p_s / (2 vpp)) after each warmup forward chunk and each cooldown backward chunk; 0 for
-    1F1B, whose exchanges are all in the per-micro-batch time (p2p_s)."""
+    1F1B, whose exchanges are all in the per-micro-batch time (p2p_s). DualPipe hides the
+    exchanges of its paired chunks and blocks on those of the chunks it runs alone: on the
+    first rank 3 pp - 2 of them (DualPipe's `step`: pp - 2 forwards, then 2, then pp/2 - 1
+    backward-forward pairs of singles before the steady state; pp/2 - 1, 2 and pp/2 - 1
+    backwards after it), one transfer (p2p_s / 2) each."""
+    if plan.schedule == Schedule.DUALPIPE:
+        return (3 * plan.pp - 2) * p2p_per_microbatch / 2 if plan.pp > 1 else 0.0
     if plan.pp == 1 or plan.vpp == 1:
         return 0.0
     return 2 * interleaved_warmup_chunks(plan, m) * p2p_per_microbatch / (2 * plan.vpp)
@@ -180,9 +189,88 @@ def step_from_stages(tables: StageTables, times: list[float], tails: list[float]
     """The step time of stages with these per-micro-batch times and tails
     (StageTables.stage_profile): the pipeline schedule plus the slowest tail."""
     plan, m = tables.ctx.plan, tables.num_microbatches
+    assert plan.schedule != Schedule.DUALPIPE      # dualpipe_ranks scores those
     frac = plan.max_chunk_fraction(tables.num_layers)
     return (pipeline_time(plan, m, times, frac) + max(tails)
             + p2p_sync_s(plan, m, tables.extras["p2p"]))
+
+
+@dataclass(frozen=True)
+class DualPipeRanks:
+    """One DualPipe split, per pipeline rank r (ranks r and pp-1-r hold the same two stages,
+    r and pp-1-r, and get the same values): per-micro-batch seconds by kind (the mean of its
+    two stages' chunks: each direction sends half the micro-batches through each), the
+    bubble, the tail (data-parallel reduction of both stages, the sum of the two copies'
+    gradients, the optimizer steps) and the memory of both stages."""
+
+    kinds: list[dict[str, float]]
+    bubble: list[float]
+    tails: list[tuple[float, float]]      # (exposed dp reduction of both stages, optimizer)
+    mems: list[dict[str, float]]
+    sync: float                           # the single chunks' blocking exchanges
+
+    def times(self) -> list[float]:
+        return [sum(k[kind] for kind in (*KINDS, "pp_comm", "offload")) for k in self.kinds]
+
+    def pipe(self, m: int) -> list[float]:
+        return [m * t + b for t, b in zip(self.times(), self.bubble)]
+
+    def step(self, m: int) -> float:
+        return max(self.pipe(m)) + self.sync + max(sum(t) for t in self.tails)
+
+    def peak(self) -> float:
+        return max(sum(mm.values()) for mm in self.mems)
+
+
+def dualpipe_ranks(tables: StageTables, ranges: list[tuple[int, int]] | tuple[tuple[int, int], ...]
+                   ) -> DualPipeRanks:
+    """Score a split under DualPipe (DeepSeek-V3 report, arXiv:2412.19437 Sec. 3.2.1 and
+    Table 2; github.com/deepseek-ai/DualPipe). Rank r holds stage r of the forward direction
+    and stage pp-1-r of the reverse one, so over a step it runs m/2 micro-batches through
+    each: m x the mean of its two chunks. Bubble: (pp/2 - 1)(F&B + B - 3W), with F, B and W
+    the forward, full backward and weight-gradient seconds of one chunk (the rank's mean) and
+    F&B = F + B: the paired chunks overlap their communication, not their computation. W is
+    the blocks' weight-gradient GEMMs (compute._wgrad_s); the embedding's and head's are left
+    in B (a slightly larger bubble). Memory: both stages' weights, gradients, optimizer states
+    and activations (pp - s micro-batches of stage s: memory.in_flight_microbatches), the
+    buffers once. The two copies of each stage sum their gradients: each stage's gradients
+    are reduced over both copies' data-parallel ranks (2 x dp x cp, the experts' over 2 x
+    their data-parallel group), under the overlap rules of any data-parallel reduction; the
+    pair spans nodes when the pipeline group does."""
+    ctx, plan = tables.ctx, tables.ctx.plan
+    pp = plan.pp
+    st = strides(plan)
+    pair = (2, ctx.cluster.devices_per_node if ctx.pp_crosses_nodes else 1)
+    e = tables.extras
+    edp = int(e["edp"])
+    summed = replace(tables, ctx=replace(ctx, dp_links=comm.composite_links(
+        ctx.cluster, [(plan.cp, st["cp"]), (plan.dp, st["dp"]), pair])),
+        extras={**e, "exp_links": comm.composite_links(
+            ctx.cluster, [(edp, plan.ep * plan.expert_tp), pair])})
+    per = []
+    for k, (a, b) in enumerate(ranges):
+        kinds = {key: float(v) for key, v in tables.kinds(k, a, b).items()}
+        kinds["wgrad"] = float(tables.sums("wgrad", a, b))
+        mem = {key: float(v) for key, v in tables.memory(k, a, b).items()}
+        dp, opt = (float(x) for x in summed.tail(k, a, b))
+        per.append((kinds, mem, dp, opt))
+    static = e["static_buffers"]
+    out_k, out_b, out_t, out_m = [], [], [], []
+    for r in range(pp):
+        s = pp - 1 - r
+        (kr, mr, dr, orr), (ks, ms, ds, os_) = per[r], per[s]
+        kinds = {key: (kr[key] + ks[key]) / 2 for key in kr}
+        t = sum(kinds[kind] for kind in (*KINDS, "pp_comm", "offload"))
+        f, w = kinds["fwd"], kinds["wgrad"]
+        bwd = t - f
+        out_k.append(kinds)
+        out_b.append(max(0.0, (pp / 2 - 1) * ((f + bwd) + bwd - 3 * w)))
+        out_t.append((dr + ds, orr + os_))
+        mem = {key: mr[key] + ms[key] for key in mr}
+        mem["buffers"] -= static          # counted in both stages' buffers; held once
+        out_m.append(mem)
+    return DualPipeRanks(kinds=out_k, bubble=out_b, tails=out_t, mems=out_m,
+                         sync=p2p_sync_s(plan, tables.num_microbatches, tables.extras["p2p"]))
 
 
 def estimate_training(model: ModelSpec, cluster: ClusterSpec, workload: TrainingWorkload,
@@ -192,6 +280,8 @@ def estimate_training(model: ModelSpec, cluster: ClusterSpec, workload: Training
     m = workload.global_batch_size // (plan.dp * plan.mbs)
     tables = build_tables(ctx, m)
     ranges = plan.stage_ranges(model.num_layers)
+    if plan.schedule == Schedule.DUALPIPE:
+        return _estimate_dualpipe(ctx, tables, ranges, m, generic)
     kinds = [{k: float(v) for k, v in tables.kinds(s, a, b).items()}
              for s, (a, b) in enumerate(ranges)]
     times = [float(tables.time(s, a, b)) for s, (a, b) in enumerate(ranges)]
@@ -211,6 +301,26 @@ def estimate_training(model: ModelSpec, cluster: ClusterSpec, workload: Training
             for s, (a, b) in enumerate(ranges)]
     return _finish(ctx, plan=plan, m=m, step=sum(breakdown.values()), breakdown=breakdown,
                    times=times, mems=mems, ranges=ranges, generic=generic)
+
+
+def _estimate_dualpipe(ctx: Context, tables: StageTables, ranges: list[tuple[int, int]], m: int,
+                       generic: bool) -> Estimate:
+    """estimate_training under DualPipe: the critical rank's kinds x m, its bubble, the
+    single chunks' exchanges and the slowest tail; per-stage rows report each rank."""
+    plan = ctx.plan
+    ranks = dualpipe_ranks(tables, ranges)
+    pipe = ranks.pipe(m)
+    crit_k = max(range(plan.pp), key=lambda r: (pipe[r], -r))
+    crit = ranks.kinds[crit_k]
+    tail_k = max(range(plan.pp), key=lambda r: (sum(ranks.tails[r]), -r))
+    breakdown = {key: m * crit[key] for key in
+                 ("compute", "recompute", "tp_comm", "cp_comm", "pp_comm", "ep_comm", "offload")}
+    breakdown["pp_comm"] += ranks.sync
+    breakdown |= {"dp_comm": ranks.tails[tail_k][0], "bubble": ranks.bubble[crit_k],
+                  "optimizer": ranks.tails[tail_k][1]}
+    breakdown = {k: breakdown[k] for k in BREAKDOWN_KEYS}
+    return _finish(ctx, plan=plan, m=m, step=sum(breakdown.values()), breakdown=breakdown,
+                   times=ranks.times(), mems=ranks.mems, ranges=ranges, generic=generic)
 
 
 def _finish(ctx: Context, *, plan: Plan, m: int, step: float, breakdown: dict[str, float],

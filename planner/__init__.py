@@ -13,7 +13,7 @@ from typing import Any
 from planner.errors import InfeasibleError, PlanError, PlannerError, PresetNotFoundError, SpecError
 from planner.hardware import ClusterSpec, DeviceSpec, LinkSpec, Topology
 from planner.model import Activation, DType, MLASpec, ModelSpec, MoESpec, Optimizer, Positional
-from planner.plan import Attention, Dispatcher, LossKernel, Plan, Recompute, parse_plan
+from planner.plan import Attention, Dispatcher, LossKernel, Plan, Recompute, Schedule, parse_plan
 from planner.presets import list_presets, load_cluster, load_device, load_model
 from planner.workload import InferenceWorkload, TrainingWorkload, Workload
 
@@ -22,7 +22,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Activation", "Attention", "ClusterSpec", "DType", "DeviceSpec", "Dispatcher", "InferenceWorkload", "InfeasibleError",
     "LinkSpec", "LossKernel", "MLASpec", "ModelSpec", "MoESpec", "Optimizer", "Plan", "PlanError",
-    "PlannerError", "Positional", "PresetNotFoundError", "Recompute", "SpecError", "Topology",
+    "PlannerError", "Positional", "PresetNotFoundError", "Recompute", "Schedule", "SpecError", "Topology",
     "TrainingWorkload", "Workload", "__version__", "list_presets", "load_cluster", "load_device",
     "load_model", "parse_plan",
 ]

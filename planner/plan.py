@@ -59,6 +59,18 @@ class Dispatcher(StrEnum):
     ALLTOALL = "alltoall"
 
 
+class Schedule(StrEnum):
+    """Pipeline schedule. 1f1b: one-forward-one-backward (PipeDream-Flush, Narayanan et al.
+    2021 Sec. 2.2), interleaved when vpp > 1. dualpipe: DeepSeek's bidirectional schedule
+    (DeepSeek-V3 report, arXiv:2412.19437 Sec. 3.2.1; github.com/deepseek-ai/DualPipe): micro-
+    batches enter from both ends of the pipeline, each rank holds two stages (stage r and
+    stage pp-1-r), and a forward and a backward chunk of two micro-batches run together so
+    that one's communication hides behind the other's computation."""
+
+    ONE_F_ONE_B = "1f1b"
+    DUALPIPE = "dualpipe"
+
+
 class Recompute(StrEnum):
     """Activation recomputation (Korthikanti et al. 2022, Sec. 4 and 5)."""
 
@@ -104,6 +116,7 @@ class Plan(Spec):
                         "pp=1 and no recomputation, as Megatron-Core requires"))
     mbs: PositiveInt = Field(1, description="micro-batch size in sequences")
     vpp: PositiveInt = Field(1, description="virtual pipeline stages per device (interleaved 1F1B)")
+    schedule: Schedule = Field(Schedule.ONE_F_ONE_B, description="pipeline schedule (see Schedule)")
     attn: Attention = Field(Attention.FLASH, description="attention kernel (see Attention)")
     loss: LossKernel = Field(LossKernel.UNFUSED, description="cross-entropy kernel (see LossKernel)")
     order: tuple[str, ...] = Field(DEFAULT_ORDER, description="rank layout, innermost group first")
@@ -220,6 +233,8 @@ class Plan(Spec):
             parts.append("recompute_modules=" + "+".join(self.recompute_modules))
         if self.offload:
             parts.append(f"offload={self.offload}")
+        if self.schedule != Schedule.ONE_F_ONE_B:
+            parts.append(f"schedule={self.schedule.value}")
         if self.order != DEFAULT_ORDER:
             parts.append("order=" + "-".join(self.order))
         if self.chunk_layers is not None:
@@ -234,7 +249,8 @@ _ON = {"on", "true", "1", "yes"}
 _OFF = {"off", "false", "0", "no"}
 _BOOL_KEYS = ("sp", "ep_overlap")
 _ENUM_KEYS: dict[str, type[StrEnum]] = {"recompute": Recompute, "attn": Attention,
-                                         "loss": LossKernel, "dispatcher": Dispatcher}
+                                         "loss": LossKernel, "dispatcher": Dispatcher,
+                                         "schedule": Schedule}
 PLAN_KEYS = (*_INT_KEYS, *_BOOL_KEYS, *_ENUM_KEYS, "order", "layers", "recompute_modules")
 
 

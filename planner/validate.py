@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from planner.errors import PlanError
 from planner.model import ModelSpec
-from planner.plan import Plan, Recompute
+from planner.plan import Plan, Recompute, Schedule
 from planner.workload import TrainingWorkload
 
 
@@ -60,6 +60,7 @@ def plan_problems(model: ModelSpec, workload: TrainingWorkload, plan: Plan,
         out.append(("pp_layers", f"pp={p.pp} exceeds the {model.num_layers} layers; "
                     f"use pp <= {model.num_layers}"))
     out += _batch_problems(workload, p)
+    out += _dualpipe_problems(workload, p)
     out += _stage_problems(model, p)
     out += _other_problems(model, workload, p)
     return out
@@ -79,6 +80,38 @@ def _batch_problems(workload: TrainingWorkload, p: Plan) -> list[tuple[str, str]
         out.append(("interleave_microbatches", f"the interleaved schedule needs the "
                     f"{gb // (p.dp * p.mbs)} micro-batches per replica to be a multiple of "
                     f"pp={p.pp} (Megatron-LM); change mbs or the global batch, or use vpp=1"))
+    return out
+
+
+def _dualpipe_problems(workload: TrainingWorkload, p: Plan) -> list[tuple[str, str]]:
+    """DualPipe's own checks (github.com/deepseek-ai/DualPipe, dualpipe.py `step`: the number of
+    ranks is even; the micro-batches are even and at least twice the ranks) and what it
+    already does itself: two stages per rank (no virtual stages) and the all-to-all overlap."""
+    if p.schedule != Schedule.DUALPIPE:
+        return []
+    out: list[tuple[str, str]] = []
+    if p.pp < 2 or p.pp % 2:
+        out.append(("dualpipe_pp", f"schedule=dualpipe needs an even pp of at least 2 (micro-"
+                    f"batches enter from both ends of the pipeline), got pp={p.pp}; nearest "
+                    f"valid pp: {max(2, p.pp + 1 if p.pp % 2 else p.pp)}"))
+    if p.vpp > 1:
+        out.append(("dualpipe_vpp", f"schedule=dualpipe holds two stages on each rank already "
+                    f"and takes no virtual stages; use vpp=1 (got vpp={p.vpp})"))
+    if p.ep_overlap:
+        out.append(("dualpipe_ep_overlap", "schedule=dualpipe overlaps the expert all-to-all "
+                    "with the paired chunk itself; use ep_overlap=off"))
+    gb = workload.global_batch_size
+    if gb % (p.dp * p.mbs) == 0 and p.pp >= 2 and p.pp % 2 == 0:
+        m = gb // (p.dp * p.mbs)
+        if m % 2 or m < 2 * p.pp:
+            per = gb // p.dp
+            valid = [b for b in divisors(per) if (per // b) % 2 == 0 and per // b >= 2 * p.pp]
+            hint = (f"nearest valid mbs: {nearest(p.mbs, valid)}" if valid else
+                    f"use a global batch that is an even multiple of dp*mbs = {p.dp * p.mbs}, "
+                    f"at least {2 * p.pp * p.dp * p.mbs}")
+            out.append(("dualpipe_microbatches", f"schedule=dualpipe needs an even number of "
+                        f"micro-batches per replica, at least 2*pp = {2 * p.pp} (DualPipe "
+                        f"splits them between the two directions), got {m}; {hint}"))
     return out
 
 
@@ -150,7 +183,7 @@ def _other_problems(model: ModelSpec, workload: TrainingWorkload, p: Plan) -> li
             out.append(("ep_overlap_ep", "ep_overlap=on overlaps the expert-parallel all-to-all, "
                         "which ep=1 does not have; use ep>1 or ep_overlap=off"))
         # Megatron-Core's own checks (TransformerConfig.__post_init__, megatron-core 0.16)
-        if p.ep_overlap and p.pp > 1 and p.vpp == 1:
+        if p.ep_overlap and p.pp > 1 and p.vpp == 1 and p.schedule != Schedule.DUALPIPE:
             out.append(("ep_overlap_vpp", f"ep_overlap=on with pp={p.pp} needs the interleaved "
                         "schedule (Megatron-Core's combined 1F1B pairs micro-batches across "
                         "virtual stages); use vpp>1, pp=1, or ep_overlap=off"))

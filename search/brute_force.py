@@ -1,7 +1,8 @@
 """Exhaustive enumeration of the search space, for small problems only (tests, `regress`).
 
 Every plan the search considers, without its reductions: both SP settings, all 24 rank
-orders, and every split of the layers into stages (vpp = 1), each scored by the public
+orders, and every split of the layers into stages (vpp = 1; the even one under DualPipe,
+whose rank pairs stage k with stage pp-1-k), each scored by the public
 `planner.api.evaluate`. Exponential; guarded by `max_plans`.
 """
 
@@ -14,7 +15,7 @@ from planner.api import evaluate
 from planner.errors import PlanError
 from planner.hardware import ClusterSpec
 from planner.model import ModelSpec
-from planner.plan import DEFAULT_ORDER, Plan
+from planner.plan import DEFAULT_ORDER, Plan, Schedule
 from planner.workload import TrainingWorkload
 from search import space
 from search.space import Limits
@@ -61,7 +62,10 @@ def _plans(model: ModelSpec, d: space.Degrees, mbs: int, m: int, limits: Limits,
             for zero in space.zero_options(d.pp, limits):
                 for vpp in space.vpp_options(model, d.pp, m, limits):
                     layouts = (space.interleaved_layouts(model.num_layers, d.pp, vpp)
-                               if vpp > 1 or d.pp == 1 else splits(model.num_layers, d.pp))
+                               if vpp > 1 or d.pp == 1 else
+                               # DualPipe keeps its split even, in the search as here
+                               [None] if limits.fixed.get("schedule") == Schedule.DUALPIPE
+                               else splits(model.num_layers, d.pp))
                     overlaps = space.ep_overlap_options(model, d.pp, vpp, ep, rc, limits)
                     for order, layers, overlap in ((o, la, ov) for o in orders for la in layouts
                                                    for ov in overlaps):

@@ -22,10 +22,10 @@ import numpy as np
 from cost_models.compute import memoised_blocks
 from cost_models.memory import in_flight_microbatches
 from cost_models.tables import StageTables, build_tables
-from cost_models.training import make_context, p2p_sync_s, step_from_stages
+from cost_models.training import dualpipe_ranks, make_context, p2p_sync_s, step_from_stages
 from planner.hardware import ClusterSpec
 from planner.model import ModelSpec
-from planner.plan import Plan, Recompute
+from planner.plan import Plan, Recompute, Schedule
 from planner.validate import plan_problems
 from planner.workload import TrainingWorkload
 from search import space
@@ -145,6 +145,7 @@ def _groups(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload, device
     loss = limits.fixed.get("loss", Plan().loss)
     modules = tuple(limits.fixed.get("recompute_modules") or ("core_attn",))  # type: ignore[arg-type]
     cache: dict[tuple[int, int, bool, int, int], dict[Recompute, float]] = {}
+    dualpipe = limits.fixed.get("schedule") == Schedule.DUALPIPE
     for d in space.enumerate_degrees(model, wl, devices, cluster, limits, state.pruned):
         for mbs in space.micro_batches(wl, d, limits):
             m = wl.global_batch_size // (d.dp * mbs)
@@ -155,8 +156,11 @@ def _groups(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload, device
                     if key not in cache:
                         cache[key] = _work_per_microbatch(model, cluster, wl, d.tp, d.cp, sp,
                                                           mbs, attn, ep, etp, loss, modules)
+                    # DualPipe's ranks each run m chunks of their two stages' mean: no
+                    # bubble term bounds it below
+                    ramp = 0.0 if dualpipe else (d.pp - 1) / vmax
                     for rc in space.recompute_options(limits):
-                        bound = (m + (d.pp - 1) / vmax) * cache[key][rc] / d.pp
+                        bound = (m + ramp) * cache[key][rc] / d.pp
                         out.append(Group(d, mbs, rc, sp, bound, ep))
     out.sort(key=lambda g: (g.bound_s, g.degrees.tp, g.degrees.cp, g.degrees.pp, g.mbs,
                             g.ep, g.recompute.value, g.sp))
@@ -179,6 +183,11 @@ def score_plan(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload, pla
     if _candidate_bound(tables, plan, m) > cutoff:
         return "bound"
     even = tuple(plan.stage_ranges(L))
+    if plan.schedule == Schedule.DUALPIPE:
+        # DualPipe pairs stage k with stage pp-1-k on one rank: the partition DP (which
+        # balances single stages) does not apply; the split stays even or as given
+        ranks = dualpipe_ranks(tables, even)
+        return (ranks.step(m), ranks.peak(), even) if ranks.peak() <= cap else "memory"
     even_fits = all(tables.memory_total(k, a, b) <= cap for k, (a, b) in enumerate(even))
     if pp == 1 or plan.vpp > 1:
         return _scored(tables, even) if even_fits else "memory"
@@ -255,6 +264,8 @@ def _candidate_bound(tables: StageTables, plan: Plan, m: int) -> float:
                  for kind in ("compute", "recompute", "tp_comm", "cp_comm", "ep_comm"))
     e = tables.extras
     total = layers + e["emb_compute"] + e["emb_tp_comm"] + e["head_compute"]
+    if plan.schedule == Schedule.DUALPIPE:
+        return m * total / pp + p2p_sync_s(plan, m, e["p2p"])
     if plan.vpp > 1:
         return (m + (pp - 1) / plan.vpp) * total / pp + p2p_sync_s(plan, m, e["p2p"])
     return (m - 1) * (total + pp * e["p2p"]) / pp + total + pp * e["p2p"]

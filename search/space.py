@@ -33,7 +33,7 @@ from itertools import permutations
 from cost_models.comm import composite_links, group_links
 from planner.hardware import ClusterSpec
 from planner.model import ModelSpec
-from planner.plan import DEFAULT_ORDER, Recompute
+from planner.plan import DEFAULT_ORDER, Recompute, Schedule
 from planner.validate import divisors
 from planner.workload import TrainingWorkload
 
@@ -59,10 +59,12 @@ class Limits:
     fixed: dict[str, object] = field(default_factory=dict)
 
 
-HELD_KEYS = ("etp", "attn", "loss", "recompute_modules", "dispatcher", "offload")
+HELD_KEYS = ("etp", "attn", "loss", "recompute_modules", "dispatcher", "offload", "schedule")
 """Plan keys the search does not vary: a --fix value is carried into every candidate as given,
 otherwise the Plan default (etp 1, FlashAttention, unfused loss, the attention core as the
-selective module, the flex MoE dispatcher, which is never slower)."""
+selective module, the flex MoE dispatcher, which is never slower; the 1F1B schedule, or
+interleaved where vpp > 1: DualPipe only under --fix schedule=dualpipe, since no training
+export can launch it)."""
 
 
 def held(limits: Limits) -> dict[str, object]:
@@ -179,8 +181,8 @@ def zero_options(pp: int, limits: Limits) -> list[int]:
 def vpp_options(model: ModelSpec, pp: int, m: int, limits: Limits) -> list[int]:
     if "vpp" in limits.fixed:
         return [int(limits.fixed["vpp"])]  # type: ignore[call-overload]
-    if pp == 1:
-        return [1]
+    if pp == 1 or limits.fixed.get("schedule") == Schedule.DUALPIPE:
+        return [1]      # DualPipe holds two stages per rank and no virtual stages
     out = [1]
     L = model.num_layers
     if m % pp:

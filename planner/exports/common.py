@@ -16,7 +16,7 @@ from typing import Any
 from planner.errors import SpecError, UnsupportedPlanError
 from planner.hardware import ClusterSpec
 from planner.model import DType, ModelSpec, default_grad_dtype
-from planner.plan import Dispatcher, LossKernel, Plan, parse_plan_fields
+from planner.plan import Dispatcher, LossKernel, Plan, Schedule, parse_plan_fields
 from planner.workload import InferenceWorkload, TrainingWorkload
 
 SAVE_HINT = "save the output of `meshplan search ... --json` to a file and export that"
@@ -186,6 +186,11 @@ def require_training(inp: ExportInputs, engine: str) -> None:
     if not inp.training:
         raise refuse(engine, "it is an inference plan and this export writes a training "
                              "launch; export inference plans --to vllm or --to sglang")
+    if inp.plan.schedule == Schedule.DUALPIPE:
+        raise refuse(engine, "schedule=dualpipe (DeepSeek's bidirectional pipeline, "
+                             "github.com/deepseek-ai/DualPipe) has no launch option in it; "
+                             "export a 1F1B or interleaved plan, or run DualPipe from its "
+                             "own repository")
     if inp.plan.loss == LossKernel.CHUNKED:
         raise refuse(engine, "loss=chunked (a fused linear cross entropy over chunks of tokens, "
                              "Liger-Kernel's) has no setting in its launch options; export the "

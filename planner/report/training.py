@@ -20,6 +20,7 @@ from planner.report.schedule import (
     FORWARD_SHARE_FULL_RECOMPUTE, closed_form_bubble_fraction, forward_share,
     simulate,
 )
+from planner.plan import Schedule
 from planner.result import BREAKDOWN_KEYS, MEMORY_KEYS
 
 TIME_COLORS = {"compute": "#4e79a7", "recompute": "#a0cbe8", "tp_comm": "#f28e2b",
@@ -164,19 +165,31 @@ def _plan_panel(e: dict[str, Any], result: dict[str, Any], *, rank: int, heading
     model = model_of(result)
     plan = plan_of(e["plan"], inputs["devices"])
     parts = [f"<h3>{t.cell(heading)}</h3><p><code>{t.cell(e['plan'])}</code></p>",
-             t.notes(e["warnings"]), "<h3>Memory per stage</h3>", _stage_memory_chart(e),
-             "<h3>Pipeline schedule</h3>", _schedule_section(plan.pp, plan.vpp,
-                                                             plan.recompute.value, e),
+             t.notes(e["warnings"]), "<h3>Memory per stage</h3>",
+             _stage_memory_chart(e, dualpipe=plan.schedule == Schedule.DUALPIPE),
+             "<h3>Pipeline schedule</h3>",
+             (_dualpipe_section(plan.pp, e) if plan.schedule == Schedule.DUALPIPE
+              else _schedule_section(plan.pp, plan.vpp, plan.recompute.value, e)),
              device_map_section(map_inputs(plan, model),
                                 devices_per_node=inputs["cluster"]["devices_per_node"])]
+    if plan.schedule == Schedule.DUALPIPE:
+        parts.append(f'<p class="note">Under DualPipe the device at pipeline rank s also holds '
+                     f"stage {plan.pp - 1}-s (its blocks, and the embedding or head that stage "
+                     "carries); the map shows stage s.</p>")
     if rank == 1 and result.get("device_mapping"):
         parts.append(_mapping_table(result["device_mapping"]))
     return "".join(parts)
 
 
-def _stage_memory_chart(e: dict[str, Any]) -> str:
-    rows = [BarRow(label=f"stage {i} (blocks {s['first_layer']}-{s['last_layer']})",
-                   parts={"stage peak": s["memory_gib"]}) for i, s in enumerate(e["stages"])]
+def _stage_memory_chart(e: dict[str, Any], *, dualpipe: bool = False) -> str:
+    st = e["stages"]
+    p = len(st)
+    label = ((lambda i, s: f"rank {i} (stages {i} and {p - 1 - i}: blocks {s['first_layer']}-"
+                           f"{s['last_layer']}, {st[p - 1 - i]['first_layer']}-"
+                           f"{st[p - 1 - i]['last_layer']})") if dualpipe else
+             (lambda i, s: f"stage {i} (blocks {s['first_layer']}-{s['last_layer']})"))
+    rows = [BarRow(label=label(i, s), parts={"stage peak": s["memory_gib"]})
+            for i, s in enumerate(st)]
     rows.append(BarRow(label="most loaded device", parts=e["memory_gib"],
                        note="" if e["fits"] else f"over by {fmt(e['over_memory_gib'], 2)} GiB"))
     return bar_chart(BarChart(chart="memory-stages", keys=("stage peak", *MEMORY_KEYS),
@@ -217,6 +230,21 @@ def _schedule_section(p: int, v: int, recompute: str, e: dict[str, Any]) -> str:
                   if len(drawn.ops) > MAX_TOOLTIP_BOXES else ""))
     return (f'<p class="note">{escape(caption)}</p>'
             + timeline_chart(drawn, caption=caption) + _schedule_stats(p, v, m, e, full))
+
+
+def _dualpipe_section(p: int, e: dict[str, Any]) -> str:
+    """A DualPipe plan: the cost model's numbers, no timeline (the simulator draws 1F1B and
+    Megatron-LM's interleaved order only)."""
+    m = e["num_microbatches"]
+    note = (f"DualPipe (DeepSeek-V3 report Sec. 3.2.1), {p} ranks, {m} micro-batches per step, "
+            f"{m // 2} from each end of the pipeline. Rank r holds stage r and stage {p - 1}-r, "
+            "so the per-stage rows above give each rank's time and memory. The timeline is not "
+            "drawn: the schedule simulator follows 1F1B and Megatron-LM's interleaved order.")
+    rows = [["bubble, (p/2-1)(F&B + B - 3W) of the slowest rank", f"{fmt(e['breakdown']['bubble'])} s"],
+            ["blocking exchanges of the unpaired chunks, in pp_comm", f"{3 * p - 2} transfers"]]
+    return (f'<p class="note">{escape(note)}</p>'
+            + t.table(["schedule", "value"], [[t.cell(a), t.cell(b)] for a, b in rows],
+                      numeric=[False, True]))
 
 
 def _schedule_stats(p: int, v: int, m: int, e: dict[str, Any], full: Any) -> str:

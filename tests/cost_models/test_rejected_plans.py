@@ -120,6 +120,26 @@ CASES = [
     ("offload_recompute", GPT, wl(), Plan(dp=2, offload=4, recompute="selective"), 2,
      "offload=4 cannot run with recompute=selective (Megatron-Core refuses activation "
      "offloading with recomputation); use recompute=none or offload=0"),
+    ("dualpipe_pp", GPT, wl(60), Plan(pp=3, schedule="dualpipe"), 3,
+     "schedule=dualpipe needs an even pp of at least 2 (micro-batches enter from both ends of "
+     "the pipeline), got pp=3; nearest valid pp: 4"),
+    ("dualpipe_pp", GPT, wl(), Plan(dp=2, schedule="dualpipe"), 2,
+     "schedule=dualpipe needs an even pp of at least 2 (micro-batches enter from both ends of "
+     "the pipeline), got pp=1; nearest valid pp: 2"),
+    ("dualpipe_vpp", GPT, wl(), Plan(pp=2, vpp=2, schedule="dualpipe"), 2,
+     "schedule=dualpipe holds two stages on each rank already and takes no virtual stages; "
+     "use vpp=1 (got vpp=2)"),
+    ("dualpipe_microbatches", GPT, wl(), Plan(pp=4, dp=2, mbs=2, schedule="dualpipe"), 8,
+     "schedule=dualpipe needs an even number of micro-batches per replica, at least 2*pp = 8 "
+     "(DualPipe splits them between the two directions), got 4; nearest valid mbs: 1"),
+    ("dualpipe_microbatches", GPT, wl(5), Plan(pp=2, dp=1, schedule="dualpipe"), 2,
+     "schedule=dualpipe needs an even number of micro-batches per replica, at least 2*pp = 4 "
+     "(DualPipe splits them between the two directions), got 5; use a global batch that is an "
+     "even multiple of dp*mbs = 1, at least 4"),
+    ("dualpipe_ep_overlap", MIXTRAL, wl(), Plan(pp=2, ep=2, dp=2, ep_overlap=True,
+                                                schedule="dualpipe"), 4,
+     "schedule=dualpipe overlaps the expert all-to-all with the paired chunk itself; use "
+     "ep_overlap=off"),
     ("ep_overlap_mtp", TINY_MOE.model_copy(update={"mtp_layers": 1}), wl(),
      Plan(dp=2, ep=2, ep_overlap=True), 2,
      "ep_overlap=on with an MTP module needs pipeline parallelism (Megatron-Core); use pp>1 "
@@ -143,7 +163,8 @@ def test_every_rule_is_covered() -> None:
              "vpp_layers", "cp_seq", "zero_pp", "ep_dense", "ep_experts", "ep_fold", "etp_ffn",
              "ep_overlap_dense", "ep_overlap_ep", "ep_overlap_vpp", "ep_overlap_recompute",
              "ep_overlap_mtp", "recompute_modules", "offload_layers", "offload_pp",
-             "offload_recompute"}
+             "offload_recompute", "dualpipe_pp", "dualpipe_vpp", "dualpipe_microbatches",
+             "dualpipe_ep_overlap"}
     assert {c[0] for c in CASES} == rules
 
 

@@ -43,6 +43,9 @@ def _export(tmp_path: Path, data: dict, *args: str):
     ("dense", "tp=2,pp=1,dp=8,mbs=2,sp=on,offload=4", "megatron", "cpu_offloading_num_layers=4"),
     ("dense", "tp=2,pp=1,dp=8,mbs=2,sp=on,offload=4", "torchtitan", "offload=4"),
     ("dense", "tp=1,pp=1,dp=16,mbs=2,offload=4", "deepspeed", "offload=4"),
+    ("dense", "tp=2,pp=2,dp=4,mbs=1,schedule=dualpipe", "megatron", "schedule=dualpipe"),
+    ("dense", "tp=2,pp=2,dp=4,mbs=1,schedule=dualpipe", "torchtitan", "schedule=dualpipe"),
+    ("dense", "tp=1,pp=2,dp=8,mbs=1,schedule=dualpipe", "deepspeed", "schedule=dualpipe"),
 ])
 def test_refusals_exit_4_with_reason(tmp_path: Path, saved, variant, name: str,
                                      plan_text: str | None, fmt: str, reason: str) -> None:

@@ -159,3 +159,23 @@ def test_write_report_failure_is_a_spec_error(tmp_path: Path, moe_interleaved: d
     monkeypatch.setattr(Path, "write_text", refuse)
     with pytest.raises(SpecError, match="cannot write --report .*: No space left on device"):
         write_report(moe_interleaved, tmp_path / "plan.html", overwrite=False)
+
+
+def test_dualpipe_plan_report_names_the_ranks_and_draws_no_1f1b_timeline() -> None:
+    """A DualPipe plan: the memory rows are ranks holding two stages, the schedule section
+    gives the cost model's bubble instead of a 1F1B timeline, the device map says what it
+    leaves out."""
+    from planner import Schedule, TrainingWorkload
+    from planner.api import search
+
+    wl = TrainingWorkload(global_batch_size=128, seq_len=4096)
+    result = search("mixtral-8x7b", "dgx-h100", wl, devices=32, top_k=1,
+                    fixed={"pp": 4, "schedule": Schedule.DUALPIPE}).model_dump(mode="json")
+    html = render_report(result)
+    assert "schedule=dualpipe" in result["best"]["estimate"]["plan"]
+    assert "rank 0 (stages 0 and 3: blocks 0-7, 24-31)" in html
+    assert "DualPipe (DeepSeek-V3 report Sec. 3.2.1), 4 ranks" in html
+    bubble = result["best"]["estimate"]["breakdown"]["bubble"]
+    assert "(p/2-1)(F&amp;B + B - 3W)" in html and f"{bubble:.3f} s" in html
+    assert 'data-chart="schedule"' not in html
+    assert "also holds stage 3-s" in html
