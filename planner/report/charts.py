@@ -160,9 +160,12 @@ def timeline_chart(tl: Timeline, *, width: int = 1200, caption: str = "") -> str
     left, row_h, top = 70, 26, 8
     chunk_items = []
     for c in range(tl.num_chunks):
-        suffix = f" chunk {c}" if tl.num_chunks > 1 else ""
+        suffix = (f" direction {c}" if tl.dualpipe else
+                  f" chunk {c}" if tl.num_chunks > 1 else "")
         chunk_items += [(f"forward{suffix}", _shade(PALETTE[c % len(PALETTE)], 0.55)),
                         (f"backward{suffix}", PALETTE[c % len(PALETTE)])]
+        if tl.dualpipe:
+            chunk_items.append((f"weight gradient{suffix}", _shade(PALETTE[c % len(PALETTE)], 0.3)))
     leg, top = legend(chunk_items, x=left, y=top, max_x=width)
     plot_w = width - left - 20
     ticks = nice_ticks(tl.makespan_s, count=10)
@@ -181,30 +184,30 @@ def timeline_chart(tl: Timeline, *, width: int = 1200, caption: str = "") -> str
                f'text-anchor="end">seconds</text>')
     for s in range(tl.num_stages):
         out.append(f'<text x="{left - 8}" y="{top + s * row_h + 17}" font-size="12" '
-                   f'text-anchor="end">stage {s}</text>')
+                   f'text-anchor="end">{"rank" if tl.dualpipe else "stage"} {s}</text>')
     tips = len(tl.ops) <= MAX_TOOLTIP_BOXES
     for op in tl.ops:
         out.append(_op_box(op, y=top + op.stage * row_h + 2, left=left, scale=scale,
-                           chunked=tl.num_chunks > 1, tooltip=tips))
+                           chunked=tl.num_chunks > 1, tooltip=tips, dualpipe=tl.dualpipe))
     out.append("</svg>")
     return "".join(out)
 
 
 def _op_box(op: PassOp, *, y: float, left: float, scale: float, chunked: bool,
-            tooltip: bool) -> str:
+            tooltip: bool, dualpipe: bool = False) -> str:
     base = PALETTE[op.chunk % len(PALETTE)]
-    color = _shade(base, 0.55) if op.kind == "F" else base
+    color = {"F": _shade(base, 0.55), "W": _shade(base, 0.3)}.get(op.kind, base)
     x, w = left + op.start_s * scale, (op.end_s - op.start_s) * scale
-    name = "forward" if op.kind == "F" else "backward"
-    chunk = f", chunk {op.chunk}" if chunked else ""
-    tip = (f"stage {op.stage}: {name} of micro-batch {op.microbatch}{chunk}, "
+    name = {"F": "forward", "W": "weight gradient"}.get(op.kind, "backward")
+    chunk = (f", direction {op.chunk}" if dualpipe else f", chunk {op.chunk}" if chunked else "")
+    tip = (f"{'rank' if dualpipe else 'stage'} {op.stage}: {name} of micro-batch {op.microbatch}{chunk}, "
            f"{fmt(op.start_s, 4)}-{fmt(op.end_s, 4)} s")
     title = f"<title>{escape(tip)}</title>" if tooltip else ""
     box = (f'<rect class="op {op.kind}" x="{x:.1f}" y="{y:.0f}" width="{max(w - 0.6, 0.4):.1f}" '
            f'height="22" fill="{color}">{title}</rect>')
     if w < 8 + 6 * len(str(op.microbatch)):
         return box
-    fill = "#222" if op.kind == "F" else "#fff"
+    fill = "#fff" if op.kind == "B" else "#222"
     return (box + f'<text x="{x + w / 2:.1f}" y="{y + 15:.0f}" font-size="10" fill="{fill}" '
             f'text-anchor="middle" pointer-events="none">{op.microbatch}</text>')
 

@@ -23,6 +23,12 @@ blocking send/recv pairs can add waits this data-flow simulation does not have.
 
 With equal stages the simulated bubble matches the closed forms the cost model uses:
 (p-1)/m of the ideal time for 1F1B and (p-1)/(v*m) for interleaved 1F1B (Sec. 2.2.2).
+
+DualPipe (DeepSeek-V3 report Sec. 3.2.1; `dualpipe_order`, `simulate_dualpipe`): each rank
+runs DualPipe's own order of forward, backward, weight-gradient and paired forward-and-backward
+chunks of the two directions. With equal stages and chunk times in the ratio F:B:W = 1:2:1 the
+simulated bubble equals the report's Table 2, (p/2-1)(F&B + B - 3W); at other ratios the two
+differ (tests/report/test_schedule.py measures by how much).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-PassKind = Literal["F", "B"]
+PassKind = Literal["F", "B", "W"]
 
 FORWARD_SHARE = 1 / 3
 """Forward share of one micro-batch's forward+backward time without full recomputation: the
@@ -44,7 +50,8 @@ Sec. 5.1, the factor 4 instead of 3 in Eq. 3; Korthikanti et al. 2022 Sec. 5).""
 
 @dataclass(frozen=True, slots=True)
 class PassOp:
-    """One forward or backward pass of one model chunk on one micro-batch."""
+    """One forward or backward pass of one model chunk on one micro-batch (under DualPipe
+    `stage` is the rank, `chunk` the direction, and W a weight-gradient pass run apart)."""
 
     stage: int
     kind: PassKind
@@ -64,6 +71,7 @@ class Timeline:
     ops: tuple[PassOp, ...]
     makespan_s: float
     ideal_s: float
+    dualpipe: bool = False
 
     @property
     def bubble_s(self) -> float:
@@ -177,6 +185,150 @@ def _dependency(kind: str, stage: int, chunk: int, p: int, v: int) -> tuple[int,
     if stage < p - 1:
         return stage + 1, chunk
     return (0, chunk + 1) if chunk < v - 1 else None
+
+
+DualOp = tuple[str, ...]
+"""One entry of a DualPipe rank's order: ("F", phase), ("B", phase, "zb" or ""), ("W",),
+("FB", forward phase, backward phase) for a forward and a backward chunk run together, or
+("FBs", ...) for the two run back to back with both results sent after the backward."""
+
+
+def dualpipe_order(*, rank: int, num_ranks: int, num_microbatches: int) -> list[DualOp]:
+    """The chunks one rank runs in one DualPipe step, in order, as DualPipe's reference
+    implementation orders them (github.com/deepseek-ai/DualPipe, dualpipe.py `step`, its
+    eight steps; DeepSeek-V3 report Fig. 5). Phase 0 is the direction that enters at this
+    rank's end of the pipeline's first half (ranks below p/2: from rank 0; the others: from
+    rank p-1), phase 1 the other. A "zb" backward computes the input gradient only and leaves
+    its weight gradient for a later W (zero-bubble splitting, Qi et al. 2024).
+
+    Args:
+        rank: 0-based pipeline rank r.
+        num_ranks: p, even.
+        num_microbatches: m, even and at least 2p (DualPipe's own checks).
+    """
+    p, m = num_ranks, num_microbatches
+    if p % 2 or m % 2 or m < 2 * p:
+        raise ValueError(f"DualPipe needs an even rank count ({p}) and an even micro-batch "
+                         f"count of at least 2 x ranks ({m})")
+    half, chunks = p // 2, m // 2
+    h = min(rank, p - 1 - rank)
+    middle = rank in (half - 1, half)
+    out: list[DualOp] = [("F", "0")] * ((half - h - 1) * 2)               # 1: nF0
+    out += [("F", "0"), ("F", "1")] * (h + 1)                              # 2: nF0F1
+    out += [("B", "1", "zb"), ("W",), ("F", "1")] * (half - h - 1)         # 3: nB1W1F1
+    for i in range(chunks - p + h + 1):                                   # 4: nF0B1F1B0
+        # the middle ranks run their first pair back to back, not overlapped, and send both
+        # results after the backward ("FBs")
+        out.append(("FBs", "0", "1") if i == 0 and middle else ("FB", "0", "1"))
+        out.append(("FB", "1", "0"))
+    out += [("B", "1", ""), ("FB", "1", "0")] * (half - h - 1)            # 5: nB1F1B0
+    zb = False
+    for i in range(h + 1):                                                # 6: nB1B0
+        if i == (h + 1) // 2 and h % 2 == 1:
+            zb = True
+        out.append(("B", "1", "zb" if zb else ""))
+        if i == (h + 1) // 2 and h % 2 == 0:
+            zb = True
+        out.append(("B", "0", "zb" if zb else ""))
+    out += [("W",), ("B", "0", "zb")] * (half - h - 1)                    # 7: nWB0
+    out += [("W",)] * (h + 1)                                             # 8: nW
+    return out
+
+
+def simulate_dualpipe(*, forward_s: list[float], backward_s: list[float],
+                      weight_s: list[float], num_microbatches: int) -> Timeline:
+    """Start and end of every chunk of one DualPipe step (dualpipe_order).
+
+    Args:
+        forward_s, backward_s, weight_s: per pipeline stage, one micro-batch's forward, full
+            backward and weight-gradient (part of the backward) seconds. Rank r runs stage r
+            of the direction that starts at rank 0 and stage p-1-r of the other.
+        num_microbatches: m, split evenly between the two directions.
+
+    A chunk starts when the rank is free and its input has arrived: a forward needs the same
+    micro-batch's forward on the previous rank of its direction, a backward the next rank's
+    backward (or, on the direction's last stage, its own forward); a paired F&B waits for
+    both and takes the sum of the two (the pair overlaps communication, not computation);
+    transfers take no time, as in `simulate`. Returns the timeline; its ideal time is the
+    busiest rank's work, m/2 x (F + B) of each of its two stages.
+    """
+    p, m = len(forward_s), num_microbatches
+    if len(backward_s) != p or len(weight_s) != p:
+        raise ValueError("need matching forward/backward/weight lists")
+    orders = [dualpipe_order(rank=r, num_ranks=p, num_microbatches=m) for r in range(p)]
+
+    def direction(r: int, phase: str) -> int:
+        return int(phase) ^ (1 if r >= p // 2 else 0)
+
+    def stage(r: int, d: int) -> int:
+        return r if d == 0 else p - 1 - r
+
+    done: dict[tuple[str, int, int, int], float] = {}
+    issued: list[dict[tuple[str, int], int]] = [{} for _ in range(p)]
+    pending_w: list[list[tuple[int, int]]] = [[] for _ in range(p)]
+    clock, pos, ops = [0.0] * p, [0] * p, []
+    remaining = sum(len(o) for o in orders)
+
+    def ready(r: int, kind: str, d: int) -> tuple[int, float]:
+        mb = issued[r].get((kind, d), 0)
+        s = stage(r, d)
+        if kind == "F":
+            return mb, 0.0 if s == 0 else done.get(("F", d, r - 1 if d == 0 else r + 1, mb), -1.0)
+        if s == p - 1:
+            return mb, done.get(("F", d, r, mb), -1.0)
+        return mb, done.get(("B", d, r + 1 if d == 0 else r - 1, mb), -1.0)
+
+    def run(r: int, kind: str, d: int, mb: int, start: float, dur: float) -> float:
+        end = start + dur
+        if kind != "W":
+            done[(kind, d, r, mb)] = end
+            issued[r][(kind, d)] = mb + 1
+        ops.append(PassOp(r, kind, mb, d, start, end))  # type: ignore[arg-type]
+        return end
+
+    while remaining:
+        progressed = False
+        for r in range(p):
+            while pos[r] < len(orders[r]):
+                op = orders[r][pos[r]]
+                if op[0] == "W":
+                    d, mb = pending_w[r].pop(0)
+                    clock[r] = run(r, "W", d, mb, clock[r], weight_s[stage(r, d)])
+                elif op[0] in ("F", "B"):
+                    d = direction(r, op[1])
+                    mb, at = ready(r, op[0], d)
+                    if at < 0.0:
+                        break
+                    dur = forward_s[stage(r, d)] if op[0] == "F" else backward_s[stage(r, d)]
+                    if op[0] == "B" and op[2] == "zb":
+                        dur -= weight_s[stage(r, d)]
+                        pending_w[r].append((d, mb))
+                    clock[r] = run(r, op[0], d, mb, max(clock[r], at), dur)
+                else:
+                    df, db = direction(r, op[1]), direction(r, op[2])
+                    mf, af = ready(r, "F", df)
+                    mbk, ab = ready(r, "B", db)
+                    if af < 0.0 or ab < 0.0:
+                        break
+                    start = max(clock[r], af, ab)
+                    if op[0] == "FBs":      # the forward may start before the backward's input
+                        start = max(clock[r], af)
+                    fend = max(start + forward_s[stage(r, df)], ab if op[0] == "FBs" else 0.0)
+                    end = fend + backward_s[stage(r, db)]
+                    run(r, "F", df, mf, start, forward_s[stage(r, df)])
+                    run(r, "B", db, mbk, end - backward_s[stage(r, db)], backward_s[stage(r, db)])
+                    done[("F", df, r, mf)] = done[("B", db, r, mbk)] = end   # sent after the pair
+                    clock[r] = end
+                pos[r] += 1
+                remaining -= 1
+                progressed = True
+        if not progressed:
+            raise AssertionError("DualPipe schedule deadlocked (an ordering bug)")
+    ops.sort(key=lambda o: (o.stage, o.start_s))
+    ideal = max(m / 2 * (forward_s[r] + backward_s[r] + forward_s[p - 1 - r] + backward_s[p - 1 - r])
+                for r in range(p))
+    return Timeline(num_stages=p, num_chunks=2, num_microbatches=m, ops=tuple(ops),
+                    makespan_s=max(clock), ideal_s=ideal, dualpipe=True)
 
 
 def closed_form_bubble_fraction(*, num_stages: int, num_microbatches: int,

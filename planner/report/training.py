@@ -18,7 +18,7 @@ from planner.report.charts import (
 from planner.report.common import device_map_section, map_inputs, model_of, pct, plan_of
 from planner.report.schedule import (
     FORWARD_SHARE_FULL_RECOMPUTE, closed_form_bubble_fraction, forward_share,
-    simulate,
+    simulate, simulate_dualpipe,
 )
 from planner.plan import Schedule
 from planner.result import BREAKDOWN_KEYS, MEMORY_KEYS
@@ -168,7 +168,8 @@ def _plan_panel(e: dict[str, Any], result: dict[str, Any], *, rank: int, heading
              t.notes(e["warnings"]), "<h3>Memory per stage</h3>",
              _stage_memory_chart(e, dualpipe=plan.schedule == Schedule.DUALPIPE),
              "<h3>Pipeline schedule</h3>",
-             (_dualpipe_section(plan.pp, e) if plan.schedule == Schedule.DUALPIPE
+             (_dualpipe_section(plan.pp, plan.recompute.value, e)
+              if plan.schedule == Schedule.DUALPIPE
               else _schedule_section(plan.pp, plan.vpp, plan.recompute.value, e)),
              device_map_section(map_inputs(plan, model),
                                 devices_per_node=inputs["cluster"]["devices_per_node"])]
@@ -232,17 +233,42 @@ def _schedule_section(p: int, v: int, recompute: str, e: dict[str, Any]) -> str:
             + timeline_chart(drawn, caption=caption) + _schedule_stats(p, v, m, e, full))
 
 
-def _dualpipe_section(p: int, e: dict[str, Any]) -> str:
-    """A DualPipe plan: the cost model's numbers, no timeline (the simulator draws 1F1B and
-    Megatron-LM's interleaved order only)."""
+def _dualpipe_section(p: int, recompute: str, e: dict[str, Any]) -> str:
+    """A DualPipe plan: DualPipe's own order simulated on the ranks' times (schedule.
+    simulate_dualpipe), next to the cost model's bubble."""
     m = e["num_microbatches"]
-    note = (f"DualPipe (DeepSeek-V3 report Sec. 3.2.1), {p} ranks, {m} micro-batches per step, "
-            f"{m // 2} from each end of the pipeline. Rank r holds stage r and stage {p - 1}-r, "
-            "so the per-stage rows above give each rank's time and memory. The timeline is not "
-            "drawn: the schedule simulator follows 1F1B and Megatron-LM's interleaved order.")
-    rows = [["bubble, (p/2-1)(F&B + B - 3W) of the slowest rank", f"{fmt(e['breakdown']['bubble'])} s"],
-            ["blocking exchanges of the unpaired chunks, in pp_comm", f"{3 * p - 2} transfers"]]
-    return (f'<p class="note">{escape(note)}</p>'
+    share = forward_share(recompute)
+    times = [s["time_per_microbatch_s"] for s in e["stages"]]    # per rank, both stages' mean
+    fwd = [c * share for c in times]
+    bwd = [c * (1 - share) for c in times]
+    wgt = list(fwd)                 # the weight-gradient GEMMs do the forward GEMMs' FLOPs
+    budget = min(MAX_DRAWN_MICROBATCHES, MAX_DRAWN_PASSES // (3 * p)) // 2 * 2
+    shown = min(m, max(2 * p, budget))      # DualPipe needs an even count of at least 2p
+    drawn = simulate_dualpipe(forward_s=fwd, backward_s=bwd, weight_s=wgt, num_microbatches=shown)
+    full = (simulate_dualpipe(forward_s=fwd, backward_s=bwd, weight_s=wgt, num_microbatches=m)
+            if 3 * m * p <= MAX_SIMULATED_PASSES else None)
+    split = ("forward 1/4, backward 3/4 (full recomputation reruns the forward)"
+             if share == FORWARD_SHARE_FULL_RECOMPUTE else "forward 1/3, backward 2/3")
+    caption = (f"DualPipe (DeepSeek-V3 report Sec. 3.2.1), {p} ranks, {m} micro-batches per step, "
+               f"{m // 2} from each end of the pipeline; rank r holds stage r and stage {p - 1}-r"
+               + (f"; drawn with {shown} of them (same warm-up and cool-down, shorter steady "
+                  "phase)" if shown < m else "")
+               + f". Each rank's time per micro-batch is split {split}, the weight gradient "
+               "as long as the forward; paired forward and backward chunks run back to back.")
+    f0, b0 = fwd[times.index(max(times))], bwd[times.index(max(times))]
+    rows = [["Table 2's bubble, (p/2-1)(F&B + B - 3W), at the slowest rank's times",
+             f"{fmt(max(0.0, (p / 2 - 1) * (f0 + 2 * b0 - 3 * f0)))} s"],
+            ["cost model's bubble (the blocks' weight-gradient GEMMs as W)",
+             f"{fmt(e['breakdown']['bubble'])} s"]]
+    if full is not None:
+        rows = [["simulated pipeline time (all micro-batches)", f"{fmt(full.makespan_s)} s"],
+                ["busiest rank's work (m/2 x each of its two stages)", f"{fmt(full.ideal_s)} s"],
+                ["simulated bubble", f"{fmt(full.bubble_s)} s ({pct(full.bubble_fraction)})"],
+                *rows]
+    else:
+        rows.append(["simulation", f"skipped: {3 * m * p:,} passes exceed "
+                                   f"{MAX_SIMULATED_PASSES:,}"])
+    return (f'<p class="note">{escape(caption)}</p>' + timeline_chart(drawn, caption=caption)
             + t.table(["schedule", "value"], [[t.cell(a), t.cell(b)] for a, b in rows],
                       numeric=[False, True]))
 

@@ -161,10 +161,10 @@ def test_write_report_failure_is_a_spec_error(tmp_path: Path, moe_interleaved: d
         write_report(moe_interleaved, tmp_path / "plan.html", overwrite=False)
 
 
-def test_dualpipe_plan_report_names_the_ranks_and_draws_no_1f1b_timeline() -> None:
-    """A DualPipe plan: the memory rows are ranks holding two stages, the schedule section
-    gives the cost model's bubble instead of a 1F1B timeline, the device map says what it
-    leaves out."""
+def test_dualpipe_plan_report_names_the_ranks_and_draws_its_own_order() -> None:
+    """A DualPipe plan: the memory rows are ranks holding two stages, the timeline is
+    DualPipe's own order (schedule.simulate_dualpipe) beside the cost model's bubble, the
+    device map says what it leaves out."""
     from planner import Schedule, TrainingWorkload
     from planner.api import search
 
@@ -177,5 +177,8 @@ def test_dualpipe_plan_report_names_the_ranks_and_draws_no_1f1b_timeline() -> No
     assert "DualPipe (DeepSeek-V3 report Sec. 3.2.1), 4 ranks" in html
     bubble = result["best"]["estimate"]["breakdown"]["bubble"]
     assert "(p/2-1)(F&amp;B + B - 3W)" in html and f"{bubble:.3f} s" in html
-    assert 'data-chart="schedule"' not in html
+    # DualPipe's own order drawn: rank rows, both directions, weight-gradient passes
+    assert html.count('data-chart="schedule"') == 1
+    assert ">rank 3</text>" in html and "weight gradient direction 1" in html
+    assert 'class="op W"' in html
     assert "also holds stage 3-s" in html

@@ -121,3 +121,78 @@ def test_dependencies_hold_in_the_timeline() -> None:
 def test_forward_share_by_recompute() -> None:
     assert forward_share("full") == pytest.approx(1 / 4)
     assert forward_share("selective") == forward_share("none") == pytest.approx(1 / 3)
+
+
+# ----- DualPipe ------------------------------------------------------------------------------
+
+from planner.report.schedule import dualpipe_order, simulate_dualpipe  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from([2, 4, 6, 8, 16]), st.integers(1, 5), st.floats(0.1, 3.0))
+def test_dualpipe_bubble_is_table_2_at_its_chunk_ratio(p: int, k: int, f: float) -> None:
+    """Equal stages with F:B:W = 1:2:1: DualPipe's own order, simulated, leaves exactly the
+    DeepSeek-V3 report's Table 2 bubble (p/2-1)(F&B + B - 3W), F&B = F + B, for any even
+    m >= 2p; the busiest rank works m (F + B)."""
+    m = 2 * p * k
+    tl = simulate_dualpipe(forward_s=[f] * p, backward_s=[2 * f] * p, weight_s=[f] * p,
+                           num_microbatches=m)
+    assert tl.ideal_s == pytest.approx(m * 3 * f, rel=1e-12)
+    assert tl.bubble_s == pytest.approx((p / 2 - 1) * (3 * f + 2 * f - 3 * f), rel=1e-9, abs=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from([4, 8, 16]), st.floats(0.3, 2.0), st.floats(1.5, 3.0), st.floats(0.2, 0.6))
+def test_dualpipe_table_2_elsewhere(p: int, f: float, ratio: float, wshare: float) -> None:
+    """At other ratios Table 2 is an approximation: with B/F in 1.5-3 and W/B in 0.2-0.6 (the
+    cost model's chunks lie there: W is the blocks' weight-gradient GEMMs) the simulated
+    bubble is within (p/2-1) F of it (one forward chunk per pair of ranks), and never depends
+    on m."""
+    b, w = ratio * f, wshare * ratio * f
+    sims = [simulate_dualpipe(forward_s=[f] * p, backward_s=[b] * p, weight_s=[w] * p,
+                              num_microbatches=m).bubble_s for m in (2 * p, 4 * p)]
+    assert sims[0] == pytest.approx(sims[1], rel=1e-9)
+    assert abs(sims[0] - (p / 2 - 1) * (f + 2 * b - 3 * w)) <= f * (p / 2 - 1) * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("p", [2, 4, 8, 16])
+def test_dualpipe_order_counts_and_in_flight(p: int) -> None:
+    """Every rank runs m forwards and m backwards (half per direction), one W per split
+    backward, and holds at most p + 1 micro-batches' activations (Table 2's "PP+1"): p - s of
+    its stage s, as the cost model's memory counts (memory.in_flight_microbatches)."""
+    m = 4 * p
+    for r in range(p):
+        order = dualpipe_order(rank=r, num_ranks=p, num_microbatches=m)
+        forwards = {ph: 0 for ph in "01"}
+        backwards = {ph: 0 for ph in "01"}
+        split = weights = 0
+        live = {ph: 0 for ph in "01"}
+        peak = {ph: 0 for ph in "01"}
+        total_peak = 0
+        for op in order:
+            if op[0] == "W":
+                weights += 1
+                continue
+            fwd_ph = op[1] if op[0] in ("F", "FB", "FBs") else None
+            bwd_ph = op[1] if op[0] == "B" else op[2] if op[0] in ("FB", "FBs") else None
+            if fwd_ph is not None:
+                forwards[fwd_ph] += 1
+                live[fwd_ph] += 1
+                peak[fwd_ph] = max(peak[fwd_ph], live[fwd_ph])
+                total_peak = max(total_peak, sum(live.values()))
+            if bwd_ph is not None:
+                backwards[bwd_ph] += 1
+                live[bwd_ph] -= 1
+                split += op[0] == "B" and op[2] == "zb"
+        assert forwards == backwards == {"0": m // 2, "1": m // 2}
+        assert weights == split
+        h = min(r, p - 1 - r)
+        assert total_peak == p + 1
+        assert peak == {"0": p - h, "1": h + 1}
+
+
+def test_dualpipe_rejects_what_dualpipe_rejects() -> None:
+    with pytest.raises(ValueError, match="DualPipe needs"):
+        dualpipe_order(rank=0, num_ranks=3, num_microbatches=12)
+    with pytest.raises(ValueError, match="DualPipe needs"):
+        dualpipe_order(rank=0, num_ranks=4, num_microbatches=6)
