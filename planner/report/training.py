@@ -260,17 +260,9 @@ def _dualpipe_section(p: int, recompute: str, e: dict[str, Any]) -> str:
              f"{fmt(max(0.0, (p / 2 - 1) * (f0 + 2 * b0 - 3 * f0)))} s"],
             ["cost model's bubble (the blocks' weight-gradient GEMMs as W)",
              f"{fmt(e['breakdown']['bubble'])} s"]]
-    if full is not None:
-        rows = [["simulated pipeline time (all micro-batches)", f"{fmt(full.makespan_s)} s"],
-                ["busiest rank's work (m/2 x each of its two stages)", f"{fmt(full.ideal_s)} s"],
-                ["simulated bubble", f"{fmt(full.bubble_s)} s ({pct(full.bubble_fraction)})"],
-                *rows]
-    else:
-        rows.append(["simulation", f"skipped: {3 * m * p:,} passes exceed "
-                                   f"{MAX_SIMULATED_PASSES:,}"])
     return (f'<p class="note">{escape(caption)}</p>' + timeline_chart(drawn, caption=caption)
-            + t.table(["schedule", "value"], [[t.cell(a), t.cell(b)] for a, b in rows],
-                      numeric=[False, True]))
+            + _stats_table(rows, full, work="busiest rank's work (m/2 x each of its two stages)",
+                           passes=3 * m * p))
 
 
 def _schedule_stats(p: int, v: int, m: int, e: dict[str, Any], full: Any) -> str:
@@ -278,14 +270,20 @@ def _schedule_stats(p: int, v: int, m: int, e: dict[str, Any], full: Any) -> str
     formula = f"(p-1)/(v*m) = {p - 1}/{v * m}" if v > 1 else f"(p-1)/m = {p - 1}/{m}"
     rows = [["closed form bubble fraction, equal stages", f"{formula} = {pct(closed)}"],
             ["cost model's bubble", f"{fmt(e['breakdown']['bubble'])} s"]]
+    return _stats_table(rows, full, work="busiest stage's work (m x its time per micro-batch)",
+                        passes=2 * m * v * p)
+
+
+def _stats_table(rows: list[list[str]], full: Any, *, work: str, passes: int) -> str:
+    """The schedule table: the simulation's time, work and bubble (or why it was skipped)
+    above the closed-form rows."""
     if full is not None:
         rows = [["simulated pipeline time (all micro-batches)", f"{fmt(full.makespan_s)} s"],
-                ["busiest stage's work (m x its time per micro-batch)", f"{fmt(full.ideal_s)} s"],
+                [work, f"{fmt(full.ideal_s)} s"],
                 ["simulated bubble", f"{fmt(full.bubble_s)} s ({pct(full.bubble_fraction)})"],
                 *rows]
     else:
-        rows.append(["simulation", f"skipped: {2 * m * v * p:,} passes exceed "
-                                   f"{MAX_SIMULATED_PASSES:,}"])
+        rows.append(["simulation", f"skipped: {passes:,} passes exceed {MAX_SIMULATED_PASSES:,}"])
     return t.table(["schedule", "value"], [[t.cell(a), t.cell(b)] for a, b in rows],
                    numeric=[False, True])
 
