@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -701,8 +702,21 @@ def _render_flat(data: dict[str, Any]) -> None:
     out.print(t)
 
 
+def run() -> None:
+    """The console script: a closed pipe ends the process quietly, as it ends Unix filters.
+
+    `meshplan search ... | head` closes meshplan's stdout early; Python would turn the write
+    into BrokenPipeError and exit 1, which this CLI reserves for its own bugs. With SIGPIPE's
+    default action restored the process ends on the signal instead (shells report 141,
+    128 + SIGPIPE), as `yes | head` or `ls | head` do. Not set under the test runner, which
+    calls `app` in its own process."""
+    if hasattr(signal, "SIGPIPE"):          # POSIX only
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    app(prog_name="meshplan")
+
+
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    run()
 
 
 # Commands in their own modules register themselves on `app` when imported.

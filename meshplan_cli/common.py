@@ -130,7 +130,8 @@ def check_mode_options(mode: str, given: dict[str, Any], *, allowed: tuple[str, 
         raise planner.SpecError(f"--mode {mode} does not use {', '.join(extra)}")
 
 
-def _check_dtype(dtype: str) -> None:
+def check_dtype(dtype: str) -> None:
+    """One-line SpecError for a --dtype that is not one of DTYPES."""
     if dtype not in DTYPES:
         raise planner.SpecError(f"--dtype '{dtype}' is not one of {', '.join(DTYPES)}")
 
@@ -138,7 +139,7 @@ def _check_dtype(dtype: str) -> None:
 def inference_workload(batch: int, prompt_len: int, output_len: int, dtype: str,
                        prefill_chunk: int | None = None) -> planner.InferenceWorkload:
     """The --mode inference workload from CLI values (one message for a bad --dtype)."""
-    _check_dtype(dtype)
+    check_dtype(dtype)
     return planner.InferenceWorkload(batch_size=batch, prompt_len=prompt_len,
                                      output_len=output_len, dtype=planner.DType(dtype),
                                      prefill_chunk_tokens=prefill_chunk)
@@ -147,7 +148,7 @@ def inference_workload(batch: int, prompt_len: int, output_len: int, dtype: str,
 def training_workload(global_batch: int, seq_len: int, dtype: str, optimizer: str,
                       grad_dtype: str | None = None) -> planner.TrainingWorkload:
     """Build the workload, turning unknown dtypes/optimizers into one-line errors."""
-    _check_dtype(dtype)
+    check_dtype(dtype)
     opts = [o.value for o in planner.Optimizer]
     if optimizer not in opts:
         raise planner.SpecError(f"--optimizer '{optimizer}' is not one of {', '.join(opts)}")

@@ -28,6 +28,7 @@ from meshplan_cli.common import (
     ModelOpt,
     NodesOpt,
     app,
+    check_dtype,
     handle_errors,
     out,
     print_json,
@@ -168,8 +169,7 @@ def placement_cmd(
     if spec.moe is None:
         raise SpecError(f"model '{spec.name}' has no MoE layers; pick an MoE model such as "
                         "mixtral-8x7b, deepseek-v3 or seed002-moe-61l")
-    if dtype not in ("bf16", "fp16", "fp8", "fp4", "fp32"):
-        raise SpecError(f"--dtype '{dtype}' is not one of bf16, fp16, fp8, fp4, fp32")
+    check_dtype(dtype)
     cl = load_cluster(cluster)
     devices = cl.devices_for(gpus=gpus, nodes=nodes)
     experts, top_k = spec.moe.num_experts, spec.moe.top_k

@@ -1,5 +1,5 @@
 """`python -m planner` runs the same command line as `meshplan`."""
 
-from cli import app
+from cli import run
 
-app(prog_name="meshplan")
+run()

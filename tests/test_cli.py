@@ -387,3 +387,32 @@ def test_search_without_any_split_says_so_instead_of_add_devices() -> None:
 def test_evaluate_bad_plan_key() -> None:
     result = run(*EVAL[:-1], "tp=8,pq=8", "--gpus", "1536")
     assert_one_line_error(result, "'pq'")
+
+
+def test_a_closed_pipe_ends_quietly_on_sigpipe() -> None:
+    """`meshplan ... | head`: the reader closes the pipe early; the process ends on SIGPIPE
+    (as Unix filters do; shells report 141), not with exit 1, which is meshplan's bug code,
+    and prints nothing on stderr."""
+    import signal
+
+    if not hasattr(signal, "SIGPIPE"):
+        pytest.skip("no SIGPIPE on this platform")
+    # over 200 KB of JSON: more than a pipe buffer holds, so the writer is still writing
+    # when the pipe closes
+    proc = subprocess.Popen([sys.executable, "-m", "planner", "search", "-m", "narayanan-1.7b",
+                             "-c", "dgx-a100", "--gpus", "8", "--global-batch", "64",
+                             "--seq-len", "2048", "--top", "100", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == -signal.SIGPIPE
+    assert err == b""
+
+
+def test_placement_takes_the_same_dtypes_as_every_command() -> None:
+    r = RUNNER.invoke(app, ["placement", "-m", "mixtral-8x7b", "-c", "dgx-h100", "--gpus", "16",
+                            "--dtype", "int4"])
+    assert r.exit_code == 2
+    assert "--dtype 'int4' is not one of bf16, fp16, fp8, fp4, fp32, tf32" in r.output
