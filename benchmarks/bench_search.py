@@ -5,7 +5,8 @@ Usage:
         [--time-limit 120] [--only SUBSTRING] [--quick]
 
 For every scenario (model preset, cluster preset, devices, global batch, sequence length) it
-runs `planner.api.search` over the whole default space (no --fix, no limits, top 5) with a
+runs `planner.api.search` over the whole default space (no --fix, no limits, top 5; the
+DualPipe row holds schedule=dualpipe and ep=64 fixed, the only way DualPipe is searched) with a
 time limit, and records the wall time of that call (time.perf_counter around it; the model and
 cluster specs are loaded and the cost model and search modules imported beforehand, so the time
 is the search itself: enumeration, scoring, the top plans' estimates and the published
@@ -64,6 +65,7 @@ class Scenario:
     quick: bool = False          # part of the --quick smoke run
     note: str = ""
     dtype: str = "bf16"
+    fixed: tuple[tuple[str, object], ...] = ()   # --fix values (the whole default space: none)
 
 
 SCENARIOS = [
@@ -97,6 +99,12 @@ SCENARIOS = [
              note="Megatron-Bridge's DeepSeek-V3 GB200 workload, FP8"),
     Scenario("dsv3-1024", "deepseek-v3", "dgx-h100", 1024, 8192, 4096, dtype="fp8",
              note="Megatron-Bridge's DeepSeek-V3 H100 workload, FP8"),
+    # DualPipe is searched only when held fixed (--fix schedule=dualpipe): DeepSeek-V3's own
+    # run (its report, Sec. 3.2 and 4.2), with its EP64
+    Scenario("dsv3-2048-dualpipe", "deepseek-v3", "hgx-h800", 2048, 15360, 4096, dtype="fp8",
+             fixed=(("schedule", "dualpipe"), ("ep", 64)),
+             note="DeepSeek-V3 report's pre-training run (2048 H800, 15,360 x 4096, FP8) with "
+                  "--fix schedule=dualpipe,ep=64: the DualPipe space"),
 ]
 
 TARGET_1T = ("1t-3072", 2.0,
@@ -147,7 +155,8 @@ def run_one(sc: Scenario, time_limit: float) -> dict[str, Any]:
     row: dict[str, Any] = {"sc": sc, "params": model.params}
     start = time.perf_counter()
     try:
-        res = search(model, cluster, wl, devices=sc.devices, time_limit_s=time_limit)
+        res = search(model, cluster, wl, devices=sc.devices, time_limit_s=time_limit,
+                     fixed=dict(sc.fixed) or None)
     except PlannerError as err:      # InfeasibleError (nothing fits) or a bad scenario
         row.update(wall_s=time.perf_counter() - start, error=f"{type(err).__name__}: {err}")
         return row
@@ -164,7 +173,9 @@ def render_rows(rows: list[dict[str, Any]]) -> str:
              "|---|---|--:|---|--:|---|---|--:|--:|--:|---|---|--:|--:|"]
     for r in rows:
         sc = r["sc"]
-        head = (f"| {sc.name} | {sc.model} | {fmt_params(r['params'])} | {sc.cluster} | "
+        name = sc.name + (" (--fix " + ",".join(f"{k}={v}" for k, v in sc.fixed) + ")"
+                          if sc.fixed else "")
+        head = (f"| {name} | {sc.model} | {fmt_params(r['params'])} | {sc.cluster} | "
                 f"{sc.devices:,} | {sc.global_batch:,} x {sc.seq_len} | {sc.dtype} | "
                 f"{r['wall_s']:.2f} |")
         if "error" in r:
@@ -247,7 +258,8 @@ def main() -> int:
         f"- machine: `nproc` = {info['nproc']}, {info['cpu']}\n"
         f"- python {info['python']}, numpy {info['numpy']}, commit {info['commit']}\n"
         f"- command: `{cmd}`\n"
-        f"- search: `planner.api.search`, whole default space, top 5, time limit "
+        f"- search: `planner.api.search`, whole default space (a row's --fix restricts it), "
+        f"top 5, time limit "
         f"{args.time_limit:g} s per scenario; Adam; bf16 unless the row's dtype says fp8\n\n"
         "Wall time is time.perf_counter around the search call (specs loaded and modules "
         "imported beforehand). `cut` = the time limit stopped the search (the plan is the best "

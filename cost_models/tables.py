@@ -318,7 +318,11 @@ def _layer_row(ctx: Any, moe: bool, bc: Any, block_comm: Any) -> dict[str, float
     # compute plus its exposed context-parallel exchange, which the DP stream runs through.
     row = {"compute": bc.fwd_s + bc.bwd_s, "recompute": 0.0, "tp_comm": tpf + tpb,
            "cp_comm": cpf + cpb, "ep_comm": epf + epb, "fwd": bc.fwd_s + cpf,
-           "bwd": bc.bwd_s + cpb, "wgrad": bc.wgrad_s}
+           "bwd": bc.bwd_s + cpb}
+    if plan.schedule == Schedule.DUALPIPE:
+        # the bubble's W (training.dualpipe_ranks); other plans' tables leave it out, since a
+        # span sums every row
+        row["wgrad"] = bc.wgrad_s
     if plan.recompute == Recompute.FULL:
         row["recompute"] = bc.fwd_s
         row["tp_comm"] += tpf
