@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from planner.hardware import ClusterSpec
 from planner.model import ModelSpec
-from planner.plan import LossKernel, Plan, parse_plan, parse_plan_fields
+from planner.plan import LossKernel, Plan, Schedule, parse_plan, parse_plan_fields
 from planner.presets import load_cluster, load_model
 from planner.errors import InfeasibleError, PlanError, PlannerError, SpecError
 from planner.result import (
@@ -135,6 +135,8 @@ def plan_dict(plan: Plan, num_layers: int) -> dict[str, object]:
         d["loss"] = plan.loss.value
     if plan.offload:
         d["offload"] = plan.offload
+    if plan.schedule != Schedule.ONE_F_ONE_B:
+        d["schedule"] = plan.schedule.value
     d["layers"] = "/".join(str(n) for n in plan.layers_per_stage(num_layers))
     if plan.chunk_layers is not None:
         d["chunk_layers"] = "/".join(str(n) for n in plan.chunk_layers)

@@ -186,7 +186,8 @@ def test_search_with_fixed_dualpipe_matches_brute_force(monkeypatch: pytest.Monk
             continue
         assert plan is not None
         assert result.best.estimate.step_time_s == pytest.approx(best, rel=1e-9)
-        assert all("schedule=dualpipe" in str(p.plan["plan"]) for p in result.top)
+        assert all("schedule=dualpipe" in str(p.plan["plan"]) and p.plan["schedule"] == "dualpipe"
+                   for p in result.top)
         compared += 1
     assert compared >= 5
 
