@@ -140,7 +140,11 @@ class StageTables:
         dense = sp["dense_params"]
         if k == 0:
             dense = dense + e["emb_params"]
-        if k == pp - 1 and (pp > 1 or not self.ctx.model.tied_embeddings):
+        # A tied head is the embedding: its own copy on the last stage when pp > 1, except
+        # under DualPipe, whose rank holding the last stage holds the first stage too
+        # (training.dualpipe_ranks), and with it the one matrix
+        shared = pp == 1 or self.ctx.plan.schedule == Schedule.DUALPIPE
+        if k == pp - 1 and not (shared and self.ctx.model.tied_embeddings):
             dense = dense + e["head_params"]
         elif k == pp - 1:
             dense = dense + e["final_norm_params"]

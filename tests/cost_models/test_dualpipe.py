@@ -242,3 +242,15 @@ def test_cli_rejects_an_odd_pipeline() -> None:
     assert r.exit_code == 2
     assert "schedule=dualpipe needs an even pp of at least 2" in r.output
     assert "Traceback" not in r.output
+
+
+def test_two_rank_dualpipe_holds_the_whole_model_once() -> None:
+    """pp=2: each rank holds both stages, so its weights are the whole model's, with a tied
+    embedding and head counted once (they are one matrix on one rank; 1F1B at pp=2 keeps a
+    copy on each stage)."""
+    model = load_model("narayanan-1.7b")                   # GPT: tied embeddings
+    assert model.tied_embeddings
+    wl = TrainingWorkload(global_batch_size=64, seq_len=2048)
+    est = evaluate(model, load_cluster("dgx-a100"), wl,
+                   parse_plan("pp=2,dp=4,zero=1,schedule=dualpipe", devices=8), devices=8)
+    assert est.memory_gib["weights"] * 2**30 / 2 == pytest.approx(model.params, rel=1e-12)
