@@ -25,6 +25,7 @@ from planner import (
     Optimizer,
     Plan,
     Recompute,
+    Schedule,
     TrainingWorkload,
     load_cluster,
 )
@@ -96,6 +97,23 @@ def cases(draw: st.DrawFn) -> Case:
     return case
 
 
+@st.composite
+def dualpipe_cases(draw: st.DrawFn) -> Case:
+    """A case of `cases()` turned into DualPipe where its pipeline allows it (pp even: one
+    virtual stage, an even number of at least 2 pp micro-batches); the case unchanged where
+    it does not."""
+    case = draw(cases())
+    plan = case.plan
+    if plan.pp % 2:
+        return case
+    plan = plan.model_copy(update={"vpp": 1, "schedule": Schedule.DUALPIPE})
+    micro = 2 * plan.pp * draw(st.integers(1, 3))
+    workload = case.workload.model_copy(update={"global_batch_size": plan.dp * plan.mbs * micro})
+    out = Case(case.model, workload, plan)
+    assert plan_problems(case.model, workload, plan, plan.devices) == [], out
+    return out
+
+
 def run(case: Case, cluster: ClusterSpec, plan: Plan | None = None) -> Estimate:
     return estimate_training(case.model, cluster, case.workload, plan or case.plan)
 
@@ -117,7 +135,7 @@ def scaled(cluster: ClusterSpec, what: str, factor: float) -> ClusterSpec:
 
 # ----- faster hardware is never slower ----------------------------------------------------
 @SETTINGS
-@given(case=cases(), cluster=st.sampled_from(CLUSTERS),
+@given(case=st.one_of(cases(), dualpipe_cases()), cluster=st.sampled_from(CLUSTERS),
        what=st.sampled_from(["intra_node", "inter_node", "memory", "flops"]),
        factor=st.sampled_from([1.01, 1.5, 2.0, 10.0]))
 def test_faster_hardware_is_never_slower(case: Case, cluster: ClusterSpec, what: str,
@@ -129,7 +147,7 @@ def test_faster_hardware_is_never_slower(case: Case, cluster: ClusterSpec, what:
 
 
 @SETTINGS
-@given(case=cases(), cluster=st.sampled_from(CLUSTERS))
+@given(case=st.one_of(cases(), dualpipe_cases()), cluster=st.sampled_from(CLUSTERS))
 def test_hardware_changes_never_change_memory(case: Case, cluster: ClusterSpec) -> None:
     base = run(case, cluster)
     for what in ("intra_node", "inter_node", "memory", "flops"):
@@ -207,7 +225,7 @@ def test_memory_never_grows_with_pp(case: Case, cluster: ClusterSpec, data: st.D
 
 # ----- the breakdown ---------------------------------------------------------------------
 @SETTINGS
-@given(case=cases(), cluster=st.sampled_from(CLUSTERS))
+@given(case=st.one_of(cases(), dualpipe_cases()), cluster=st.sampled_from(CLUSTERS))
 def test_breakdown_adds_up_to_the_step_time(case: Case, cluster: ClusterSpec) -> None:
     est = run(case, cluster)
     assert tuple(est.breakdown) == BREAKDOWN_KEYS
