@@ -137,7 +137,7 @@ class BlockCompute:
     # other micro-batch's dispatch (tables.ep_overlap_exposed); 0 for a dense block
     mlp_fwd_s: float = 0.0
     mlp_bwd_s: float = 0.0
-    # the weight-gradient GEMMs inside bwd_s (_wgrad_s): DualPipe's W
+    # the weight-gradient GEMMs inside bwd_s (Roofline.linear_passes): DualPipe's W
     wgrad_s: float = 0.0
 
 
@@ -194,10 +194,17 @@ class Roofline:
         """Forward and backward (data and weight gradient) of one linear layer of m rows (a
         random count of standard deviation `m_sd`: it sets the output rows of the forward and
         data-gradient GEMMs; the weight gradient reduces over them)."""
+        return self.linear_passes(m, n, k, m_sd)[:4]
+
+    def linear_passes(self, m: float, n: float, k: float,
+                      m_sd: float = 0.0) -> tuple[float, float, float, float, float]:
+        """gemm_fwd_bwd's (forward s, forward FLOPs, backward s, backward FLOPs) and, last, the
+        seconds of the backward's weight-gradient GEMM alone (the W that a zero-bubble or
+        DualPipe schedule runs apart: Qi et al. 2024, "Zero Bubble Pipeline Parallelism")."""
         tf, ff = self.gemm(m, n, k, m_sd=m_sd)
         t_dgrad, f_dgrad = self.gemm(m, k, n, m_sd=m_sd)
         t_wgrad, f_wgrad = self.gemm(k, n, m, out_bytes=WGRAD_ACCUMULATOR_BYTES)
-        return tf, ff, t_dgrad + t_wgrad, f_dgrad + f_wgrad
+        return tf, ff, t_dgrad + t_wgrad, f_dgrad + f_wgrad, t_wgrad
 
     def stream(self, nbytes: float) -> float:
         """Seconds to stream `nbytes` through memory (elementwise kernels)."""
@@ -282,10 +289,11 @@ def _block_compute(model: ModelSpec, roof: Roofline, sh: Shard, *, moe: bool) ->
         shapes += [(n, k) for n, k in _mlp_shapes(model, model.ffn_hidden_size, t)]
         first_shared = len(shapes)              # no shared experts
     mlp_f = mlp_b = 0.0                     # the expert MLP's share (BlockCompute.mlp_fwd_s)
+    wgrad = 0.0                             # the weight-gradient GEMMs (BlockCompute.wgrad_s)
     for i, (n, k) in enumerate(shapes):
         r = roof.high_precision() if (n, k) == router else roof
-        tf, ff, tb, fb = r.gemm_fwd_bwd(T, n, k)
-        fwd, f_fwd, bwd, f_bwd = fwd + tf, f_fwd + ff, bwd + tb, f_bwd + fb
+        tf, ff, tb, fb, tw = r.linear_passes(T, n, k)
+        fwd, f_fwd, bwd, f_bwd, wgrad = fwd + tf, f_fwd + ff, bwd + tb, f_bwd + fb, wgrad + tw
         if i >= first_shared:               # the shared experts
             mlp_f, mlp_b = mlp_f + tf, mlp_b + tb
     quantised = [s for s in shapes if s != router]
@@ -295,7 +303,8 @@ def _block_compute(model: ModelSpec, roof: Roofline, sh: Shard, *, moe: bool) ->
     routed_in = routed_grad = 0.0
     if moe and model.moe is not None:
         before_f, before_b = fwd, bwd
-        fwd, f_fwd, bwd, f_bwd = _add_experts(model, roof, sh, fwd, f_fwd, bwd, f_bwd)
+        fwd, f_fwd, bwd, f_bwd, expert_w = _add_experts(model, roof, sh, fwd, f_fwd, bwd, f_bwd)
+        wgrad += expert_w
         mlp_f, mlp_b = mlp_f + fwd - before_f, mlp_b + bwd - before_b
         routed = sh.moe_tokens * model.moe.top_k    # expert assignments on this device
         for n, k in _mlp_shapes(model, model.moe.expert_ffn_hidden_size, sh.etp):
@@ -323,7 +332,7 @@ def _block_compute(model: ModelSpec, roof: Roofline, sh: Shard, *, moe: bool) ->
         fwd_flops=f_fwd + attn_f, bwd_flops=f_bwd + attn_bf,
         attn_core_fwd_flops=0.0 if sh.attn.fused else attn_f,
         mlp_fwd_s=mlp_f, mlp_bwd_s=mlp_b,
-        wgrad_s=_wgrad_s(model, roof, sh, shapes, router, moe=moe),
+        wgrad_s=wgrad,
     )
 
 
@@ -395,8 +404,9 @@ def _moe_shapes(model: ModelSpec, sh: Shard) -> list[tuple[float, float]]:
 
 
 def _add_experts(model: ModelSpec, roof: Roofline, sh: Shard, fwd: float, f_fwd: float,
-                 bwd: float, f_bwd: float) -> tuple[float, float, float, float]:
-    """Routed experts: this device holds E/ep experts and receives on average
+                 bwd: float, f_bwd: float) -> tuple[float, float, float, float, float]:
+    """(fwd, f_fwd, bwd, f_bwd) with the routed experts added, and their weight-gradient
+    seconds (inside bwd; Roofline.linear_passes). Routed experts: this device holds E/ep experts and receives on average
     moe_tokens*top_k*ep/E assignments for each (tokens of its own EP group share). The EP ranks
     meet at the combine all-to-all, so the time is the most loaded rank's: the mean load times
     the expected-maximum factor of random routing over ep ranks (cost_models/moe_balance.py;
@@ -414,23 +424,6 @@ def _add_experts(model: ModelSpec, roof: Roofline, sh: Shard, fwd: float, f_fwd:
     tile of rows per expert, where a tile straddles two experts' rows
     (efficiency.grouped_rows_computed)."""
     assert model.moe is not None
-    local_experts, per_expert, rows, row_sd, grouped = _expert_rows(model, roof, sh)
-    for n, k in _mlp_shapes(model, model.moe.expert_ffn_hidden_size, sh.etp):
-        # a grouped kernel's tile visits are linear in the rows: no spread term
-        tf, _, tb, _ = roof.gemm_fwd_bwd(rows, n, k, 0.0 if grouped else row_sd)
-        _, ff, _, fb = roof.gemm_fwd_bwd(per_expert, n, k)
-        fwd += tf * local_experts
-        f_fwd += ff * local_experts
-        bwd += tb * local_experts
-        f_bwd += fb * local_experts
-    return fwd, f_fwd, bwd, f_bwd
-
-
-def _expert_rows(model: ModelSpec, roof: Roofline, sh: Shard
-                 ) -> tuple[float, float, float, float, bool]:
-    """(local experts, mean rows per expert, rows the slowest rank's GEMMs compute, their
-    standard deviation, whether a grouped kernel packs them): the row counts of _add_experts."""
-    assert model.moe is not None
     m = model.moe
     local_experts = m.num_experts / sh.ep
     per_expert = sh.moe_tokens * m.top_k * sh.ep / m.num_experts
@@ -442,28 +435,19 @@ def _expert_rows(model: ModelSpec, roof: Roofline, sh: Shard
     row_sd = (math.sqrt(sh.moe_tokens * sh.ep * p * (1 - p))
               if m.capacity_factor is None else 0.0)
     grouped = roof.eff.grouped_row_tile
-    if grouped:
-        return (local_experts, per_expert,
-                grouped_rows_computed(slowest, grouped, roof.eff.grouped_kernels), row_sd, True)
-    return local_experts, per_expert, slowest, row_sd, False
-
-
-def _wgrad_s(model: ModelSpec, roof: Roofline, sh: Shard, shapes: list[tuple[float, float]],
-             router: tuple[float, float] | None, *, moe: bool) -> float:
-    """Seconds of the block's weight-gradient GEMMs for one micro-batch (the W of a
-    zero-bubble or DualPipe schedule, which runs them apart from the data gradients: Qi et
-    al. 2024, "Zero Bubble Pipeline Parallelism", Sec. 2): of each linear layer's backward
-    (Roofline.gemm_fwd_bwd) the k x n x m GEMM, routed experts included."""
-    T = sh.tokens
-    out = 0.0
-    for n, k in shapes:
-        r = roof.high_precision() if (n, k) == router else roof
-        out += r.gemm(k, n, T, out_bytes=WGRAD_ACCUMULATOR_BYTES)[0]
-    if moe and model.moe is not None:
-        local_experts, _, rows, _, _ = _expert_rows(model, roof, sh)
-        for n, k in _mlp_shapes(model, model.moe.expert_ffn_hidden_size, sh.etp):
-            out += local_experts * roof.gemm(k, n, rows, out_bytes=WGRAD_ACCUMULATOR_BYTES)[0]
-    return out
+    rows = (grouped_rows_computed(slowest, grouped, roof.eff.grouped_kernels) if grouped
+            else slowest)
+    wgrad = 0.0
+    for n, k in _mlp_shapes(model, m.expert_ffn_hidden_size, sh.etp):
+        # a grouped kernel's tile visits are linear in the rows: no spread term
+        tf, _, tb, _, tw = roof.linear_passes(rows, n, k, 0.0 if grouped else row_sd)
+        _, ff, _, fb = roof.gemm_fwd_bwd(per_expert, n, k)
+        fwd += tf * local_experts
+        f_fwd += ff * local_experts
+        bwd += tb * local_experts
+        f_bwd += fb * local_experts
+        wgrad += tw * local_experts
+    return fwd, f_fwd, bwd, f_bwd, wgrad
 
 
 @functools.lru_cache(maxsize=4096)

@@ -39,6 +39,8 @@ OPTIMIZER_BYTES_PER_PARAM = 4 + 4 + 4 + 4 + 4 + 4
 """Adam step traffic per parameter beyond the gradient and weight: read and write the fp32
 master weight, momentum and variance (6 x 4 bytes)."""
 KINDS = ("compute", "recompute", "tp_comm", "cp_comm", "ep_comm")
+STEP_KINDS = (*KINDS, "pp_comm", "offload")
+"""Everything of a stage's time per micro-batch (StageTables.time)."""
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,7 @@ class StageTables:
     def time(self, k: int, i: Arr, j: Arr, span: dict[str, Arr] | None = None) -> Arr:
         """Per-micro-batch time of stage k (everything on its critical path)."""
         d = self.kinds(k, i, j, span)
-        return sum(d[kind] for kind in (*KINDS, "pp_comm", "offload"))
+        return sum(d[kind] for kind in STEP_KINDS)
 
     def stage_profile(self, ranges: list[tuple[int, int]] | tuple[tuple[int, int], ...]
                       ) -> tuple[list[float], list[float], list[float]]:

@@ -50,7 +50,7 @@ from cost_models import comm
 from cost_models.compute import BlockCompute, Roofline, Shard, roof_bytes
 from cost_models.efficiency import device_efficiency, precision_warning
 from cost_models.memory import GIB
-from cost_models.tables import KINDS, StageTables, build_tables, interleaved_warmup_chunks
+from cost_models.tables import STEP_KINDS, StageTables, build_tables, interleaved_warmup_chunks
 from planner.errors import SpecError
 from planner.hardware import ClusterSpec
 from planner.model import ModelSpec
@@ -210,7 +210,7 @@ class DualPipeRanks:
     sync: float                           # the single chunks' blocking exchanges
 
     def times(self) -> list[float]:
-        return [sum(k[kind] for kind in (*KINDS, "pp_comm", "offload")) for k in self.kinds]
+        return [sum(k[kind] for kind in STEP_KINDS) for k in self.kinds]
 
     def pipe(self, m: int) -> list[float]:
         return [m * t + b for t, b in zip(self.times(), self.bubble)]
@@ -230,7 +230,7 @@ def dualpipe_ranks(tables: StageTables, ranges: list[tuple[int, int]] | tuple[tu
     each: m x the mean of its two chunks. Bubble: (pp/2 - 1)(F&B + B - 3W), with F, B and W
     the forward, full backward and weight-gradient seconds of one chunk (the rank's mean) and
     F&B = F + B: the paired chunks overlap their communication, not their computation. W is
-    the blocks' weight-gradient GEMMs (compute._wgrad_s); the embedding's and head's are left
+    the blocks' weight-gradient GEMMs (Roofline.linear_passes); the embedding's and head's are left
     in B (a slightly larger bubble). Memory: both stages' weights, gradients, optimizer states
     and activations (pp - s micro-batches of stage s: memory.in_flight_microbatches), the
     buffers once. The two copies of each stage sum their gradients: each stage's gradients
@@ -260,7 +260,7 @@ def dualpipe_ranks(tables: StageTables, ranges: list[tuple[int, int]] | tuple[tu
         s = pp - 1 - r
         (kr, mr, dr, orr), (ks, ms, ds, os_) = per[r], per[s]
         kinds = {key: (kr[key] + ks[key]) / 2 for key in kr}
-        t = sum(kinds[kind] for kind in (*KINDS, "pp_comm", "offload"))
+        t = sum(kinds[kind] for kind in STEP_KINDS)
         f, w = kinds["fwd"], kinds["wgrad"]
         bwd = t - f
         out_k.append(kinds)

@@ -221,8 +221,7 @@ def _schedule_section(p: int, v: int, recompute: str, e: dict[str, Any]) -> str:
     full = (simulate(forward_s=fwd, backward_s=bwd, num_microbatches=m, num_chunks=v)
             if 2 * m * v * p <= MAX_SIMULATED_PASSES else None)
     kind = f"interleaved 1F1B with {v} chunks per stage" if v > 1 else "1F1B (PipeDream-Flush)"
-    split = ("forward 1/4, backward 3/4 (full recomputation reruns the forward)"
-             if share == FORWARD_SHARE_FULL_RECOMPUTE else "forward 1/3, backward 2/3")
+    split = _split_text(share)
     caption = (f"{kind}, {p} stages, {m} micro-batches per step"
                + (f"; drawn with {shown} of them (same warm-up and cool-down, shorter steady "
                   "phase)" if shown < m else "")
@@ -231,6 +230,12 @@ def _schedule_section(p: int, v: int, recompute: str, e: dict[str, Any]) -> str:
                   if len(drawn.ops) > MAX_TOOLTIP_BOXES else ""))
     return (f'<p class="note">{escape(caption)}</p>'
             + timeline_chart(drawn, caption=caption) + _schedule_stats(p, v, m, e, full))
+
+
+def _split_text(share: float) -> str:
+    """How the timeline splits a time per micro-batch (schedule.forward_share)."""
+    return ("forward 1/4, backward 3/4 (full recomputation reruns the forward)"
+            if share == FORWARD_SHARE_FULL_RECOMPUTE else "forward 1/3, backward 2/3")
 
 
 def _dualpipe_section(p: int, recompute: str, e: dict[str, Any]) -> str:
@@ -247,8 +252,7 @@ def _dualpipe_section(p: int, recompute: str, e: dict[str, Any]) -> str:
     drawn = simulate_dualpipe(forward_s=fwd, backward_s=bwd, weight_s=wgt, num_microbatches=shown)
     full = (simulate_dualpipe(forward_s=fwd, backward_s=bwd, weight_s=wgt, num_microbatches=m)
             if 3 * m * p <= MAX_SIMULATED_PASSES else None)
-    split = ("forward 1/4, backward 3/4 (full recomputation reruns the forward)"
-             if share == FORWARD_SHARE_FULL_RECOMPUTE else "forward 1/3, backward 2/3")
+    split = _split_text(share)
     caption = (f"DualPipe (DeepSeek-V3 report Sec. 3.2.1), {p} ranks, {m} micro-batches per step, "
                f"{m // 2} from each end of the pipeline; rank r holds stage r and stage {p - 1}-r"
                + (f"; drawn with {shown} of them (same warm-up and cool-down, shorter steady "

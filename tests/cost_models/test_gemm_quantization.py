@@ -208,7 +208,7 @@ def test_tpu_experts_run_as_one_grouped_matmul() -> None:
     assert grouped.fwd_flops == pytest.approx(separate.fwd_flops)
 
     roof = Roofline(dev, eff, DType.BF16)
-    fwd, _, bwd, _ = _add_experts(model, roof, sh, 0.0, 0.0, 0.0, 0.0)
+    fwd, _, bwd, _, _ = _add_experts(model, roof, sh, 0.0, 0.0, 0.0, 0.0)
     moe = model.moe
     assert moe is not None
     rows = grouped_rows_computed(sh.moe_tokens * moe.top_k / moe.num_experts, 512)
