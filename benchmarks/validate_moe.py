@@ -63,6 +63,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from planner import (  # noqa: E402
     Attention, Dispatcher, ModelSpec, Plan, Recompute, TrainingWorkload, load_model)
 from planner.api import evaluate  # noqa: E402
+from cost_models.efficiency import device_efficiency  # noqa: E402
+from cost_models.training import MANY_LOCAL_EXPERTS, local_experts_warned  # noqa: E402
 from planner.result import Estimate  # noqa: E402
 from planner.errors import PlannerError  # noqa: E402
 from records import (  # noqa: E402
@@ -268,7 +270,11 @@ def run(data: Path, only: str | None) -> list[dict[str, Any]]:
             rows.append(skipped_row(r, e))
             continue
         pub = published_step_s(r)
+        cluster = cluster_spec(r)
+        warned = local_experts_warned(model, plan,
+                                      device_efficiency(cluster.device)[0].grouped_row_tile)
         rows.append({"id": r["id"], "source": source_family(r), "device": device_label(r),
+                     "many_local_experts": warned,
                      "published_s": pub,
                      "predicted_s": est.step_time_s, "error": est.step_time_s / pub - 1,
                      "mbs": r["batch"]["micro"], "mfu": est.mfu, "fits": est.fits,
@@ -310,6 +316,34 @@ def render_cuda_graphs(groups: dict[tuple[str, str], list[float]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def local_expert_groups(rows: list[dict[str, Any]]) -> dict[bool, list[float]]:
+    """Signed errors of the scored rows by whether the estimate carries the many-local-experts
+    warning (cost_models.training.MANY_LOCAL_EXPERTS): the evidence the warning cites."""
+    out: dict[bool, list[float]] = {}
+    for r in rows:
+        if "skipped" not in r:
+            out.setdefault(r["many_local_experts"], []).append(r["error"])
+    return out
+
+
+def render_local_experts(groups: dict[bool, list[float]]) -> str:
+    if not groups:
+        return ""
+    lines = ["", f"By routed experts per device (the warning at {MANY_LOCAL_EXPERTS} or more on a "
+             "device that runs each expert as its own GEMM: host time not modelled, "
+             "cost_models/training.py MANY_LOCAL_EXPERTS):", "",
+             "| experts per device | runs | mean signed error | mean abs error |",
+             "|---|--:|--:|--:|"]
+    for warned in (False, True):
+        errs = groups.get(warned, [])
+        if errs:
+            label = (f"{MANY_LOCAL_EXPERTS} or more (warned)" if warned
+                     else f"under {MANY_LOCAL_EXPERTS}, or grouped kernels")
+            lines.append(f"| {label} | {len(errs)} | {sum(errs) / len(errs):+.1%} | "
+                         f"{sum(abs(e) for e in errs) / len(errs):.1%} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=ROOT / "benchmarks/data/moe_runs.json")
@@ -318,7 +352,8 @@ def main() -> int:
     args = ap.parse_args()
     rows = run(args.data, args.only)
     graphs = {g["id"]: g for g in json.loads(CUDA_GRAPHS.read_text())["records"]}
-    table = render(rows) + render_cuda_graphs(cuda_graph_groups(rows, graphs))
+    table = (render(rows) + render_cuda_graphs(cuda_graph_groups(rows, graphs))
+             + render_local_experts(local_expert_groups(rows)))
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(f"# Cost model vs published MoE runs ({args.data.name})\n\n{table}")

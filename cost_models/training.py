@@ -395,8 +395,38 @@ are predicted 14.8% too fast on average (8 runs), those below 4.9% (55 runs). Th
 selects the warning only; it changes no number."""
 
 
+MANY_LOCAL_EXPERTS = 16
+"""Routed experts per device from which an estimate warns that host time is not in it. A GPU
+framework that runs each expert as its own GEMM (DeviceEfficiency.grouped_row_tile = 0:
+Transformer Engine's GroupedLinear launches one cuBLAS GEMM per expert, and quantises and
+allocates per expert, in both passes) issues kernels and Python work per local expert and
+micro-batch, and Megatron-Core's dropless all-to-all dispatcher copies the tokens-per-expert
+counts to the host every MoE layer and waits for them (token_dispatcher.py,
+`_maybe_dtoh_and_synchronize`), so the CPU cannot run ahead of the GPU and that host time
+adds to the step. The cost model has no term for it: no published per-expert host cost was
+found (the per-launch cost it knows, efficiency.py's 4.2 us floor, explains a tenth to a third
+of the gap). In the validation data the published runs at or above this count were predicted
+much further too fast than those below it (`benchmarks/validate_moe.py` prints the grouping
+under its table; README "Mixture-of-experts runs"). The threshold selects the warning only;
+it changes no number."""
+
+
+def local_experts_warned(model: ModelSpec, plan: Plan, eff_grouped_row_tile: int) -> bool:
+    """Whether a plan gets the many-local-experts warning (MANY_LOCAL_EXPERTS)."""
+    return (model.moe is not None and eff_grouped_row_tile == 0
+            and model.moe.num_experts / plan.ep >= MANY_LOCAL_EXPERTS)
+
+
 def _warnings(ctx: Context, generic: bool, fill: float = 0.0) -> list[str]:
     out = []
+    if local_experts_warned(ctx.model, ctx.plan, ctx.roof.eff.grouped_row_tile):
+        assert ctx.model.moe is not None
+        local = ctx.model.moe.num_experts / ctx.plan.ep
+        out.append(f"{local:g} routed experts per device (ep={ctx.plan.ep}): the host time of "
+                   "issuing each expert's kernels, exposed by the dropless dispatcher's "
+                   "per-layer host sync, is not in the step time (published runs with "
+                   f"{MANY_LOCAL_EXPERTS} or more experts per device were slower than "
+                   "predicted); a larger ep, a fused grouped-expert MLP or CUDA graphs lower it")
     if NEAR_CAPACITY <= fill <= 1.0:
         out.append(f"the most loaded device is at {fill:.0%} of its memory: near capacity the "
                    "framework's allocator retries and defragments, which the step time does not "
