@@ -54,7 +54,7 @@ class StageTables:
 
     @property
     def num_layers(self) -> int:
-        return len(self.prefix["compute"]) - 1
+        return len(self.prefix["act"]) - 1
 
     def sums(self, key: str, i: Arr, j: Arr) -> Arr:
         """Sum of a per-layer quantity over blocks i..j (inclusive)."""
@@ -251,17 +251,62 @@ def build_tables(ctx: Any, num_microbatches: int) -> StageTables:
     from cost_models.training import block_comm, p2p_s
 
     model, sh = ctx.model, ctx.shard
+    prefix, mtp_row = _prefix_sums(model, lambda moe: _layer_row(
+        ctx, moe, block_compute(model, ctx.roof, sh, moe=moe), block_comm))
+    extras = _extras(ctx, model, p2p_s(ctx)) | _mtp_extras(ctx, model, mtp_row)
+    return StageTables(prefix=prefix, extras=extras, ctx=ctx, num_microbatches=num_microbatches)
+
+
+def _prefix_sums(model: ModelSpec, row_of: Any
+                 ) -> tuple[dict[str, np.ndarray], dict[str, float] | None]:
+    """Prefix sums over the blocks of each key of `row_of(moe)` (one row per block type,
+    placed by the model's MoE layer mask), and the row of the MTP block's type (None without
+    MTP modules)."""
     mask = np.array(model.moe_layer_mask, dtype=bool)
-    per_type = {moe: _layer_row(ctx, moe, block_compute(model, ctx.roof, sh, moe=moe), block_comm)
-                for moe in sorted(set(model.moe_layer_mask))}
+    per_type = {moe: row_of(moe) for moe in sorted(set(model.moe_layer_mask))}
     dense_row = per_type.get(False, per_type.get(True))
     moe_row = per_type.get(True, dense_row)
     assert dense_row is not None and moe_row is not None
     prefix = {key: np.concatenate(([0.0], np.cumsum(np.where(mask, moe_row[key], dense_row[key]))))
               for key in dense_row}
-    mtp_row = per_type.get(model.mtp_moe) if model.mtp_layers else None
-    extras = _extras(ctx, model, p2p_s(ctx)) | _mtp_extras(ctx, model, mtp_row)
+    return prefix, (per_type.get(model.mtp_moe) if model.mtp_layers else None)
+
+
+def build_memory_tables(ctx: Any, num_microbatches: int) -> StageTables:
+    """The memory part of `build_tables` alone: the per-layer parameters and activations and
+    the extras `StageTables.memory` reads, without timing a block (the search's fit check,
+    which asks only whether a split fits, builds these; `memory` and `memory_total` give the
+    same numbers on either; the time and tail methods need `build_tables`)."""
+    model = ctx.model
+    prefix, mtp_row = _prefix_sums(model, lambda moe: _memory_row(ctx, moe))
+    extras = _memory_extras(ctx, model) | _mtp_memory_extras(ctx, model, mtp_row)
     return StageTables(prefix=prefix, extras=extras, ctx=ctx, num_microbatches=num_microbatches)
+
+
+def _mtp_memory_extras(ctx: Any, model: ModelSpec, row: dict[str, float] | None
+                       ) -> dict[str, float]:
+    """The memory part of `_mtp_extras` (its docstring says what the MTP modules hold)."""
+    n = model.mtp_layers
+    if not n:
+        return {f"mtp_{k}": 0.0 for k in ("dense_params", "expert_params", "act", "head_act")}
+    plan = ctx.plan
+    assert row is not None      # the row of the MTP block's type (`mtp_moe`)
+    routed = (model.moe.num_experts * model.mlp_params(model.moe.expert_ffn_hidden_size)
+              if model.mtp_moe and model.moe is not None else 0)
+    # DualPipe puts the first stage (embedding) and the last (MTP, head) on one rank, which
+    # shares one embedding between the model and its MTP modules (DeepSeek-V3 report Sec.
+    # 3.2.3, "Shared Embedding and Output Head for Multi-Token Prediction"): no copy
+    embedding_copy = (model.embedding_params / plan.tp
+                      if plan.pp > 1 and not model.tied_embeddings
+                      and plan.schedule != Schedule.DUALPIPE else 0.0)
+    return {"mtp_expert_params": n * row["expert_params"],
+            # split by tp like every block's dense part (_memory_row), the experts by ep x etp
+            "mtp_dense_params": (n * (model.mtp_module_params - routed) / plan.tp
+                                 + embedding_copy),
+            # the block's activations are held like any block's (x micro-batches in flight);
+            # its logits, like the model's, only for the micro-batch whose loss is computed
+            "mtp_act": n * row["act"],
+            "mtp_head_act": n * head_activation_bytes(model, plan, seq_len=ctx.workload.seq_len)}
 
 
 def _mtp_extras(ctx: Any, model: ModelSpec, row: dict[str, float] | None) -> dict[str, float]:
@@ -277,11 +322,10 @@ def _mtp_extras(ctx: Any, model: ModelSpec, row: dict[str, float] | None) -> dic
     DualPipe both stages are on one rank, which holds one embedding)."""
     keys = (*KINDS, "fwd", "bwd")
     n = model.mtp_layers
+    memory = _mtp_memory_extras(ctx, model, row)
     if not n:
-        return {f"mtp_{k}": 0.0 for k in (*keys, "dense_params", "expert_params", "act",
-                                          "head_act")}
+        return {f"mtp_{k}": 0.0 for k in keys} | memory
     plan, sh, roof = ctx.plan, ctx.shard, ctx.roof
-    moe = model.mtp_moe
     assert row is not None      # build_tables' row of the MTP block's type (`mtp_moe`)
     h = model.hidden_size
     pf, _, pb, _ = roof.gemm_fwd_bwd(sh.tokens, h / plan.tp, 2 * h)     # eh_proj
@@ -295,26 +339,10 @@ def _mtp_extras(ctx: Any, model: ModelSpec, row: dict[str, float] | None) -> dic
     emb_tp = 0.0
     if plan.tp > 1 and model.vocab_size:
         emb_tp = comm.all_reduce_s(ctx.tp_links, sh.tokens * h * roof_bytes(sh.dtype))
-    routed = (model.moe.num_experts * model.mlp_params(model.moe.expert_ffn_hidden_size)
-              if moe and model.moe is not None else 0)
-    # DualPipe puts the first stage (embedding) and the last (MTP, head) on one rank, which
-    # shares one embedding between the model and its MTP modules (DeepSeek-V3 report Sec.
-    # 3.2.3, "Shared Embedding and Output Head for Multi-Token Prediction"): no copy
-    embedding_copy = (model.embedding_params / plan.tp
-                      if plan.pp > 1 and not model.tied_embeddings
-                      and plan.schedule != Schedule.DUALPIPE else 0.0)
     out = {"mtp_compute": n * (fwd + bwd), "mtp_fwd": n * fwd, "mtp_bwd": n * bwd,
            "mtp_recompute": n * row["recompute"], "mtp_tp_comm": n * (row["tp_comm"] + emb_tp),
-           "mtp_cp_comm": n * row["cp_comm"], "mtp_ep_comm": n * row["ep_comm"],
-           "mtp_expert_params": n * row["expert_params"],
-           # split by tp like every block's dense part (_layer_row), the experts by ep x etp
-           "mtp_dense_params": (n * (model.mtp_module_params - routed) / plan.tp
-                                + embedding_copy),
-           # the block's activations are held like any block's (x micro-batches in flight);
-           # its logits, like the model's, only for the micro-batch whose loss is computed
-           "mtp_act": n * row["act"],
-           "mtp_head_act": n * head_activation_bytes(model, plan, seq_len=ctx.workload.seq_len)}
-    return out
+           "mtp_cp_comm": n * row["cp_comm"], "mtp_ep_comm": n * row["ep_comm"]}
+    return out | memory
 
 
 def _layer_row(ctx: Any, moe: bool, bc: Any, block_comm: Any) -> dict[str, float]:
@@ -351,9 +379,16 @@ def _layer_row(ctx: Any, moe: bool, bc: Any, block_comm: Any) -> dict[str, float
             # (DualPipe only: planner.validate) the recomputed forward dispatches again,
             # outside the pairs: exposed
             row["ep_comm"] += epf
-    row["act"] = block_activation_bytes(model, plan, seq_len=ctx.workload.seq_len, moe=moe,
-                                        fused_attention=plan.attn.fused,
-                                        dtype=ctx.workload.dtype)
+    return row | _memory_row(ctx, moe)
+
+
+def _memory_row(ctx: Any, moe: bool) -> dict[str, float]:
+    """A block's activations (one micro-batch) and its dense and expert parameters on one
+    device (the dense part split by tp, the routed experts by ep x etp)."""
+    model, plan = ctx.model, ctx.plan
+    row = {"act": block_activation_bytes(model, plan, seq_len=ctx.workload.seq_len, moe=moe,
+                                         fused_attention=plan.attn.fused,
+                                         dtype=ctx.workload.dtype)}
     if moe and model.moe is not None:
         routed = model.moe.num_experts * model.mlp_params(model.moe.expert_ffn_hidden_size)
         row["dense_params"] = (model.moe_layer_params - routed) / plan.tp
@@ -395,20 +430,29 @@ def _extras(ctx: Any, model: ModelSpec, p2p: float) -> dict[str, Any]:
     emb_tp = 0.0
     if plan.tp > 1 and model.vocab_size:
         emb_tp = comm.all_reduce_s(ctx.tp_links, sh.tokens * model.hidden_size * roof_bytes(sh.dtype))
-    edp = max(1, plan.dp * plan.cp * plan.tp // (plan.ep * plan.expert_tp))
-    head_matrix = model.vocab_size * model.hidden_size / plan.tp
-    final_norm = model.norm_params if model.vocab_size else 0
-    dtype = ctx.workload.dtype
-    buckets = 2 * 40e6 * ctx.workload.grad_bytes if plan.dp * plan.cp > 1 else 0.0
-    p2p_buf = 2 * plan.mbs * ctx.workload.seq_len / plan.cp * model.hidden_size * 2 if plan.pp > 1 else 0.0
+    memory = _memory_extras(ctx, model)
     return {
         "emb_compute": ef + eb, "emb_fwd": ef, "emb_bwd": eb, "emb_tp_comm": emb_tp,
         "head_compute": hf + hb, "head_fwd": hf, "head_bwd": hb, "p2p": p2p,
+        "exp_links": comm.group_links(ctx.cluster, size=int(memory["edp"]),
+                                      stride=plan.ep * plan.expert_tp),
+    } | memory
+
+
+def _memory_extras(ctx: Any, model: ModelSpec) -> dict[str, Any]:
+    """The stage extras `StageTables.memory` reads: the embedding's and head's parameters, the
+    logits of one micro-batch, the experts' data-parallel size and the static buffers."""
+    plan = ctx.plan
+    edp = max(1, plan.dp * plan.cp * plan.tp // (plan.ep * plan.expert_tp))
+    head_matrix = model.vocab_size * model.hidden_size / plan.tp
+    final_norm = model.norm_params if model.vocab_size else 0
+    buckets = 2 * 40e6 * ctx.workload.grad_bytes if plan.dp * plan.cp > 1 else 0.0
+    p2p_buf = 2 * plan.mbs * ctx.workload.seq_len / plan.cp * model.hidden_size * 2 if plan.pp > 1 else 0.0
+    return {
         "emb_params": model.embedding_params / plan.tp,
         "head_params": head_matrix + final_norm, "final_norm_params": final_norm,
         "head_act": head_activation_bytes(model, plan, seq_len=ctx.workload.seq_len),
         "edp": edp,
-        "exp_links": comm.group_links(ctx.cluster, size=edp, stride=plan.ep * plan.expert_tp),
         # DDP/Megatron gradient buckets (40M elements, 2 in flight), the p2p activation
         # buffer, and the framework's fixed overhead (memory.py).
         "static_buffers": buckets + p2p_buf + FRAMEWORK_OVERHEAD_BYTES,

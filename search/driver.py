@@ -21,7 +21,7 @@ import numpy as np
 
 from cost_models.compute import memoised_blocks
 from cost_models.memory import in_flight_microbatches
-from cost_models.tables import StageTables, build_tables
+from cost_models.tables import StageTables, build_memory_tables, build_tables
 from cost_models.training import dualpipe_ranks, make_context, p2p_sync_s, step_from_stages
 from planner.hardware import ClusterSpec
 from planner.model import ModelSpec
@@ -59,6 +59,9 @@ class SearchState:
     candidates: int = 0
     cut: bool = False
     orders: dict[Degrees, list[tuple[str, ...]]] = field(default_factory=dict)  # per search
+    # smallest micro-batch size at which a group (its degrees, ep, sp and recomputation)
+    # was found not to fit: _expand prunes the same group at that size or larger unchecked
+    unfit_mbs: dict[tuple[Degrees, int, bool, Recompute], int] = field(default_factory=dict)
 
     def kth(self) -> float:
         return self.best[-1].step_time_s if len(self.best) >= self.top_k else np.inf
@@ -298,7 +301,7 @@ def _group_can_fit(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload,
     L, pp, cap = model.num_layers, base.pp, cluster.device.memory_bytes
     candidates = [max(zeros)] if pp > 1 else zeros
     first = base.model_copy(update={"zero": candidates[0], "vpp": 1})
-    built = build_tables(make_context(model, cluster, wl, first)[0], m)
+    built = build_memory_tables(make_context(model, cluster, wl, first)[0], m)
     for zero in candidates:
         tables = _with_zero(built, base.model_copy(update={"zero": zero, "vpp": 1}))
         if pp == 1:
@@ -335,9 +338,22 @@ def _expand(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWorkload, g: Gro
     m = wl.global_batch_size // (d.dp * g.mbs)
     base = _base_plan(d, g.mbs, g.recompute, g.sp, limits, g.ep)
     zeros = space.zero_options(d.pp, limits)
-    if "vpp" not in limits.fixed and not _group_can_fit(model, cluster, wl, base, m, zeros):
-        state.pruned["memory_group"] += 1
-        return
+    if "vpp" not in limits.fixed:
+        # Memory grows with the micro-batch size at fixed everything else (vpp = 1, as
+        # _group_can_fit checks): a stage holds min(in-flight count, m) micro-batches of mbs
+        # samples each, min((pp - k) mbs, global / dp) samples (DualPipe: half the global
+        # share), and the rest is linear in mbs or does not depend on it. Combined 1F1B's
+        # extra block exists only while m > 1, so such groups are always checked.
+        key = (d, g.ep, g.sp, g.recompute)
+        floor = state.unfit_mbs.get(key)
+        if floor is not None and g.mbs >= floor and not base.ep_overlap:
+            state.pruned["memory_group"] += 1
+            return
+        if not _group_can_fit(model, cluster, wl, base, m, zeros):
+            if not base.ep_overlap:
+                state.unfit_mbs[key] = g.mbs      # below any earlier floor (else pruned above)
+            state.pruned["memory_group"] += 1
+            return
     if d not in state.orders:      # groups of the same degrees share their layout classes
         state.orders[d] = space.order_classes(d, cluster, limits)
     for order in state.orders[d]:

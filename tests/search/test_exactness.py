@@ -38,7 +38,7 @@ import numpy as np
 import pytest
 
 from cost_models.compute import block_compute
-from cost_models.tables import build_tables
+from cost_models.tables import build_memory_tables, build_tables
 from cost_models.training import make_context, p2p_sync_s, pipeline_time, step_time_of
 from planner import ClusterSpec, DeviceSpec, LinkSpec, ModelSpec
 from planner.api import evaluate, search
@@ -634,3 +634,66 @@ def test_seed000_inconsistency_is_reported_by_the_search() -> None:
     assert any("3360" in p and "17920" in p for p in bl.inconsistencies), bl.inconsistencies
     stated = next(b for b in load_baselines("mt-nlg-530b") if b.id == "seed000")
     assert set(inconsistencies(stated, "mt-nlg-530b")) <= set(bl.inconsistencies)
+
+
+# ----- the fit check's shortcuts ------------------------------------------------------------
+
+def _random_plans(rng: random.Random, model: ModelSpec, cluster: ClusterSpec,
+                  wl: TrainingWorkload, n: int, count: int) -> list[Plan]:
+    """Valid plans of a random problem at vpp = 1 (what the search's fit check builds)."""
+    out = []
+    for tp, cp, pp, dp in factorisations(model, cluster, wl, n):
+        for mbs in divisors(wl.global_batch_size // dp):
+            plan = Plan(tp=tp, cp=cp, pp=pp, dp=dp, mbs=mbs,
+                        recompute=rng.choice(list(Recompute)), sp=tp > 1 and rng.random() < 0.5,
+                        zero=rng.choice([0, 1, 2, 3] if pp == 1 else [0, 1]))
+            if not plan_problems(model, wl, plan, n):
+                out.append(plan)
+    rng.shuffle(out)
+    return out[:count]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_memory_tables_give_the_full_tables_memory(seed: int) -> None:
+    """The search's fit check builds memory-only tables (tables.build_memory_tables): every
+    stage's memory, by kind, over every block range equals the full tables'."""
+    rng = random.Random(1000 + seed)
+    model, cluster, wl, n = random_problem(rng)
+    if rng.random() < 0.5:       # MoE blocks and an MTP module on some problems
+        model = model.model_copy(update={
+            "moe": MoESpec(num_experts=4, top_k=2, expert_ffn_hidden_size=model.hidden_size),
+            "mtp_layers": rng.choice([0, 1])})
+    for plan in _random_plans(rng, model, cluster, wl, n, 6):
+        m = wl.global_batch_size // (plan.dp * plan.mbs)
+        ctx = make_context(model, cluster, wl, plan)[0]
+        full, mem = build_tables(ctx, m), build_memory_tables(ctx, m)
+        L = model.num_layers
+        for k in range(plan.pp):
+            for a in range(L):
+                for b in range(a, L):
+                    assert mem.memory(k, a, b) == full.memory(k, a, b), (plan, k, a, b)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_memory_grows_with_the_micro_batch_size(seed: int) -> None:
+    """The search prunes a group unchecked when the same group (degrees, ep, sp,
+    recomputation) did not fit at a smaller micro-batch size (driver._expand). That holds
+    because at vpp = 1 and without combined 1F1B every stage's memory over every block range
+    never falls as mbs grows (the micro-batches in flight fall, the samples they hold do not)."""
+    rng = random.Random(2000 + seed)
+    model, cluster, wl, n = random_problem(rng)
+    for plan in _random_plans(rng, model, cluster, wl, n, 8):
+        sizes = [b for b in divisors(wl.global_batch_size // plan.dp) if b >= plan.mbs]
+        L = model.num_layers
+        previous = None
+        for mbs in sizes:
+            p = plan.model_copy(update={"mbs": mbs})
+            if plan_problems(model, wl, p, n):
+                continue
+            m = wl.global_batch_size // (p.dp * mbs)
+            tables = build_memory_tables(make_context(model, cluster, wl, p)[0], m)
+            now = np.array([[tables.memory_total(k, a, b) for a in range(L) for b in range(a, L)]
+                            for k in range(p.pp)])
+            if previous is not None:
+                assert (now >= previous * (1 - 1e-12)).all(), (p, now - previous)
+            previous = now
