@@ -199,6 +199,7 @@ def evaluate_cmd(
     prefill_instances: Annotated[int | None, typer.Option("--prefill-instances", min=1, help="prefill instances (--disaggregate; default: the fewest that keep up with decode)")] = None,
     decode_plan: Annotated[str | None, typer.Option("--decode-plan", help="one decode instance's plan, e.g. 'tp=4,ep=320' (--disaggregate)")] = None,
     decode_instances: Annotated[int | None, typer.Option("--decode-instances", min=1, help="decode instances sharing --batch (--disaggregate; default 1)")] = None,
+    explain: Annotated[bool, typer.Option("--explain", help="also list one micro-batch's operators on one device (training): each block's GEMMs, attention and memory-bound kernels, its communication, the head and embedding")] = False,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -219,6 +220,9 @@ def evaluate_cmd(
         raise planner.SpecError("--disaggregate and the pool options score a serving "
                                 "deployment: use them with --mode inference")
     if mode == "inference":
+        if explain:
+            raise planner.SpecError("--explain lists a training plan's operators; leave it out "
+                                    "with --mode inference")
         check_mode_options(mode, given, allowed=("--prefill-chunk",))
         if deployment:
             from meshplan_cli import disaggregation_cmd
@@ -235,11 +239,22 @@ def evaluate_cmd(
     spec, clus = presets.load_model(model), presets.load_cluster(cluster)
     n = clus.devices_for(gpus=gpus, nodes=nodes)
     wl = training_workload(global_batch, seq_len, dtype, optimizer, grad_dtype)
-    est = evaluate(spec, clus, wl, planner.parse_plan(plan, devices=n), devices=n)
+    parsed = planner.parse_plan(plan, devices=n)
+    est = evaluate(spec, clus, wl, parsed, devices=n)
+    ex = None
+    if explain:
+        from planner.api import explain as explain_plan
+
+        ex = explain_plan(spec, clus, wl, parsed, devices=n)
     if as_json:
-        print_json(est.model_dump(mode="json"))
+        print_json(est.model_dump(mode="json")
+                   | ({"explain": ex.model_dump(mode="json")} if ex is not None else {}))
         return
     render_estimate(est, title=f"{spec.name} on {n}x {clus.device.name} ({clus.name})")
+    if ex is not None:
+        from meshplan_cli.explain_cmd import render_explanation
+
+        render_explanation(ex)
 
 
 def _evaluate_inference_cmd(model: str, cluster: str, plan: str, gpus: int | None,

@@ -141,6 +141,21 @@ class BlockCompute:
     wgrad_s: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One operator's share of a block (`block_ops`): seconds and hardware FLOPs of one
+    micro-batch on one device in each pass, what it works on, and the fraction of the peak
+    FLOP/s of its precision its forward reaches (None for the memory-bound ones)."""
+
+    name: str
+    fwd_s: float
+    bwd_s: float
+    fwd_flops: float = 0.0
+    bwd_flops: float = 0.0
+    work: str = ""                  # "m x n x k" of a GEMM, or the bytes a kernel moves
+    fraction: float | None = None
+
+
 class Roofline:
     """Times operators on one device: FLOPs at the GEMM efficiency, bytes at memory speed."""
 
@@ -228,6 +243,20 @@ def _linear_shapes(model: ModelSpec, sh: Shard) -> list[tuple[float, float]]:
     return [((q + 2 * kv) / t, h), (h, q / t)]
 
 
+def _linear_names(model: ModelSpec) -> list[str]:
+    """Names of `_linear_shapes`' entries, in its order."""
+    if model.mla is not None:
+        q = (["q down-projection", "q up-projection"] if model.mla.q_lora_rank_dim
+             else ["q projection"])
+        return ["kv down-projection", "kv up-projection", *q, "output projection"]
+    return ["qkv projection", "output projection"]
+
+
+def _mlp_names(model: ModelSpec, what: str) -> list[str]:
+    """Names of `_mlp_shapes`' two entries."""
+    return [f"{what} up{' (gate and up)' if model.activation.gated else ''}", f"{what} down"]
+
+
 def _mlp_shapes(model: ModelSpec, ffn: float, split: int) -> list[tuple[float, float]]:
     """(n, k) of an MLP's up and down projections, split `split` ways."""
     up = ffn * (2 if model.activation.gated else 1) / split
@@ -274,10 +303,27 @@ def block_compute(model: ModelSpec, roof: Roofline, sh: Shard, *, moe: bool) -> 
     return bc
 
 
-def _block_compute(model: ModelSpec, roof: Roofline, sh: Shard, *, moe: bool) -> BlockCompute:
+def block_ops(model: ModelSpec, roof: Roofline, sh: Shard, *, moe: bool) -> list[Op]:
+    """The operators of one block, one micro-batch, one device, in the order `block_compute`
+    adds them: their seconds and FLOPs sum, in that order, to its fwd_s, bwd_s, fwd_flops and
+    bwd_flops exactly (the same floats; `meshplan evaluate --explain` prints them)."""
+    ops: list[Op] = []
+    _block_compute(model, roof, sh, moe=moe, ops=ops)
+    return ops
+
+
+def _gemm_op(name: str, roof: Roofline, shape: str, tf: float, tb: float, ff: float,
+             fb: float) -> Op:
+    return Op(name, tf, tb, ff, fb, shape, ff / (tf * roof.peak) if tf > 0 else None)
+
+
+def _block_compute(model: ModelSpec, roof: Roofline, sh: Shard, *, moe: bool,
+                   ops: list[Op] | None = None) -> BlockCompute:
+    """block_compute's work; `ops`, when given, receives every operator's share (block_ops)."""
     T, h, t = sh.tokens, model.hidden_size, sh.tp
     fwd = bwd = f_fwd = f_bwd = 0.0
     shapes = _linear_shapes(model, sh)
+    names = _linear_names(model)
     # The router's GEMM (_moe_shapes' first entry) stays out of FP8: Megatron's TopKRouter
     # multiplies in bf16/fp32 with its own weight, outside Transformer Engine.
     router = None
@@ -285,8 +331,10 @@ def _block_compute(model: ModelSpec, roof: Roofline, sh: Shard, *, moe: bool) ->
         moe_shapes = _moe_shapes(model, sh)     # the router, then the shared experts
         router, first_shared = moe_shapes[0], len(shapes) + 1
         shapes += moe_shapes
+        names += ["router", *_mlp_names(model, "shared experts")]
     else:
         shapes += [(n, k) for n, k in _mlp_shapes(model, model.ffn_hidden_size, t)]
+        names += _mlp_names(model, "mlp")
         first_shared = len(shapes)              # no shared experts
     mlp_f = mlp_b = 0.0                     # the expert MLP's share (BlockCompute.mlp_fwd_s)
     wgrad = 0.0                             # the weight-gradient GEMMs (BlockCompute.wgrad_s)
@@ -296,6 +344,8 @@ def _block_compute(model: ModelSpec, roof: Roofline, sh: Shard, *, moe: bool) ->
         fwd, f_fwd, bwd, f_bwd, wgrad = fwd + tf, f_fwd + ff, bwd + tb, f_bwd + fb, wgrad + tw
         if i >= first_shared:               # the shared experts
             mlp_f, mlp_b = mlp_f + tf, mlp_b + tb
+        if ops is not None:
+            ops.append(_gemm_op(names[i], r, f"{T:g} x {n:g} x {k:g}", tf, tb, ff, fb))
     quantised = [s for s in shapes if s != router]
     cast_in = sum(T * k for _, k in quantised)      # GEMM inputs (m x k), forward
     cast_grad = sum(T * n for n, _ in quantised)    # incoming gradients (m x n), backward
@@ -303,7 +353,8 @@ def _block_compute(model: ModelSpec, roof: Roofline, sh: Shard, *, moe: bool) ->
     routed_in = routed_grad = 0.0
     if moe and model.moe is not None:
         before_f, before_b = fwd, bwd
-        fwd, f_fwd, bwd, f_bwd, expert_w = _add_experts(model, roof, sh, fwd, f_fwd, bwd, f_bwd)
+        fwd, f_fwd, bwd, f_bwd, expert_w = _add_experts(model, roof, sh, fwd, f_fwd, bwd, f_bwd,
+                                                        ops)
         wgrad += expert_w
         mlp_f, mlp_b = mlp_f + fwd - before_f, mlp_b + bwd - before_b
         routed = sh.moe_tokens * model.moe.top_k    # expert assignments on this device
@@ -324,6 +375,24 @@ def _block_compute(model: ModelSpec, roof: Roofline, sh: Shard, *, moe: bool) ->
     attn_t, attn_f, attn_bt, attn_bf = _attention_core(model, roof, sh)
     elem = _elementwise_bytes(model, sh, moe=moe)
     ring_f, ring_b = ring_merge_bytes(model, sh)
+    if ops is not None:
+        hp = roof.high_precision()
+        kind = "fused" if sh.attn.fused else "unfused: Q.K^T, softmax, scores.V"
+        ops.append(_gemm_op(f"attention core ({kind})", hp,
+                            f"{sh.mbs:g} x {model.num_attention_heads / t:g} heads x "
+                            f"{sh.seq_len / sh.cp:g} queries", attn_t, attn_bt, attn_f, attn_bf))
+        rope = ", rope" if model.positional == "rope" else ""
+        ops.append(Op(f"elementwise (norms, residual adds, activation, q/k/v split{rope})",
+                      roof.stream(elem), roof.stream(2 * elem), work=f"{elem:.4g} bytes"))
+        if moe_f or moe_b:
+            ops.append(Op("token permutations", moe_f, moe_b,
+                          work=f"{moe_permute_bytes(model, sh):.4g} bytes"))
+        if cast_f or cast_b:
+            ops.append(Op(f"{DType(sh.dtype).value} casts of GEMM inputs", cast_f, cast_b,
+                          work=f"{cast_bytes_per_element(DType(sh.dtype)) * cast_in:.4g} bytes"))
+        if ring_f or ring_b:
+            ops.append(Op("ring-attention merges", roof.stream(ring_f), roof.stream(ring_b),
+                          work=f"{ring_f:.4g} bytes"))
     return BlockCompute(
         fwd_s=fwd + attn_t + roof.stream(elem) + moe_f + cast_f + roof.stream(ring_f),
         bwd_s=bwd + attn_bt + roof.stream(2 * elem) + moe_b + cast_b + roof.stream(ring_b),
@@ -404,7 +473,8 @@ def _moe_shapes(model: ModelSpec, sh: Shard) -> list[tuple[float, float]]:
 
 
 def _add_experts(model: ModelSpec, roof: Roofline, sh: Shard, fwd: float, f_fwd: float,
-                 bwd: float, f_bwd: float) -> tuple[float, float, float, float, float]:
+                 bwd: float, f_bwd: float, ops: list[Op] | None = None
+                 ) -> tuple[float, float, float, float, float]:
     """(fwd, f_fwd, bwd, f_bwd) with the routed experts added, and their weight-gradient
     seconds (inside bwd; Roofline.linear_passes). Routed experts: this device holds E/ep experts and receives on average
     moe_tokens*top_k*ep/E assignments for each (tokens of its own EP group share). The EP ranks
@@ -438,7 +508,8 @@ def _add_experts(model: ModelSpec, roof: Roofline, sh: Shard, fwd: float, f_fwd:
     rows = (grouped_rows_computed(slowest, grouped, roof.eff.grouped_kernels) if grouped
             else slowest)
     wgrad = 0.0
-    for n, k in _mlp_shapes(model, m.expert_ffn_hidden_size, sh.etp):
+    names = _mlp_names(model, "routed experts")
+    for i, (n, k) in enumerate(_mlp_shapes(model, m.expert_ffn_hidden_size, sh.etp)):
         # a grouped kernel's tile visits are linear in the rows: no spread term
         tf, _, tb, _, tw = roof.linear_passes(rows, n, k, 0.0 if grouped else row_sd)
         _, ff, _, fb = roof.gemm_fwd_bwd(per_expert, n, k)
@@ -447,6 +518,12 @@ def _add_experts(model: ModelSpec, roof: Roofline, sh: Shard, fwd: float, f_fwd:
         bwd += tb * local_experts
         f_bwd += fb * local_experts
         wgrad += tw * local_experts
+        if ops is not None:
+            plural = "" if local_experts == 1 else "s"
+            ops.append(_gemm_op(names[i], roof, f"{local_experts:g} expert{plural} x "
+                                f"{rows:.6g} rows (most loaded rank; mean {per_expert:.6g}) x {n:g} x {k:g}",
+                                tf * local_experts, tb * local_experts, ff * local_experts,
+                                fb * local_experts))
     return fwd, f_fwd, bwd, f_bwd, wgrad
 
 

@@ -1,5 +1,5 @@
-"""meshplan's public API: specs, presets, and (from planner.api) evaluate, evaluate_inference
-and search.
+"""meshplan's public API: specs, presets, and (from planner.api) evaluate, explain,
+evaluate_inference and search.
 
 `import planner` is cheap: presets are read lazily, and the cost model and search are only
 imported when `planner.evaluate` / `planner.evaluate_inference` / `planner.search` are first
@@ -30,7 +30,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     """Lazy access to the heavier entry points (planner.evaluate, planner.search)."""
-    if name in ("evaluate", "evaluate_inference", "search"):
+    if name in ("evaluate", "explain", "evaluate_inference", "search"):
         from planner import api
 
         return getattr(api, name)

@@ -15,6 +15,7 @@ from planner.errors import InfeasibleError, PlanError, PlannerError, SpecError
 from planner.result import (
     BaselineResult,
     Estimate,
+    Explanation,
     MappingResult,
     ScoredPlan,
     SearchResult,
@@ -53,6 +54,13 @@ def evaluate(model: ModelSpec | str, cluster: ClusterSpec | str, workload: Train
     """
     from cost_models.training import estimate_training
 
+    return estimate_training(*_training_inputs(model, cluster, workload, plan, devices))
+
+
+def _training_inputs(model: ModelSpec | str, cluster: ClusterSpec | str,
+                     workload: TrainingWorkload, plan: Plan | str, devices: int | None
+                     ) -> tuple[ModelSpec, ClusterSpec, TrainingWorkload, Plan]:
+    """evaluate's and explain's inputs resolved and the plan checked (their Raises)."""
     m, c = resolve(model, cluster)
     if isinstance(plan, str):
         if devices is None:
@@ -62,7 +70,18 @@ def evaluate(model: ModelSpec | str, cluster: ClusterSpec | str, workload: Train
     c.devices_for(gpus=n)
     c = c.job_view(n)
     check_plan(m, workload, plan, n)
-    return estimate_training(m, c, workload, plan)
+    return m, c, workload, plan
+
+
+def explain(model: ModelSpec | str, cluster: ClusterSpec | str, workload: TrainingWorkload,
+            plan: Plan | str, *, devices: int | None = None) -> Explanation:
+    """What one micro-batch of a training plan costs one device, operator by operator: each
+    block type's GEMMs, attention core and memory-bound kernels (they add up to the block's
+    compute exactly), its communication per pass, the LM head and the embedding. Arguments
+    and errors as `evaluate`."""
+    from cost_models.explain import explain_training
+
+    return explain_training(*_training_inputs(model, cluster, workload, plan, devices))
 
 
 SERVING_KEYS = ("tp", "pp", "dp", "ep", "ep_overlap", "cp")

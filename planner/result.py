@@ -113,3 +113,60 @@ class SearchResult(BaseModel):
     inputs: dict[str, Any] = Field(default_factory=dict, description=(
         "what was searched: model and cluster specs (as data), workload and device count; "
         "makes the result self-contained for `meshplan export` and reports"))
+
+
+class OperatorShare(BaseModel):
+    """One operator of a block: one micro-batch, one device (cost_models.compute.Op)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    work: str = Field(description="a GEMM's m x n x k on this device, or the bytes a "
+                                  "memory-bound kernel moves in the forward pass")
+    fwd_s: float
+    bwd_s: float
+    fwd_flops: float
+    bwd_flops: float
+    fraction_of_peak: float | None = Field(
+        description="forward FLOPs / (forward seconds x the peak FLOP/s of the precision it "
+                    "runs in: bf16 for the router and the attention core under FP8/NVFP4); null "
+                    "for memory-bound kernels")
+
+
+class BlockExplanation(BaseModel):
+    """One block of one type (dense or MoE): its operators, which add up to its compute, and
+    its communication, before the plan's overlap rules."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: str = Field(description="dense or moe")
+    layers: int = Field(description="blocks of this type in the model")
+    operators: list[OperatorShare]
+    fwd_s: float = Field(description="the operators' forward seconds, summed")
+    bwd_s: float = Field(description="the operators' backward seconds, summed")
+    fwd_flops: float
+    bwd_flops: float
+    tp_comm_s: tuple[float, float] = Field(description="(forward, backward) tensor-parallel "
+                                                       "collectives")
+    cp_comm_s: tuple[float, float] = Field(description="(forward, backward) ring-attention "
+                                                       "exchange not hidden by the attention")
+    ep_comm_s: tuple[float, float] = Field(description="(forward, backward) token dispatch and "
+                                                       "combine, before any overlap")
+
+
+class Explanation(BaseModel):
+    """What one micro-batch costs one device, operator by operator (`evaluate --explain`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    plan: str
+    tokens_per_microbatch: int = Field(description="tokens of one micro-batch on one device "
+                                                   "(mbs x seq_len / cp)")
+    peak_flops_per_s: float = Field(description="the workload dtype's peak on this device")
+    large_gemm_fraction: float = Field(description="the fraction of that peak a large GEMM "
+                                                   "reaches (MAMF x sustained clock)")
+    memory_bandwidth_bytes_per_s: float = Field(description="achievable memory bandwidth")
+    kernel_floor_s: float = Field(description="shortest time any kernel takes")
+    blocks: list[BlockExplanation]
+    head: OperatorShare | None = Field(description="LM head and loss, on the last stage")
+    embedding: OperatorShare | None = Field(description="embedding lookup, on the first stage")
