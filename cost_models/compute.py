@@ -303,13 +303,13 @@ def block_compute(model: ModelSpec, roof: Roofline, sh: Shard, *, moe: bool) -> 
     return bc
 
 
-def block_ops(model: ModelSpec, roof: Roofline, sh: Shard, *, moe: bool) -> list[Op]:
-    """The operators of one block, one micro-batch, one device, in the order `block_compute`
-    adds them: their seconds and FLOPs sum, in that order, to its fwd_s, bwd_s, fwd_flops and
-    bwd_flops exactly (the same floats; `meshplan evaluate --explain` prints them)."""
+def block_ops(model: ModelSpec, roof: Roofline, sh: Shard, *, moe: bool
+              ) -> tuple[BlockCompute, list[Op]]:
+    """`block_compute`'s result and its operators, in the order it adds them: their seconds
+    and FLOPs sum, in that order, to its fwd_s, bwd_s, fwd_flops and bwd_flops exactly (the
+    same floats; `meshplan evaluate --explain` prints them)."""
     ops: list[Op] = []
-    _block_compute(model, roof, sh, moe=moe, ops=ops)
-    return ops
+    return _block_compute(model, roof, sh, moe=moe, ops=ops), ops
 
 
 def _gemm_op(name: str, roof: Roofline, shape: str, tf: float, tb: float, ff: float,
@@ -521,7 +521,8 @@ def _add_experts(model: ModelSpec, roof: Roofline, sh: Shard, fwd: float, f_fwd:
         if ops is not None:
             plural = "" if local_experts == 1 else "s"
             ops.append(_gemm_op(names[i], roof, f"{local_experts:g} expert{plural} x "
-                                f"{rows:.6g} rows (most loaded rank; mean {per_expert:.6g}) x {n:g} x {k:g}",
+                                f"{rows:.6g} rows (most loaded rank; mean {per_expert:.6g}) "
+                                f"x {n:g} x {k:g}",
                                 tf * local_experts, tb * local_experts, ff * local_experts,
                                 fb * local_experts))
     return fwd, f_fwd, bwd, f_bwd, wgrad

@@ -12,7 +12,7 @@ The stage tables multiply these by the blocks of each stage and the micro-batche
 
 from __future__ import annotations
 
-from cost_models.compute import (Op, block_compute, block_ops, embedding_compute, head_compute)
+from cost_models.compute import Op, block_ops, embedding_compute, head_compute
 from cost_models.training import block_comm, make_context
 from planner.hardware import ClusterSpec
 from planner.model import ModelSpec
@@ -35,8 +35,7 @@ def explain_training(model: ModelSpec, cluster: ClusterSpec, workload: TrainingW
     mask = model.moe_layer_mask
     blocks = []
     for moe in sorted(set(mask)):
-        bc = block_compute(model, roof, sh, moe=moe)
-        ops = block_ops(model, roof, sh, moe=moe)
+        bc, ops = block_ops(model, roof, sh, moe=moe)
         tpf, tpb, cpf, cpb, epf, epb = block_comm(ctx, moe, bc)
         blocks.append(BlockExplanation(
             kind="moe" if moe else "dense", layers=sum(1 for x in mask if x == moe),

@@ -19,6 +19,15 @@ def _row(t: Table, op: OperatorShare) -> None:
               f"{op.fwd_flops / 1e12:.3f}" if op.fwd_flops else "", frac)
 
 
+def _ops_table(title: str) -> Table:
+    """An empty operator table: one row per OperatorShare (`_row`)."""
+    t = Table(title=title, title_justify="left")
+    for name, justify in (("operator", "left"), ("work", "left"), ("fwd ms", "right"),
+                          ("bwd ms", "right"), ("fwd TFLOP", "right"), ("of peak", "right")):
+        t.add_column(name, justify=justify)     # type: ignore[arg-type]
+    return t
+
+
 def render_explanation(ex: Explanation) -> None:
     """One table per block type (its operators and their totals), then its communication and
     the head and embedding, all for one micro-batch on one device."""
@@ -27,12 +36,7 @@ def render_explanation(ex: Explanation) -> None:
               f"{ex.large_gemm_fraction:.1%}), memory {ex.memory_bandwidth_bytes_per_s / 1e9:,.0f} "
               f"GB/s achievable, kernel floor {ex.kernel_floor_s * 1e6:g} us", markup=False)
     for b in ex.blocks:
-        t = Table(title=f"{b.kind} block ({b.layers} in the model): operators",
-                  title_justify="left")
-        for name, justify in (("operator", "left"), ("work", "left"), ("fwd ms", "right"),
-                              ("bwd ms", "right"), ("fwd TFLOP", "right"),
-                              ("of peak", "right")):
-            t.add_column(name, justify=justify)     # type: ignore[arg-type]
+        t = _ops_table(f"{b.kind} block ({b.layers} in the model): operators")
         for op in b.operators:
             _row(t, op)
         t.add_row("block", "", _ms(b.fwd_s), _ms(b.bwd_s), f"{b.fwd_flops / 1e12:.3f}", "",
@@ -47,11 +51,7 @@ def render_explanation(ex: Explanation) -> None:
             out.print(f"  {name}: {_ms(f)} ms forward, {_ms(bw)} ms backward", markup=False)
     extras = [op for op in (ex.head, ex.embedding) if op is not None]
     if extras:
-        t = Table(title="first and last stage only", title_justify="left")
-        for name, justify in (("operator", "left"), ("work", "left"), ("fwd ms", "right"),
-                              ("bwd ms", "right"), ("fwd TFLOP", "right"),
-                              ("of peak", "right")):
-            t.add_column(name, justify=justify)     # type: ignore[arg-type]
+        t = _ops_table("first and last stage only")
         for op in extras:
             _row(t, op)
         out.print(t)

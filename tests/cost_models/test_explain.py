@@ -44,7 +44,8 @@ def test_operators_add_up_to_the_block(case) -> None:
     model, dev = load_model(name), load_device(device)
     roof = Roofline(dev, device_efficiency(dev)[0], dtype)
     bc = block_compute(model, roof, sh, moe=moe)
-    ops = block_ops(model, roof, sh, moe=moe)
+    recorded, ops = block_ops(model, roof, sh, moe=moe)
+    assert recorded == bc
     totals = [0.0, 0.0, 0.0, 0.0]
     for op in ops:
         totals = [totals[0] + op.fwd_s, totals[1] + op.bwd_s, totals[2] + op.fwd_flops,
@@ -60,7 +61,7 @@ def test_a_large_gemm_reaches_its_shape_efficiency() -> None:
     model, dev = load_model("llama3-70b"), load_device("h100-sxm5-80gb")
     roof = Roofline(dev, device_efficiency(dev)[0], DType.BF16)
     ops = {op.name: op for op in block_ops(model, roof, Shard(mbs=1, seq_len=8192, tp=8),
-                                           moe=False)}
+                                           moe=False)[1]}
     up = ops["mlp up (gate and up)"]
     assert up.work == "8192 x 7168 x 8192"
     assert up.fwd_flops == 2 * 8192 * 7168 * 8192
