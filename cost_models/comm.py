@@ -6,11 +6,17 @@ the group stays inside a node, and how many members share each node's network li
 Does not decide overlap with compute; the training model does.
 
 Formulas (per rank, message of `nbytes` = the full buffer each rank holds):
-- ring all-reduce: 2(n-1)/n * nbytes / B + 2(n-1) * alpha; reduce-scatter and all-gather
+- ring all-reduce: 2(n-1)/n * nbytes / B + 2(n-1) ring steps; reduce-scatter and all-gather
   each half of that (Thakur, Rabenseifner & Gropp 2005, "Optimization of Collective
   Communication Operations in MPICH", Sec. 4; Patarasuk & Yuan 2009 for bandwidth optimality).
-- tree all-reduce (NCCL double binary tree, Sanders et al. 2009): same bandwidth term,
-  latency 2*log2(n)*alpha; the faster of ring and tree is taken, as NCCL's tuner does.
+  A ring over N nodes crosses the network on N-1 of its n-1 steps (2(N-1) of 2(n-1) for an
+  all-reduce) and stays on NVLink for the rest, each step at its link's latency: NCCL's own
+  latency model (src/graph/tuning.cc, ring: (nsteps - nInterSteps) * intraLat + nInterSteps *
+  interLat). NCCL has no tree reduce-scatter or all-gather, so theirs is always the ring.
+- tree all-reduce (NCCL double binary tree across nodes, Sanders et al. 2009, a chain inside
+  each node): same bandwidth term, latency 2 * ((n/N - 1) * intraLat + log2(N) * interLat)
+  (tuning.cc, tree); the faster of ring and tree is taken, as NCCL's tuner does. Inside one
+  node both are 2(n-1) NVLink steps.
 - hierarchical: a group that spans nodes with k members per node crosses the network
   through those k members' NICs in parallel (NCCL rings use one NIC per channel), so its
   bottleneck bandwidth is min(intra-node bandwidth, k * per-device inter-node bandwidth).
@@ -24,11 +30,12 @@ Formulas (per rank, message of `nbytes` = the full buffer each rank holds):
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 from cost_models.efficiency import INTER_NODE_LINK_EFFICIENCY, device_efficiency
-from planner.hardware import ClusterSpec
+from planner.hardware import ClusterSpec, Topology
 from planner.plan import Plan
 
 
@@ -41,6 +48,24 @@ class GroupLinks:
     latency_s: float               # per-step latency on the slowest link used
     spans_nodes: bool
     members_per_node: int
+    # per-step latency of the steps that stay inside a node (NVLink, ICI); None: latency_s
+    intra_latency_s: float | None = None
+    # dimensions of the intra-node torus (TPU ICI: 2 or 3), whose collectives run a ring
+    # along each dimension in turn; 0 for a switch, a ring or a full mesh
+    torus_dims: int = 0
+
+
+_TORUS_DIMS = {Topology.TORUS_2D: 2, Topology.TORUS_3D: 3}
+
+
+def links(cluster: ClusterSpec, size: int, bandwidth: float, *, spans_nodes: bool,
+          members_per_node: int) -> GroupLinks:
+    """A group's links with the cluster's latencies: the network's per step when the group
+    spans nodes (the slowest link it uses), and the node's for its steps inside a node."""
+    latency = cluster.inter_node.latency_s if spans_nodes else cluster.intra_node.latency_s
+    return GroupLinks(size, bandwidth, latency, spans_nodes, members_per_node,
+                      cluster.intra_node.latency_s,
+                      _TORUS_DIMS.get(cluster.intra_node.topology, 0))
 
 
 def intra_bandwidth(cluster: ClusterSpec, members: int) -> float:
@@ -61,15 +86,15 @@ def group_links(cluster: ClusterSpec, *, size: int, stride: int) -> GroupLinks:
         return GroupLinks(1, intra_bandwidth(cluster, 1), 0.0, False, 1)
     block = stride * size                     # consecutive ranks that hold whole groups
     if block <= per_node and per_node % block == 0:
-        return GroupLinks(size, intra_bandwidth(cluster, size), cluster.intra_node.latency_s,
-                          False, size)
+        return links(cluster, size, intra_bandwidth(cluster, size), spans_nodes=False,
+                     members_per_node=size)
     # Spans nodes. Aligned groups put per_node/stride members in each node; a group that
     # straddles a node boundary because the sizes do not divide has, at worst, one.
     aligned = stride < per_node and per_node % stride == 0 and block % per_node == 0
     members_per_node = min(size, per_node // stride) if aligned else 1
     inter_bw = cluster.inter_node.bandwidth_bytes_per_s * INTER_NODE_LINK_EFFICIENCY
     bw = min(intra_bandwidth(cluster, members_per_node), members_per_node * inter_bw)
-    return GroupLinks(size, bw, cluster.inter_node.latency_s, True, members_per_node)
+    return links(cluster, size, bw, spans_nodes=True, members_per_node=members_per_node)
 
 
 def ep_links(cluster: ClusterSpec, plan: Plan) -> GroupLinks:
@@ -92,8 +117,8 @@ def composite_links(cluster: ClusterSpec, dims: list[tuple[int, int]]) -> GroupL
     per_node = cluster.devices_per_node
     size = math.prod(n for n, _ in dims)
     if all(n * st <= per_node and per_node % (n * st) == 0 for n, st in dims):
-        return GroupLinks(size, intra_bandwidth(cluster, size), cluster.intra_node.latency_s,
-                          False, size)
+        return links(cluster, size, intra_bandwidth(cluster, size), spans_nodes=False,
+                     members_per_node=size)
     members = 1
     for n, st in dims:
         if n * st <= per_node and per_node % (n * st) == 0:
@@ -102,7 +127,7 @@ def composite_links(cluster: ClusterSpec, dims: list[tuple[int, int]]) -> GroupL
             members *= per_node // st
     inter_bw = cluster.inter_node.bandwidth_bytes_per_s * INTER_NODE_LINK_EFFICIENCY
     bw = min(intra_bandwidth(cluster, members), members * inter_bw)
-    return GroupLinks(size, bw, cluster.inter_node.latency_s, True, members)
+    return links(cluster, size, bw, spans_nodes=True, members_per_node=members)
 
 
 def coefficients(kind: str, links: GroupLinks) -> tuple[float, float]:
@@ -113,12 +138,42 @@ def coefficients(kind: str, links: GroupLinks) -> tuple[float, float]:
     n = links.size
     if n <= 1:
         return 0.0, 0.0
-    bw, alpha = links.bandwidth_bytes_per_s, links.latency_s
+    bw = links.bandwidth_bytes_per_s
+    ring, tree = ring_tree_latency(links)
     if kind == "all_reduce":
-        return 2 * (n - 1) / n / bw, min(2 * (n - 1), 2 * math.log2(n)) * alpha
+        return 2 * (n - 1) / n / bw, min(2 * ring, tree)
     if kind in ("reduce_scatter", "all_gather"):
-        return (n - 1) / n / bw, min(n - 1, math.log2(n)) * alpha
+        return (n - 1) / n / bw, ring
     raise ValueError(f"unknown collective {kind!r}")
+
+
+def ring_tree_latency(group: GroupLinks) -> tuple[float, float]:
+    """(latency of one pass around the ring, latency of a tree all-reduce) of a group: the
+    ring's n-1 steps, N-1 of them across the network for a group over N nodes, and the tree's
+    chain inside each node plus log2(N) network levels, up and down (module docstring). On a
+    D-dimensional torus the k members of a node are reached by a ring along each dimension in
+    turn: sum(s_d - 1) steps over the block's sides s_1 x ... x s_D = k (`torus_steps`)."""
+    n = group.size
+    inter = group.latency_s
+    intra = inter if group.intra_latency_s is None else group.intra_latency_s
+    per_node = max(1, min(n, group.members_per_node)) if group.spans_nodes else n
+    nodes = math.ceil(n / per_node)
+    d = group.torus_dims
+    inside = torus_steps(per_node, d) if d else per_node - 1
+    ring = nodes * inside * intra + (nodes - 1) * inter
+    tree = 2 * (inside * intra + math.log2(nodes) * inter)
+    return ring, tree
+
+
+@functools.lru_cache(maxsize=4096)
+def torus_steps(members: int, dims: int) -> int:
+    """Fewest ring steps that reach `members` chips of a `dims`-dimensional torus: a block of
+    sides s_1 x ... x s_dims = members, one ring per side in turn, sum(s_d - 1) steps (a pair
+    1, a 2x2x2 cube 3, a 4x4x4 cube 9). Never below log2(members), since s - 1 >= log2(s)."""
+    if dims <= 1 or members <= 1:
+        return max(0, members - 1)
+    return min((a - 1) + torus_steps(members // a, dims - 1)
+               for a in range(1, members + 1) if members % a == 0)
 
 
 def all_reduce_s(links: GroupLinks, nbytes: float) -> float:
@@ -127,6 +182,25 @@ def all_reduce_s(links: GroupLinks, nbytes: float) -> float:
         return 0.0
     per_byte, fixed = coefficients("all_reduce", links)
     return per_byte * nbytes + fixed
+
+
+def serving_all_reduce_s(links: GroupLinks, nbytes: float) -> float:
+    """An all-reduce as the serving engines run it inside a GPU node: their own kernels over
+    NVLink peer-to-peer memory, not NCCL (vLLM csrc/custom_all_reduce.cuh, which SGLang also
+    uses; TensorRT-LLM's ONESHOT/TWOSHOT all-reduce). One stage reads every peer's buffer and
+    reduces locally, (n-1) x nbytes in one barrier; two stages reduce-scatter then all-gather
+    by direct reads, 2(n-1)/n x nbytes in two barriers. The engines pick by size; this takes
+    the faster. A group across nodes, or on a TPU torus, uses the collective library's."""
+    n = links.size
+    if n <= 1 or nbytes <= 0:
+        return 0.0
+    if links.spans_nodes or links.torus_dims:
+        return all_reduce_s(links, nbytes)
+    bw = links.bandwidth_bytes_per_s
+    alpha = links.latency_s
+    one_stage = (n - 1) * nbytes / bw + alpha
+    two_stage = 2 * (n - 1) / n * nbytes / bw + 2 * alpha
+    return min(one_stage, two_stage)
 
 
 def reduce_scatter_s(links: GroupLinks, nbytes: float) -> float:

@@ -51,7 +51,9 @@ Time (Pope et al. 2022, "Efficiently Scaling Transformer Inference", Sec. 2-3):
   max(bytes / achievable bandwidth, FLOPs / achievable FLOP/s)). The context length used for
   the KV read and the attention FLOPs is the mean over the generation,
   prompt_len + output_len / 2. Plus two TP all-reduces per block of batch*h bytes
-  (latency-bound at small batch), pp-1 p2p sends, and a kernel-launch floor per kernel:
+  (latency-bound at small batch; inside a node the engines' own one- or two-stage kernels,
+  one or two NVLink latencies rather than NCCL's 2(n-1) ring steps:
+  `comm.serving_all_reduce_s`), pp-1 p2p sends, and a kernel-launch floor per kernel:
   without CUDA graphs each kernel costs at least `kernel_floor_s` of CPU issue time, and at
   small batch decode is launch-bound (KERNELS_PER_BLOCK kernels per block); the launch term
   is added, not overlapped.
@@ -541,13 +543,14 @@ def _decode_stage(model: ModelSpec, plan: Plan, workload: InferenceWorkload, roo
 
 def _tp_comm(model: ModelSpec, plan: Plan, tp_links: comm.GroupLinks, act: float,
              n_layers: int, n_moe: int) -> float:
-    """Megatron's two all-reduces per block of `act` bytes (Shoeybi et al. 2019 Sec. 3); in an
+    """Megatron's two all-reduces per block of `act` bytes (Shoeybi et al. 2019 Sec. 3), run
+    by the engines' own all-reduce kernels inside a node (`comm.serving_all_reduce_s`); in an
     MoE block whose experts spread over replicas, the second becomes an all-gather of the
     combined tp slices (each tp rank dispatched its 1/tp of the tokens)."""
+    ar = comm.serving_all_reduce_s(tp_links, act)
     if not experts_over_replicas(model, plan):
-        return 2 * n_layers * comm.all_reduce_s(tp_links, act)
-    return (2 * (n_layers - n_moe) + n_moe) * comm.all_reduce_s(tp_links, act) + \
-        n_moe * comm.all_gather_s(tp_links, act)
+        return 2 * n_layers * ar
+    return (2 * (n_layers - n_moe) + n_moe) * ar + n_moe * comm.all_gather_s(tp_links, act)
 
 
 def _ep_decode_s(model: ModelSpec, plan: Plan, dtype: DType, ep_links: comm.GroupLinks,

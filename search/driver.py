@@ -128,9 +128,13 @@ def _work_per_microbatch(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWor
     # intra-node bandwidth and latency; across nodes at most the intra-node bandwidth, with
     # the inter-node latency. The best of both bounds every order, also on a cluster whose
     # inter-node latency is below its intra-node one; on a full mesh the bandwidth is that of
-    # as many members as one node can hold (comm.intra_bandwidth grows with them).
-    best = GroupLinks(tp, intra_bandwidth(cluster, min(tp, cluster.devices_per_node)),
-                      min(cluster.intra_node.latency_s, cluster.inter_node.latency_s), False, tp)
+    # as many members as one node can hold (comm.intra_bandwidth grows with them). Its
+    # latency is a tree over tp nodes of one member each at the lower of the two latencies:
+    # 2 log2(tp) steps, no more than any layout's ring or tree (comm.ring_tree_latency; a
+    # node's chain of k members is k-1 >= log2(k) steps).
+    alpha = min(cluster.intra_node.latency_s, cluster.inter_node.latency_s)
+    best = GroupLinks(tp, intra_bandwidth(cluster, min(tp, cluster.devices_per_node)), alpha,
+                      True, 1, alpha)
     ar = 2 * all_reduce_s(best, sh.tokens * model.hidden_size * roof_bytes(wl.dtype)) if tp > 1 else 0.0
     per_pass = model.num_layers * ar
     return {Recompute.NONE: comp + 2 * per_pass,

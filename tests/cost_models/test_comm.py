@@ -95,13 +95,12 @@ def test_empty_message_costs_nothing(dgx: ClusterSpec) -> None:
 
 @pytest.mark.parametrize("nbytes", [1e3, 1e6, 2.5e9])
 def test_all_reduce_inside_a_node_by_hand(dgx: ClusterSpec, nbytes: float) -> None:
+    # NCCL's latency model (tuning.cc): inside a node ring and tree (a chain) both take
+    # 2(n-1) NVLink steps
     n = 8
     links = comm.group_links(dgx, size=n, stride=1)
     beta = 2 * (n - 1) / n * nbytes / INTRA
-    ring = beta + 2 * (n - 1) * A_INTRA
-    tree = beta + 2 * math.log2(n) * A_INTRA
-    assert comm.all_reduce_s(links, nbytes) == pytest.approx(min(ring, tree), rel=1e-12)
-    assert comm.all_reduce_s(links, nbytes) == pytest.approx(beta + 6 * A_INTRA, rel=1e-12)
+    assert comm.all_reduce_s(links, nbytes) == pytest.approx(beta + 14 * A_INTRA, rel=1e-12)
 
 
 @pytest.mark.parametrize("nbytes", [1e3, 1e6, 2.5e9])
@@ -110,11 +109,15 @@ def test_all_reduce_across_nodes_by_hand(dgx: ClusterSpec, nbytes: float) -> Non
     n = 16
     links = comm.group_links(dgx, size=n, stride=1)
     beta = 2 * (n - 1) / n * nbytes / (8 * INTER)
-    want = beta + min(2 * (n - 1), 2 * math.log2(n)) * A_INTER
-    assert comm.all_reduce_s(links, nbytes) == pytest.approx(want, rel=1e-12)
-    # dp over 4 nodes, one member per node: one NIC's 22.5 GB/s.
+    # ring: 2 x (2 nodes x 7 NVLink steps + 1 network step) = 66 us; tree: a chain of 7 in
+    # each node and log2(2) = 1 network level, up and down: 2 x (7 x 2 + 5) = 38 us
+    ring, tree = 2 * (14 * A_INTRA + A_INTER), 2 * (7 * A_INTRA + A_INTER)
+    assert tree < ring
+    assert comm.all_reduce_s(links, nbytes) == pytest.approx(beta + tree, rel=1e-12)
+    # dp over 4 nodes, one member per node: one NIC's 22.5 GB/s; ring 2 x 3 network steps,
+    # tree 2 x log2(4)
     links = comm.group_links(dgx, size=4, stride=8)
-    want = 2 * 3 / 4 * nbytes / INTER + min(2 * 3, 2 * math.log2(4)) * A_INTER
+    want = 2 * 3 / 4 * nbytes / INTER + 2 * 2 * A_INTER
     assert comm.all_reduce_s(links, nbytes) == pytest.approx(want, rel=1e-12)
 
 
@@ -127,14 +130,72 @@ def test_two_rank_ring_equals_tree(dgx: ClusterSpec) -> None:
 @pytest.mark.parametrize("nbytes", [1.0, 4e6, 3e9])
 def test_reduce_scatter_plus_all_gather_is_an_all_reduce(dgx: ClusterSpec, size: int,
                                                          stride: int, nbytes: float) -> None:
-    """Rabenseifner: all-reduce = reduce-scatter + all-gather, bandwidth and latency terms."""
+    """Rabenseifner: the ring all-reduce is a reduce-scatter + an all-gather, bandwidth and
+    latency terms; across nodes NCCL's tree all-reduce can have the lower latency, never
+    more. The ring's n-1 steps: N-1 of them on the network, the rest on NVLink."""
     links = comm.group_links(dgx, size=size, stride=stride)
     rs, ag = comm.reduce_scatter_s(links, nbytes), comm.all_gather_s(links, nbytes)
+    ar = comm.all_reduce_s(links, nbytes)
     assert rs == ag
-    assert rs + ag == pytest.approx(comm.all_reduce_s(links, nbytes), rel=1e-12)
-    n, bw = links.size, links.bandwidth_bytes_per_s
-    want = (n - 1) / n * nbytes / bw + min(n - 1, math.log2(n)) * links.latency_s
-    assert rs == pytest.approx(want, rel=1e-12)
+    assert ar <= rs + ag * (1 + 1e-12)
+    if not links.spans_nodes:
+        assert rs + ag == pytest.approx(ar, rel=1e-12)
+    n, bw, k = links.size, links.bandwidth_bytes_per_s, links.members_per_node
+    nodes = n // k if links.spans_nodes else 1
+    steps = (n - nodes) * A_INTRA + (nodes - 1) * A_INTER
+    assert rs == pytest.approx((n - 1) / n * nbytes / bw + steps, rel=1e-12)
+
+
+def test_ring_latency_counts_network_steps_once_per_node(dgx: ClusterSpec) -> None:
+    """An all-gather over 64 ranks, 8 per node (8 nodes): 63 ring steps, 7 of them between
+    nodes (NCCL tuning.cc: nInterSteps = nNodes - 1), 56 on NVLink."""
+    links = comm.group_links(dgx, size=64, stride=1)
+    want = 63 / 64 * 1e6 / links.bandwidth_bytes_per_s + 56 * A_INTRA + 7 * A_INTER
+    assert comm.all_gather_s(links, 1e6) == pytest.approx(want, rel=1e-12)
+    # the same ranks one per node (stride 8): every step crosses the network
+    spread = comm.group_links(dgx, size=64, stride=8)
+    assert comm.all_gather_s(spread, 0.0) == 0.0
+    assert comm.coefficients("all_gather", spread)[1] == pytest.approx(63 * A_INTER)
+
+
+def test_torus_collectives_ring_along_each_dimension() -> None:
+    """On a TPU slice (3D torus, one 'node'), a group of k chips is a block whose sides are
+    rung in turn: 64 chips as 4x4x4 take 9 steps per pass, not 63."""
+    v5p = load_cluster("tpu-v5p-pod")
+    links = comm.group_links(v5p, size=64, stride=1)
+    assert not links.spans_nodes and links.torus_dims == 3
+    alpha = v5p.intra_node.latency_s
+    assert comm.coefficients("all_gather", links)[1] == pytest.approx(9 * alpha)
+    assert comm.coefficients("all_reduce", links)[1] == pytest.approx(18 * alpha)
+    assert [comm.torus_steps(k, 3) for k in (1, 2, 4, 8, 64, 6144)] == [0, 1, 2, 3, 9, 53]
+    assert [comm.torus_steps(k, 2) for k in (4, 256)] == [2, 30]
+
+
+@settings(max_examples=100, deadline=None)
+@given(members=st.integers(1, 4096), dims=st.integers(1, 3))
+def test_torus_steps_between_log2_and_a_ring(members: int, dims: int) -> None:
+    steps = comm.torus_steps(members, dims)
+    assert math.log2(members) - 1e-9 <= steps <= members - 1
+    if dims == 1:
+        assert steps == members - 1
+
+
+@pytest.mark.parametrize("nbytes", [8e3, 1e6, 64e6])
+def test_serving_all_reduce_by_hand(dgx: ClusterSpec, nbytes: float) -> None:
+    """Serving engines' own all-reduce inside a node (vLLM custom_all_reduce.cuh): one stage
+    reads the 7 peers' buffers behind one barrier, two stages move 2 x 7/8 of it behind two;
+    the faster is taken. Small decode messages take the one stage, large ones the two."""
+    links = comm.group_links(dgx, size=8, stride=1)
+    one = 7 * nbytes / INTRA + A_INTRA
+    two = 2 * 7 / 8 * nbytes / INTRA + 2 * A_INTRA
+    got = comm.serving_all_reduce_s(links, nbytes)
+    assert got == pytest.approx(min(one, two), rel=1e-12)
+    assert got == pytest.approx(one if nbytes < 1e5 else two, rel=1e-12)
+    assert got < comm.all_reduce_s(links, nbytes)        # NCCL's 14 ring steps
+    # across nodes the engines fall back to NCCL
+    across = comm.group_links(dgx, size=16, stride=1)
+    assert comm.serving_all_reduce_s(across, nbytes) == comm.all_reduce_s(across, nbytes)
+    assert comm.serving_all_reduce_s(links, 0.0) == 0.0
 
 
 def test_bandwidth_terms_without_latency(dgx: ClusterSpec) -> None:
@@ -175,8 +236,9 @@ def test_tiny_cluster_two_per_node(tiny_cluster: ClusterSpec) -> None:
     four = comm.group_links(tiny_cluster, size=4, stride=1)
     assert four.spans_nodes and four.members_per_node == 2
     assert four.bandwidth_bytes_per_s == pytest.approx(min(intra, 2 * inter))
+    # tree: a chain of 1 NVLink step in each node and one network level, up and down
     assert comm.all_reduce_s(four, 1e9) == pytest.approx(
-        2 * 3 / 4 * 1e9 / (2 * inter) + 2 * 2 * 5e-6, rel=1e-12)
+        2 * 3 / 4 * 1e9 / (2 * inter) + 2 * (1e-6 + 5e-6), rel=1e-12)
 
 
 def test_composite_group_counts_members_per_node_of_each_dimension() -> None:
