@@ -58,7 +58,7 @@ class GroupLinks:
 _TORUS_DIMS = {Topology.TORUS_2D: 2, Topology.TORUS_3D: 3}
 
 
-def links(cluster: ClusterSpec, size: int, bandwidth: float, *, spans_nodes: bool,
+def links_for(cluster: ClusterSpec, size: int, bandwidth: float, *, spans_nodes: bool,
           members_per_node: int) -> GroupLinks:
     """A group's links with the cluster's latencies: the network's per step when the group
     spans nodes (the slowest link it uses), and the node's for its steps inside a node."""
@@ -86,15 +86,15 @@ def group_links(cluster: ClusterSpec, *, size: int, stride: int) -> GroupLinks:
         return GroupLinks(1, intra_bandwidth(cluster, 1), 0.0, False, 1)
     block = stride * size                     # consecutive ranks that hold whole groups
     if block <= per_node and per_node % block == 0:
-        return links(cluster, size, intra_bandwidth(cluster, size), spans_nodes=False,
-                     members_per_node=size)
+        return links_for(cluster, size, intra_bandwidth(cluster, size), spans_nodes=False,
+                         members_per_node=size)
     # Spans nodes. Aligned groups put per_node/stride members in each node; a group that
     # straddles a node boundary because the sizes do not divide has, at worst, one.
     aligned = stride < per_node and per_node % stride == 0 and block % per_node == 0
     members_per_node = min(size, per_node // stride) if aligned else 1
     inter_bw = cluster.inter_node.bandwidth_bytes_per_s * INTER_NODE_LINK_EFFICIENCY
     bw = min(intra_bandwidth(cluster, members_per_node), members_per_node * inter_bw)
-    return links(cluster, size, bw, spans_nodes=True, members_per_node=members_per_node)
+    return links_for(cluster, size, bw, spans_nodes=True, members_per_node=members_per_node)
 
 
 def ep_links(cluster: ClusterSpec, plan: Plan) -> GroupLinks:
@@ -117,8 +117,8 @@ def composite_links(cluster: ClusterSpec, dims: list[tuple[int, int]]) -> GroupL
     per_node = cluster.devices_per_node
     size = math.prod(n for n, _ in dims)
     if all(n * st <= per_node and per_node % (n * st) == 0 for n, st in dims):
-        return links(cluster, size, intra_bandwidth(cluster, size), spans_nodes=False,
-                     members_per_node=size)
+        return links_for(cluster, size, intra_bandwidth(cluster, size), spans_nodes=False,
+                         members_per_node=size)
     members = 1
     for n, st in dims:
         if n * st <= per_node and per_node % (n * st) == 0:
@@ -127,7 +127,7 @@ def composite_links(cluster: ClusterSpec, dims: list[tuple[int, int]]) -> GroupL
             members *= per_node // st
     inter_bw = cluster.inter_node.bandwidth_bytes_per_s * INTER_NODE_LINK_EFFICIENCY
     bw = min(intra_bandwidth(cluster, members), members * inter_bw)
-    return links(cluster, size, bw, spans_nodes=True, members_per_node=members)
+    return links_for(cluster, size, bw, spans_nodes=True, members_per_node=members)
 
 
 def coefficients(kind: str, links: GroupLinks) -> tuple[float, float]:

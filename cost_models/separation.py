@@ -199,12 +199,12 @@ def consecutive_links(cluster: ClusterSpec, start: int, size: int) -> comm.Group
         return comm.GroupLinks(1, comm.intra_bandwidth(cluster, 1), 0.0, False, 1)
     counts = _node_counts(cluster, start, size)
     if len(counts) == 1:
-        return comm.links(cluster, size, comm.intra_bandwidth(cluster, size), spans_nodes=False,
-                          members_per_node=size)
+        return comm.links_for(cluster, size, comm.intra_bandwidth(cluster, size),
+                              spans_nodes=False, members_per_node=size)
     k = min(counts.values())
     inter_bw = cluster.inter_node.bandwidth_bytes_per_s * INTER_NODE_LINK_EFFICIENCY
-    return comm.links(cluster, size, min(comm.intra_bandwidth(cluster, k), k * inter_bw),
-                      spans_nodes=True, members_per_node=k)
+    return comm.links_for(cluster, size, min(comm.intra_bandwidth(cluster, k), k * inter_bw),
+                          spans_nodes=True, members_per_node=k)
 
 
 def transfer_s(cluster: ClusterSpec, attn_devices: int, expert_devices: int,

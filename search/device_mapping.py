@@ -164,8 +164,8 @@ def _links(cluster: ClusterSpec, n: int, a: int) -> comm.GroupLinks:
         if d % n == 0:
             return comm.group_links(cluster, size=n, stride=1)
         # fewer devices than a node: one node holds the whole job (see module docstring)
-        return comm.links(cluster, n, comm.intra_bandwidth(cluster, n), spans_nodes=False,
-                          members_per_node=n)
+        return comm.links_for(cluster, n, comm.intra_bandwidth(cluster, n), spans_nodes=False,
+                              members_per_node=n)
     return comm.group_links(cluster, size=n, stride=d // a)
 
 
