@@ -500,7 +500,9 @@ def _attention_decode_s(st: Setup, weight_bytes: float, gemm_flops: float, kv_by
 def decode_layer(st: Setup, wl: InferenceWorkload, seqs: int) -> LayerTimes:
     """One decode step of one MoE block for a micro-batch of `seqs` sequences per attention
     replica: attention reads its weights and the micro-batch's KV cache at the mean context
-    (Pope et al. 2022 Sec. 2, as inference.py); experts read the experts the tokens hit."""
+    (Pope et al. 2022 Sec. 2, as inference.py) and all-reduces over its tp group with the
+    engine's own kernels (`comm.serving_all_reduce_s`, as inference.py); experts read the
+    experts the tokens hit."""
     model, p, dt = st.model, st.plan, wl.dtype
     assert model.moe is not None
     h, e, f = model.hidden_size, roof_bytes(dt), model.moe.expert_ffn_hidden_size
@@ -512,7 +514,7 @@ def decode_layer(st: Setup, wl: InferenceWorkload, seqs: int) -> LayerTimes:
     score = model.attention_score_flops_per_token(1) * ctx / model.num_layers
     a = (_attention_decode_s(st, attn_p / p.attn_tp * dt.bytes, seqs * 2 * attn_p / p.attn_tp,
                              kv, seqs * score / p.attn_tp, ATTENTION_KERNELS)
-         + comm.all_reduce_s(st.tp_links, seqs * h * e))
+         + comm.serving_all_reduce_s(st.tp_links, seqs * h * e))
     tokens = p.attn_dp * seqs
     used = touched_experts(model, tokens)
     tokens_dev = tokens * model.moe.top_k / p.ep
