@@ -81,6 +81,7 @@ from validate_published import (  # noqa: E402
     dtype_for,
     published_step_s,
     render,
+    signed_summary,
     skipped_row,
     source_family,
 )
@@ -277,7 +278,8 @@ def run(data: Path, only: str | None) -> list[dict[str, Any]]:
                      "many_local_experts": warned,
                      "published_s": pub,
                      "predicted_s": est.step_time_s, "error": est.step_time_s / pub - 1,
-                     "mbs": r["batch"]["micro"], "mfu": est.mfu, "fits": est.fits,
+                     "mbs": r["batch"]["micro"], "microbatches": est.num_microbatches,
+                     "mfu": est.mfu, "fits": est.fits,
                      "peak_gib": est.peak_memory_gib,
                      "gpus": r["hardware"]["gpus"],
                      "config": config_key(model, r, plan.model_dump(mode="json")),
@@ -329,18 +331,13 @@ def local_expert_groups(rows: list[dict[str, Any]]) -> dict[bool, list[float]]:
 def render_local_experts(groups: dict[bool, list[float]]) -> str:
     if not groups:
         return ""
+    labels = {False: f"under {MANY_LOCAL_EXPERTS}, or grouped kernels",
+              True: f"{MANY_LOCAL_EXPERTS} or more (warned)"}
     lines = ["", f"By routed experts per device (the warning at {MANY_LOCAL_EXPERTS} or more on a "
              "device that runs each expert as its own GEMM: host time not modelled, "
-             "cost_models/training.py MANY_LOCAL_EXPERTS):", "",
-             "| experts per device | runs | mean signed error | mean abs error |",
-             "|---|--:|--:|--:|"]
-    for warned in (False, True):
-        errs = groups.get(warned, [])
-        if errs:
-            label = (f"{MANY_LOCAL_EXPERTS} or more (warned)" if warned
-                     else f"under {MANY_LOCAL_EXPERTS}, or grouped kernels")
-            lines.append(f"| {label} | {len(errs)} | {sum(errs) / len(errs):+.1%} | "
-                         f"{sum(abs(e) for e in errs) / len(errs):.1%} |")
+             "cost_models/training.py MANY_LOCAL_EXPERTS):", ""]
+    lines += signed_summary({labels[w]: groups[w] for w in (False, True) if groups.get(w)},
+                            group="experts per device")
     return "\n".join(lines) + "\n"
 
 

@@ -238,7 +238,8 @@ def run(data: Path, only: str | None) -> list[dict[str, Any]]:
         rows.append({"id": r["id"], "source": source_family(r), "device": device_label(r),
                      "published_s": pub,
                      "predicted_s": est.step_time_s, "error": est.step_time_s / pub - 1,
-                     "mbs": mbs, "mfu": est.mfu, "fits": est.fits,
+                     "mbs": mbs, "microbatches": est.num_microbatches,
+                     "mfu": est.mfu, "fits": est.fits,
                      "peak_gib": est.peak_memory_gib,
                      "gpus": r["hardware"]["gpus"],
                      "config": config_key(model, r, plan),
@@ -266,6 +267,32 @@ def error_summary(by: dict[str, list[float]], *, group: str, count: str) -> list
     for name, errs in by.items():
         lines.append(f"| {name} | {len(errs)} | {statistics.mean(errs):.1%} | {max(errs):.1%} |")
     return lines
+
+
+def signed_summary(groups: dict[str, list[float]], *, group: str) -> list[str]:
+    """A table of runs, mean signed and mean absolute error per group, from signed errors:
+    where the errors lean one way, the sign says which."""
+    lines = [f"| {group} | runs | mean signed error | mean abs error |", "|---|--:|--:|--:|"]
+    for label, errs in groups.items():
+        lines.append(f"| {label} | {len(errs)} | {sum(errs) / len(errs):+.1%} | "
+                     f"{sum(abs(e) for e in errs) / len(errs):.1%} |")
+    return lines
+
+
+def by_accumulation(rows: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Signed errors per device and number format, split by whether the step runs one
+    micro-batch per replica or accumulates several, for the devices that have both. With one,
+    the data-parallel traffic of the step (ZeRO-3's first gather, the last gradient bucket)
+    and the optimizer step have a single micro-batch to hide behind."""
+    split: dict[str, dict[bool, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        split[r["device"]][r["microbatches"] == 1].append(r["error"])
+    out: dict[str, list[float]] = {}
+    for device, kinds in sorted(split.items()):
+        if len(kinds) == 2:
+            out[f"{device}, one micro-batch per step"] = kinds[True]
+            out[f"{device}, several"] = kinds[False]
+    return out
 
 
 def best_single_error(published: list[float]) -> float:
@@ -337,6 +364,10 @@ def render(rows: list[dict[str, Any]]) -> str:
         devices[r["device"]].append(abs(r["error"]))
     if len(devices) > 1:
         lines += error_summary(dict(sorted(devices.items())), group="device", count="runs")
+    accumulation = by_accumulation(rows)
+    if accumulation:
+        lines += ["", "By micro-batches per step (per device, where both occur):", ""]
+        lines += signed_summary(accumulation, group="device, micro-batches per step")
     floors = noise_floor(rows)
     if floors:
         lines += ["", "Repeated configurations: runs with the same inputs (so the same "

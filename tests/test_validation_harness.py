@@ -515,7 +515,7 @@ def _row(i: str, pub: float, *, config: str, work: str = "", gpus: int = 8,
          pred: float = 1.0, source: str = "S") -> dict[str, Any]:
     return {"id": i, "source": source, "published_s": pub, "predicted_s": pred,
             "config": config, "work": work or config, "gpus": gpus, "error": pred / pub - 1,
-            "mbs": 1, "mfu": 0.5, "fits": True, "device": "d"}
+            "mbs": 1, "microbatches": 1, "mfu": 0.5, "fits": True, "device": "d"}
 
 
 def test_noise_floor_counts_repeated_configurations_only() -> None:
@@ -678,3 +678,17 @@ def test_trtllm_bench_settings_by_hand() -> None:
     assert vi.trtllm_bench_settings(model, 1, 1, 128, 2048, 1, 1, h200) == (1024, 2048)
     assert vi.trtllm_bench_settings(model, 1, 1, 128, 128, 1, 1, h200) == (4096, 8192)
     assert vi.trtllm_bench_settings(model, 1, 2, 128, 128, 1, 1, h200) == (2048, 4096)
+
+
+def test_errors_by_micro_batches_per_step() -> None:
+    """The harness splits each device's signed errors by one micro-batch per step against
+    several, for the devices that have both, and tabulates runs, signed and absolute means."""
+    rows = [{"device": "a", "microbatches": 1, "error": -0.2},
+            {"device": "a", "microbatches": 1, "error": -0.1},
+            {"device": "a", "microbatches": 8, "error": 0.1},
+            {"device": "b", "microbatches": 4, "error": -0.3}]     # only several: left out
+    groups = vp.by_accumulation(rows)
+    assert groups == {"a, one micro-batch per step": [-0.2, -0.1], "a, several": [0.1]}
+    table = vp.signed_summary(groups, group="device")
+    assert table[2] == "| a, one micro-batch per step | 2 | -15.0% | 15.0% |"
+    assert table[3] == "| a, several | 1 | +10.0% | 10.0% |"
