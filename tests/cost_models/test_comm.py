@@ -198,6 +198,23 @@ def test_serving_all_reduce_by_hand(dgx: ClusterSpec, nbytes: float) -> None:
     assert comm.serving_all_reduce_s(links, 0.0) == 0.0
 
 
+@settings(max_examples=80, deadline=None)
+@given(preset=st.sampled_from(["dgx-a100", "tpu-v5p-pod", "mi300x-platform", "gb200-nvl72"]),
+       size=st.integers(2, 512), stride=st.sampled_from([1, 2, 4, 8, 16, 72]))
+def test_search_bound_latency_is_below_every_layout(preset: str, size: int, stride: int) -> None:
+    """The search's lower bound on tp traffic (search/driver.py) takes a tree over `size`
+    nodes of one member each at the lower of the cluster's two latencies: 2 log2(size) steps.
+    No layout's all-reduce, nor its reduce-scatter + all-gather (sequence parallelism), has
+    less latency."""
+    c = load_cluster(preset)
+    alpha = min(c.intra_node.latency_s, c.inter_node.latency_s)
+    bound = comm.GroupLinks(size, 1.0, alpha, True, 1, alpha)
+    bound_ar = comm.coefficients("all_reduce", bound)[1]
+    actual = comm.group_links(c, size=size, stride=stride)
+    assert bound_ar <= comm.coefficients("all_reduce", actual)[1] * (1 + 1e-12)
+    assert bound_ar <= 2 * comm.coefficients("reduce_scatter", actual)[1] * (1 + 1e-12)
+
+
 def test_bandwidth_terms_without_latency(dgx: ClusterSpec) -> None:
     no_lat = dgx.model_copy(update={
         "intra_node": dgx.intra_node.model_copy(update={"latency_s": 0.0}),
