@@ -108,18 +108,26 @@ def model_for(record: dict[str, Any]) -> ModelSpec:
 
 
 def dtype_for(record: dict[str, Any]) -> DType:
-    """The number format of the record's GEMMs: NVFP4 is meshplan's fp4 (Transformer Engine's
-    NVFP4BlockScaling recipe); a format meshplan does not model (MXFP4, int8, int4) is
-    reported, not read as bf16."""
+    """The number format of the record's GEMMs, from the first format its precision names, in
+    this order: NVFP4 is meshplan's fp4 (Transformer Engine's NVFP4BlockScaling recipe), and
+    a format meshplan does not model (MXFP4, int8, int4) is reported, not read as bf16; FP8
+    by any of its names (fp8, float8, E4M3, E5M2, MXFP8, FP8-CS); bf16 ("bfloat16"); fp16
+    ("float16", "half"); tf32; fp32 ("float32"). A precision that names none of them (an
+    unstated 16-bit mixed precision) is read as bf16."""
     p = record["precision"].lower()
     if p == "nvfp4":
         return DType.FP4
     if any(k in p for k in ("fp4", "int8", "int4")):
         raise UnmappedRecord(f"precision '{record['precision']}' is not modelled (meshplan "
                              "trains in fp32, tf32, bf16, fp16, fp8 or NVFP4)")
-    if "fp8" in p:
-        return DType.FP8
-    return DType.FP16 if "fp16" in p else DType.BF16
+    for names, dtype in ((("fp8", "float8", "e4m3", "e5m2"), DType.FP8),
+                         (("bf16", "bfloat16"), DType.BF16),
+                         (("fp16", "float16", "half"), DType.FP16),
+                         (("tf32",), DType.TF32),
+                         (("fp32", "float32"), DType.FP32)):
+        if any(name in p for name in names):
+            return dtype
+    return DType.BF16
 
 
 def plan_fields(record: dict[str, Any]) -> dict[str, Any]:

@@ -692,3 +692,20 @@ def test_errors_by_micro_batches_per_step() -> None:
     table = vp.signed_summary(groups, group="device")
     assert table[2] == "| a, one micro-batch per step | 2 | -15.0% | 15.0% |"
     assert table[3] == "| a, several | 1 | +10.0% | 10.0% |"
+
+
+@pytest.mark.parametrize(("precision", "want"), [
+    ("bf16", "bf16"), ("BFloat16 mixed precision", "bf16"), ("amp_bf16", "bf16"),
+    ("fp16", "fp16"), ("float16", "fp16"), ("half (Apex O2)", "fp16"), ("amp_fp16", "fp16"),
+    ("FP8-CS", "fp8"), ("MXFP8", "fp8"), ("E4M3 hybrid", "fp8"), ("float8", "fp8"),
+    ("NVFP4", "fp4"), ("tf32", "tf32"), ("fp32", "fp32"), ("float32", "fp32"),
+    ("bf16 with fp32 gradients", "bf16"), ("mixed precision", "bf16"),
+])
+def test_precision_names_map_to_dtypes(precision: str, want: str) -> None:
+    assert vp.dtype_for(record(precision=precision)).value == want
+
+
+@pytest.mark.parametrize("precision", ["MXFP4", "int8", "W4A16 int4"])
+def test_unmodelled_precisions_are_reported(precision: str) -> None:
+    with pytest.raises(records.UnmappedRecord, match="not modelled"):
+        vp.dtype_for(record(precision=precision))
