@@ -28,7 +28,8 @@ the same rules for all records:
   was integrated in 2023), FlashAttention-2 class from 2024 on. The year is the earliest one
   the record's `source` names.
 - ZeRO: "ZeRO-3"/"FULL_SHARD"/FSDP -> 3, "ZeRO-2"/"SHARD_GRAD_OP" -> 2, "ZeRO-1"/"distributed
-  optimizer" -> 1, an integer as given.
+  optimizer" -> 1, an integer as given; hybrid sharding (HSDP, HYBRID_SHARD: sharded inside a
+  group, replicated across groups) is reported, since no zero stage is that.
 - Interleaved pipelines whose virtual stages do not split the blocks evenly: Megatron-Core
   refuses such a split unless told how to lay it out, and the layout NVIDIA's recipes use is
   `account_for_embedding_in_pipeline_split` and `account_for_loss_in_pipeline_split` (Llama 3.1
@@ -193,6 +194,12 @@ def zero_stage(value: Any) -> int:
     if isinstance(value, int):
         return value
     text = str(value or "").lower()
+    if "hybrid" in text or "hsdp" in text:
+        # sharded inside a group, replicated across groups: not a meshplan zero stage, whose
+        # shards span the whole data-parallel group; read as either it would misstate memory
+        raise UnmappedRecord(f"sharding '{value}' is hybrid (HSDP: ZeRO inside a shard group, "
+                             "replicated across groups); meshplan's zero stages shard over "
+                             "the whole data-parallel group")
     if any(k in text for k in ("zero-3", "zero3", "zero 3", "full_shard", "fsdp")):
         return 3
     if any(k in text for k in ("zero-2", "zero2", "zero 2", "shard_grad_op")):

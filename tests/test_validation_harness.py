@@ -709,3 +709,15 @@ def test_precision_names_map_to_dtypes(precision: str, want: str) -> None:
 def test_unmodelled_precisions_are_reported(precision: str) -> None:
     with pytest.raises(records.UnmappedRecord, match="not modelled"):
         vp.dtype_for(record(precision=precision))
+
+
+@pytest.mark.parametrize("zero", ["HYBRID_SHARD", "HSDP (8-way shard)", "_HYBRID_SHARD_ZERO2"])
+def test_hybrid_sharding_is_reported_not_misread(zero: str, tmp_path: Path) -> None:
+    """FSDP's hybrid sharding is neither zero=3 over the whole dp group nor no sharding: the
+    harness lists such a record as not evaluated, with the reason."""
+    with pytest.raises(records.UnmappedRecord, match="hybrid"):
+        records.zero_stage(zero)
+    data = tmp_path / "runs.json"
+    data.write_text(json.dumps([record(parallel={"zero": zero})]))
+    (row,) = vp.run(data, None)
+    assert "hybrid" in row["skipped"]
