@@ -27,6 +27,8 @@ the same rules for all records:
   DeepSpeed and Mesh-TensorFlow had no fused attention before FlashAttention, Dao et al. 2022,
   was integrated in 2023), FlashAttention-2 class from 2024 on. The year is the earliest one
   the record's `source` names.
+- Recomputation: full (also "true", Megatron's "uniform"/"block"), selective or none; any
+  other wording is reported (`recompute_mode`).
 - ZeRO: "ZeRO-3"/"FULL_SHARD"/FSDP -> 3, "ZeRO-2"/"SHARD_GRAD_OP" -> 2, "ZeRO-1"/"distributed
   optimizer" -> 1, an integer as given; hybrid sharding (HSDP, HYBRID_SHARD: sharded inside a
   group, replicated across groups) is reported, since no zero stage is that.
@@ -46,6 +48,7 @@ from typing import Any
 
 from planner import Attention, ClusterSpec, DType, ModelSpec, load_cluster
 from planner.errors import PlannerError
+from planner.plan import Recompute
 
 GB = 1e9
 
@@ -209,6 +212,24 @@ def zero_stage(value: Any) -> int:
         return 1
     m = re.search(r"\d", text)
     return int(m.group(0)) if m and int(m.group(0)) <= 3 else 0
+
+
+def recompute_mode(value: Any) -> Recompute:
+    """Activation recomputation from a record's `parallel.recompute`: "full..." (or activation
+    checkpointing stated as true/yes/on, or by Megatron's `--recompute-method` names uniform and
+    block) -> full, "selective..." -> selective, none/false/no/off or absent -> none. A value
+    that says none of these is reported, not read as no recomputation."""
+    if isinstance(value, bool):
+        return Recompute.FULL if value else Recompute.NONE
+    text = str(value if value is not None else "none").strip().lower()
+    if text.startswith("full") or text in ("true", "yes", "on") or any(
+            k in text for k in ("checkpoint", "uniform", "block")):
+        return Recompute.FULL
+    if text.startswith("selective"):
+        return Recompute.SELECTIVE
+    if text in ("none", "false", "no", "off", "0", ""):
+        return Recompute.NONE
+    raise UnmappedRecord(f"recompute '{value}' is not full, selective or none")
 
 
 def even_chunks(num_layers: int, pp: int, vpp: int) -> tuple[int, ...]:

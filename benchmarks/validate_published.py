@@ -67,6 +67,7 @@ from records import (  # noqa: E402
     generic_model,
     grad_dtype_for,
     interleaved_layout,
+    recompute_mode,
     require_mapped,
     zero_stage,
 )
@@ -132,9 +133,7 @@ def dtype_for(record: dict[str, Any]) -> DType:
 
 def plan_fields(record: dict[str, Any]) -> dict[str, Any]:
     p, rid = record["parallel"], record["id"]
-    rec = str(p.get("recompute") or "none").lower()
-    recompute = (Recompute.FULL if rec.startswith("full") else
-                 Recompute.SELECTIVE if rec.startswith("selective") else Recompute.NONE)
+    recompute = recompute_mode(p.get("recompute"))
     # a record that names the modules it recomputes (MaxText's custom remat policy: the
     # tensors it names are saved, the norms and the MLP recomputed) is taken at its word
     modules = tuple(p["recompute_modules"]) if recompute == Recompute.SELECTIVE and \

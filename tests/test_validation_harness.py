@@ -721,3 +721,19 @@ def test_hybrid_sharding_is_reported_not_misread(zero: str, tmp_path: Path) -> N
     data.write_text(json.dumps([record(parallel={"zero": zero})]))
     (row,) = vp.run(data, None)
     assert "hybrid" in row["skipped"]
+
+
+@pytest.mark.parametrize(("value", "want"), [
+    ("full", "full"), ("full (activation checkpointing; Eq.3 counts 4 passes)", "full"),
+    (True, "full"), ("true", "full"), ("activation checkpointing", "full"),
+    ("uniform", "full"), ("block, 4 layers", "full"),
+    ("selective", "selective"), ("selective (core attention)", "selective"),
+    (None, "none"), ("none", "none"), (False, "none"), ("off", "none"),
+])
+def test_recompute_wordings(value: Any, want: str) -> None:
+    assert records.recompute_mode(value).value == want
+
+
+def test_unknown_recompute_is_reported() -> None:
+    with pytest.raises(records.UnmappedRecord, match="recompute 'partial'"):
+        records.recompute_mode("partial")
