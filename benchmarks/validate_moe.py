@@ -264,13 +264,13 @@ def run(data: Path, only: str | None) -> list[dict[str, Any]]:
         if only and only not in r["id"]:
             continue
         try:
+            pub = published_step_s(r)
             model = mapped_model(r)
             plan = plan_for(r, model)
             est = _estimate(r, model, plan)
         except (UnmappedRecord, PlannerError, KeyError, ValueError) as e:
             rows.append(skipped_row(r, e))
             continue
-        pub = published_step_s(r)
         cluster = cluster_spec(r)
         warned = local_experts_warned(model, plan,
                                       device_efficiency(cluster.device)[0].grouped_row_tile)

@@ -33,9 +33,10 @@ The mapping uses only facts about each run, stated in the record or its source:
   (records.grad_dtype_for).
 - Activation offloading: a record's `parallel.cpu_offload_layers` (Megatron-Bridge's
   cpu_offloading_num_layers, from the perf config its notes cite) is the plan key offload.
-- Published step times: measured iteration_s where given; otherwise the record's derived
-  iteration_s (Narayanan: Eq. 3 FLOPs / (GPUs * TFLOP/s)); otherwise global tokens divided by
-  the measured tokens/s.
+- Published step times: measured iteration_s (or step_time_s) where given; otherwise the
+  record's derived iteration_s (Narayanan: Eq. 3 FLOPs / (GPUs * TFLOP/s)); otherwise global
+  tokens divided by the measured tokens/s (per GPU or device, or in total), or sequences by
+  sequences/s. A record stating only TFLOP/s or MFU is reported (published_step_s).
 - A record without a micro-batch size (Narayanan Table 1) is evaluated at the micro-batch
   size the cost model itself finds fastest among those that fit (the tuning the authors
   describe in Sec. 5.9), never at a value chosen to match the published number.
@@ -160,13 +161,31 @@ def plan_fields(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def published_step_s(record: dict[str, Any]) -> float:
-    meas, der = record["measured"], record.get("derived") or {}
-    if meas.get("iteration_s"):
-        return float(meas["iteration_s"])
-    if der.get("iteration_s"):
-        return float(der["iteration_s"])
-    tokens = record["batch"]["global"] * record["model"]["seq_len"]
-    return tokens / (meas["tokens_per_s_per_gpu"] * record["hardware"]["gpus"])
+    """Seconds per step as the record states them: a measured iteration (or step) time, else
+    the record's derived one, else the global batch over the measured throughput, in tokens
+    per second per GPU (or device) or in total, or in sequences per second. A record that
+    states only TFLOP/s or MFU is reported: their FLOP conventions differ by source (Narayanan
+    et al. count recomputation, Korthikanti et al. and NeMo do not), so the record has to
+    carry the converted time as derived.iteration_s, with its source's convention."""
+    meas, der = record.get("measured") or {}, record.get("derived") or {}
+    for value in (meas.get("iteration_s"), meas.get("step_time_s"), der.get("iteration_s")):
+        if value:
+            return float(value)
+    seqs = record["batch"]["global"]
+    tokens = seqs * record["model"]["seq_len"]
+    gpus = record["hardware"]["gpus"]
+    per_gpu = meas.get("tokens_per_s_per_gpu") or meas.get("tokens_per_s_per_device")
+    if per_gpu:
+        return tokens / (float(per_gpu) * gpus)
+    total = meas.get("tokens_per_s_total") or meas.get("tokens_per_s")
+    if total:
+        return tokens / float(total)
+    samples = meas.get("samples_per_s") or meas.get("sequences_per_s")
+    if samples:
+        return seqs / float(samples)
+    raise UnmappedRecord("the record states no step time, tokens/s or sequences/s (TFLOP/s "
+                         "and MFU follow its source's FLOP convention): give "
+                         "derived.iteration_s converted with that convention")
 
 
 def predict(record: dict[str, Any]) -> tuple[Estimate, int]:
@@ -236,11 +255,11 @@ def run(data: Path, only: str | None) -> list[dict[str, Any]]:
         if only and only not in r["id"]:
             continue
         try:
+            pub = published_step_s(r)
             est, mbs = predict(r)
         except (UnmappedRecord, PlannerError, KeyError, ValueError) as e:
             rows.append(skipped_row(r, e))
             continue
-        pub = published_step_s(r)
         model, plan = model_for(r), {**plan_fields(r), "mbs": mbs}
         rows.append({"id": r["id"], "source": source_family(r), "device": device_label(r),
                      "published_s": pub,

@@ -737,3 +737,32 @@ def test_recompute_wordings(value: Any, want: str) -> None:
 def test_unknown_recompute_is_reported() -> None:
     with pytest.raises(records.UnmappedRecord, match="recompute 'partial'"):
         records.recompute_mode("partial")
+
+
+@pytest.mark.parametrize(("measured", "derived", "want"), [
+    ({"iteration_s": 4.0, "tokens_per_s_per_gpu": 1.0}, {"iteration_s": 9.0}, 4.0),
+    ({"step_time_s": 5.0}, {}, 5.0),
+    ({"tflops_per_gpu": 400.0}, {"iteration_s": 6.0}, 6.0),
+    # 256 sequences x 4096 tokens over 64 GPUs
+    ({"tokens_per_s_per_gpu": 2048.0}, {}, 256 * 4096 / (2048.0 * 64)),
+    ({"tokens_per_s_per_device": 4096.0}, {}, 256 * 4096 / (4096.0 * 64)),
+    ({"tokens_per_s_total": 262144.0}, {}, 4.0),
+    ({"sequences_per_s": 32.0}, {}, 8.0),
+])
+def test_published_step_time_from_what_the_record_states(measured: dict[str, float],
+                                                         derived: dict[str, float],
+                                                         want: float) -> None:
+    rec = record()
+    rec["measured"], rec["derived"] = measured, derived       # exactly these, not merged
+    assert vp.published_step_s(rec) == pytest.approx(want)
+
+
+def test_a_record_with_only_tflops_is_reported(tmp_path: Path) -> None:
+    """TFLOP/s and MFU follow the source's FLOP convention: without a converted step time
+    the record is listed as not evaluated, and the harness goes on."""
+    rec = record(id="tflops_only")
+    rec["measured"] = {"tflops_per_gpu": 400.0, "mfu": 0.4}
+    data = tmp_path / "runs.json"
+    data.write_text(json.dumps([rec, record(id="fine")]))
+    rows = vp.run(data, None)
+    assert "derived.iteration_s" in rows[0]["skipped"] and "skipped" not in rows[1]
