@@ -149,9 +149,12 @@ def plan_fields(record: dict[str, Any]) -> dict[str, Any]:
     # llm-foundry's ComposerMPTCausalLM defaults loss_fn to 'fused_crossentropy' (flash-attn's
     # CrossEntropyLoss, gradient in place over the bf16 logits); Megatron keeps fp32 softmax.
     loss = LossKernel.FUSED if rid.startswith("mpt_") else LossKernel.UNFUSED
-    pp, vpp = p.get("pp") or 1, p.get("vpp") or 1
-    fields = dict(loss=loss, tp=p.get("tp") or 1, pp=pp, dp=p.get("dp") or 1,
-                  cp=p.get("cp") or 1, vpp=vpp, sp=bool(p.get("sp")),
+    tp, pp, cp, vpp = p.get("tp") or 1, p.get("pp") or 1, p.get("cp") or 1, p.get("vpp") or 1
+    # an unstated dp fills the GPUs, as `meshplan evaluate --plan` does; where the degrees do
+    # not divide them, dp 1 lets the plan check name the rule
+    model_parallel, gpus = tp * pp * cp, record["hardware"]["gpus"]
+    dp = p.get("dp") or (gpus // model_parallel if gpus % model_parallel == 0 else 1)
+    fields = dict(loss=loss, tp=tp, pp=pp, dp=dp, cp=cp, vpp=vpp, sp=bool(p.get("sp")),
                   recompute=recompute, recompute_modules=modules, zero=stage, attn=attn,
                   offload=int(p.get("cpu_offload_layers") or 0))
     layout = interleaved_layout(record["model"]["layers"], pp, vpp)

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from planner.errors import PlannerError
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
 
@@ -766,3 +768,18 @@ def test_a_record_with_only_tflops_is_reported(tmp_path: Path) -> None:
     data.write_text(json.dumps([rec, record(id="fine")]))
     rows = vp.run(data, None)
     assert "derived.iteration_s" in rows[0]["skipped"] and "skipped" not in rows[1]
+
+
+def test_an_unstated_dp_fills_the_gpus() -> None:
+    """A record that gives tp, pp and the GPU count but not dp is evaluated at dp = GPUs /
+    (tp x pp x cp), as `meshplan evaluate --plan` derives it; where they do not divide, the
+    plan check reports the rule."""
+    rec = record()
+    del rec["parallel"]["dp"]
+    assert vp.plan_fields(rec)["dp"] == 64 // (8 * 2)
+    est, _ = vp.predict(rec)
+    assert est.devices == 64
+    odd = record(hardware={"gpus": 72})            # 9 nodes; tp x pp = 16 does not divide
+    del odd["parallel"]["dp"]
+    with pytest.raises(PlannerError, match="must equal"):
+        vp.predict(odd)
