@@ -214,6 +214,18 @@ def zero_stage(value: Any) -> int:
     return int(m.group(0)) if m and int(m.group(0)) <= 3 else 0
 
 
+def data_parallel(parallel: dict[str, Any], gpus: int) -> int:
+    """The record's dp; unstated, the GPUs over tp x pp x cp, as `meshplan evaluate --plan`
+    derives it (where those do not divide the GPUs, 1, so that the plan check names the
+    rule)."""
+    if parallel.get("dp"):
+        return int(parallel["dp"])
+    model_parallel = 1
+    for key in ("tp", "pp", "cp"):
+        model_parallel *= parallel.get(key) or 1
+    return gpus // model_parallel if gpus % model_parallel == 0 else 1
+
+
 def recompute_mode(value: Any) -> Recompute:
     """Activation recomputation from a record's `parallel.recompute`: "full..." (or activation
     checkpointing stated as true/yes/on, or by Megatron's `--recompute-method` names uniform and

@@ -70,6 +70,7 @@ from planner.errors import PlannerError  # noqa: E402
 from records import (  # noqa: E402
     UnmappedRecord,
     cluster_spec,
+    data_parallel,
     even_chunks,
     generic_moe_model,
     grad_dtype_for,
@@ -232,7 +233,8 @@ def plan_for(record: dict[str, Any], model: ModelSpec) -> Plan:
     overlap = bool(p.get("ep_overlap", overlap))
     if "dispatcher" in p:
         alltoall = Dispatcher(p["dispatcher"]) == Dispatcher.ALLTOALL
-    return Plan(tp=p.get("tp") or 1, pp=pp, dp=p.get("dp") or 1, cp=p.get("cp") or 1,
+    return Plan(tp=p.get("tp") or 1, pp=pp, dp=data_parallel(p, record["hardware"]["gpus"]),
+                cp=p.get("cp") or 1,
                 ep=p.get("ep") or 1, etp=p.get("etp"), vpp=vpp, mbs=record["batch"]["micro"],
                 zero=3 if p.get("fsdp") else 1,
                 recompute=recompute, recompute_modules=modules, attn=Attention.FLASH,

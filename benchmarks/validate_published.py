@@ -65,6 +65,7 @@ from records import (  # noqa: E402
     attention_kernel,
     cluster_name,
     cluster_spec,
+    data_parallel,
     generic_model,
     grad_dtype_for,
     interleaved_layout,
@@ -149,12 +150,10 @@ def plan_fields(record: dict[str, Any]) -> dict[str, Any]:
     # llm-foundry's ComposerMPTCausalLM defaults loss_fn to 'fused_crossentropy' (flash-attn's
     # CrossEntropyLoss, gradient in place over the bf16 logits); Megatron keeps fp32 softmax.
     loss = LossKernel.FUSED if rid.startswith("mpt_") else LossKernel.UNFUSED
-    tp, pp, cp, vpp = p.get("tp") or 1, p.get("pp") or 1, p.get("cp") or 1, p.get("vpp") or 1
-    # an unstated dp fills the GPUs, as `meshplan evaluate --plan` does; where the degrees do
-    # not divide them, dp 1 lets the plan check name the rule
-    model_parallel, gpus = tp * pp * cp, record["hardware"]["gpus"]
-    dp = p.get("dp") or (gpus // model_parallel if gpus % model_parallel == 0 else 1)
-    fields = dict(loss=loss, tp=tp, pp=pp, dp=dp, cp=cp, vpp=vpp, sp=bool(p.get("sp")),
+    pp, vpp = p.get("pp") or 1, p.get("vpp") or 1
+    fields = dict(loss=loss, tp=p.get("tp") or 1, pp=pp,
+                  dp=data_parallel(p, record["hardware"]["gpus"]), cp=p.get("cp") or 1,
+                  vpp=vpp, sp=bool(p.get("sp")),
                   recompute=recompute, recompute_modules=modules, zero=stage, attn=attn,
                   offload=int(p.get("cpu_offload_layers") or 0))
     layout = interleaved_layout(record["model"]["layers"], pp, vpp)

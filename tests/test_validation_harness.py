@@ -783,3 +783,15 @@ def test_an_unstated_dp_fills_the_gpus() -> None:
     del odd["parallel"]["dp"]
     with pytest.raises(PlannerError, match="must equal"):
         vp.predict(odd)
+
+
+def test_moe_records_derive_an_unstated_dp_too() -> None:
+    """The MoE harness builds its plan with the same rule (records.data_parallel)."""
+    assert records.data_parallel({"tp": 2, "pp": 4, "cp": 2}, 256) == 16
+    assert records.data_parallel({"tp": 2, "dp": 3}, 256) == 3
+    assert records.data_parallel({"tp": 3}, 256) == 1          # does not divide: plan check
+    rec = json.loads((BENCH / "data/moe_runs.json").read_text())[0]
+    del rec["parallel"]["dp"]
+    model = vm.mapped_model(rec)
+    assert vm.plan_for(rec, model).dp == json.loads(
+        (BENCH / "data/moe_runs.json").read_text())[0]["parallel"]["dp"]
