@@ -14,8 +14,9 @@ B200 and GB200. The mapping uses only facts stated in each record or its source:
   the run, so a record never silently scores another model.
 - Precision: MXFP8/FP8 records run the matmuls in FP8 (dtype fp8), BF16 records in bf16.
 - Plan: tp, pp, dp, cp, ep and vpp as recorded; expert tensor parallelism 1 (the tables' ETP
-  column is 1 or absent); Megatron's distributed optimizer (zero=1), which these recipes enable
-  (Megatron-Bridge performance recipes, `use_distributed_optimizer=True`); recomputation as
+  column is 1 or absent); ZeRO-3 where `fsdp` is set, else the stage `zero` states
+  (records.zero_stage), else Megatron's distributed optimizer (zero=1), which these recipes
+  enable (Megatron-Bridge performance recipes, `use_distributed_optimizer=True`); recomputation as
   below, FlashAttention (cuDNN fused attention in the NeMo containers).
 - Routing: the benchmarks force-balance routing and are dropless (record notes), so the
   expert load is the mean load: no imbalance and no capacity factor.
@@ -75,6 +76,7 @@ from records import (  # noqa: E402
     generic_moe_model,
     grad_dtype_for,
     require_mapped,
+    zero_stage,
 )
 from validate_published import (  # noqa: E402
     config_key,
@@ -236,7 +238,8 @@ def plan_for(record: dict[str, Any], model: ModelSpec) -> Plan:
     return Plan(tp=p.get("tp") or 1, pp=pp, dp=data_parallel(p, record["hardware"]["gpus"]),
                 cp=p.get("cp") or 1,
                 ep=p.get("ep") or 1, etp=p.get("etp"), vpp=vpp, mbs=record["batch"]["micro"],
-                zero=3 if p.get("fsdp") else 1,
+                zero=3 if p.get("fsdp") else zero_stage(p["zero"]) if p.get("zero") is not None
+                else 1,
                 recompute=recompute, recompute_modules=modules, attn=Attention.FLASH,
                 stage_layers=layers, ep_overlap=overlap,
                 dispatcher=Dispatcher.ALLTOALL if alltoall else Dispatcher.FLEX)

@@ -795,3 +795,15 @@ def test_moe_records_derive_an_unstated_dp_too() -> None:
     model = vm.mapped_model(rec)
     assert vm.plan_for(rec, model).dp == json.loads(
         (BENCH / "data/moe_runs.json").read_text())[0]["parallel"]["dp"]
+
+
+@pytest.mark.parametrize(("parallel", "want"), [
+    ({"fsdp": 1}, 3), ({"fsdp": 0}, 1), ({}, 1),
+    ({"fsdp": 0, "zero": "ZeRO-2"}, 2), ({"zero": 0}, 0), ({"zero": "FSDP (ZeRO-3)", "fsdp": 1}, 3),
+])
+def test_moe_records_zero_stage(parallel: dict[str, Any], want: int) -> None:
+    """fsdp set: ZeRO-3; else a stated zero; else the recipes' distributed optimizer."""
+    rec = json.loads((BENCH / "data/moe_runs.json").read_text())[0]
+    rec["parallel"] = {k: v for k, v in rec["parallel"].items() if k not in ("fsdp", "zero")}
+    rec["parallel"].update(parallel)
+    assert vm.plan_for(rec, vm.mapped_model(rec)).zero == want
