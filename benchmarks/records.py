@@ -263,10 +263,20 @@ def interleaved_layout(num_layers: int, pp: int, vpp: int) -> tuple[int, ...] | 
     return even_chunks(num_layers, pp, vpp)
 
 
+_PARAMS_TEXT = re.compile(r"^\s*([\d.]+)\s*([kmbt])\b", re.I)
+_PARAMS_SCALE = {"k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}
+
+
 def _stated_params(record: dict[str, Any]) -> float | None:
+    """The parameter count a record states: `model.params` as a number or as text with its
+    unit ("70B", "6.7 B", "1T", "350M"), or `model.params_B` in billions; else None."""
     m = record["model"]
     if isinstance(m.get("params"), (int, float)):
         return float(m["params"])
+    if isinstance(m.get("params"), str):
+        hit = _PARAMS_TEXT.match(m["params"])
+        if hit:
+            return float(hit.group(1)) * _PARAMS_SCALE[hit.group(2).lower()]
     if isinstance(m.get("params_B"), (int, float)):
         return float(m["params_B"]) * 1e9
     return None

@@ -807,3 +807,14 @@ def test_moe_records_zero_stage(parallel: dict[str, Any], want: int) -> None:
     rec["parallel"] = {k: v for k, v in rec["parallel"].items() if k not in ("fsdp", "zero")}
     rec["parallel"].update(parallel)
     assert vm.plan_for(rec, vm.mapped_model(rec)).zero == want
+
+
+@pytest.mark.parametrize(("params", "want"), [
+    (68.98e9, 68.98e9), ("70B", 70e9), ("6.7 B", 6.7e9), ("1T", 1e12), ("350M", 350e6),
+    ("about seventy billion", None),
+])
+def test_stated_parameter_counts(params: Any, want: float | None) -> None:
+    rec = record()
+    rec["model"] = {k: v for k, v in rec["model"].items() if k != "params_B"} | {"params": params}
+    got = records._stated_params(rec)
+    assert got == (pytest.approx(want) if want is not None else None)
