@@ -214,6 +214,19 @@ def zero_stage(value: Any) -> int:
     return int(m.group(0)) if m and int(m.group(0)) <= 3 else 0
 
 
+def global_batch(record: dict[str, Any]) -> int:
+    """Sequences per step: `batch.global` (the schema's), else `batch.global_seqs`, else
+    `batch.global_tokens` over the sequence length."""
+    b = record["batch"]
+    for key in ("global", "global_seqs"):
+        if b.get(key):
+            return int(b[key])
+    if b.get("global_tokens"):
+        return round(b["global_tokens"] / record["model"]["seq_len"])
+    raise UnmappedRecord("the record states no global batch (batch.global in sequences, "
+                         "global_seqs or global_tokens)")
+
+
 def data_parallel(parallel: dict[str, Any], gpus: int) -> int:
     """The record's dp; unstated, the GPUs over tp x pp x cp, as `meshplan evaluate --plan`
     derives it (where those do not divide the GPUs, 1, so that the plan check names the

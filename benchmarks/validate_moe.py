@@ -73,6 +73,7 @@ from records import (  # noqa: E402
     cluster_spec,
     data_parallel,
     even_chunks,
+    global_batch,
     generic_moe_model,
     grad_dtype_for,
     require_mapped,
@@ -190,7 +191,8 @@ def preset_for(record: dict[str, Any]) -> tuple[bool, tuple[str, ...] | None]:
     """(ep_overlap, recompute_modules or None for no recomputation) of the record's run."""
     rid, p, b = record["id"], record["parallel"], record["batch"]
     gpu = gpu_of(record)
-    key = (p.get("pp") or 1, p.get("vpp") or 1, p.get("ep") or 1, b["global"], b["micro"])
+    key = (p.get("pp") or 1, p.get("vpp") or 1, p.get("ep") or 1, global_batch(record),
+           b["micro"])
     for (frag, g, prec, *cfg), overlap, modules in MEGATRON_BRIDGE_PRESETS:
         if frag in rid and gpu == g and record["precision"] in prec and key == tuple(cfg):
             return overlap, (modules or None)
@@ -257,7 +259,7 @@ def predict(record: dict[str, Any]) -> Estimate:
 
 
 def _estimate(record: dict[str, Any], model: ModelSpec, plan: Plan) -> Estimate:
-    wl = TrainingWorkload(global_batch_size=record["batch"]["global"],
+    wl = TrainingWorkload(global_batch_size=global_batch(record),
                           seq_len=record["model"]["seq_len"], dtype=dtype_for(record),
                           grad_dtype=grad_dtype_for(record))
     return evaluate(model, cluster_spec(record), wl, plan, devices=record["hardware"]["gpus"])

@@ -67,6 +67,7 @@ from records import (  # noqa: E402
     cluster_spec,
     data_parallel,
     generic_model,
+    global_batch,
     grad_dtype_for,
     interleaved_layout,
     recompute_mode,
@@ -173,7 +174,7 @@ def published_step_s(record: dict[str, Any]) -> float:
     for value in (meas.get("iteration_s"), meas.get("step_time_s"), der.get("iteration_s")):
         if value:
             return float(value)
-    seqs = record["batch"]["global"]
+    seqs = global_batch(record)
     tokens = seqs * record["model"]["seq_len"]
     gpus = record["hardware"]["gpus"]
     per_gpu = meas.get("tokens_per_s_per_gpu") or meas.get("tokens_per_s_per_device")
@@ -194,7 +195,7 @@ def predict(record: dict[str, Any]) -> tuple[Estimate, int]:
     """Evaluate the record's configuration; choose mbs only when the record lacks it."""
     require_mapped(record)
     model, cluster = model_for(record), cluster_spec(record)
-    gb = record["batch"]["global"]
+    gb = global_batch(record)
     wl = TrainingWorkload(global_batch_size=gb, seq_len=record["model"]["seq_len"],
                           dtype=dtype_for(record), grad_dtype=grad_dtype_for(record))
     fields = plan_fields(record)
@@ -240,10 +241,10 @@ def config_key(model: ModelSpec, record: dict[str, Any], plan: dict[str, Any], *
     recipe = record["precision"].lower().replace("-", "").replace("fp8mx", "mxfp8")
     dp = plan.get("dp") or 1
     if per_gpu:
-        steps = record["batch"]["global"] / (dp * (plan.get("mbs") or 1))
+        steps = global_batch(record) / (dp * (plan.get("mbs") or 1))
         scale: list[Any] = [round(steps, 6), {k: v for k, v in plan.items() if k != "dp"}]
     else:
-        scale = [record["batch"]["global"], plan, record["hardware"]["gpus"]]
+        scale = [global_batch(record), plan, record["hardware"]["gpus"]]
     return json.dumps([model.model_dump(mode="json", exclude={"name"}),
                        cluster_spec(record).model_dump(mode="json"),
                        record["model"]["seq_len"], dtype_for(record).value, recipe, *scale],

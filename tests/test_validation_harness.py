@@ -818,3 +818,20 @@ def test_stated_parameter_counts(params: Any, want: float | None) -> None:
     rec["model"] = {k: v for k, v in rec["model"].items() if k != "params_B"} | {"params": params}
     got = records._stated_params(rec)
     assert got == (pytest.approx(want) if want is not None else None)
+
+
+@pytest.mark.parametrize(("batch", "want"), [
+    ({"global": 256, "global_seqs": 999}, 256), ({"global_seqs": 512}, 512),
+    ({"global_tokens": 4 * 1024 * 1024}, 1024),            # seq_len 4096
+])
+def test_global_batch_forms(batch: dict[str, int], want: int) -> None:
+    rec = record()
+    rec["batch"] = {"micro": 1, **batch}
+    assert records.global_batch(rec) == want
+
+
+def test_a_record_without_a_global_batch_is_reported() -> None:
+    rec = record()
+    rec["batch"] = {"micro": 1}
+    with pytest.raises(records.UnmappedRecord, match="global batch"):
+        records.global_batch(rec)
