@@ -43,7 +43,9 @@ the same rules for all records:
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 from typing import Any
 
 from planner import Attention, ClusterSpec, DType, ModelSpec, load_cluster
@@ -83,6 +85,23 @@ _DEVICE_CLUSTERS = (
     ("tpu v4", "tpu-v4-pod"), ("tpu-v4", "tpu-v4-pod"), ("tpuv4", "tpu-v4-pod"),
     ("tpu v3", "tpu-v3-pod"), ("tpu-v3", "tpu-v3-pod"), ("tpuv3", "tpu-v3-pod"),
 )
+
+
+def load_records(path: Path) -> list[dict[str, Any]]:
+    """The records of a data file: a JSON list of records (the schema of ../shared/published),
+    or an object holding that list under "runs" or "records", or a single record."""
+    data = json.loads(path.read_text())
+    if isinstance(data, dict):
+        for key in ("runs", "records"):
+            if isinstance(data.get(key), list):
+                return data[key]
+        if "id" in data:
+            return [data]
+        raise UnmappedRecord(f"{path}: a JSON object with no list of records under 'runs' or "
+                             "'records'")
+    if not isinstance(data, list):
+        raise UnmappedRecord(f"{path}: not a JSON list of records")
+    return data
 
 
 def require_mapped(record: dict[str, Any]) -> None:

@@ -74,6 +74,7 @@ from records import (  # noqa: E402
     data_parallel,
     even_chunks,
     global_batch,
+    load_records,
     generic_moe_model,
     grad_dtype_for,
     require_mapped,
@@ -267,7 +268,7 @@ def _estimate(record: dict[str, Any], model: ModelSpec, plan: Plan) -> Estimate:
 
 def run(data: Path, only: str | None) -> list[dict[str, Any]]:
     rows = []
-    for r in json.loads(data.read_text()):
+    for r in load_records(data):
         if only and only not in r["id"]:
             continue
         try:
@@ -354,7 +355,11 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/validation_moe.md")
     ap.add_argument("--only", default=None, help="only records whose id contains this")
     args = ap.parse_args()
-    rows = run(args.data, args.only)
+    try:
+        rows = run(args.data, args.only)
+    except (OSError, ValueError) as e:        # unreadable or not records (UnmappedRecord)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     graphs = {g["id"]: g for g in json.loads(CUDA_GRAPHS.read_text())["records"]}
     table = (render(rows) + render_cuda_graphs(cuda_graph_groups(rows, graphs))
              + render_local_experts(local_expert_groups(rows)))

@@ -70,6 +70,7 @@ from records import (  # noqa: E402
     global_batch,
     grad_dtype_for,
     interleaved_layout,
+    load_records,
     recompute_mode,
     require_mapped,
     zero_stage,
@@ -252,7 +253,7 @@ def config_key(model: ModelSpec, record: dict[str, Any], plan: dict[str, Any], *
 
 
 def run(data: Path, only: str | None) -> list[dict[str, Any]]:
-    records = json.loads(data.read_text())
+    records = load_records(data)
     rows = []
     for r in records:
         if only and only not in r["id"]:
@@ -432,7 +433,11 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/validation.md")
     ap.add_argument("--only", default=None, help="only records whose id contains this")
     args = ap.parse_args()
-    rows = run(args.data, args.only)
+    try:
+        rows = run(args.data, args.only)
+    except (OSError, ValueError) as e:        # unreadable or not records (UnmappedRecord)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     table = render(rows)
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -835,3 +835,19 @@ def test_a_record_without_a_global_batch_is_reported() -> None:
     rec["batch"] = {"micro": 1}
     with pytest.raises(records.UnmappedRecord, match="global batch"):
         records.global_batch(rec)
+
+
+def test_record_files_in_other_wrappers(tmp_path: Path) -> None:
+    """A data file may hold the list of records, an object with the list under "runs" or
+    "records", or one record; anything else is refused with the reason."""
+    rec = record()
+    for i, content in enumerate(([rec], {"runs": [rec]}, {"records": [rec]}, rec)):
+        path = tmp_path / f"data{i}.json"
+        path.write_text(json.dumps(content))
+        assert records.load_records(path) == [rec]
+        (row,) = vp.run(path, None)
+        assert "skipped" not in row
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"rows": [rec]}))
+    with pytest.raises(records.UnmappedRecord, match="no list of records"):
+        records.load_records(bad)
