@@ -258,6 +258,21 @@ def data_parallel(parallel: dict[str, Any], gpus: int) -> int:
     return gpus // model_parallel if gpus % model_parallel == 0 else 1
 
 
+def stated_flag(value: Any, default: bool = False) -> bool:
+    """A yes/no a record states, as a bool or in words ("on", "true", "yes", "enabled", 1;
+    "off", "false", "no", "disabled", 0); absent: `default`. Other words are reported."""
+    if value is None:
+        return default
+    if isinstance(value, (bool, int)):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("on", "true", "yes", "enabled", "1"):
+        return True
+    if text in ("off", "false", "no", "disabled", "0", "none", ""):
+        return False
+    raise UnmappedRecord(f"'{value}' is not a yes or a no")
+
+
 def recompute_mode(value: Any) -> Recompute:
     """Activation recomputation from a record's `parallel.recompute`: "full..." (or activation
     checkpointing stated as true/yes/on, or by Megatron's `--recompute-method` names uniform and

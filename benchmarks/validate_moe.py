@@ -78,6 +78,7 @@ from records import (  # noqa: E402
     generic_moe_model,
     grad_dtype_for,
     require_mapped,
+    stated_flag,
     zero_stage,
 )
 from validate_published import (  # noqa: E402
@@ -235,7 +236,7 @@ def plan_for(record: dict[str, Any], model: ModelSpec) -> Plan:
         recompute = Recompute.SELECTIVE if modules else Recompute.NONE
     elif stated == "none":
         recompute, modules = Recompute.NONE, None
-    overlap = bool(p.get("ep_overlap", overlap))
+    overlap = stated_flag(p.get("ep_overlap"), overlap)
     if "dispatcher" in p:
         alltoall = Dispatcher(p["dispatcher"]) == Dispatcher.ALLTOALL
     return Plan(tp=p.get("tp") or 1, pp=pp, dp=data_parallel(p, record["hardware"]["gpus"]),

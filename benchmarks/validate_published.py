@@ -73,6 +73,7 @@ from records import (  # noqa: E402
     load_records,
     recompute_mode,
     require_mapped,
+    stated_flag,
     zero_stage,
 )
 
@@ -155,7 +156,7 @@ def plan_fields(record: dict[str, Any]) -> dict[str, Any]:
     pp, vpp = p.get("pp") or 1, p.get("vpp") or 1
     fields = dict(loss=loss, tp=p.get("tp") or 1, pp=pp,
                   dp=data_parallel(p, record["hardware"]["gpus"]), cp=p.get("cp") or 1,
-                  vpp=vpp, sp=bool(p.get("sp")),
+                  vpp=vpp, sp=stated_flag(p.get("sp")),
                   recompute=recompute, recompute_modules=modules, zero=stage, attn=attn,
                   offload=int(p.get("cpu_offload_layers") or 0))
     layout = interleaved_layout(record["model"]["layers"], pp, vpp)

@@ -851,3 +851,19 @@ def test_record_files_in_other_wrappers(tmp_path: Path) -> None:
     bad.write_text(json.dumps({"rows": [rec]}))
     with pytest.raises(records.UnmappedRecord, match="no list of records"):
         records.load_records(bad)
+
+
+@pytest.mark.parametrize(("value", "want"), [
+    (True, True), (1, True), ("on", True), ("True", True), ("enabled", True),
+    (False, False), (0, False), ("off", False), ("false", False), (None, False),
+])
+def test_stated_flags(value: Any, want: bool) -> None:
+    """sp and ep_overlap as records write them: "off" is not true."""
+    assert records.stated_flag(value) is want
+    assert vp.plan_fields(record(parallel={"sp": value}))["sp"] is want
+
+
+def test_unclear_flags_are_reported() -> None:
+    with pytest.raises(records.UnmappedRecord, match="not a yes or a no"):
+        records.stated_flag("sometimes")
+    assert records.stated_flag(None, default=True) is True
