@@ -254,7 +254,7 @@ def data_parallel(parallel: dict[str, Any], gpus: int) -> int:
         return int(parallel["dp"])
     model_parallel = 1
     for key in ("tp", "pp", "cp"):
-        model_parallel *= parallel.get(key) or 1
+        model_parallel *= int(parallel.get(key) or 1)
     return gpus // model_parallel if gpus % model_parallel == 0 else 1
 
 

@@ -790,6 +790,7 @@ def test_moe_records_derive_an_unstated_dp_too() -> None:
     assert records.data_parallel({"tp": 2, "pp": 4, "cp": 2}, 256) == 16
     assert records.data_parallel({"tp": 2, "dp": 3}, 256) == 3
     assert records.data_parallel({"tp": 3}, 256) == 1          # does not divide: plan check
+    assert records.data_parallel({"tp": "8", "pp": "2"}, 64) == 4   # degrees written as text
     rec = json.loads((BENCH / "data/moe_runs.json").read_text())[0]
     del rec["parallel"]["dp"]
     model = vm.mapped_model(rec)
