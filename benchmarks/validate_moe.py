@@ -277,7 +277,7 @@ def run(data: Path, only: str | None) -> list[dict[str, Any]]:
             model = mapped_model(r)
             plan = plan_for(r, model)
             est = _estimate(r, model, plan)
-        except (UnmappedRecord, PlannerError, KeyError, ValueError) as e:
+        except (UnmappedRecord, PlannerError, KeyError, TypeError, ValueError) as e:
             rows.append(skipped_row(r, e))
             continue
         cluster = cluster_spec(r)

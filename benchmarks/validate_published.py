@@ -262,7 +262,7 @@ def run(data: Path, only: str | None) -> list[dict[str, Any]]:
         try:
             pub = published_step_s(r)
             est, mbs = predict(r)
-        except (UnmappedRecord, PlannerError, KeyError, ValueError) as e:
+        except (UnmappedRecord, PlannerError, KeyError, TypeError, ValueError) as e:
             rows.append(skipped_row(r, e))
             continue
         model, plan = model_for(r), {**plan_fields(r), "mbs": mbs}

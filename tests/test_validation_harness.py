@@ -868,3 +868,16 @@ def test_unclear_flags_are_reported() -> None:
     with pytest.raises(records.UnmappedRecord, match="not a yes or a no"):
         records.stated_flag("sometimes")
     assert records.stated_flag(None, default=True) is True
+
+
+def test_a_malformed_record_is_reported_and_the_harness_goes_on(tmp_path: Path) -> None:
+    """Wrong types (a GPU count as a list, a model block as a string) are listed as not
+    evaluated with the reason; the other records are still scored."""
+    bad = record(id="bad")
+    bad["hardware"]["gpus"] = [64]
+    worse = record(id="worse")
+    worse["model"] = "Llama 2 70B"
+    data = tmp_path / "runs.json"
+    data.write_text(json.dumps([bad, worse, record(id="fine")]))
+    rows = vp.run(data, None)
+    assert "skipped" in rows[0] and "skipped" in rows[1] and "skipped" not in rows[2]
