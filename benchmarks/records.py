@@ -274,21 +274,19 @@ def stated_flag(value: Any, default: bool = False) -> bool:
 
 
 def recompute_mode(value: Any) -> Recompute:
-    """Activation recomputation from a record's `parallel.recompute`: "full..." (or activation
-    checkpointing stated as true/yes/on, or by Megatron's `--recompute-method` names uniform and
-    block) -> full, "selective..." -> selective, none/false/no/off or absent -> none. A value
-    that says none of these is reported, not read as no recomputation."""
-    if isinstance(value, bool):
-        return Recompute.FULL if value else Recompute.NONE
-    text = str(value if value is not None else "none").strip().lower()
-    if text.startswith("full") or text in ("true", "yes", "on") or any(
-            k in text for k in ("checkpoint", "uniform", "block")):
-        return Recompute.FULL
-    if text.startswith("selective"):
+    """Activation recomputation from a record's `parallel.recompute`: any wording naming
+    "selective" -> selective; "full...", activation checkpointing, Megatron's
+    `--recompute-method` names uniform and block, or a yes (`stated_flag`) -> full; a no or
+    nothing -> none. A value that says none of these is reported, not read as none."""
+    text = str(value if value is not None else "").strip().lower()
+    if "selective" in text:
         return Recompute.SELECTIVE
-    if text in ("none", "false", "no", "off", "0", ""):
-        return Recompute.NONE
-    raise UnmappedRecord(f"recompute '{value}' is not full, selective or none")
+    if text.startswith("full") or any(k in text for k in ("checkpoint", "uniform", "block")):
+        return Recompute.FULL
+    try:
+        return Recompute.FULL if stated_flag(value) else Recompute.NONE
+    except UnmappedRecord:
+        raise UnmappedRecord(f"recompute '{value}' is not full, selective or none") from None
 
 
 def even_chunks(num_layers: int, pp: int, vpp: int) -> tuple[int, ...]:

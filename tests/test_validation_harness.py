@@ -730,6 +730,7 @@ def test_hybrid_sharding_is_reported_not_misread(zero: str, tmp_path: Path) -> N
     (True, "full"), ("true", "full"), ("activation checkpointing", "full"),
     ("uniform", "full"), ("block, 4 layers", "full"),
     ("selective", "selective"), ("selective (core attention)", "selective"),
+    ("selective activation checkpointing", "selective"),
     (None, "none"), ("none", "none"), (False, "none"), ("off", "none"),
 ])
 def test_recompute_wordings(value: Any, want: str) -> None:
