@@ -114,10 +114,25 @@ def require_mapped(record: dict[str, Any]) -> None:
         raise UnmappedRecord(str(why))
 
 
+_OTHER_PARTS = (
+    (re.compile(r"pcie"), "a PCIe card (a lower power limit, NVLink bridges between pairs at "
+                          "most, no NVSwitch)"),
+    (re.compile(r"\bnvl\b"), "an NVL card (two PCIe boards joined by an NVLink bridge)"),
+    (re.compile(r"gh200|grace\s*hopper"), "a GH200 superchip (its GPU's NVLink-C2C to a Grace "
+                                          "CPU, nodes of 1-4, not an 8-GPU NVSwitch board)"),
+    (re.compile(r"v100.*\b16\s*gb"), "a 16 GB V100 (the V100 presets hold 32 GB)"),
+)
+"""Parts whose name contains a preset's but which are other hardware: reported, not mapped to
+the SXM board of the same name."""
+
+
 def cluster_name(record: dict[str, Any]) -> str:
     """The cluster preset for the record's device (UnmappedRecord when there is none)."""
     hw = record["hardware"]
     gpu = str(hw.get("gpu", "")).lower()
+    for pattern, what in _OTHER_PARTS:
+        if pattern.search(gpu):
+            raise UnmappedRecord(f"'{hw.get('gpu')}' is {what}: no preset models it")
     for key, preset in _DEVICE_CLUSTERS:
         if key not in gpu:
             continue

@@ -882,3 +882,13 @@ def test_a_malformed_record_is_reported_and_the_harness_goes_on(tmp_path: Path) 
     data.write_text(json.dumps([bad, worse, record(id="fine")]))
     rows = vp.run(data, None)
     assert "skipped" in rows[0] and "skipped" in rows[1] and "skipped" not in rows[2]
+
+
+@pytest.mark.parametrize("gpu", ["NVIDIA A100 PCIe 40GB", "H100 PCIe", "NVIDIA H100 NVL",
+                                 "NVIDIA GH200 Grace Hopper Superchip", "GH200 (Alps)",
+                                 "Tesla V100-SXM2-16GB"])
+def test_other_parts_of_a_preset_name_are_reported(gpu: str) -> None:
+    """A PCIe or NVL card, a GH200 superchip or a 16 GB V100 is not the SXM board whose name
+    it contains: reported, not evaluated on that board's preset."""
+    with pytest.raises(records.UnmappedRecord, match="no preset models it"):
+        records.cluster_name(record(hardware={"gpu": gpu}))
