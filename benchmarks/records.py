@@ -59,6 +59,11 @@ class UnmappedRecord(ValueError):
     """A record meshplan cannot evaluate as stated (named device without a preset, ...)."""
 
 
+NOT_EVALUATED = (UnmappedRecord, PlannerError, KeyError, TypeError, ValueError)
+"""What the harnesses catch per record: a record raising one of these is listed as not
+evaluated with the reason, and the others are still scored."""
+
+
 # (substring of hardware.gpu, lower case) -> cluster preset; first match wins, so the more
 # specific names come first.
 _DEVICE_CLUSTERS = (

@@ -67,16 +67,15 @@ from planner.api import evaluate  # noqa: E402
 from cost_models.efficiency import device_efficiency  # noqa: E402
 from cost_models.training import MANY_LOCAL_EXPERTS, local_experts_warned  # noqa: E402
 from planner.result import Estimate  # noqa: E402
-from planner.errors import PlannerError  # noqa: E402
 from records import (  # noqa: E402
-    UnmappedRecord,
+    NOT_EVALUATED,
     cluster_spec,
     data_parallel,
     even_chunks,
-    global_batch,
-    load_records,
     generic_moe_model,
+    global_batch,
     grad_dtype_for,
+    load_records,
     require_mapped,
     stated_flag,
     zero_stage,
@@ -277,7 +276,7 @@ def run(data: Path, only: str | None) -> list[dict[str, Any]]:
             model = mapped_model(r)
             plan = plan_for(r, model)
             est = _estimate(r, model, plan)
-        except (UnmappedRecord, PlannerError, KeyError, TypeError, ValueError) as e:
+        except NOT_EVALUATED as e:
             rows.append(skipped_row(r, e))
             continue
         cluster = cluster_spec(r)

@@ -61,6 +61,7 @@ from planner.api import evaluate  # noqa: E402
 from planner.errors import PlannerError  # noqa: E402
 from planner.result import Estimate  # noqa: E402
 from records import (  # noqa: E402
+    NOT_EVALUATED,
     UnmappedRecord,
     attention_kernel,
     cluster_name,
@@ -262,7 +263,7 @@ def run(data: Path, only: str | None) -> list[dict[str, Any]]:
         try:
             pub = published_step_s(r)
             est, mbs = predict(r)
-        except (UnmappedRecord, PlannerError, KeyError, TypeError, ValueError) as e:
+        except NOT_EVALUATED as e:
             rows.append(skipped_row(r, e))
             continue
         model, plan = model_for(r), {**plan_fields(r), "mbs": mbs}

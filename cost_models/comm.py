@@ -59,7 +59,7 @@ _TORUS_DIMS = {Topology.TORUS_2D: 2, Topology.TORUS_3D: 3}
 
 
 def links_for(cluster: ClusterSpec, size: int, bandwidth: float, *, spans_nodes: bool,
-          members_per_node: int) -> GroupLinks:
+              members_per_node: int) -> GroupLinks:
     """A group's links with the cluster's latencies: the network's per step when the group
     spans nodes (the slowest link it uses), and the node's for its steps inside a node."""
     latency = cluster.inter_node.latency_s if spans_nodes else cluster.intra_node.latency_s
