@@ -666,6 +666,8 @@ def _short_plan(plan: dict[str, Any]) -> str:
         text += ",ep_overlap=on"
     if plan.get("dispatcher", "flex") != "flex":
         text += f",dispatcher={plan['dispatcher']}"
+    if plan.get("dp_overlap") == "off":
+        text += ",dp_overlap=off"
     if plan.get("recompute_modules"):
         text += f",recompute_modules={plan['recompute_modules']}"
     for key in ("loss", "offload"):

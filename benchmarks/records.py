@@ -293,6 +293,17 @@ def stated_flag(value: Any, default: bool = False) -> bool:
     raise UnmappedRecord(f"'{value}' is not a yes or a no")
 
 
+def dp_overlap_for(parallel: dict[str, Any], default: bool = True) -> bool:
+    """Whether the run overlapped its data-parallel gradient reduction (plan key dp_overlap),
+    from a record's `dp_overlap` or `overlap_grad_reduce` (Megatron's flag), as a yes/no
+    (`stated_flag`); neither stated: `default` (on, what Megatron-Core with
+    --overlap-grad-reduce, PyTorch DDP and FSDP do)."""
+    value = parallel.get("dp_overlap")
+    if value is None:
+        value = parallel.get("overlap_grad_reduce")
+    return stated_flag(value, default)
+
+
 def recompute_mode(value: Any) -> Recompute:
     """Activation recomputation from a record's `parallel.recompute`: any wording naming
     "selective" -> selective; "full...", activation checkpointing, Megatron's

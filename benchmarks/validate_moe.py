@@ -71,6 +71,7 @@ from records import (  # noqa: E402
     NOT_EVALUATED,
     cluster_spec,
     data_parallel,
+    dp_overlap_for,
     even_chunks,
     generic_moe_model,
     global_batch,
@@ -244,7 +245,7 @@ def plan_for(record: dict[str, Any], model: ModelSpec) -> Plan:
                 zero=3 if p.get("fsdp") else zero_stage(p["zero"]) if p.get("zero") is not None
                 else 1,
                 recompute=recompute, recompute_modules=modules, attn=Attention.FLASH,
-                stage_layers=layers, ep_overlap=overlap,
+                stage_layers=layers, ep_overlap=overlap, dp_overlap=dp_overlap_for(p),
                 dispatcher=Dispatcher.ALLTOALL if alltoall else Dispatcher.FLEX)
 
 

@@ -12,7 +12,12 @@ mean absolute percentage error per source. The table is also written to --out (M
 The mapping uses only facts about each run, stated in the record or its source:
 - Megatron-LM (Narayanan 2021 Table 1, the 2020 README): GPT architecture (LayerNorm, biases,
   learned positions, tied embeddings, GELU), fp16, full activation recomputation (their
-  TFLOP/s accounting counts 4 passes), unfused attention (FlashAttention appeared in 2022).
+  TFLOP/s accounting counts 4 passes), unfused attention (FlashAttention appeared in 2022),
+  and the gradient all-reduce after the backward pass, not overlapped with it (dp_overlap=off:
+  Megatron-LM's default `--DDP-impl local` all-reduced in train_step once
+  forward_backward_func had returned; overlap came with Megatron-Core's --overlap-grad-reduce).
+- Data-parallel overlap otherwise: a record's `dp_overlap` or `overlap_grad_reduce`, else on
+  (records.dp_overlap_for).
 - MosaicML MPT: learned positions and linear biases (MPTConfig defaults alibi=False and
   no_bias=False, which the pretrain yamls keep: with them the model's parameter count equals
   the table's NumParams column exactly, for every MPT row), tied embeddings, GELU, no dropout
@@ -67,6 +72,7 @@ from records import (  # noqa: E402
     cluster_name,
     cluster_spec,
     data_parallel,
+    dp_overlap_for,
     generic_model,
     global_batch,
     grad_dtype_for,
@@ -145,8 +151,12 @@ def plan_fields(record: dict[str, Any]) -> dict[str, Any]:
     modules = tuple(p["recompute_modules"]) if recompute == Recompute.SELECTIVE and \
         p.get("recompute_modules") else None
     stage = zero_stage(p.get("zero") if p.get("zero") is not None else p.get("fsdp"))
+    overlap = dp_overlap_for(p)
     if rid.startswith(("narayanan2021", "megatron_readme2020")):
         recompute, attn = Recompute.FULL, Attention.UNFUSED
+        # Megatron-LM's default local DDP (--DDP-impl local) all-reduced the gradients after
+        # the last backward pass (train_step, megatron/training.py, 2020-21): no overlap
+        overlap = dp_overlap_for(p, default=False)
     elif rid.startswith("mpt_"):
         attn = Attention.FLASH1      # llm-foundry's Triton FlashAttention (2023 benchmarks)
     else:
@@ -159,7 +169,7 @@ def plan_fields(record: dict[str, Any]) -> dict[str, Any]:
                   dp=data_parallel(p, record["hardware"]["gpus"]), cp=p.get("cp") or 1,
                   vpp=vpp, sp=stated_flag(p.get("sp")),
                   recompute=recompute, recompute_modules=modules, zero=stage, attn=attn,
-                  offload=int(p.get("cpu_offload_layers") or 0))
+                  offload=int(p.get("cpu_offload_layers") or 0), dp_overlap=overlap)
     layout = interleaved_layout(record["model"]["layers"], pp, vpp)
     if layout is not None:
         fields["stage_layers"] = layout

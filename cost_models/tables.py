@@ -229,21 +229,31 @@ def _dp_exposed(ctx: Any, e: dict[str, Any], dense: Arr, expert: Arr, *, fwd: Ar
     slow = ctx.roof.eff.overlap_slowdown
 
     def hidden(comm_s: Arr, window: Arr, alone: Arr | float = 0.0) -> Arr:
-        """Exposed seconds of `comm_s` run beside `window` seconds of compute: the excess,
-        plus the compute the collective's SMs slow down while they overlap (efficiency.py);
-        `alone` of it (the last block's bucket, counted separately) overlaps nothing."""
-        return (np.maximum(0.0, comm_s - window)
-                + slow * np.minimum(np.maximum(0.0, comm_s - alone), window))
+        """Exposed seconds of `comm_s` run beside `window` seconds of compute: `alone` of it
+        (the last block's gradient bucket, the first block's gather) overlaps nothing; the
+        rest overlaps the window, exposing what exceeds it plus the compute the collective's
+        SMs slow down while they overlap (efficiency.py). Never more than `comm_s`: running a
+        collective alone (dp_overlap=off) is never faster."""
+        rest = np.maximum(0.0, comm_s - alone)
+        return alone + np.maximum(0.0, rest - window) + slow * np.minimum(rest, window)
 
     if plan.zero >= 3:
         ag, rs = both("all_gather", w), both("reduce_scatter", g)
-        per_mb = hidden(ag, fwd) + hidden(ag + rs, bwd) + ag * tail
+        if not plan.dp_overlap:
+            # no prefetch, no overlap: each block's gathers and reduce-scatter run alone
+            return m * (2 * ag + rs)
+        per_mb = hidden(ag, fwd, ag * tail) + hidden(ag + rs, bwd)
         return m * per_mb
     if plan.zero >= 1:
         reduce, gather = both("reduce_scatter", g), both("all_gather", w)
-        return hidden(reduce, bwd, reduce * tail) + reduce * tail + hidden(gather, fwd)
+        if not plan.dp_overlap:
+            # reduce-scatter after the last backward, gather after the optimizer step
+            return reduce + gather
+        return hidden(reduce, bwd, reduce * tail) + hidden(gather, fwd)
     reduce = both("all_reduce", g)
-    return hidden(reduce, bwd, reduce * tail) + reduce * tail
+    if not plan.dp_overlap:
+        return reduce                       # one all-reduce after the last backward
+    return hidden(reduce, bwd, reduce * tail)
 
 
 def build_tables(ctx: Any, num_microbatches: int) -> StageTables:

@@ -27,7 +27,14 @@ Overlap rules:
 - Context-parallel K/V exchange overlaps the attention core; only the excess is exposed.
 - Data-parallel gradient reduction overlaps the backward pass of the last micro-batch
   (Megatron-Core --overlap-grad-reduce, PyTorch DDP buckets); the last block's bucket
-  cannot overlap. ZeRO-1/2's parameter all-gather overlaps the next step's first forward.
+  cannot overlap. ZeRO-1/2's parameter all-gather overlaps the next step's first forward
+  (--overlap-param-gather). With the plan's dp_overlap=off nothing overlaps: the reduction
+  runs after the last backward and the gather after the optimizer step, as in Megatron-LM
+  before Megatron-Core (its default local DDP: train_step calls allreduce_gradients after
+  forward_backward_func returns, megatron/training.py, 2020-22) and DeepSpeed's pipeline
+  engine (TrainSchedule appends ReduceGrads after the batch's last backward,
+  deepspeed/runtime/pipe/schedule.py); with ZeRO-3 each gather and reduce-scatter then
+  runs alone, every micro-batch.
 - ZeRO-3 gathers each block's weights before its forward and backward and reduce-scatters
   its gradients, every micro-batch, prefetching one block ahead (FSDP): per micro-batch the
   exposed part is what exceeds the compute it hides behind, plus the first block's gather.

@@ -148,6 +148,8 @@ def plan_dict(plan: Plan, num_layers: int) -> dict[str, object]:
     if plan.ep_overlap:
         d["ep_overlap"] = "on"
     d["dispatcher"] = plan.dispatcher.value
+    if not plan.dp_overlap:
+        d["dp_overlap"] = "off"
     if plan.recompute_modules is not None:
         d["recompute_modules"] = "+".join(plan.recompute_modules)
     if plan.loss != LossKernel.UNFUSED:

@@ -104,6 +104,13 @@ class Plan(Spec):
         "micro-batch's compute (Megatron-Core's combined 1F1B, --overlap-moe-expert-parallel-comm)")
     dispatcher: Dispatcher = Field(
         Dispatcher.FLEX, description="MoE token dispatcher across nodes (see Dispatcher)")
+    dp_overlap: bool = Field(
+        True, description="overlap data-parallel gradient reduction with the backward pass and "
+        "ZeRO's parameter gathers with the forward pass (Megatron-Core --overlap-grad-reduce and "
+        "--overlap-param-gather, PyTorch DDP's buckets, FSDP's prefetch). off: every "
+        "data-parallel collective runs on its own after (or before) the compute, as Megatron-LM's "
+        "local DDP did before Megatron-Core (train_step all-reduces after the last backward) and "
+        "DeepSpeed's pipeline engine does (ReduceGrads at the end of the batch)")
     zero: int = Field(0, ge=0, le=3, description="ZeRO stage over dp: 1 optimizer, 2 +grads, 3 +weights")
     recompute: Recompute = Field(Recompute.NONE, description="activation recomputation")
     recompute_modules: tuple[str, ...] | None = Field(
@@ -229,6 +236,8 @@ class Plan(Spec):
             parts.append("ep_overlap=on")
         if self.dispatcher != Dispatcher.FLEX:
             parts.append(f"dispatcher={self.dispatcher.value}")
+        if not self.dp_overlap:
+            parts.append("dp_overlap=off")
         if self.recompute_modules is not None:
             parts.append("recompute_modules=" + "+".join(self.recompute_modules))
         if self.offload:
@@ -247,7 +256,7 @@ class Plan(Spec):
 _INT_KEYS = ("tp", "pp", "dp", "cp", "ep", "etp", "vpp", "mbs", "zero", "offload")
 _ON = {"on", "true", "1", "yes"}
 _OFF = {"off", "false", "0", "no"}
-_BOOL_KEYS = ("sp", "ep_overlap")
+_BOOL_KEYS = ("sp", "ep_overlap", "dp_overlap")
 _ENUM_KEYS: dict[str, type[StrEnum]] = {"recompute": Recompute, "attn": Attention,
                                          "loss": LossKernel, "dispatcher": Dispatcher,
                                          "schedule": Schedule}

@@ -892,3 +892,32 @@ def test_other_parts_of_a_preset_name_are_reported(gpu: str) -> None:
     it contains: reported, not evaluated on that board's preset."""
     with pytest.raises(records.UnmappedRecord, match="no preset models it"):
         records.cluster_name(record(hardware={"gpu": gpu}))
+
+
+@pytest.mark.parametrize(("parallel", "want"), [
+    ({}, True), ({"dp_overlap": "off"}, False), ({"overlap_grad_reduce": False}, False),
+    ({"overlap_grad_reduce": "true"}, True), ({"dp_overlap": True, "overlap_grad_reduce": False}, True),
+])
+def test_data_parallel_overlap_as_stated(parallel: dict, want: bool) -> None:
+    """A record's dp_overlap (or Megatron's overlap_grad_reduce) sets the plan key; unstated,
+    the reduction overlaps, as Megatron-Core, PyTorch DDP and FSDP run it."""
+    assert records.dp_overlap_for(parallel) is want
+    assert vp.plan_fields(record(parallel=parallel))["dp_overlap"] is want
+
+
+def test_megatron_lm_runs_all_reduce_after_the_backward() -> None:
+    """Narayanan et al. 2021 and the 2020 README ran Megatron-LM's local DDP, which all-reduced
+    after the batch's backward passes: dp_overlap off, unless the record says otherwise; and it
+    costs those runs time (the 128-way data-parallel README rows most)."""
+    rows = vp.load_records(vp.ROOT / "benchmarks/data/published_runs.json")
+    for r in rows:
+        fields = vp.plan_fields(r)
+        assert fields["dp_overlap"] is (not r["id"].startswith(("narayanan2021",
+                                                                  "megatron_readme2020")))
+    (dp128,) = [r for r in rows if r["id"] == "megatron_readme2020_4B_dgxa100_tp4_dp128"]
+    off, _ = vp.predict(dp128)
+    on_record = json.loads(json.dumps(dp128))
+    on_record["parallel"]["dp_overlap"] = "on"
+    on, _ = vp.predict(on_record)
+    assert off.breakdown["dp_comm"] > on.breakdown["dp_comm"]
+    assert off.step_time_s > on.step_time_s

@@ -1,8 +1,10 @@
 """DeepSpeed config JSON for a training plan (`meshplan export --to deepspeed`).
 
 Decides the ds_config keys (names in `options/deepspeed.toml`, checked against DeepSpeed's
-own DeepSpeedConfig in the tests): batch sizes, ZeRO stage, precision, and tensor parallelism
-through AutoTP training (tensor_parallel.autotp_size). Everything else the plan fixes is not a
+own DeepSpeedConfig in the tests): batch sizes, ZeRO stage, whether ZeRO's gradient reduction
+overlaps the backward pass (zero_optimization.overlap_comm, from the plan's dp_overlap; off by
+default for stages 1 and 2), precision, and tensor parallelism through AutoTP training
+(tensor_parallel.autotp_size). Everything else the plan fixes is not a
 ds_config key, so it is refused with the reason rather than dropped:
 - pp > 1: pipeline stages are set in code (deepspeed.pipe.PipelineModule(num_stages=...), or
   Megatron-DeepSpeed's --pipeline-model-parallel-size), not in the JSON;
@@ -59,6 +61,10 @@ def deepspeed_config(inp: ExportInputs) -> dict[str, Any]:
         "gradient_accumulation_steps": gb // (p.mbs * p.dp),
         "zero_optimization": {"stage": p.zero},
     }
+    if p.zero >= 1 and p.dp > 1:
+        # ZeRO's gradient reduction overlaps the backward pass only with overlap_comm (off by
+        # default for stages 1 and 2: DeepSpeedZeroConfig); the plan's dp_overlap says which
+        config["zero_optimization"]["overlap_comm"] = p.dp_overlap
     config.update(_precision(wl.dtype))
     if p.tp > 1:
         config["tensor_parallel"] = {"autotp_size": p.tp}

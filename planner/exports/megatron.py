@@ -22,6 +22,9 @@ Mappings (all from that arguments.py unless said otherwise):
 - MoE token dispatcher: named whenever ep > 1 (Megatron-LM's default is allgather): alltoall,
   or flex on DeepEP when the plan's flex dispatcher crosses nodes (`_dispatcher_flags`).
 - sp: --sequence-parallel, only with tp > 1 (a tp group of one has nothing to split).
+- Data-parallel overlap (the estimate's default, plan key dp_overlap): --overlap-grad-reduce,
+  and --overlap-param-gather with a sharded optimizer; both default to off in Megatron-LM.
+  dp_overlap=off prints neither.
 - Rank order: tp-cp-dp-pp is Megatron's default (tp-cp-ep-dp-pp); tp-cp-pp-dp is
   --use-tp-pp-dp-mapping; other orders are refused.
 """
@@ -139,6 +142,7 @@ def _memory_flags(inp: ExportInputs) -> Flags:
         strategy = "optim_grads" if p.zero == 2 else "optim_grads_params"
         out += [("--use-megatron-fsdp", None), ("--data-parallel-sharding-strategy", strategy),
                 ("--ckpt-format", "fsdp_dtensor")]
+    out += _overlap_flags(inp)
     if p.recompute == Recompute.SELECTIVE:
         out.append(("--recompute-granularity", "selective"))
         if p.recompute_modules is not None:
@@ -149,6 +153,25 @@ def _memory_flags(inp: ExportInputs) -> Flags:
     elif p.recompute == Recompute.FULL:
         out += [("--recompute-granularity", "full"), ("--recompute-method", "uniform"),
                 ("--recompute-num-layers", "1")]
+    return out
+
+
+def _overlap_flags(inp: ExportInputs) -> Flags:
+    """The estimate overlaps data-parallel gradient reduction with the backward pass and
+    ZeRO's parameter gathers with the forward pass unless the plan says dp_overlap=off;
+    Megatron-LM does neither unless told (--overlap-grad-reduce and --overlap-param-gather
+    both default to False, and the second needs the first and a sharded optimizer). A plan
+    without data-parallel replicas (dp x cp = 1, no expert data parallelism) has nothing to
+    overlap and gets neither flag."""
+    p = inp.plan
+    replicas = p.dp * p.cp
+    if inp.model.moe is not None:
+        replicas = max(replicas, p.dp * p.cp * p.tp // (p.ep * p.expert_tp))
+    if not p.dp_overlap or replicas == 1:
+        return []
+    out: Flags = [("--overlap-grad-reduce", None)]
+    if p.zero >= 1:
+        out.append(("--overlap-param-gather", None))
     return out
 
 

@@ -81,6 +81,10 @@ def _training(inp: ExportInputs) -> dict[str, Any]:
 
 def _data_parallel(inp: ExportInputs) -> dict[str, Any]:
     p = inp.plan
+    if not p.dp_overlap and p.dp > 1:
+        raise refuse("torchtitan", "dp_overlap=off: torchtitan's DDP and FSDP2 always overlap "
+                     "the gradient reduction with the backward pass, with no setting to turn it "
+                     "off; export --to megatron (which then omits --overlap-grad-reduce)")
     if p.zero == 0:
         return {"data_parallel_replicate_degree": p.dp, "data_parallel_shard_degree": 1}
     if p.zero == 3:

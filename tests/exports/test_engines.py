@@ -335,6 +335,7 @@ _MEGATRON_RENAMES = {
 _MEGATRON_ELSEWHERE = {
     "micro_batch_size", "global_batch_size",  # ConstantNumMicroBatchesCalculator
     "use_distributed_optimizer", "use_megatron_fsdp", "data_parallel_sharding_strategy",  # DDP config
+    "overlap_grad_reduce", "overlap_param_gather",  # DDP config
     "use_tp_pp_dp_mapping",  # rank order: the test compares it with the plan
     "seq_length", "max_position_embeddings", "position_embedding_type",  # GPTModel arguments
     "untie_embeddings_and_output_weights", "ckpt_format", "group_query_attention",
@@ -422,10 +423,18 @@ def test_megatron_core_configs_accept_export(saved, variant, fixture: str, rank:
     ddp = DistributedDataParallelConfig(
         use_distributed_optimizer=bool(args.get("use_distributed_optimizer")),
         use_megatron_fsdp=bool(args.get("use_megatron_fsdp")),
-        data_parallel_sharding_strategy=args.get("data_parallel_sharding_strategy", "no_shard"))
+        data_parallel_sharding_strategy=args.get("data_parallel_sharding_strategy", "no_shard"),
+        overlap_grad_reduce=bool(args.get("overlap_grad_reduce")),
+        overlap_param_gather=bool(args.get("overlap_param_gather")))
     zero = {"no_shard": 1 if ddp.use_distributed_optimizer else 0, "optim_grads": 2,
             "optim_grads_params": 3}[ddp.data_parallel_sharding_strategy]
     assert zero == p.zero
+    # the estimate overlaps data-parallel communication (dp_overlap, on here): so must the run
+    replicas = p.dp * p.cp
+    if inp.model.moe is not None:   # expert data parallelism reduces the expert gradients
+        replicas = max(replicas, p.dp * p.cp * p.tp // (p.ep * p.expert_tp))
+    assert ddp.overlap_grad_reduce == (p.dp_overlap and replicas > 1)
+    assert ddp.overlap_param_gather == (ddp.overlap_grad_reduce and p.zero >= 1)
     assert ("use_tp_pp_dp_mapping" in args) == (p.order == ("tp", "cp", "pp", "dp"))
 
 

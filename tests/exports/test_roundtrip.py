@@ -82,6 +82,29 @@ def test_megatron_flags_state_the_plan(name: str, rank: int, saved) -> None:
             assert "--moe-router-num-groups" not in flags
 
 
+@pytest.mark.parametrize(("plan_text", "grad", "param"), [
+    ("tp=2,pp=1,dp=8,mbs=2,zero=1", True, True),
+    ("tp=1,pp=1,dp=16,mbs=1,zero=0", True, False),
+    ("tp=2,pp=1,dp=8,mbs=2,zero=1,dp_overlap=off", False, False),
+])
+def test_megatron_overlaps_data_parallel_as_the_estimate_does(plan_text: str, grad: bool,
+                                                              param: bool, variant) -> None:
+    """The estimate overlaps gradient reduction and ZeRO's gathers unless dp_overlap=off;
+    Megatron-LM does only with --overlap-grad-reduce and --overlap-param-gather."""
+    _, flags = command_flags(export_result(variant("dense", plan_text), "megatron"))
+    assert ("--overlap-grad-reduce" in flags, "--overlap-param-gather" in flags) == (grad, param)
+
+
+@pytest.mark.parametrize(("plan_text", "overlap"), [
+    ("tp=2,pp=1,dp=8,mbs=2,zero=1", True), ("tp=2,pp=1,dp=8,mbs=2,zero=1,dp_overlap=off", False),
+    ("tp=1,pp=1,dp=16,mbs=1,zero=0", None)])
+def test_deepspeed_overlap_comm_follows_dp_overlap(plan_text: str, overlap: bool | None,
+                                                   variant) -> None:
+    """ZeRO's overlap_comm (off by default for stages 1 and 2) follows the plan; stage 0 has none."""
+    keys = deepspeed_keys(export_result(variant("dense", plan_text), "deepspeed"))
+    assert keys.get("zero_optimization.overlap_comm") == overlap
+
+
 def test_megatron_interleaved_uneven_shapes(saved) -> None:
     _, first_last = command_flags(export_result(saved("interleaved-firstlast"), "megatron"))
     assert (first_last["--decoder-first-pipeline-num-layers"],

@@ -98,6 +98,16 @@ def test_ep_overlap_round_trips() -> None:
     assert "ep_overlap" not in parse_plan("tp=1,dp=8,ep=8", devices=8).to_string()
 
 
+def test_dp_overlap_round_trips_and_defaults_on() -> None:
+    p = parse_plan("tp=2,dp=4,zero=1,dp_overlap=off", devices=8)
+    assert not p.dp_overlap and "dp_overlap=off" in p.to_string()
+    assert parse_plan(p.to_string(), devices=8) == p
+    on = parse_plan("tp=2,dp=4", devices=8)
+    assert on.dp_overlap and "dp_overlap" not in on.to_string()
+    with pytest.raises(PlanError, match="plan key 'dp_overlap' takes on or off"):
+        parse_plan("dp=8,dp_overlap=sometimes", devices=8)
+
+
 def test_virtual_stage_layout_lifts_the_vpp_divides_rule() -> None:
     from planner import TrainingWorkload, load_model
     from planner.validate import plan_problems
