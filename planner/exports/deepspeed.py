@@ -12,7 +12,11 @@ ds_config key, so it is refused with the reason rather than dropped:
   model code (mpu, deepspeed.moe.layer.MoE(ep_size=...));
 - sp with tp > 1: AutoTP has no sequence parallelism;
 - recompute: which layers to recompute is chosen in model code
-  (deepspeed.checkpointing.checkpoint), the JSON only tunes how.
+  (deepspeed.checkpointing.checkpoint), the JSON only tunes how;
+- zero=0 with dp > 1 and dp_overlap=on: at stage 0 the engine all-reduces the gradients after
+  the backward pass (DeepSpeedEngine.backward -> allreduce_gradients ->
+  buffered_allreduce_fallback), which the estimate would overlap; dp_overlap=off scores it
+  as it runs, and is exported.
 For those plans `--to megatron` prints launch flags that express them.
 """
 
@@ -49,6 +53,12 @@ def deepspeed_config(inp: ExportInputs) -> dict[str, Any]:
     if p.recompute != Recompute.NONE:
         reasons.append(f"recompute={p.recompute.value} (the model code picks what "
                        "deepspeed.checkpointing.checkpoint recomputes)")
+    if p.zero == 0 and p.dp > 1 and p.dp_overlap:
+        # DeepSpeedEngine.backward calls allreduce_gradients once the backward pass is done,
+        # which at stage 0 is buffered_allreduce_fallback: nothing overlaps, unlike the estimate
+        reasons.append("zero=0 with dp_overlap=on (DeepSpeed's stage 0 all-reduces the "
+                       "gradients after the backward pass, where the estimate overlaps them: "
+                       "score it with dp_overlap=off, or use zero=1 with overlap_comm)")
     if reasons:
         raise refuse("the DeepSpeed config", "; ".join(reasons) + f"; {_HINT}")
     wl = inp.workload

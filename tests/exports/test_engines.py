@@ -64,7 +64,7 @@ EXPORTED: dict[tuple[str, str], list[Case]] = {
     ("torchtitan", "moe"): [("moe", 0, "tp=1,pp=2,dp=8,cp=2,ep=8,mbs=1,zero=3,recompute=full"),
                             ("moe", 0, "tp=2,pp=1,dp=16,ep=8,etp=2,mbs=1,sp=on,zero=0")],
     ("deepspeed", "dense"): [("dense", 0, None), ("dense", 0, "tp=2,pp=1,dp=8,mbs=2,zero=1"),
-                             ("dense", 0, "tp=1,pp=1,dp=16,mbs=1,zero=0")],
+                             ("dense", 0, "tp=1,pp=1,dp=16,mbs=1,zero=0,dp_overlap=off")],
     ("vllm", "moe"): [("moe-inference", 0, None), ("moe-inference", 3, None),
                       ("moe-inference", 0, "tp=2,pp=1,dp=4,ep=8"),     # experts over replicas
                       ("moe-inference", 0, "tp=2,pp=1,dp=4,ep=8,ep_overlap=on")],

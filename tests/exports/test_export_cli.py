@@ -47,6 +47,7 @@ def _export(tmp_path: Path, data: dict, *args: str):
     ("dense", "tp=2,pp=2,dp=4,mbs=1,schedule=dualpipe", "torchtitan", "schedule=dualpipe"),
     ("dense", "tp=1,pp=2,dp=8,mbs=1,schedule=dualpipe", "deepspeed", "schedule=dualpipe"),
     ("dense", "tp=1,pp=1,dp=16,mbs=2,dp_overlap=off", "torchtitan", "dp_overlap=off"),
+    ("dense", "tp=1,pp=1,dp=16,mbs=2,zero=0", "deepspeed", "stage 0 all-reduces the gradients"),
 ])
 def test_refusals_exit_4_with_reason(tmp_path: Path, saved, variant, name: str,
                                      plan_text: str | None, fmt: str, reason: str) -> None:

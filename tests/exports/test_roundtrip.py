@@ -97,7 +97,7 @@ def test_megatron_overlaps_data_parallel_as_the_estimate_does(plan_text: str, gr
 
 @pytest.mark.parametrize(("plan_text", "overlap"), [
     ("tp=2,pp=1,dp=8,mbs=2,zero=1", True), ("tp=2,pp=1,dp=8,mbs=2,zero=1,dp_overlap=off", False),
-    ("tp=1,pp=1,dp=16,mbs=1,zero=0", None)])
+    ("tp=1,pp=1,dp=16,mbs=1,zero=0,dp_overlap=off", None)])
 def test_deepspeed_overlap_comm_follows_dp_overlap(plan_text: str, overlap: bool | None,
                                                    variant) -> None:
     """ZeRO's overlap_comm (off by default for stages 1 and 2) follows the plan; stage 0 has none."""
@@ -144,7 +144,7 @@ def test_torchtitan_keys_state_the_plan(name: str, plan_text: str | None, saved,
         assert keys["training.local_batch_size"] == p.mbs
 
 
-@pytest.mark.parametrize("plan_text", [None, "tp=2,pp=1,dp=8,mbs=2,zero=1", "tp=1,pp=1,dp=16,mbs=1,zero=0"])
+@pytest.mark.parametrize("plan_text", [None, "tp=2,pp=1,dp=8,mbs=2,zero=1", "tp=1,pp=1,dp=16,mbs=1,zero=0,dp_overlap=off"])
 def test_deepspeed_keys_state_the_plan(plan_text: str | None, saved, variant) -> None:
     data = saved("dense") if plan_text is None else variant("dense", plan_text)
     p = read_result(data, rank=0).plan
