@@ -29,6 +29,12 @@ the same rules for all records:
   the record's `source` names.
 - Recomputation: full (also "true", Megatron's "uniform"/"block"), selective or none; any
   other wording is reported (`recompute_mode`).
+- Data-parallel overlap (plan key dp_overlap): as stated (`dp_overlap`, `overlap_grad_reduce`),
+  else by the code base the record names: off for DeepSpeed's pipeline engine (DeepSpeed with
+  pp > 1; deepspeed/runtime/pipe/schedule.py appends ReduceGrads after the batch's last
+  backward) and for Megatron-LM runs published before 2023 (default --DDP-impl local:
+  train_step all-reduces after forward_backward_func); on for everything else (PyTorch DDP's
+  buckets, FSDP, Megatron-Core/NeMo with --overlap-grad-reduce, XLA) (`dp_overlap_for`).
 - ZeRO: "ZeRO-3"/"FULL_SHARD"/FSDP -> 3, "ZeRO-2"/"SHARD_GRAD_OP" -> 2, "ZeRO-1"/"distributed
   optimizer" -> 1, an integer as given; hybrid sharding (HSDP, HYBRID_SHARD: sharded inside a
   group, replicated across groups) is reported, since no zero stage is that.
@@ -293,15 +299,31 @@ def stated_flag(value: Any, default: bool = False) -> bool:
     raise UnmappedRecord(f"'{value}' is not a yes or a no")
 
 
-def dp_overlap_for(parallel: dict[str, Any], default: bool = True) -> bool:
-    """Whether the run overlapped its data-parallel gradient reduction (plan key dp_overlap),
-    from a record's `dp_overlap` or `overlap_grad_reduce` (Megatron's flag), as a yes/no
-    (`stated_flag`); neither stated: `default` (on, what Megatron-Core with
-    --overlap-grad-reduce, PyTorch DDP and FSDP do)."""
-    value = parallel.get("dp_overlap")
+def dp_overlap_for(record: dict[str, Any]) -> bool:
+    """Whether the run overlapped its data-parallel gradient reduction (plan key dp_overlap;
+    module docstring): as the record states it (`parallel.dp_overlap`, or Megatron's
+    `overlap_grad_reduce`, a yes/no: `stated_flag`), else from the code base its source,
+    source_ref, framework or notes name. Off for DeepSpeed's pipeline engine (any DeepSpeed
+    run with pp > 1: TrainSchedule reduces the gradients after the batch's last backward) and
+    for Megatron-LM before 2023 (its default local DDP all-reduced after the backward;
+    Megatron-Core's --overlap-grad-reduce came in 2023; NeMo and Megatron-Core runs overlap).
+    On otherwise: PyTorch DDP and FSDP, Megatron-Core, XLA."""
+    p = record.get("parallel") or {}
+    value = p.get("dp_overlap")
     if value is None:
-        value = parallel.get("overlap_grad_reduce")
-    return stated_flag(value, default)
+        value = p.get("overlap_grad_reduce")
+    if value is not None:
+        return stated_flag(value)
+    text = " ".join(str(record.get(k, "")) for k in ("source", "source_ref", "framework",
+                                                      "notes")).lower()
+    if "deepspeed" in text and int(p.get("pp") or 1) > 1:
+        return False
+    year = source_year(record)
+    modern = any(k in text for k in ("megatron-core", "megatron core", "nemo", "megatron-bridge"))
+    if "megatron" in text and "deepspeed" not in text and not modern and year is not None \
+            and year < 2023:
+        return False
+    return True
 
 
 def recompute_mode(value: Any) -> Recompute:

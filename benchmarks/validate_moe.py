@@ -245,7 +245,7 @@ def plan_for(record: dict[str, Any], model: ModelSpec) -> Plan:
                 zero=3 if p.get("fsdp") else zero_stage(p["zero"]) if p.get("zero") is not None
                 else 1,
                 recompute=recompute, recompute_modules=modules, attn=Attention.FLASH,
-                stage_layers=layers, ep_overlap=overlap, dp_overlap=dp_overlap_for(p),
+                stage_layers=layers, ep_overlap=overlap, dp_overlap=dp_overlap_for(record),
                 dispatcher=Dispatcher.ALLTOALL if alltoall else Dispatcher.FLEX)
 
 

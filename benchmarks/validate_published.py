@@ -16,8 +16,9 @@ The mapping uses only facts about each run, stated in the record or its source:
   and the gradient all-reduce after the backward pass, not overlapped with it (dp_overlap=off:
   Megatron-LM's default `--DDP-impl local` all-reduced in train_step once
   forward_backward_func had returned; overlap came with Megatron-Core's --overlap-grad-reduce).
-- Data-parallel overlap otherwise: a record's `dp_overlap` or `overlap_grad_reduce`, else on
-  (records.dp_overlap_for).
+- Data-parallel overlap otherwise: a record's `dp_overlap` or `overlap_grad_reduce`, else by the
+  code base its source names (records.dp_overlap_for: off for DeepSpeed's pipeline engine and
+  Megatron-LM before 2023, on otherwise).
 - MosaicML MPT: learned positions and linear biases (MPTConfig defaults alibi=False and
   no_bias=False, which the pretrain yamls keep: with them the model's parameter count equals
   the table's NumParams column exactly, for every MPT row), tied embeddings, GELU, no dropout
@@ -151,12 +152,9 @@ def plan_fields(record: dict[str, Any]) -> dict[str, Any]:
     modules = tuple(p["recompute_modules"]) if recompute == Recompute.SELECTIVE and \
         p.get("recompute_modules") else None
     stage = zero_stage(p.get("zero") if p.get("zero") is not None else p.get("fsdp"))
-    overlap = dp_overlap_for(p)
+    overlap = dp_overlap_for(record)     # Megatron-LM 2020-21: off (its local DDP)
     if rid.startswith(("narayanan2021", "megatron_readme2020")):
         recompute, attn = Recompute.FULL, Attention.UNFUSED
-        # Megatron-LM's default local DDP (--DDP-impl local) all-reduced the gradients after
-        # the last backward pass (train_step, megatron/training.py, 2020-21): no overlap
-        overlap = dp_overlap_for(p, default=False)
     elif rid.startswith("mpt_"):
         attn = Attention.FLASH1      # llm-foundry's Triton FlashAttention (2023 benchmarks)
     else:

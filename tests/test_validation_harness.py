@@ -899,10 +899,31 @@ def test_other_parts_of_a_preset_name_are_reported(gpu: str) -> None:
     ({"overlap_grad_reduce": "true"}, True), ({"dp_overlap": True, "overlap_grad_reduce": False}, True),
 ])
 def test_data_parallel_overlap_as_stated(parallel: dict, want: bool) -> None:
-    """A record's dp_overlap (or Megatron's overlap_grad_reduce) sets the plan key; unstated,
-    the reduction overlaps, as Megatron-Core, PyTorch DDP and FSDP run it."""
-    assert records.dp_overlap_for(parallel) is want
-    assert vp.plan_fields(record(parallel=parallel))["dp_overlap"] is want
+    """A record's dp_overlap (or Megatron's overlap_grad_reduce) sets the plan key; unstated
+    and with no code base named, the reduction overlaps (PyTorch DDP, FSDP, Megatron-Core)."""
+    rec = record(parallel=parallel)
+    assert records.dp_overlap_for(rec) is want
+    assert vp.plan_fields(rec)["dp_overlap"] is want
+
+
+@pytest.mark.parametrize(("source", "pp", "want"), [
+    ("BigScience 2022, BLOOM, Megatron-DeepSpeed", 12, False),     # DeepSpeed's pipeline engine
+    ("Black et al. 2022, GPT-NeoX-20B (DeepSpeed)", 4, False),
+    ("Rajbhandari et al. 2020, ZeRO (DeepSpeed)", 1, True),        # no pipeline engine
+    ("Narayanan et al. 2021, Megatron-LM", 8, False),              # local DDP
+    ("NVIDIA NeMo 2023, Megatron-Core", 8, True),
+    ("NVIDIA Megatron-Bridge performance summary, 25.09 NeMo container", 4, True),
+    ("Megatron-LM README", 1, True),                               # no year: nothing to say
+    ("Zhang et al. 2022, OPT-175B (Metaseq, FSDP)", 1, True),
+])
+def test_data_parallel_overlap_from_the_code_base(source: str, pp: int, want: bool) -> None:
+    """Unstated, dp_overlap follows the code base the source names: DeepSpeed's pipeline engine
+    reduces after the last backward (ReduceGrads), Megatron-LM before 2023 all-reduced after it
+    (local DDP); everything else overlaps. A stated value wins."""
+    rec = record(source=source, parallel={"pp": pp, "tp": 1})
+    assert records.dp_overlap_for(rec) is want
+    rec["parallel"]["dp_overlap"] = "on"
+    assert records.dp_overlap_for(rec) is True
 
 
 def test_megatron_lm_runs_all_reduce_after_the_backward() -> None:
