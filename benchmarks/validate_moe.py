@@ -43,8 +43,10 @@ B200 and GB200. The mapping uses only facts stated in each record or its source:
   a 4-GPU compute tray; see ClusterSpec.job_view).
 - Published step time: the record's derived iteration_s, else global tokens / measured tokens/s.
 - A record that states its own settings in `parallel` is taken at its word, over the preset
-  lookups above: `recompute` ("full", "none"), `recompute_modules` (a list; selective),
-  `ep_overlap` (bool), `dispatcher` ("flex" or "alltoall"), `etp`, and `fsdp` (1: Megatron-
+  lookups above: `recompute` (read as the dense harness reads it, records.recompute_mode:
+  full, also "true" and Megatron's uniform/block; selective; none; other wordings reported),
+  `recompute_modules` (a list; selective), `ep_overlap` (bool), `dp_overlap` or
+  `overlap_grad_reduce` (records.dp_overlap_for), `dispatcher` ("flex" or "alltoall"), `etp`, and `fsdp` (1: Megatron-
   FSDP, sharding weights, gradients and optimizer states: zero=3). The Megatron-Bridge tables
   state none of these beyond fsdp = 0; Megatron-MoE-ModelZoo's tables state them all.
 """
@@ -77,6 +79,7 @@ from records import (  # noqa: E402
     global_batch,
     grad_dtype_for,
     load_records,
+    recompute_mode,
     require_mapped,
     stated_flag,
     zero_stage,
@@ -227,15 +230,17 @@ def plan_for(record: dict[str, Any], model: ModelSpec) -> Plan:
     alltoall = any(frag in record["id"] and gpu == gpu_of(record)
                    for frag, gpu in ALLTOALL_DISPATCHER)
     recompute = Recompute.SELECTIVE if modules else Recompute.NONE
-    # What the record itself states wins over the preset lookups (module docstring).
-    stated = str(p.get("recompute") or "").lower()
-    if stated.startswith("full"):
-        recompute, modules = Recompute.FULL, None
-    elif "recompute_modules" in p:
+    # What the record itself states wins over the preset lookups (module docstring), read by
+    # the dense harness's rules (records.recompute_mode): full (also "true", uniform, block),
+    # selective (its modules as listed, else the preset's, else Megatron's core_attn), none.
+    stated = recompute_mode(p["recompute"]) if p.get("recompute") is not None else None
+    if "recompute_modules" in p and stated in (None, Recompute.SELECTIVE):
         modules = tuple(p["recompute_modules"]) or None
-        recompute = Recompute.SELECTIVE if modules else Recompute.NONE
-    elif stated == "none":
-        recompute, modules = Recompute.NONE, None
+        recompute = Recompute.SELECTIVE if modules or stated else Recompute.NONE
+    elif stated == Recompute.SELECTIVE:
+        recompute = Recompute.SELECTIVE
+    elif stated is not None:
+        recompute, modules = stated, None
     overlap = stated_flag(p.get("ep_overlap"), overlap)
     if "dispatcher" in p:
         alltoall = Dispatcher(p["dispatcher"]) == Dispatcher.ALLTOALL

@@ -942,3 +942,30 @@ def test_megatron_lm_runs_all_reduce_after_the_backward() -> None:
     on, _ = vp.predict(on_record)
     assert off.breakdown["dp_comm"] > on.breakdown["dp_comm"]
     assert off.step_time_s > on.step_time_s
+
+
+@pytest.mark.parametrize(("stated", "modules", "want", "want_modules"), [
+    ("true", None, "full", None),
+    ("uniform", None, "full", None),
+    ("selective", None, "selective", None),            # Megatron's default module, core_attn
+    ("selective", ["mlp"], "selective", ("mlp",)),
+    ("none", None, "none", None),
+    (None, ["moe_act"], "selective", ("moe_act",)),
+])
+def test_moe_harness_reads_recompute_like_the_dense_one(stated, modules, want, want_modules) -> None:
+    """validate_moe reads a stated `recompute` with records.recompute_mode, as the dense
+    harness does: "true" and Megatron's method names are full recomputation, and "selective"
+    without modules is Megatron's default (the attention core)."""
+    rec = json.loads(json.dumps(vm.load_records(vm.ROOT / "benchmarks/data/moe_modelzoo_runs.json")[0]))
+    rec["parallel"].pop("recompute", None)
+    rec["parallel"].pop("recompute_modules", None)
+    if stated is not None:
+        rec["parallel"]["recompute"] = stated
+    if modules is not None:
+        rec["parallel"]["recompute_modules"] = modules
+    plan = vm.plan_for(rec, vm.model_for(rec))
+    assert plan.recompute.value == want
+    assert plan.recompute_modules == want_modules
+    rec["parallel"]["recompute"] = "sometimes"
+    with pytest.raises(records.UnmappedRecord):
+        vm.plan_for(rec, vm.model_for(rec))
