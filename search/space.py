@@ -59,12 +59,14 @@ class Limits:
     fixed: dict[str, object] = field(default_factory=dict)
 
 
-HELD_KEYS = ("etp", "attn", "loss", "recompute_modules", "dispatcher", "offload", "schedule")
+HELD_KEYS = ("etp", "attn", "loss", "recompute_modules", "dispatcher", "offload", "schedule",
+             "dp_overlap")
 """Plan keys the search does not vary: a --fix value is carried into every candidate as given,
 otherwise the Plan default (etp 1, FlashAttention, unfused loss, the attention core as the
 selective module, the flex MoE dispatcher, which is never slower; the 1F1B schedule, or
 interleaved where vpp > 1: DualPipe only under --fix schedule=dualpipe, since no training
-export can launch it)."""
+export can launch it; data-parallel overlap on, which is never slower: --fix dp_overlap=off
+scores every candidate as a framework that does not overlap runs it)."""
 
 
 def held(limits: Limits) -> dict[str, object]:

@@ -348,7 +348,7 @@ def random_fixed(rng: random.Random, n: int) -> tuple[Fixed, Limits]:
         "dp": rng.choice(divisors(n)), "mbs": rng.randint(1, 4), "recompute": rng.choice(list(Recompute)),
         "sp": rng.random() < 0.5, "zero": rng.randint(0, 3), "vpp": rng.randint(1, 3),
         "order": rng.choice(list(permutations(DEFAULT_ORDER))),
-        "attn": rng.choice(list(Attention)),
+        "attn": rng.choice(list(Attention)), "dp_overlap": rng.random() < 0.5,
     }
     fixed = {k: choices[k] for k in rng.sample(sorted(choices), rng.randint(1, 3))}
     limits = {k: rng.choice([1, 2, 4, 8]) for k in ("max_tp", "max_cp", "max_pp", "max_mbs")
@@ -697,3 +697,17 @@ def test_memory_grows_with_the_micro_batch_size(seed: int) -> None:
             if previous is not None:
                 assert (now >= previous * (1 - 1e-12)).all(), (p, now - previous)
             previous = now
+
+
+def test_fixed_dp_overlap_reaches_every_candidate() -> None:
+    """--fix dp_overlap=off is held in every plan the search returns (it was once dropped
+    silently), and costs those plans time: the best is slower than with the overlap."""
+    from planner import load_cluster, load_model, search
+
+    model, cluster = load_model("narayanan-1.7b"), load_cluster("dgx-a100")
+    wl = TrainingWorkload(global_batch_size=512, seq_len=2048)
+    on = search(model, cluster, wl, devices=32, top_k=3)
+    off = search(model, cluster, wl, devices=32, top_k=3, fixed={"dp_overlap": False})
+    assert all("dp_overlap=off" in str(sp.plan["plan"]) for sp in off.top)
+    assert not any("dp_overlap" in str(sp.plan["plan"]) for sp in on.top)
+    assert off.best.estimate.step_time_s > on.best.estimate.step_time_s
