@@ -46,9 +46,10 @@ B200 and GB200. The mapping uses only facts stated in each record or its source:
   lookups above: `recompute` (read as the dense harness reads it, records.recompute_mode:
   full, also "true" and Megatron's uniform/block; selective; none; other wordings reported),
   `recompute_modules` (a list; selective), `ep_overlap` (bool), `dp_overlap` or
-  `overlap_grad_reduce` (records.dp_overlap_for), `dispatcher` ("flex" or "alltoall"), `etp`, and `fsdp` (1: Megatron-
-  FSDP, sharding weights, gradients and optimizer states: zero=3). The Megatron-Bridge tables
-  state none of these beyond fsdp = 0; Megatron-MoE-ModelZoo's tables state them all.
+  `overlap_grad_reduce` (records.dp_overlap_for), `dispatcher` ("flex" or "alltoall"), `etp`,
+  and `fsdp` (1: Megatron-FSDP, sharding weights, gradients and optimizer states: zero=3).
+  The Megatron-Bridge tables state none of these beyond fsdp = 0; Megatron-MoE-ModelZoo's
+  tables state them all.
 """
 
 from __future__ import annotations
