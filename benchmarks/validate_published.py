@@ -65,6 +65,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from planner import Attention, DType, LossKernel, ModelSpec, Plan, Recompute, TrainingWorkload  # noqa: E402
 from planner.api import evaluate  # noqa: E402
 from planner.errors import PlannerError  # noqa: E402
+from planner.model import default_grad_dtype  # noqa: E402
 from planner.result import Estimate  # noqa: E402
 from records import (  # noqa: E402
     NOT_EVALUATED,
@@ -276,6 +277,7 @@ def run(data: Path, only: str | None) -> list[dict[str, Any]]:
             continue
         model, plan = model_for(r), {**plan_fields(r), "mbs": mbs}
         rows.append({"id": r["id"], "source": source_family(r), "device": device_label(r),
+                     "evaluated_as": evaluated_as(r, Plan(**plan)),
                      "published_s": pub,
                      "predicted_s": est.step_time_s, "error": est.step_time_s / pub - 1,
                      "mbs": mbs, "microbatches": est.num_microbatches,
@@ -285,6 +287,17 @@ def run(data: Path, only: str | None) -> list[dict[str, Any]]:
                      "config": config_key(model, r, plan),
                      "work": config_key(model, r, plan, per_gpu=True)})
     return rows
+
+
+def evaluated_as(record: dict[str, Any], plan: Plan) -> str:
+    """What the record was scored as, so that a reader can check it or rerun it with `meshplan
+    evaluate`: the cluster (its preset, node size and network as the record states them), the
+    number format, the gradient dtype and the full --plan string."""
+    c, dtype = cluster_spec(record), dtype_for(record)
+    grads = grad_dtype_for(record) or default_grad_dtype(dtype)
+    return (f"{c.name} ({c.devices_per_node} per node, "
+            f"{c.inter_node.bandwidth_bytes_per_s / 1e9:g} GB/s per device across nodes), "
+            f"{dtype.value}, gradients in {grads.value}; --plan \"{plan.to_string()}\"")
 
 
 def device_label(record: dict[str, Any]) -> str:
@@ -434,6 +447,9 @@ def render(rows: list[dict[str, Any]]) -> str:
     if skipped:
         lines += ["", f"Not evaluated ({len(skipped)}; not in the means):", ""]
         lines += [f"- {r['id']} ({r['source']}): {r['skipped']}" for r in skipped]
+    if any("evaluated_as" in r for r in rows):
+        lines += ["", "Evaluated as (cluster, number format, gradients, plan):", ""]
+        lines += [f"- {r['id']}: {r['evaluated_as']}" for r in rows if "evaluated_as" in r]
     return "\n".join(lines) + "\n"
 
 

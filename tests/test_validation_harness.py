@@ -969,3 +969,22 @@ def test_moe_harness_reads_recompute_like_the_dense_one(stated, modules, want, w
     rec["parallel"]["recompute"] = "sometimes"
     with pytest.raises(records.UnmappedRecord):
         vm.plan_for(rec, vm.model_for(rec))
+
+
+def test_each_scored_run_says_what_it_was_evaluated_as(tmp_path: Path) -> None:
+    """The table ends with each scored run's cluster, number format, gradient dtype and full
+    --plan string, which parses back to the plan the harness scored (so a reader can check the
+    reading of the record or rerun it with `meshplan evaluate`)."""
+    from planner import parse_plan
+
+    rec = record(parallel={"dp_overlap": "off"})
+    data = tmp_path / "runs.json"
+    data.write_text(json.dumps([rec]))
+    (row,) = vp.run(data, None)
+    text = vp.render([row])
+    line = next(x for x in text.splitlines() if x.startswith(f"- {rec['id']}: "))
+    assert "dgx-h100 (8 per node, 50 GB/s per device across nodes), bf16, gradients in fp32" in line
+    plan_text = line.split('--plan "')[1].rstrip('"')
+    want = vp.Plan(**vp.plan_fields(rec), mbs=1)
+    assert parse_plan(plan_text, devices=64) == want
+    assert "dp_overlap=off" in plan_text
