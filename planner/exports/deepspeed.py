@@ -73,7 +73,10 @@ def deepspeed_config(inp: ExportInputs) -> dict[str, Any]:
     }
     if p.zero >= 1 and p.dp > 1:
         # ZeRO's gradient reduction overlaps the backward pass only with overlap_comm (off by
-        # default for stages 1 and 2: DeepSpeedZeroConfig); the plan's dp_overlap says which
+        # default for stages 1 and 2: DeepSpeedZeroConfig; stage 1 registers its reduce hooks
+        # only then: "if self.partition_gradients or self.overlap_comm:
+        # self.create_reduce_and_remove_grad_hooks()", runtime/zero/stage_1_and_2.py); the
+        # plan's dp_overlap says which
         config["zero_optimization"]["overlap_comm"] = p.dp_overlap
     config.update(_precision(wl.dtype))
     if p.tp > 1:
