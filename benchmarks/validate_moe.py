@@ -88,8 +88,8 @@ from records import (  # noqa: E402
 from validate_published import (  # noqa: E402
     config_key,
     device_label,
-    evaluated_as,
     dtype_for,
+    evaluated_as,
     published_step_s,
     render,
     signed_summary,
@@ -291,7 +291,7 @@ def run(data: Path, only: str | None) -> list[dict[str, Any]]:
         warned = local_experts_warned(model, plan,
                                       device_efficiency(cluster.device)[0].grouped_row_tile)
         rows.append({"id": r["id"], "source": source_family(r), "device": device_label(r),
-                     "evaluated_as": evaluated_as(r, plan),
+                     "evaluated_as": evaluated_as(r, est.plan),
                      "many_local_experts": warned,
                      "published_s": pub,
                      "predicted_s": est.step_time_s, "error": est.step_time_s / pub - 1,

@@ -277,7 +277,7 @@ def run(data: Path, only: str | None) -> list[dict[str, Any]]:
             continue
         model, plan = model_for(r), {**plan_fields(r), "mbs": mbs}
         rows.append({"id": r["id"], "source": source_family(r), "device": device_label(r),
-                     "evaluated_as": evaluated_as(r, Plan(**plan)),
+                     "evaluated_as": evaluated_as(r, est.plan),
                      "published_s": pub,
                      "predicted_s": est.step_time_s, "error": est.step_time_s / pub - 1,
                      "mbs": mbs, "microbatches": est.num_microbatches,
@@ -289,15 +289,16 @@ def run(data: Path, only: str | None) -> list[dict[str, Any]]:
     return rows
 
 
-def evaluated_as(record: dict[str, Any], plan: Plan) -> str:
+def evaluated_as(record: dict[str, Any], plan: str) -> str:
     """What the record was scored as, so that a reader can check it or rerun it with `meshplan
     evaluate`: the cluster (its preset, node size and network as the record states them), the
-    number format, the gradient dtype and the full --plan string."""
+    number format, the gradient dtype and the full --plan string (`plan`: the estimate's own,
+    Estimate.plan)."""
     c, dtype = cluster_spec(record), dtype_for(record)
     grads = grad_dtype_for(record) or default_grad_dtype(dtype)
     return (f"{c.name} ({c.devices_per_node} per node, "
             f"{c.inter_node.bandwidth_bytes_per_s / 1e9:g} GB/s per device across nodes), "
-            f"{dtype.value}, gradients in {grads.value}; --plan \"{plan.to_string()}\"")
+            f"{dtype.value}, gradients in {grads.value}; --plan \"{plan}\"")
 
 
 def device_label(record: dict[str, Any]) -> str:

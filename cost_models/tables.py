@@ -232,27 +232,22 @@ def _dp_exposed(ctx: Any, e: dict[str, Any], dense: Arr, expert: Arr, *, fwd: Ar
         """Exposed seconds of `comm_s` run beside `window` seconds of compute: `alone` of it
         (the last block's gradient bucket, the first block's gather) overlaps nothing; the
         rest overlaps the window, exposing what exceeds it plus the compute the collective's
-        SMs slow down while they overlap (efficiency.py). Never more than `comm_s`: running a
-        collective alone (dp_overlap=off) is never faster."""
+        SMs slow down while they overlap (efficiency.py). Never more than `comm_s`, which is
+        what dp_overlap=off exposes: all of it runs alone (the reduction after the last
+        backward, ZeRO-1/2's gather after the optimizer step, ZeRO-3's gathers and
+        reduce-scatter without prefetch, every micro-batch)."""
+        if not plan.dp_overlap:
+            return comm_s
         rest = np.maximum(0.0, comm_s - alone)
         return alone + np.maximum(0.0, rest - window) + slow * np.minimum(rest, window)
 
     if plan.zero >= 3:
         ag, rs = both("all_gather", w), both("reduce_scatter", g)
-        if not plan.dp_overlap:
-            # no prefetch, no overlap: each block's gathers and reduce-scatter run alone
-            return m * (2 * ag + rs)
-        per_mb = hidden(ag, fwd, ag * tail) + hidden(ag + rs, bwd)
-        return m * per_mb
+        return m * (hidden(ag, fwd, ag * tail) + hidden(ag + rs, bwd))
     if plan.zero >= 1:
         reduce, gather = both("reduce_scatter", g), both("all_gather", w)
-        if not plan.dp_overlap:
-            # reduce-scatter after the last backward, gather after the optimizer step
-            return reduce + gather
         return hidden(reduce, bwd, reduce * tail) + hidden(gather, fwd)
     reduce = both("all_reduce", g)
-    if not plan.dp_overlap:
-        return reduce                       # one all-reduce after the last backward
     return hidden(reduce, bwd, reduce * tail)
 
 
@@ -453,7 +448,7 @@ def _memory_extras(ctx: Any, model: ModelSpec) -> dict[str, Any]:
     """The stage extras `StageTables.memory` reads: the embedding's and head's parameters, the
     logits of one micro-batch, the experts' data-parallel size and the static buffers."""
     plan = ctx.plan
-    edp = max(1, plan.dp * plan.cp * plan.tp // (plan.ep * plan.expert_tp))
+    edp = plan.expert_dp
     head_matrix = model.vocab_size * model.hidden_size / plan.tp
     final_norm = model.norm_params if model.vocab_size else 0
     buckets = 2 * 40e6 * ctx.workload.grad_bytes if plan.dp * plan.cp > 1 else 0.0

@@ -297,8 +297,7 @@ def estimate_training(model: ModelSpec, cluster: ClusterSpec, workload: Training
     pipe = pipeline_time(plan, m, times, plan.max_chunk_fraction(model.num_layers))
     tails = [tuple(float(x) for x in tables.tail(s, a, b)) for s, (a, b) in enumerate(ranges)]
     tail_k = max(range(plan.pp), key=lambda s: (sum(tails[s]), -s))
-    breakdown = {key: m * crit[key] for key in
-                 ("compute", "recompute", "tp_comm", "cp_comm", "pp_comm", "ep_comm", "offload")}
+    breakdown = {key: m * crit[key] for key in STEP_KINDS}
     breakdown["pp_comm"] += p2p_sync_s(plan, m, tables.extras["p2p"])
     # max(0, .): with no bubble (pp=1) rounding can leave pipe - m*cmax at -1e-20.
     breakdown |= {"dp_comm": tails[tail_k][0], "bubble": max(0.0, pipe - m * cmax),
@@ -320,8 +319,7 @@ def _estimate_dualpipe(ctx: Context, tables: StageTables, ranges: list[tuple[int
     crit_k = max(range(plan.pp), key=lambda r: (pipe[r], -r))
     crit = ranks.kinds[crit_k]
     tail_k = max(range(plan.pp), key=lambda r: (sum(ranks.tails[r]), -r))
-    breakdown = {key: m * crit[key] for key in
-                 ("compute", "recompute", "tp_comm", "cp_comm", "pp_comm", "ep_comm", "offload")}
+    breakdown = {key: m * crit[key] for key in STEP_KINDS}
     breakdown["pp_comm"] += ranks.sync
     breakdown |= {"dp_comm": ranks.tails[tail_k][0], "bubble": ranks.bubble[crit_k],
                   "optimizer": ranks.tails[tail_k][1]}

@@ -204,6 +204,12 @@ class Plan(Spec):
     def expert_tp(self) -> int:
         return self.etp or 1
 
+    @property
+    def expert_dp(self) -> int:
+        """Expert data-parallel size: the dp x cp x tp ranks over ep x etp (Megatron-Core's
+        parallel folding), at least 1; the group that reduces the experts' gradients."""
+        return max(1, self.dp * self.cp * self.tp // (self.ep * self.expert_tp))
+
     def layers_per_stage(self, num_layers: int) -> tuple[int, ...]:
         """Blocks on each stage: the explicit split, or as even as possible (earlier stages
         take the remainder, as Megatron-LM does with uneven layer counts)."""

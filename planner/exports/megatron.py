@@ -164,9 +164,7 @@ def _overlap_flags(inp: ExportInputs) -> Flags:
     without data-parallel replicas (dp x cp = 1, no expert data parallelism) has nothing to
     overlap and gets neither flag."""
     p = inp.plan
-    replicas = p.dp * p.cp
-    if inp.model.moe is not None:
-        replicas = max(replicas, p.dp * p.cp * p.tp // (p.ep * p.expert_tp))
+    replicas = max(p.dp * p.cp, p.expert_dp if inp.model.moe is not None else 1)
     if not p.dp_overlap or replicas == 1:
         return []
     out: Flags = [("--overlap-grad-reduce", None)]
