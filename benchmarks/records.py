@@ -83,6 +83,7 @@ _DEVICE_CLUSTERS = (
     ("a100", None),                # 40 or 80 GB: cluster_name() decides
     ("a800", "hgx-a800"),          # A100 80GB silicon, NVLink cut to 400 GB/s
     ("v100", None),
+    ("mi250x", "frontier-mi250x"),  # HPE EX235a (Frontier, LUMI-G); a "GPU" there is a GCD
     ("mi355x", "mi355x-platform"),
     ("mi325x", "mi325x-platform"),
     ("mi300x", "mi300x-platform"),
@@ -132,6 +133,7 @@ _OTHER_PARTS = (
     (re.compile(r"gh200|grace\s*hopper"), "a GH200 superchip (its GPU's NVLink-C2C to a Grace "
                                           "CPU, nodes of 1-4, not an 8-GPU NVSwitch board)"),
     (re.compile(r"v100.*\b16\s*gb"), "a 16 GB V100 (the V100 presets hold 32 GB)"),
+    (re.compile(r"mi250(?!x)"), "an MI250 (104 CUs per GCD, not the MI250X's 110)"),
 )
 """Parts whose name contains a preset's but which are other hardware: reported, not mapped to
 the SXM board of the same name."""

@@ -24,6 +24,8 @@ Formulas (per rank, message of `nbytes` = the full buffer each rank holds):
   (AMD Infinity Fabric) one link per other member inside the node (`intra_bandwidth`, from
   LinkSpec.group_bandwidth), so a pair gets one link and eight GPUs get seven. The collectives
   above then run over those links in parallel (RCCL builds its rings over distinct links).
+  Where two devices are the two dies of one package (an MI250X's GCDs, ranks 2i and 2i+1),
+  a group of exactly those two uses the in-package link (LinkSpec.pair_bandwidth_bytes_per_s).
 - all-to-all: each rank sends (n-1)/n * nbytes; traffic to ranks in other nodes goes through
   its own NIC: max(intra share / B_intra, inter share / B_inter) + (n-1) * alpha.
 """
@@ -68,11 +70,13 @@ def links_for(cluster: ClusterSpec, size: int, bandwidth: float, *, spans_nodes:
                       _TORUS_DIMS.get(cluster.intra_node.topology, 0))
 
 
-def intra_bandwidth(cluster: ClusterSpec, members: int) -> float:
+def intra_bandwidth(cluster: ClusterSpec, members: int, *, pair: bool = False) -> float:
     """Achievable per-direction bandwidth of one device toward the other `members - 1`
     members of its group inside a node (module docstring), at the fraction of the links the
-    device's collective library reaches (efficiency.DeviceEfficiency.intra_link)."""
-    return cluster.intra_node.group_bandwidth(members) * _intra_link(cluster)
+    device's collective library reaches (efficiency.DeviceEfficiency.intra_link). `pair`: the
+    group is devices 2i and 2i+1 of the node, the two dies of one package where the node's
+    link has a faster in-package figure (LinkSpec.pair_bandwidth_bytes_per_s, MI250X)."""
+    return cluster.intra_node.group_bandwidth(members, pair=pair) * _intra_link(cluster)
 
 
 def _intra_link(cluster: ClusterSpec) -> float:
@@ -86,8 +90,9 @@ def group_links(cluster: ClusterSpec, *, size: int, stride: int) -> GroupLinks:
         return GroupLinks(1, intra_bandwidth(cluster, 1), 0.0, False, 1)
     block = stride * size                     # consecutive ranks that hold whole groups
     if block <= per_node and per_node % block == 0:
-        return links_for(cluster, size, intra_bandwidth(cluster, size), spans_nodes=False,
-                         members_per_node=size)
+        # size 2 at stride 1 in an aligned block: ranks 2i and 2i+1, one package's two dies
+        return links_for(cluster, size, intra_bandwidth(cluster, size, pair=block == 2),
+                         spans_nodes=False, members_per_node=size)
     # Spans nodes. Aligned groups put per_node/stride members in each node; a group that
     # straddles a node boundary because the sizes do not divide has, at worst, one.
     aligned = stride < per_node and per_node % stride == 0 and block % per_node == 0

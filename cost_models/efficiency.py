@@ -163,6 +163,13 @@ class DeviceEfficiency:
 #   MI325X and MI355X meshes too (AMD's acceptance threshold for both is 304 GB/s, 0.68 of
 #   448). Tile 128, kernel floor and RCCL's 16 compute units: the NVIDIA values (engineering
 #   estimates; no ROCm figure was sourced).
+# - AMD Instinct MI250X, one GCD (CDNA 2; the device is a GCD, as software sees it). MAMF, the
+#   same ml-engineering table's first version: "AMD MI250X | 147.0 | 191.5 | 76.7% |
+#   1024x19968x14080 | ROCm-6.2 / 1 GCD" (bf16): 0.767. CDNA 2 has no fp8 units, so its fp8
+#   fraction is the bf16 one (fp8 runs at the bf16 rate, with a warning). 110 CUs per GCD
+#   (OLCF Frontier user guide). No HBM, RCCL or FlashAttention measurement on MI250X was found:
+#   the MI300X's measured fractions above are taken (0.775 of HBM, 0.71 of the links, 0.27 for
+#   ROCm's CK FlashAttention-2, which supports MI200 and MI300): an extrapolation to CDNA 2.
 FA2_HOPPER_UTILISATION = 0.35
 """FlashAttention-2's fraction of H100 dense peak (Shah et al. 2024, FlashAttention-3, Sec. 1)."""
 HOPPER_FLASH1_ATTENTION = FA2_HOPPER_UTILISATION * 0.30 / 0.55
@@ -242,6 +249,8 @@ _BY_NAME: dict[str, DeviceEfficiency] = {
     "gb200": _blackwell(1822.0 / 2500, 3615.6 / 5000, 148),
     "b300": _blackwell(1769.0 / 2250, 3353.3 / 4500, 160),
     "gb300": _blackwell(1822.0 / 2500, 3615.6 / 5000, 160),
+    "mi250x": DeviceEfficiency(147.0 / 191.5, 147.0 / 191.5, 110, 128, 0.775, 0.27, 0.27, 4e-6,
+                               intra_link=0.71),
     "mi300x": DeviceEfficiency(668.4 / 1307.4, 1159.2 / 2614.9, 304, 128, 0.775, 0.27, 0.27,
                                4e-6, intra_link=0.71),
     "mi325x": DeviceEfficiency(784.9 / 1307.4, 784.9 / 1307.4 * AMD_FP8_TO_BF16, 304, 128,

@@ -98,6 +98,11 @@ class LinkSpec(Spec):
     torus_dims: tuple[PositiveInt, ...] | None = Field(
         None, description="torus shape in devices (e.g. [16, 16, 16]); only for torus topologies"
     )
+    pair_bandwidth_bytes_per_s: PositiveFloat | None = Field(
+        None, description="per-direction bytes/s between the two dies of one package, devices "
+        "2i and 2i+1 of a node (the two GCDs of an AMD MI250X), where that is faster than "
+        "`bandwidth_bytes_per_s`; a group of exactly such a pair uses it, every other group the "
+        "link's own figure; optional (no such pairs)")
 
     @model_validator(mode="after")
     def _torus(self) -> LinkSpec:
@@ -109,7 +114,17 @@ class LinkSpec(Spec):
             )
         return self
 
-    def group_bandwidth(self, members: int) -> float:
+    @model_validator(mode="after")
+    def _pair(self) -> LinkSpec:
+        pair = self.pair_bandwidth_bytes_per_s
+        if pair is not None and pair < self.bandwidth_bytes_per_s:
+            raise SpecError(
+                f"link '{self.name}': pair_bandwidth_bytes_per_s ({pair:g}) is below "
+                f"bandwidth_bytes_per_s ({self.bandwidth_bytes_per_s:g}); it is the faster "
+                "in-package link: leave it out where a package has no faster link")
+        return self
+
+    def group_bandwidth(self, members: int, *, pair: bool = False) -> float:
         """Per-direction bytes/s one device can drive toward the other `members - 1` members
         of its group over this link class. Through a switch (and over a ring or torus, whose
         figure is already the device's total) that is the device's whole bandwidth, whatever
@@ -117,7 +132,11 @@ class LinkSpec(Spec):
         among its members, so members - 1 of them: an 8-GPU AMD Instinct platform gives a pair
         of GPUs one 64 GB/s Infinity Fabric link and all eight GPUs 7 x 64 = 448 GB/s each
         (AMD ROCm blog, "RCCL and xGMI on MI300X": "Aggregated unidirectional bandwidth per
-        GPU 448 GB/s (7x64 GB/s)")."""
+        GPU 448 GB/s (7x64 GB/s)"). A package of two dies (`pair_bandwidth_bytes_per_s`) gives
+        a group that is exactly its two devices (`pair`) the in-package link instead."""
+        if pair and members == 2 and self.pair_bandwidth_bytes_per_s is not None:
+            # `pair`: the group is devices 2i and 2i+1, the two dies of one package
+            return self.pair_bandwidth_bytes_per_s
         if self.topology == Topology.FULL_MESH:
             return self.bandwidth_bytes_per_s * max(1, members - 1)
         return self.bandwidth_bytes_per_s

@@ -133,8 +133,9 @@ def _work_per_microbatch(model: ModelSpec, cluster: ClusterSpec, wl: TrainingWor
     # 2 log2(tp) steps, no more than any layout's ring or tree (comm.ring_tree_latency; a
     # node's chain of k members is k-1 >= log2(k) steps).
     alpha = min(cluster.intra_node.latency_s, cluster.inter_node.latency_s)
-    best = GroupLinks(tp, intra_bandwidth(cluster, min(tp, cluster.devices_per_node)), alpha,
-                      True, 1, alpha)
+    # a pair may be one package's two dies, whose in-package link is the faster (pair=True)
+    best = GroupLinks(tp, intra_bandwidth(cluster, min(tp, cluster.devices_per_node), pair=True),
+                      alpha, True, 1, alpha)
     ar = 2 * all_reduce_s(best, sh.tokens * model.hidden_size * roof_bytes(wl.dtype)) if tp > 1 else 0.0
     per_pass = model.num_layers * ar
     return {Recompute.NONE: comp + 2 * per_pass,

@@ -76,6 +76,8 @@ def record(**over: Any) -> dict[str, Any]:
     ("Google TPU7x (Ironwood)", 128, "tpu7x-pod"),
     ("TPU v7x", 4, "tpu7x-pod"),
     ("AMD Instinct MI300X", 8, "mi300x-platform"),
+    ("AMD Instinct MI250X (Frontier)", 8, "frontier-mi250x"),
+    ("AMD MI250X GCD", 8, "frontier-mi250x"),
     ("AMD Instinct MI355X OAM", 8, "mi355x-platform"),
     ("NVIDIA GB200 (NVL72 rack)", 4, "gb200-nvl72"),
     ("NVIDIA GB300 (NVL72 rack)", 4, "gb300-nvl72"),
@@ -88,8 +90,14 @@ def test_device_names_map_to_presets(gpu: str, per_node: int, want: str) -> None
 
 
 def test_unknown_device_is_reported_not_guessed() -> None:
-    with pytest.raises(records.UnmappedRecord, match="MI250X"):
-        records.cluster_name(record(hardware={"gpu": "AMD Instinct MI250X"}))
+    with pytest.raises(records.UnmappedRecord, match="Gaudi"):
+        records.cluster_name(record(hardware={"gpu": "Intel Gaudi 2"}))
+
+
+def test_mi250_is_not_read_as_mi250x() -> None:
+    """The MI250 (104 CUs per GCD) contains the MI250X preset's name minus the X: reported."""
+    with pytest.raises(records.UnmappedRecord, match="MI250 .*104 CUs"):
+        records.cluster_name(record(hardware={"gpu": "AMD Instinct MI250"}))
 
 
 @pytest.mark.parametrize(("text", "per_node", "want"), [
@@ -163,7 +171,7 @@ def test_attention_kernel_by_source_year(source: str, note: str, want: str) -> N
 
 
 def test_harness_runs_records_of_unknown_sources(tmp_path: Path) -> None:
-    data = [record(), record(id="other_mi250x", hardware={"gpu": "AMD Instinct MI250X"}),
+    data = [record(), record(id="other_gaudi2", hardware={"gpu": "Intel Gaudi 2"}),
             record(id="other_tpu", hardware={"gpu": "TPU v4", "gpus": 64, "gpus_per_node": 4})]
     path = tmp_path / "runs.json"
     path.write_text(json.dumps(data))
@@ -172,7 +180,7 @@ def test_harness_runs_records_of_unknown_sources(tmp_path: Path) -> None:
     assert [r["id"] for r in done] == ["other_llama2_70b", "other_tpu"]
     assert all(r["predicted_s"] > 0 for r in done)
     table = vp.render(rows)
-    assert "Not evaluated (1; not in the means)" in table and "MI250X" in table
+    assert "Not evaluated (1; not in the means)" in table and "Gaudi 2" in table
     assert "| Some paper 2024 | 2 |" in table
     # one source over two devices: a per-device summary too, and the count of fast predictions
     assert "| device | runs | mean abs error | max abs error |" in table

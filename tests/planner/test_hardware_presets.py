@@ -19,17 +19,19 @@ GiB = 2**30
 REQUIRED_DEVICES = {
     "v100-sxm2-32gb", "a100-sxm4-40gb", "a100-sxm4-80gb", "h100-sxm5-80gb", "h200", "b200",
     "gb200", "b300", "gb300", "mi300x", "mi325x", "mi355x", "tpu-v3", "tpu-v4", "tpu-v5p",
-    "tpu-v5e", "tpu-v6e", "tpu7x", "h800-sxm5-80gb", "a800-sxm4-80gb",
+    "tpu-v5e", "tpu-v6e", "tpu7x", "h800-sxm5-80gb", "a800-sxm4-80gb", "mi250x-gcd",
 }
 REQUIRED_CLUSTERS = {
     "dgx-a100", "dgx-h100", "dgx-h200", "dgx-b200", "gb200-nvl72", "dgx-b300", "gb300-nvl72",
     "dgx2-v100", "v100x4", "mi300x-platform", "mi325x-platform", "mi355x-platform",
     "tpu-v3-pod", "tpu-v4-pod", "tpu-v5p-pod", "tpu-v5e-pod", "tpu-v6e-pod", "tpu7x-pod", "hgx-h800", "hgx-a800",
+    "frontier-mi250x",
 }
 FP8_DEVICES = {"h100-sxm5-80gb", "h800-sxm5-80gb", "h200", "b200", "gb200", "b300", "gb300", "mi300x", "mi325x",
                "mi355x", "tpu-v5p", "tpu7x"}
 
-UNPUBLISHED_POWER = {"tpu-v5p", "tpu-v5e", "tpu-v6e", "tpu7x"}
+UNPUBLISHED_POWER = {"tpu-v5p", "tpu-v5e", "tpu-v6e", "tpu7x",
+                     "mi250x-gcd"}   # the board power is the package's, two GCDs (devices)
 UNPUBLISHED_CACHE = {"tpu-v5p", "tpu-v6e", "tpu7x"}
 
 DEVICES = list_presets("device")
@@ -109,6 +111,12 @@ def test_known_datasheet_values() -> None:
     assert load_device("mi300x").peak_flops(DType.BF16) == pytest.approx(2100e6 * 304 * 2048, rel=1e-4)
     assert load_device("mi355x").peak_flops(DType.BF16) == pytest.approx(2400e6 * 256 * 4096, rel=1e-4)
     assert load_device("mi355x").peak_flops(DType.TF32) == load_device("mi355x").peak_flops(DType.FP32)
+    # MI250X, one GCD: 1700 MHz x 110 CUs x 1024 bf16 FLOPs per clock (CDNA 2), half the package
+    gcd = load_device("mi250x-gcd")
+    assert gcd.peak_flops(DType.BF16) == pytest.approx(1700e6 * 110 * 1024, rel=1e-3)
+    assert 2 * gcd.peak_flops(DType.BF16) == pytest.approx(383.0e12, rel=1e-3)
+    assert gcd.peak_flops(DType.FP8) == gcd.peak_flops(DType.BF16)     # no fp8 units
+    assert gcd.memory_bytes == 64 * GiB
 
 
 @pytest.mark.parametrize(("export", "full", "export_node", "full_node"), [
@@ -294,6 +302,56 @@ def test_tensor_parallel_pair_is_slower_per_byte_on_a_mesh() -> None:
     assert ar("dgx-h100", 2) < ar("dgx-h100", 8)
 
 
+def test_mi250x_pair_uses_its_in_package_link() -> None:
+    """An MI250X's two GCDs (ranks 2i, 2i+1) share four Infinity Fabric links, 200 GB/s each
+    way; every other group in the node gets its package's five outside links shared by its two
+    GCDs, 125 GB/s each. So a tp=2 group inside one package all-reduces 1.6x faster per byte
+    than a pair that spans two packages (ranks 0 and 4), and than tp=8's links per byte."""
+    from cost_models import comm
+
+    link = load_cluster("frontier-mi250x").intra_node
+    assert link.group_bandwidth(2, pair=True) == 200e9
+    assert link.group_bandwidth(2) == link.group_bandwidth(8) == 125e9
+    cluster = load_cluster("frontier-mi250x")
+    inside = comm.group_links(cluster, size=2, stride=1)
+    across = comm.group_links(cluster, size=2, stride=4)
+    tp8 = comm.group_links(cluster, size=8, stride=1)
+    assert not inside.spans_nodes and not across.spans_nodes
+    assert inside.bandwidth_bytes_per_s == pytest.approx(200e9 * 0.71)
+    assert across.bandwidth_bytes_per_s == tp8.bandwidth_bytes_per_s == pytest.approx(125e9 * 0.71)
+    # a switch or a mesh has no pairs: the flag changes nothing there
+    assert load_cluster("dgx-h100").intra_node.group_bandwidth(2, pair=True) == 450e9
+    assert load_cluster("mi300x-platform").intra_node.group_bandwidth(2, pair=True) == 64e9
+
+
+def test_pair_link_must_be_the_faster_one() -> None:
+    from planner.hardware import LinkSpec
+
+    with pytest.raises(SpecError, match="pair_bandwidth_bytes_per_s .* is below"):
+        LinkSpec(name="x", bandwidth_bytes_per_s=100e9, latency_s=1e-6,
+                 pair_bandwidth_bytes_per_s=50e9)
+
+
+def test_frontier_node_shares_each_nic_between_two_gcds() -> None:
+    """Four 25 GB/s Slingshot NICs per node of eight GCDs: a data-parallel group with all eight
+    GCDs of each node crosses nodes at 8 x 12.5 GB/s (at the inter-node link efficiency), or
+    at its members' Infinity Fabric bandwidth inside the node where that is lower (it is:
+    125 GB/s x 0.71 = 88.75 GB/s < 90 GB/s)."""
+    from cost_models import comm
+    from cost_models.efficiency import INTER_NODE_LINK_EFFICIENCY
+
+    cluster = load_cluster("frontier-mi250x")
+    dp = comm.group_links(cluster, size=32, stride=1)
+    assert dp.spans_nodes and dp.members_per_node == 8
+    nics = 8 * 12.5e9 * INTER_NODE_LINK_EFFICIENCY
+    assert nics == pytest.approx(90e9)
+    assert dp.bandwidth_bytes_per_s == pytest.approx(min(nics, 125e9 * 0.71)) == 88.75e9
+    # with tp=2 inside each package, the data-parallel group has 4 members per node: its NICs
+    dp4 = comm.group_links(cluster, size=16, stride=2)
+    assert dp4.members_per_node == 4
+    assert dp4.bandwidth_bytes_per_s == pytest.approx(4 * 12.5e9 * INTER_NODE_LINK_EFFICIENCY)
+
+
 @pytest.mark.parametrize(("old", "new"), [("mi300x-platform", "mi325x-platform"),
                                           ("mi325x-platform", "mi355x-platform")])
 def test_newer_instinct_is_never_slower(old: str, new: str) -> None:
@@ -328,3 +386,23 @@ def test_h800_node_pays_for_its_nvlink_cut_only_in_communication() -> None:
     assert h800.breakdown["compute"] == pytest.approx(h100.breakdown["compute"])
     assert h800.breakdown["tp_comm"] > 2 * h100.breakdown["tp_comm"]
     assert h800.step_time_s > h100.step_time_s
+
+
+def test_tp_pair_inside_an_mi250x_package_reaches_the_estimate() -> None:
+    """The in-package link reaches the training estimate: a tp=2 plan on Frontier's nodes spends
+    200/125 = 1.6x less on tensor-parallel communication than on the same node without that
+    link (every group at 125 GB/s), and nothing else changes."""
+    import planner
+    from planner.api import evaluate
+
+    cluster = load_cluster("frontier-mi250x")
+    flat = cluster.model_copy(update={"intra_node": cluster.intra_node.model_copy(
+        update={"pair_bandwidth_bytes_per_s": None})})
+    wl = planner.TrainingWorkload(global_batch_size=64, seq_len=2048, dtype="bf16")
+    plan = "tp=2,pp=1,mbs=1,recompute=full,zero=1,attn=flash"
+    fast = evaluate("llama3-8b", cluster, wl, plan, devices=16)
+    slow = evaluate("llama3-8b", flat, wl, plan, devices=16)
+    assert 0 < fast.breakdown["tp_comm"] < slow.breakdown["tp_comm"]
+    assert fast.breakdown["tp_comm"] == pytest.approx(slow.breakdown["tp_comm"] / 1.6, rel=0.05)
+    assert fast.breakdown["compute"] == slow.breakdown["compute"]
+    assert fast.peak_memory_gib == slow.peak_memory_gib

@@ -105,6 +105,10 @@ def random_problem(rng: random.Random) -> tuple[ModelSpec, ClusterSpec, Training
         # draws above, and the problems of earlier seeds, are unchanged)
         mesh = cluster.intra_node.model_copy(update={"topology": Topology.FULL_MESH})
         cluster = cluster.model_copy(update={"intra_node": mesh})
+    if rng.random() < 0.3:   # MI250X-style packages: devices 2i and 2i+1 share a faster link
+        pair = cluster.intra_node.bandwidth_bytes_per_s * rng.choice([1, 4])
+        cluster = cluster.model_copy(update={"intra_node": cluster.intra_node.model_copy(
+            update={"pair_bandwidth_bytes_per_s": pair})})
     return model, cluster, wl, devices
 
 
@@ -711,3 +715,35 @@ def test_fixed_dp_overlap_reaches_every_candidate() -> None:
     assert all("dp_overlap=off" in str(sp.plan["plan"]) for sp in off.top)
     assert not any("dp_overlap" in str(sp.plan["plan"]) for sp in on.top)
     assert off.best.estimate.step_time_s > on.best.estimate.step_time_s
+
+
+def test_group_bound_takes_the_in_package_link_of_a_pair() -> None:
+    """A tp=2 group inside one package all-reduces over the package's faster link
+    (LinkSpec.pair_bandwidth_bytes_per_s), so the group bound's tensor-parallel term must use
+    it: on a node whose other links are 100x slower, a bound taking those would exceed the
+    plan's own step time and prune the best plan."""
+    from collections import Counter
+
+    from search.driver import SearchState, _groups
+    from search.space import Limits as SpaceLimits
+
+    model = ModelSpec(name="m", num_layers=2, hidden_size=256, num_attention_heads=8,
+                      ffn_hidden_size=1024, vocab_size=1000)
+    device = DeviceSpec(name="toy", peak_flops_per_s={"bf16": 989e12, "fp32": 60e12},
+                        memory_bytes=80 * GIB, memory_bandwidth_bytes_per_s=3e12)
+    cluster = ClusterSpec(
+        name="pairs", device=device, devices_per_node=2,
+        intra_node=LinkSpec(name="intra", bandwidth_bytes_per_s=1e9, latency_s=1e-6,
+                            pair_bandwidth_bytes_per_s=100e9),
+        inter_node=LinkSpec(name="inter", bandwidth_bytes_per_s=1e9, latency_s=5e-6))
+    wl = TrainingWorkload(global_batch_size=8, seq_len=256)
+    state = SearchState(top_k=1, pruned=Counter())
+    groups = [g for g in _groups(model, cluster, wl, 2, SpaceLimits(fixed={"tp": 2}), state)
+              if g.degrees.tp == 2 and g.degrees.pp == 1]
+    assert groups
+    for g in groups:
+        plan = Plan(tp=2, pp=1, dp=1, cp=g.degrees.cp, mbs=g.mbs, recompute=g.recompute,
+                    sp=g.sp)
+        step = evaluate(model, cluster, wl, plan, devices=2)
+        assert step.breakdown["tp_comm"] > 0
+        assert g.bound_s <= step.step_time_s * (1 + 1e-12), (plan.to_string(), g.bound_s)
