@@ -226,8 +226,8 @@ def all_to_all_s(links: GroupLinks, cluster: ClusterSpec, nbytes: float) -> floa
     n = links.size
     if n <= 1 or nbytes <= 0:
         return 0.0
-    if not links.spans_nodes:
-        return (n - 1) / n * nbytes / intra_bandwidth(cluster, n) + (n - 1) * links.latency_s
+    if not links.spans_nodes:   # the group's own links (one package's pair included)
+        return (n - 1) / n * nbytes / links.bandwidth_bytes_per_s + (n - 1) * links.latency_s
     local = links.members_per_node
     inter_bw = cluster.inter_node.bandwidth_bytes_per_s * INTER_NODE_LINK_EFFICIENCY
     intra_part = (local - 1) / n * nbytes / intra_bandwidth(cluster, local)
