@@ -22,7 +22,9 @@ the same rules for all records:
   window attention from `model.sliding_window` and `model.global_attention_every` when the
   record states them as data (Gemma 3's 1024-token window on five of every six blocks); a
   window mentioned only in the notes is not read, and the model attends globally.
-- Attention kernel: FlashAttention when the record names it ("flash": FlashAttention-2 class
+- Attention kernel: unfused when the record says so ("unfused", or FlashAttention negated:
+  "no flash attention", "without FlashAttention", "flash attention: false"); FlashAttention
+  when the record names it ("flash": FlashAttention-2 class
   from 2024 on, -1 class in 2022-2023), unfused for runs published before 2023 (Megatron,
   DeepSpeed and Mesh-TensorFlow had no fused attention before FlashAttention, Dao et al. 2022,
   was integrated in 2023), FlashAttention-2 class from 2024 on. The year is the earliest one
@@ -225,11 +227,19 @@ def source_year(record: dict[str, Any]) -> int | None:
     return None
 
 
+_NO_FLASH = re.compile(r"\b(?:no|without|not|w/o)\s+(?:using\s+|the\s+)?flash[\s_-]?attn"
+                       r"|\b(?:no|without|not|w/o)\s+(?:using\s+|the\s+)?flash[\s_-]?attention"
+                       r"|flash[\s_-]?(?:attn|attention)\s*[:=]\s*(?:false|no|off|none)")
+"""Wording that names FlashAttention only to say the run did not use it."""
+
+
 def attention_kernel(record: dict[str, Any]) -> Attention:
     """The attention kernel a record of an unknown source ran (module docstring)."""
     year = source_year(record)
     text = " ".join(str(record["model"].get(k, "")) for k in ("attention", "attn_impl")).lower()
     text += " " + str(record.get("notes", "")).lower()
+    if "unfused" in text or _NO_FLASH.search(text):
+        return Attention.UNFUSED
     if "flash" in text:
         return Attention.FLASH1 if year is not None and year <= 2023 else Attention.FLASH
     if year is not None and year < 2023:

@@ -164,6 +164,12 @@ def test_generic_model_reads_a_stated_sliding_window_and_only_a_stated_one() -> 
     ("Smith et al. 2022 (MT-NLG)", "", "unfused"),
     ("Some paper 2023", "attn_impl: flash", "flash1"),
     ("Some paper 2025", "", "flash"),
+    ("Some paper 2024", "no flash attention (ALiBi)", "unfused"),
+    ("Some paper 2024", "trained without FlashAttention", "unfused"),
+    ("Some paper 2024", "use_flash_attn: false", "unfused"),
+    ("Some paper 2024", "flash_attention=False", "unfused"),
+    ("Some paper 2024", "attention: unfused softmax", "unfused"),
+    ("Some paper 2024", "flash_attention: true", "flash"),
 ])
 def test_attention_kernel_by_source_year(source: str, note: str, want: str) -> None:
     rec = record(source=source, notes=note)
