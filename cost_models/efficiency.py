@@ -165,7 +165,9 @@ class DeviceEfficiency:
 #   estimates; no ROCm figure was sourced).
 # - AMD Instinct MI250X, one GCD (CDNA 2; the device is a GCD, as software sees it). MAMF, the
 #   same ml-engineering table's first version: "AMD MI250X | 147.0 | 191.5 | 76.7% |
-#   1024x19968x14080 | ROCm-6.2 / 1 GCD" (bf16): 0.767. CDNA 2 has no fp8 units, so its fp8
+#   1024x19968x14080 | ROCm-6.2 / 1 GCD" (bf16): 0.767, measured with the package's other GCD
+#   idle (ml-engineering issue 76, where another user reaches 127 TFLOP/s, 0.66, on one GCD;
+#   the table's figure is kept). CDNA 2 has no fp8 units, so its fp8
 #   fraction is the bf16 one (fp8 runs at the bf16 rate, with a warning). 110 CUs per GCD
 #   (OLCF Frontier user guide). No HBM, RCCL or FlashAttention measurement on MI250X was found:
 #   the MI300X's measured fractions above are taken (0.775 of HBM, 0.71 of the links, 0.27 for
