@@ -111,3 +111,20 @@ def test_search_holds_a_fixed_offload() -> None:
     plans = [p["plan"] for p in json.loads(r.stdout)["top"]]
     assert plans and all(p["offload"] == 16 and p["pp"] == 1 and p["recompute"] == "none"
                          for p in plans)
+
+
+def test_tpu_host_links_follow_the_scaling_book() -> None:
+    """TPU v6e moves offloaded activations over PCIe Gen5 at 32 GB/s, twice v4/v5's 15 GB/s
+    (JAX scaling book, TPU chapter), so the same offload exposes less on v6e; TPU v3 and TPU7x
+    state none and refuse offload, as any cluster without a host link does."""
+    v6e, v5p = load_cluster("tpu-v6e-pod"), load_cluster("tpu-v5p-pod")
+    assert v6e.host_bandwidth_bytes_per_s == 32e9
+    assert {load_cluster(c).host_bandwidth_bytes_per_s
+            for c in ("tpu-v4-pod", "tpu-v5e-pod", "tpu-v5p-pod")} == {15e9}
+    assert load_cluster("tpu7x-pod").host_bandwidth_bytes_per_s is None
+    slow_v6e = v6e.model_copy(update={"host_bandwidth_bytes_per_s": 15e9})
+    fast = evaluate(LLAMA, v6e, WL, plan(16), devices=8)
+    slow = evaluate(LLAMA, slow_v6e, WL, plan(16), devices=8)
+    assert fast.breakdown["offload"] <= slow.breakdown["offload"]
+    assert fast.peak_memory_gib < evaluate(LLAMA, v6e, WL, plan(0), devices=8).peak_memory_gib
+    assert v5p.host_bandwidth_bytes_per_s < v6e.host_bandwidth_bytes_per_s
