@@ -90,7 +90,7 @@ from validate_published import (  # noqa: E402
     device_label,
     dtype_for,
     evaluated_as,
-    published_step_s,
+    published_with_basis,
     render,
     signed_summary,
     skipped_row,
@@ -280,8 +280,8 @@ def run(data: Path, only: str | None) -> list[dict[str, Any]]:
         if only and only not in r["id"]:
             continue
         try:
-            pub = published_step_s(r)
             model = mapped_model(r)
+            pub, basis = published_with_basis(r, model)
             plan = plan_for(r, model)
             est = _estimate(r, model, plan)
         except NOT_EVALUATED as e:
@@ -293,7 +293,7 @@ def run(data: Path, only: str | None) -> list[dict[str, Any]]:
         rows.append({"id": r["id"], "source": source_family(r), "device": device_label(r),
                      "evaluated_as": evaluated_as(r, est.plan),
                      "many_local_experts": warned,
-                     "published_s": pub,
+                     "published_s": pub, "published_basis": basis,
                      "predicted_s": est.step_time_s, "error": est.step_time_s / pub - 1,
                      "mbs": r["batch"]["micro"], "microbatches": est.num_microbatches,
                      "mfu": est.mfu, "fits": est.fits,

@@ -42,7 +42,10 @@ The mapping uses only facts about each run, stated in the record or its source:
 - Published step times: measured iteration_s (or step_time_s) where given; otherwise the
   record's derived iteration_s (Narayanan: Eq. 3 FLOPs / (GPUs * TFLOP/s)); otherwise global
   tokens divided by the measured tokens/s (per GPU or device, or in total), or sequences by
-  sequences/s. A record stating only TFLOP/s or MFU is reported (published_step_s).
+  sequences/s; a record stating only a utilisation is converted by its source's FLOP
+  convention (`implied_step_s`: MFU over model FLOPs, HFU over FLOPs counting full
+  recomputation, TFLOP/s per GPU by the convention its notes name, none for fp8/fp4), and the
+  table lists those conversions; a record stating none of these is reported.
 - A record without a micro-batch size (Narayanan Table 1) is evaluated at the micro-batch
   size the cost model itself finds fastest among those that fit (the tuning the authors
   describe in Sec. 5.9), never at a value chosen to match the published number.
@@ -52,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 from collections import defaultdict
@@ -175,13 +179,14 @@ def plan_fields(record: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def published_step_s(record: dict[str, Any]) -> float:
+def published_step_s(record: dict[str, Any], model: ModelSpec | None = None) -> float:
     """Seconds per step as the record states them: a measured iteration (or step) time, else
     the record's derived one, else the global batch over the measured throughput, in tokens
     per second per GPU (or device) or in total, or in sequences per second. A record that
-    states only TFLOP/s or MFU is reported: their FLOP conventions differ by source (Narayanan
-    et al. count recomputation, Korthikanti et al. and NeMo do not), so the record has to
-    carry the converted time as derived.iteration_s, with its source's convention."""
+    states only a utilisation is converted with its own FLOP convention when `model` is given
+    (`implied_step_s`: MFU over model FLOPs, HFU over FLOPs counting recomputation, TFLOP/s
+    per GPU by the convention its notes name); otherwise, or when the convention is not
+    stated, it is reported."""
     meas, der = record.get("measured") or {}, record.get("derived") or {}
     for value in (meas.get("iteration_s"), meas.get("step_time_s"), der.get("iteration_s")):
         if value:
@@ -198,9 +203,66 @@ def published_step_s(record: dict[str, Any]) -> float:
     samples = meas.get("samples_per_s") or meas.get("sequences_per_s")
     if samples:
         return seqs / float(samples)
-    raise UnmappedRecord("the record states no step time, tokens/s or sequences/s (TFLOP/s "
-                         "and MFU follow its source's FLOP convention): give "
-                         "derived.iteration_s converted with that convention")
+    implied = implied_step_s(record, model) if model is not None else []
+    if implied:
+        return implied[0][1]
+    raise UnmappedRecord("the record states no step time, tokens/s or sequences/s, and no "
+                         "MFU, HFU or TFLOP/s whose FLOP convention it names: give "
+                         "derived.iteration_s converted with its source's convention")
+
+
+_HARDWARE_CONVENTION = re.compile(r"\beq(?:uation)?\.?\s*\(?3\b|counts? (?:activation )?recomput"
+                                  r"|hardware flops"
+                                  r"|\bhfu\b|4 passes|including recomput|incl\.? recomput")
+_MODEL_CONVENTION = re.compile(r"model flops|\bmfu\b|no recomput|without recomput"
+                               r"|excluding recomput|korthikanti|3 passes")
+"""Wording by which a record's notes name the FLOP convention of its TFLOP/s per GPU."""
+
+
+def implied_step_s(record: dict[str, Any], model: ModelSpec) -> list[tuple[str, float]]:
+    """The step times a record's stated utilisations imply, each with its basis, by the
+    conventions the records' sources use: MFU = model FLOPs (3 passes, attention scores over
+    the whole sequence: Korthikanti et al. 2022, MosaicML's 3*(2N+attn)) / (time x GPUs x the
+    number format's dense peak); HFU the same with full recomputation's fourth pass of the
+    blocks (Narayanan et al. 2021 Eq. 3, MosaicML's HFU); `tflops_per_gpu` by whichever of the
+    two the record's notes name (`_HARDWARE_CONVENTION`, `_MODEL_CONVENTION`; neither or both:
+    not converted). HFU and hardware TFLOP/s need full or no recomputation (selective
+    recomputation's FLOPs depend on its modules). No conversion is made for 8- or 4-bit
+    formats, whose utilisations sources quote against different peaks, nor for mixtures of
+    experts or sliding-window attention, whose FLOPs sources count by formulas of their own
+    (NeMo's TFLOP/s of GPT-OSS imply times 13-28% off its measured ones here)."""
+    meas = record.get("measured") or {}
+    dtype = dtype_for(record)
+    if dtype in (DType.FP8, DType.FP4) or model.moe is not None or model.sliding_window:
+        return []
+    seq = record["model"]["seq_len"]
+    tokens = global_batch(record) * seq
+    gpus = record["hardware"]["gpus"]
+    fwd = model.training_forward_flops_per_token(seq)
+    model_flops = 3 * fwd * tokens
+    recompute = plan_fields(record)["recompute"]     # as the run is evaluated
+    hardware_flops = None
+    if recompute == Recompute.FULL:     # the blocks again, not the output head
+        hardware_flops = model_flops + (fwd - 2.0 * model.vocab_size * model.hidden_size) * tokens
+    elif recompute == Recompute.NONE:
+        hardware_flops = model_flops
+    peak = cluster_spec(record).device.peak_flops(dtype)
+    out: list[tuple[str, float]] = []
+    if meas.get("mfu"):
+        out.append(("MFU", model_flops / (float(meas["mfu"]) * peak * gpus)))
+    if meas.get("hfu") and hardware_flops is not None:
+        out.append(("HFU", hardware_flops / (float(meas["hfu"]) * peak * gpus)))
+    tflops = meas.get("tflops_per_gpu") or meas.get("tflops_per_device")
+    if tflops:
+        text = " ".join(str(x) for x in (record.get("notes", ""), record["parallel"].get(
+            "recompute", ""), (record.get("derived") or {}).get("iteration_s_note", ""))).lower()
+        hardware, modelled = _HARDWARE_CONVENTION.search(text), _MODEL_CONVENTION.search(text)
+        if hardware and not modelled and hardware_flops is not None:
+            out.append(("TFLOP/s (counting recomputation)",
+                        hardware_flops / (float(tflops) * 1e12 * gpus)))
+        elif modelled and not hardware:
+            out.append(("TFLOP/s (model FLOPs)", model_flops / (float(tflops) * 1e12 * gpus)))
+    return out
 
 
 def predict(record: dict[str, Any]) -> tuple[Estimate, int]:
@@ -270,15 +332,16 @@ def run(data: Path, only: str | None) -> list[dict[str, Any]]:
         if only and only not in r["id"]:
             continue
         try:
-            pub = published_step_s(r)
+            pub, basis = published_with_basis(r)
             est, mbs = predict(r)
         except NOT_EVALUATED as e:
             rows.append(skipped_row(r, e))
             continue
         model, plan = model_for(r), {**plan_fields(r), "mbs": mbs}
+        implied = [] if basis else [(b, t / pub - 1) for b, t in implied_step_s(r, model)]
         rows.append({"id": r["id"], "source": source_family(r), "device": device_label(r),
                      "evaluated_as": evaluated_as(r, est.plan),
-                     "published_s": pub,
+                     "published_s": pub, "published_basis": basis, "implied": implied,
                      "predicted_s": est.step_time_s, "error": est.step_time_s / pub - 1,
                      "mbs": mbs, "microbatches": est.num_microbatches,
                      "mfu": est.mfu, "fits": est.fits,
@@ -287,6 +350,45 @@ def run(data: Path, only: str | None) -> list[dict[str, Any]]:
                      "config": config_key(model, r, plan),
                      "work": config_key(model, r, plan, per_gpu=True)})
     return rows
+
+
+def published_with_basis(record: dict[str, Any], model: ModelSpec | None = None
+                         ) -> tuple[float, str | None]:
+    """The record's published step time, and None when it states a time or a throughput, or
+    the utilisation it was converted from (`implied_step_s`, with `model`, by default the
+    dense harness's reading of the record) when it states only that."""
+    try:
+        return published_step_s(record), None
+    except UnmappedRecord:
+        implied = implied_step_s(record, model if model is not None else model_for(record))
+        if not implied:
+            raise
+        basis, seconds = implied[0]
+        return seconds, basis
+
+
+INCONSISTENT = 0.05
+"""A stated utilisation implying a step time this far from the stated one marks the record's
+inputs as inconsistent (the conventions of the sources agree within a few percent)."""
+
+
+def utilisation_check(rows: list[dict[str, Any]]) -> list[str]:
+    """Lines on how far the utilisations records state beside their step time (MFU, HFU,
+    TFLOP/s of a named convention) imply another step time (`implied_step_s`): the largest
+    difference, and every record beyond INCONSISTENT, whose inputs contradict each other."""
+    figures = [(r["id"], basis, d) for r in rows for basis, d in r.get("implied") or []]
+    if not figures:
+        return []
+    rid, basis, worst = max(figures, key=lambda f: abs(f[2]))
+    out = ["", f"Stated utilisations against stated times: the {len(figures)} MFU, HFU or "
+           f"TFLOP/s figures the records give beside a time imply it within {abs(worst):.1%} "
+           f"(largest: {rid}, {basis}, {worst:+.1%}; validate_published.implied_step_s)."]
+    bad = [f for f in figures if abs(f[2]) > INCONSISTENT]
+    if bad:
+        out += ["", f"Inconsistent inputs (a stated utilisation more than {INCONSISTENT:.0%} "
+                "from the stated time):", ""]
+        out += [f"- {i}: {b} implies {d:+.1%}" for i, b, d in bad]
+    return out
 
 
 def evaluated_as(record: dict[str, Any], plan: str) -> str:
@@ -445,6 +547,13 @@ def render(rows: list[dict[str, Any]]) -> str:
     if rows:
         fast = sum(r["error"] < 0 for r in rows)
         lines += ["", f"{fast} of {len(rows)} predictions are faster than the published step time."]
+    lines += utilisation_check(rows)
+    converted = [r for r in rows if r.get("published_basis")]
+    if converted:
+        lines += ["", "Published step times converted from the only figure the record states, "
+                  "by its source's FLOP convention (MFU: model FLOPs; HFU: counting full "
+                  "recomputation; validate_published.implied_step_s):", ""]
+        lines += [f"- {r['id']}: {r['published_basis']}" for r in converted]
     if skipped:
         lines += ["", f"Not evaluated ({len(skipped)}; not in the means):", ""]
         lines += [f"- {r['id']} ({r['source']}): {r['skipped']}" for r in skipped]

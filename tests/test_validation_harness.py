@@ -775,14 +775,18 @@ def test_published_step_time_from_what_the_record_states(measured: dict[str, flo
 
 
 def test_a_record_with_only_tflops_is_reported(tmp_path: Path) -> None:
-    """TFLOP/s and MFU follow the source's FLOP convention: without a converted step time
-    the record is listed as not evaluated, and the harness goes on."""
+    """TFLOP/s follow the source's FLOP convention: when the notes do not name it and the
+    record has no converted step time, it is listed as not evaluated, and the harness goes
+    on; the same record with an MFU is converted by it."""
     rec = record(id="tflops_only")
-    rec["measured"] = {"tflops_per_gpu": 400.0, "mfu": 0.4}
+    rec["measured"] = {"tflops_per_gpu": 400.0}
+    with_mfu = record(id="with_mfu")
+    with_mfu["measured"] = {"tflops_per_gpu": 400.0, "mfu": 0.4}
     data = tmp_path / "runs.json"
-    data.write_text(json.dumps([rec, record(id="fine")]))
+    data.write_text(json.dumps([rec, record(id="fine"), with_mfu]))
     rows = vp.run(data, None)
     assert "derived.iteration_s" in rows[0]["skipped"] and "skipped" not in rows[1]
+    assert rows[2]["published_basis"] == "MFU" and rows[2]["published_s"] > 0
 
 
 def test_an_unstated_dp_fills_the_gpus() -> None:
@@ -1024,3 +1028,93 @@ def test_mi250x_record_is_read_as_stated() -> None:
     assert (fields["tp"], fields["pp"], fields["dp"]) == (2, 4, 128)
     est, mbs = vp.predict(poro)
     assert mbs == 1 and est.step_time_s > 0
+
+
+def _gpt(**over: Any) -> dict[str, Any]:
+    """A GPT-3-shaped run (Narayanan's 18B row: 40 x 6144, 48 heads, 51200 vocab) on A100s that
+    states only a utilisation, no time or throughput."""
+    rec = record(id="gpt_18b_util_only", source="Some paper 2021, Table 1", precision="fp16",
+                 model={"layers": 40, "hidden": 6144, "heads": 48, "kv_heads": None,
+                        "ffn_hidden": 4 * 6144, "vocab": 51200, "seq_len": 2048,
+                        "params_B": None},
+                 hardware={"gpu": "NVIDIA A100 80GB", "gpus": 256},
+                 parallel={"tp": 8, "pp": 2, "dp": 16, "zero": None, "recompute": "full",
+                           "sp": False},
+                 batch={"micro": 1, "global_seqs": 1024, "global": 1024})
+    rec["measured"] = {}
+    for key, value in over.items():
+        rec[key] = {**rec[key], **value} if isinstance(value, dict) else value
+    return rec
+
+
+def test_tflops_counting_recomputation_converts_by_narayanan_eq3() -> None:
+    """A record with only TFLOP/s per GPU whose notes name Eq. 3 is converted by Eq. 3 exactly:
+    96 B s l h^2 (1 + s/(6h) + V/(16 l h)) FLOPs per step over GPUs x TFLOP/s."""
+    rec = _gpt(measured={"tflops_per_gpu": 135.0},
+               notes="TFLOP/s by Eq. 3, which counts recomputation (4 passes)")
+    B, s, l, h, V = 1024, 2048, 40, 6144, 51200
+    eq3 = 96 * B * s * l * h**2 * (1 + s / (6 * h) + V / (16 * l * h))
+    seconds, basis = vp.published_with_basis(rec)
+    assert basis == "TFLOP/s (counting recomputation)"
+    assert seconds == pytest.approx(eq3 / (256 * 135e12), rel=1e-9)
+
+
+def test_mfu_converts_by_model_flops_and_the_peak_of_the_format() -> None:
+    """MFU counts the model's FLOPs, 72 B s l h^2 (1 + s/(6h) + V/(12 l h)) for GPT (Korthikanti
+    et al. 2022), against the format's dense peak (A100 fp16: 312 TFLOP/s)."""
+    rec = _gpt(measured={"mfu": 0.4})
+    B, s, l, h, V = 1024, 2048, 40, 6144, 51200
+    model_flops = 72 * B * s * l * h**2 * (1 + s / (6 * h) + V / (12 * l * h))
+    seconds, basis = vp.published_with_basis(rec)
+    assert basis == "MFU"
+    assert seconds == pytest.approx(model_flops / (0.4 * 312e12 * 256), rel=1e-9)
+
+
+def test_a_utilisation_without_its_convention_is_reported() -> None:
+    """TFLOP/s whose notes name no convention, or name both, and any utilisation of an fp8 run
+    (sources quote those against different peaks), are reported, not guessed."""
+    for rec in (_gpt(measured={"tflops_per_gpu": 135.0}, notes="from the paper's table"),
+                _gpt(measured={"tflops_per_gpu": 135.0}, notes="MFU and HFU both given"),
+                _gpt(measured={"mfu": 0.4}, precision="fp8")):
+        with pytest.raises(records.UnmappedRecord, match="convention"):
+            vp.published_with_basis(rec)
+    # "seq 3..." is no Eq. 3
+    assert not vp._HARDWARE_CONVENTION.search("seq 32768, remat full")
+    assert vp._HARDWARE_CONVENTION.search("computed from eq. 3") is not None
+
+
+def test_converted_runs_are_listed_under_the_table(tmp_path: Path) -> None:
+    path = tmp_path / "runs.json"
+    path.write_text(json.dumps([record(), _gpt(measured={"hfu": 0.45})]))
+    rows = vp.run(path, None)
+    assert {r["id"]: r["published_basis"] for r in rows} == {
+        "other_llama2_70b": None, "gpt_18b_util_only": "HFU"}
+    table = vp.render(rows)
+    assert "Published step times converted from the only figure the record states" in table
+    assert "- gpt_18b_util_only: HFU" in table
+
+
+def test_no_conversion_for_mixtures_of_experts() -> None:
+    """Sources count an MoE's FLOPs by formulas of their own: an MoE record with only TFLOP/s
+    is reported, not converted by meshplan's count."""
+    data = json.loads((ROOT / "benchmarks" / "data" / "nemo_moe_more_runs.json").read_text())
+    rec = next(r for r in data if "GPTOSS120B" in r["id"])
+    model = vm.mapped_model(rec)
+    assert model.moe is not None
+    assert vp.implied_step_s(rec, model) == []
+
+
+def test_a_utilisation_contradicting_the_stated_time_is_flagged(tmp_path: Path) -> None:
+    """A record whose MFU implies a step time 20% off its own tokens/s has inconsistent inputs:
+    the table says so, and says how close the consistent ones are."""
+    good = _gpt(id="good", measured={"mfu": 0.4})
+    seconds, _ = vp.published_with_basis(good)
+    tokens = 1024 * 2048
+    good["measured"]["tokens_per_s_total"] = tokens / seconds          # agrees exactly
+    bad = _gpt(id="bad", measured={"mfu": 0.4, "tokens_per_s_total": tokens / seconds / 1.2})
+    path = tmp_path / "runs.json"
+    path.write_text(json.dumps([good, bad]))
+    table = vp.render(vp.run(path, None))
+    assert "the 2 MFU, HFU or TFLOP/s figures the records give beside a time imply it within" in table
+    assert "Inconsistent inputs" in table and "- bad: MFU implies -16.7%" in table
+    assert "- good: MFU implies" not in table
