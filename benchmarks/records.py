@@ -39,7 +39,11 @@ the same rules for all records:
   buckets, FSDP, Megatron-Core/NeMo with --overlap-grad-reduce, XLA) (`dp_overlap_for`).
 - ZeRO: "ZeRO-3"/"FULL_SHARD"/FSDP -> 3, "ZeRO-2"/"SHARD_GRAD_OP" -> 2, "ZeRO-1"/"distributed
   optimizer" -> 1, an integer as given; hybrid sharding (HSDP, HYBRID_SHARD: sharded inside a
-  group, replicated across groups) is reported, since no zero stage is that.
+  group, replicated across groups) is reported, since no zero stage is that. Stage 2 or 3 with
+  pipeline parallelism is read as stage 1 (`zero_with_pipeline`): DeepSpeed and Megatron-LM
+  refuse it, so such a run is PyTorch FSDP under torch.distributed.pipelining (torchtitan,
+  Llama 3), whose stages keep parameters and gradients unsharded until the step's last
+  backward and reduce-scatter once there: stage 1's memory and traffic.
 - Interleaved pipelines whose virtual stages do not split the blocks evenly: Megatron-Core
   refuses such a split unless told how to lay it out, and the layout NVIDIA's recipes use is
   `account_for_embedding_in_pipeline_split` and `account_for_loss_in_pipeline_split` (Llama 3.1
@@ -269,6 +273,20 @@ def zero_stage(value: Any) -> int:
         return 1
     m = re.search(r"\d", text)
     return int(m.group(0)) if m and int(m.group(0)) <= 3 else 0
+
+
+def zero_with_pipeline(stage: int, pp: int) -> int:
+    """The ZeRO stage a run with `pp` pipeline stages actually runs at when its record states
+    `stage`: 1 for a stated 2 or 3 with pp > 1, else the stage. DeepSpeed's pipeline engine and
+    Megatron-LM refuse ZeRO-2/3 with a pipeline, so such a run is PyTorch FSDP under
+    torch.distributed.pipelining, whose `_PipelineStageBase.backward_maybe_with_nosync` sets
+    `set_reshard_after_backward(False)` and `set_requires_gradient_sync(False)` on every
+    micro-batch's backward ("we need to accumulate gradients on previous steps and reduce them
+    on the last step") and reduce-scatters in the last one's post-backward: parameters and
+    gradients stay whole through the step, only the optimizer state is sharded (Llama 3, Sec.
+    3.3.2: "we do not reshard after forward computation"). That is ZeRO stage 1: its memory,
+    and one all-gather and one reduce-scatter of the stage's parameters per step."""
+    return 1 if stage >= 2 and pp > 1 else stage
 
 
 def global_batch(record: dict[str, Any]) -> int:

@@ -84,6 +84,7 @@ from records import (  # noqa: E402
     require_mapped,
     stated_flag,
     zero_stage,
+    zero_with_pipeline,
 )
 from validate_published import (  # noqa: E402
     config_key,
@@ -249,8 +250,8 @@ def plan_for(record: dict[str, Any], model: ModelSpec) -> Plan:
     return Plan(tp=p.get("tp") or 1, pp=pp, dp=data_parallel(p, record["hardware"]["gpus"]),
                 cp=p.get("cp") or 1,
                 ep=p.get("ep") or 1, etp=p.get("etp"), vpp=vpp, mbs=record["batch"]["micro"],
-                zero=3 if p.get("fsdp") else zero_stage(p["zero"]) if p.get("zero") is not None
-                else 1,
+                zero=zero_with_pipeline(3 if p.get("fsdp") else zero_stage(p["zero"])
+                                        if p.get("zero") is not None else 1, pp),
                 recompute=recompute, recompute_modules=modules, attn=Attention.FLASH,
                 stage_layers=layers, ep_overlap=overlap, dp_overlap=dp_overlap_for(record),
                 dispatcher=Dispatcher.ALLTOALL if alltoall else Dispatcher.FLEX)

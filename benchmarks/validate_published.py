@@ -88,6 +88,7 @@ from records import (  # noqa: E402
     require_mapped,
     stated_flag,
     zero_stage,
+    zero_with_pipeline,
 )
 
 
@@ -156,7 +157,9 @@ def plan_fields(record: dict[str, Any]) -> dict[str, Any]:
     # tensors it names are saved, the norms and the MLP recomputed) is taken at its word
     modules = tuple(p["recompute_modules"]) if recompute == Recompute.SELECTIVE and \
         p.get("recompute_modules") else None
-    stage = zero_stage(p.get("zero") if p.get("zero") is not None else p.get("fsdp"))
+    stage = zero_with_pipeline(
+        zero_stage(p.get("zero") if p.get("zero") is not None else p.get("fsdp")),
+        p.get("pp") or 1)
     overlap = dp_overlap_for(record)     # Megatron-LM 2020-21: off (its local DDP)
     if rid.startswith(("narayanan2021", "megatron_readme2020")):
         recompute, attn = Recompute.FULL, Attention.UNFUSED

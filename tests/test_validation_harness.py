@@ -1118,3 +1118,20 @@ def test_a_utilisation_contradicting_the_stated_time_is_flagged(tmp_path: Path) 
     assert "the 2 MFU, HFU or TFLOP/s figures the records give beside a time imply it within" in table
     assert "Inconsistent inputs" in table and "- bad: MFU implies -16.7%" in table
     assert "- good: MFU implies" not in table
+
+
+@pytest.mark.parametrize(("zero", "pp", "want"), [
+    ("FSDP (optimizer states and gradients sharded)", 16, 1),   # Llama 3: FSDP under a pipeline
+    ("ZeRO-2", 4, 1),
+    ("FULL_SHARD", 1, 3),                                       # no pipeline: as stated
+    ("ZeRO-1", 8, 1),
+    (None, 8, 0),
+])
+def test_zero_2_or_3_under_a_pipeline_runs_as_stage_1(zero: Any, pp: int, want: int) -> None:
+    """DeepSpeed and Megatron-LM refuse ZeRO-2/3 with pipeline parallelism, so a record that
+    states it ran PyTorch FSDP under torch.distributed.pipelining, which keeps parameters and
+    gradients whole until the step's last backward: evaluated at stage 1, not refused."""
+    rec = record(parallel={"tp": 8, "pp": pp, "dp": 64 // (8 * pp) or 1, "zero": zero},
+                 hardware={"gpus": 8 * pp * max(1, 64 // (8 * pp))})
+    assert vp.plan_fields(rec)["zero"] == want
+    assert records.zero_with_pipeline(3, 2) == 1 and records.zero_with_pipeline(3, 1) == 3
