@@ -817,13 +817,17 @@ def test_moe_records_derive_an_unstated_dp_too() -> None:
         (BENCH / "data/moe_runs.json").read_text())[0]["parallel"]["dp"]
 
 
-@pytest.mark.parametrize(("parallel", "want"), [
-    ({"fsdp": 1}, 3), ({"fsdp": 0}, 1), ({}, 1),
-    ({"fsdp": 0, "zero": "ZeRO-2"}, 2), ({"zero": 0}, 0), ({"zero": "FSDP (ZeRO-3)", "fsdp": 1}, 3),
+@pytest.mark.parametrize(("parallel", "want", "pp"), [
+    ({"fsdp": 1}, 3, 1), ({"fsdp": 0}, 1, 1), ({}, 1, 1),
+    ({"fsdp": 0, "zero": "ZeRO-2"}, 2, 1), ({"zero": 0}, 0, 1),
+    ({"zero": "FSDP (ZeRO-3)", "fsdp": 1}, 3, 1),
+    # under a pipeline, ZeRO-2/3 runs as stage 1 (records.zero_with_pipeline)
+    ({"fsdp": 1}, 1, 4), ({"zero": "ZeRO-2"}, 1, 4), ({"zero": 0}, 0, 4),
 ])
-def test_moe_records_zero_stage(parallel: dict[str, Any], want: int) -> None:
+def test_moe_records_zero_stage(parallel: dict[str, Any], want: int, pp: int) -> None:
     """fsdp set: ZeRO-3; else a stated zero; else the recipes' distributed optimizer."""
-    rec = json.loads((BENCH / "data/moe_runs.json").read_text())[0]
+    runs = json.loads((BENCH / "data/moe_runs.json").read_text())
+    rec = next(r for r in runs if (r["parallel"].get("pp") or 1) == pp)
     rec["parallel"] = {k: v for k, v in rec["parallel"].items() if k not in ("fsdp", "zero")}
     rec["parallel"].update(parallel)
     assert vm.plan_for(rec, vm.mapped_model(rec)).zero == want
