@@ -182,14 +182,12 @@ def plan_fields(record: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def published_step_s(record: dict[str, Any], model: ModelSpec | None = None) -> float:
+def published_step_s(record: dict[str, Any]) -> float:
     """Seconds per step as the record states them: a measured iteration (or step) time, else
     the record's derived one, else the global batch over the measured throughput, in tokens
     per second per GPU (or device) or in total, or in sequences per second. A record that
-    states only a utilisation is converted with its own FLOP convention when `model` is given
-    (`implied_step_s`: MFU over model FLOPs, HFU over FLOPs counting recomputation, TFLOP/s
-    per GPU by the convention its notes name); otherwise, or when the convention is not
-    stated, it is reported."""
+    states only a utilisation is reported here; `published_with_basis` converts it by its
+    source's FLOP convention (`implied_step_s`)."""
     meas, der = record.get("measured") or {}, record.get("derived") or {}
     for value in (meas.get("iteration_s"), meas.get("step_time_s"), der.get("iteration_s")):
         if value:
@@ -206,9 +204,6 @@ def published_step_s(record: dict[str, Any], model: ModelSpec | None = None) -> 
     samples = meas.get("samples_per_s") or meas.get("sequences_per_s")
     if samples:
         return seqs / float(samples)
-    implied = implied_step_s(record, model) if model is not None else []
-    if implied:
-        return implied[0][1]
     raise UnmappedRecord("the record states no step time, tokens/s or sequences/s, and no "
                          "MFU, HFU or TFLOP/s whose FLOP convention it names: give "
                          "derived.iteration_s converted with its source's convention")
