@@ -294,8 +294,11 @@ def precision_warning(device: DeviceSpec, dtype: DType, *, training: bool = True
     elif dtype == DType.FP8:
         # the casts and fp8 copies are then pure overhead, and the software refuses it:
         # Transformer Engine's FP8 needs compute capability 8.9 (Ada) or 9.0+ (Hopper)
-        text += (", with the fp8 casts on top, and Transformer Engine's FP8 needs Ada, Hopper or "
-                 "later: use --dtype bf16 on this device")
+        # (its ROCm build: AMD's CDNA 3, MI300-series, or later: the first with fp8 units)
+        needs = ("an AMD MI300-series GPU or later" if device.name.lower().startswith("mi")
+                 else "Ada, Hopper or later")
+        text += (f", with the fp8 casts on top, and Transformer Engine's FP8 needs {needs}: "
+                 "use --dtype bf16 on this device")
     return text
 
 

@@ -25,6 +25,16 @@ def test_fp8_on_an_a100_warns_and_says_what_to_use() -> None:
     assert v100 is not None and "fp16 rate" in v100 and "--dtype" not in v100
 
 
+def test_fp8_warning_names_the_vendor_generation_that_has_it() -> None:
+    """CDNA 2 (an MI250X GCD) has no fp8 units; Transformer Engine's ROCm build runs FP8 from
+    the MI300 series on, so the warning names that, not NVIDIA's Ada and Hopper."""
+    amd = precision_warning(load_device("mi250x-gcd"), DType.FP8)
+    assert amd is not None and "MI300-series" in amd and "Hopper" not in amd
+    nvidia = precision_warning(load_device("a100-sxm4-80gb"), DType.FP8)
+    assert nvidia is not None and "Ada, Hopper or later" in nvidia and "MI300" not in nvidia
+    assert precision_warning(load_device("mi300x"), DType.FP8) is None
+
+
 def test_training_and_inference_estimates_carry_the_warning() -> None:
     model = load_model("llama3-8b")
     for cluster, expected in (("dgx-a100", 1), ("dgx-h100", 0)):
