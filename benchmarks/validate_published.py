@@ -67,6 +67,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from planner import Attention, DType, LossKernel, ModelSpec, Plan, Recompute, TrainingWorkload  # noqa: E402
+from cost_models.training import full_recompute_flops_per_token  # noqa: E402
 from planner.api import evaluate  # noqa: E402
 from planner.errors import PlannerError  # noqa: E402
 from planner.model import default_grad_dtype  # noqa: E402
@@ -240,8 +241,8 @@ def implied_step_s(record: dict[str, Any], model: ModelSpec) -> list[tuple[str, 
     model_flops = 3 * fwd * tokens
     recompute = plan_fields(record)["recompute"]     # as the run is evaluated
     hardware_flops = None
-    if recompute == Recompute.FULL:     # the blocks again, not the output head
-        hardware_flops = model_flops + (fwd - 2.0 * model.vocab_size * model.hidden_size) * tokens
+    if recompute == Recompute.FULL:     # the blocks again, as the estimate's HFU counts it
+        hardware_flops = model_flops + full_recompute_flops_per_token(model, seq) * tokens
     elif recompute == Recompute.NONE:
         hardware_flops = model_flops
     peak = cluster_spec(record).device.peak_flops(dtype)
@@ -330,12 +331,13 @@ def run(data: Path, only: str | None) -> list[dict[str, Any]]:
         if only and only not in r["id"]:
             continue
         try:
-            pub, basis = published_with_basis(r)
+            model = model_for(r)
+            pub, basis = published_with_basis(r, model)
             est, mbs = predict(r)
         except NOT_EVALUATED as e:
             rows.append(skipped_row(r, e))
             continue
-        model, plan = model_for(r), {**plan_fields(r), "mbs": mbs}
+        plan = {**plan_fields(r), "mbs": mbs}
         implied = [] if basis else [(b, t / pub - 1) for b, t in implied_step_s(r, model)]
         rows.append({"id": r["id"], "source": source_family(r), "device": device_label(r),
                      "evaluated_as": evaluated_as(r, est.plan),

@@ -338,11 +338,7 @@ def _finish(ctx: Context, *, plan: Plan, m: int, step: float, breakdown: dict[st
     model_flops = 3 * fwd_per_token * tokens
     extra = 0.0
     if plan.recompute == Recompute.FULL:
-        # every block is recomputed (the MTP modules' too), not the output heads or the MTP
-        # projections
-        h = model.hidden_size
-        head = 2.0 * model.vocab_size * h * (1 + model.mtp_layers)
-        extra = (fwd_per_token - head - 2.0 * 2 * h * h * model.mtp_layers) * tokens
+        extra = full_recompute_flops_per_token(model, wl.seq_len) * tokens
     elif plan.recompute == Recompute.SELECTIVE:
         extra = selective_recompute_flops_per_token(model, plan, wl.seq_len) * tokens
     peak = dev.peak_flops(wl.dtype)
@@ -367,6 +363,16 @@ def _finish(ctx: Context, *, plan: Plan, m: int, step: float, breakdown: dict[st
                 for k, (a, b) in enumerate(ranges)],
         warnings=_warnings(ctx, generic, totals[worst] / cap),
     )
+
+
+def full_recompute_flops_per_token(model: ModelSpec, seq_len: int) -> float:
+    """Hardware FLOPs per token that full recomputation repeats: every block's forward (the
+    MTP modules' blocks too), not the output heads or the MTP projections. For GPT it is the
+    fourth pass of Narayanan et al. 2021's Eq. 3."""
+    h = model.hidden_size
+    head = 2.0 * model.vocab_size * h * (1 + model.mtp_layers)
+    return (model.training_forward_flops_per_token(seq_len) - head
+            - 2.0 * 2 * h * h * model.mtp_layers)
 
 
 def selective_recompute_flops_per_token(model: ModelSpec, plan: Plan, seq_len: int) -> float:
