@@ -51,11 +51,13 @@ def record(**over: Any) -> dict[str, Any]:
         "measured": {"tokens_per_s_per_gpu": 1000.0},
         "notes": "",
     }
+    return _merged(base, over)
+
+
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `over`'s entries: a dict merged into base's dict of that key, else set."""
     for key, value in over.items():
-        if isinstance(value, dict):
-            base[key] = {**base[key], **value}
-        else:
-            base[key] = value
+        base[key] = {**base[key], **value} if isinstance(value, dict) else value
     return base
 
 
@@ -1046,9 +1048,7 @@ def _gpt(**over: Any) -> dict[str, Any]:
                            "sp": False},
                  batch={"micro": 1, "global_seqs": 1024, "global": 1024})
     rec["measured"] = {}
-    for key, value in over.items():
-        rec[key] = {**rec[key], **value} if isinstance(value, dict) else value
-    return rec
+    return _merged(rec, over)
 
 
 def test_tflops_counting_recomputation_converts_by_narayanan_eq3() -> None:
